@@ -1,0 +1,1 @@
+"""Data: images, INR corpora, CNN zoos and their on-disk store."""
