@@ -1,0 +1,1 @@
+"""Neural graphs: conversion of PyTorch networks, execution, permutation, batching."""

@@ -1,0 +1,184 @@
+"""GraphBuilder: accumulates nodes, edges and parameter locations while a network is traced.
+
+The op rules in ``ops.py`` call it; ``finish`` lays the edge weights out into the
+centre-padded k_max x k_max window (see ``graph.py``) and returns a NeuralGraph.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from nngraph.graph.graph import (
+    EDGE_FLATTEN,
+    NEUTRAL_NODE,
+    NODE_DIM,
+    ROLE_HIDDEN,
+    ArchSpec,
+    NeuralGraph,
+    ParamEntry,
+)
+
+# Pipeline slots of a node, in the order they are applied: z + offset -> norm -> act.
+SLOTS = ("offset", "norm", "act")
+
+
+@dataclass
+class Value:
+    """The graph-side view of one traced tensor.
+
+    ``kind``: ``vector`` ([P, n] units), ``map`` ([P, C, H, W] channels) or ``flat`` (a
+    flattened C x H x W map, only a Linear may read it). ``scale`` is set on ``w0 * z``
+    waiting for ``sin``. ``root`` names the fx node whose node set this value aliases.
+    """
+
+    nodes: list[int]
+    kind: str
+    hw: tuple[int, int]
+    root: str
+    scale: float | None = None
+
+
+@dataclass
+class _EdgeChunk:
+    src: torch.Tensor  # [E] long
+    dst: torch.Tensor  # [E] long
+    weights: torch.Tensor  # [E, kh, kw] (window-laid) or [E, H*W] (flat)
+    kind: int
+    geom: tuple[int, ...]
+
+
+class GraphBuilder:
+    def __init__(self, dtype: torch.dtype):
+        self.dtype = dtype
+        self.node_layer: list[int] = []
+        self.node_act: list[int] = []
+        self.node_norm: list[int] = []
+        self.node_eps: list[float] = []
+        self.node_role: list[int] = []
+        self.node_hw: list[tuple[int, int]] = []
+        self.features: list[list[float]] = []
+        self.layer_slots: list[set[str]] = []  # filled pipeline slots per layer
+        self.layer_size: list[int] = []
+        self.chunks: list[_EdgeChunk] = []
+        self.num_edges = 0
+        self.params: list[ParamEntry] = []
+
+    # ---- nodes -------------------------------------------------------------------
+    def new_layer(self, n: int, hw: tuple[int, int], role: int = ROLE_HIDDEN) -> list[int]:
+        layer = len(self.layer_size)
+        start = len(self.node_layer)
+        self.layer_size.append(n)
+        self.layer_slots.append(set())
+        for _ in range(n):
+            self.node_layer.append(layer)
+            self.node_act.append(0)
+            self.node_norm.append(0)
+            self.node_eps.append(0.0)
+            self.node_role.append(role)
+            self.node_hw.append(hw)
+            self.features.append(list(NEUTRAL_NODE))
+        return list(range(start, start + n))
+
+    def set_feature(self, nodes: list[int], channel: int, values: torch.Tensor | float) -> None:
+        vals = values.detach().reshape(-1).tolist() if isinstance(values, torch.Tensor) else [values] * len(nodes)
+        for node, value in zip(nodes, vals, strict=True):
+            self.features[node][channel] = value
+
+    def record_node_param(self, name: str, nodes: list[int], channel: int, tensor: torch.Tensor) -> None:
+        """A per-neuron tensor stored in feature ``channel`` of consecutive ``nodes``."""
+        self.set_feature(nodes, channel, tensor)
+        self.params.append(ParamEntry(name, tuple(tensor.shape), "node", nodes[0], channel=channel))
+
+    def free_slots(self, nodes: list[int], slot: str) -> bool:
+        """Whether ``nodes`` are one whole hidden layer whose ``slot`` and later ones are free."""
+        layer = self.node_layer[nodes[0]]
+        if layer == 0 or len(nodes) != self.layer_size[layer]:
+            return False
+        if any(self.node_layer[n] != layer for n in nodes) or len(set(nodes)) != len(nodes):
+            return False
+        later = SLOTS[SLOTS.index(slot):]
+        return not (self.layer_slots[layer] & set(later))
+
+    def fill_slot(self, nodes: list[int], slot: str) -> None:
+        self.layer_slots[self.node_layer[nodes[0]]].add(slot)
+
+    # ---- edges -------------------------------------------------------------------
+    def dense_edges(self, src: list[int], dst: list[int], weights: torch.Tensor, kind: int,
+                    geom: tuple[int, ...] = (0,) * 8) -> int:
+        """Edges i -> j for every (j, i), j-major; ``weights`` [out, in, *w]. Returns the first edge id."""
+        n_out, n_in = weights.shape[:2]
+        src_t = torch.tensor(src, dtype=torch.long).repeat(n_out)  # [out*in]
+        dst_t = torch.tensor(dst, dtype=torch.long).repeat_interleave(n_in)  # [out*in]
+        flat = weights.detach().reshape(n_out * n_in, *weights.shape[2:])
+        if kind != EDGE_FLATTEN and flat.dim() == 1:
+            flat = flat.reshape(-1, 1, 1)
+        return self._add(_EdgeChunk(src_t, dst_t, flat.to(self.dtype), kind, geom))
+
+    def pair_edges(self, src: list[int], dst: list[int], kind: int) -> int:
+        """Identity edges src[k] -> dst[k] of weight 1 (residual, identity, pooling)."""
+        ones = torch.ones(len(src), 1, 1, dtype=self.dtype)
+        return self._add(_EdgeChunk(torch.tensor(src), torch.tensor(dst), ones, kind, (0,) * 8))
+
+    def _add(self, chunk: _EdgeChunk) -> int:
+        first = self.num_edges
+        self.chunks.append(chunk)
+        self.num_edges += len(chunk.src)
+        return first
+
+    # ---- result ------------------------------------------------------------------
+    def finish(self, spec: ArchSpec, k_max: int | None = None) -> NeuralGraph:
+        window = [c for c in self.chunks if c.kind != EDGE_FLATTEN]
+        flat = [c for c in self.chunks if c.kind == EDGE_FLATTEN]
+        needed = max([max(c.weights.shape[1:]) for c in window] + [1])
+        if k_max is None:
+            k_max = needed
+        elif k_max < needed:
+            raise ValueError(f"k_max={k_max} is smaller than the largest kernel ({needed})")
+        width = max([k_max * k_max] + [c.weights.shape[1] for c in flat])
+        attrs = []
+        for chunk in self.chunks:
+            attrs.append(lay_out(chunk.weights, chunk.kind, k_max, width))
+        edge_attr = torch.cat(attrs) if attrs else torch.zeros(0, width, dtype=self.dtype)
+        spec.k_max = k_max
+        return NeuralGraph(
+            x=torch.tensor(self.features, dtype=self.dtype).reshape(-1, NODE_DIM),
+            edge_index=torch.stack([torch.cat([c.src for c in self.chunks]), torch.cat([c.dst for c in self.chunks])]),
+            edge_attr=edge_attr,
+            edge_kind=torch.cat([torch.full((len(c.src),), c.kind, dtype=torch.long) for c in self.chunks]),
+            edge_geom=torch.cat([torch.tensor(c.geom, dtype=torch.long).expand(len(c.src), 8) for c in self.chunks]),
+            node_layer=torch.tensor(self.node_layer, dtype=torch.long),
+            node_pos=torch.zeros(len(self.node_layer), dtype=torch.long),
+            node_act=torch.tensor(self.node_act, dtype=torch.long),
+            node_norm=torch.tensor(self.node_norm, dtype=torch.long),
+            node_eps=torch.tensor(self.node_eps, dtype=self.dtype),
+            node_role=torch.tensor(self.node_role, dtype=torch.long),
+            node_hw=torch.tensor(self.node_hw, dtype=torch.long).reshape(-1, 2),
+            spec=spec,
+        )
+
+
+def lay_out(weights: torch.Tensor, kind: int, k_max: int, width: int) -> torch.Tensor:
+    """Edge weights -> edge_attr rows [E, width].
+
+    Window kinds: [E, kh, kw] centred in a k_max x k_max window (top/left padding
+    (k_max - k) // 2), flattened row-major. Flatten edges: [E, H*W] in the first H*W slots.
+    """
+    n = weights.shape[0]
+    out = weights.new_zeros(n, width)
+    if kind == EDGE_FLATTEN:
+        out[:, : weights.shape[1]] = weights
+        return out
+    kh, kw = weights.shape[1:]
+    top, left = (k_max - kh) // 2, (k_max - kw) // 2
+    window = out[:, : k_max * k_max].view(n, k_max, k_max)
+    window[:, top : top + kh, left : left + kw] = weights
+    return out
+
+
+def window_of(edge_attr: torch.Tensor, k_max: int, kh: int, kw: int) -> torch.Tensor:
+    """Inverse of ``lay_out`` for window kinds: edge_attr [E, d_e] -> kernels [E, kh, kw]."""
+    top, left = (k_max - kh) // 2, (k_max - kw) // 2
+    window = edge_attr[:, : k_max * k_max].reshape(-1, k_max, k_max)
+    return window[:, top : top + kh, left : left + kw]

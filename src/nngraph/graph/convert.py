@@ -1,0 +1,449 @@
+"""to_graph / to_params: a PyTorch network <-> its NeuralGraph.
+
+``to_graph`` traces the module with torch.fx, propagates the example input's shapes
+through the trace, and converts node by node with the rules of ``ops.py``. Anything it
+does not know raises ``UnsupportedModelError`` naming the module path and type: the
+graph is either exact or not made at all.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections import Counter, OrderedDict
+from typing import Any, Callable
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from nngraph.data.inr import Sine
+from nngraph.errors import InputShapeError, NonFiniteError, UnsupportedModelError
+from nngraph.graph import ops
+from nngraph.graph.builder import GraphBuilder, Value, window_of
+from nngraph.graph.graph import (
+    ACT_GELU,
+    ACT_GELU_TANH,
+    ACT_LEAKY_RELU,
+    ACT_RELU,
+    ACT_SIGMOID,
+    ACT_SILU,
+    ACT_SINE,
+    ACT_TANH,
+    ROLE_INPUT,
+    ROLE_OUTPUT,
+    ArchSpec,
+    NeuralGraph,
+    ParamEntry,
+)
+
+SUPPORTED = (
+    "Linear, Conv2d (groups=1), BatchNorm1d/2d (eval), LayerNorm (features), ReLU, GELU, SiLU, Tanh, "
+    "Sigmoid, LeakyReLU, sin(w0*x)/Sine, residual a+b, x+constant, torch.cat on channels, "
+    "AdaptiveAvgPool2d(1)/mean over H,W, flatten, Dropout, Identity"
+)
+
+_ACT_MODULES: dict[type, Callable[[nn.Module], tuple[int, float]]] = {
+    nn.ReLU: lambda m: (ACT_RELU, 0.0),
+    nn.GELU: lambda m: (ACT_GELU_TANH if m.approximate == "tanh" else ACT_GELU, 0.0),
+    nn.SiLU: lambda m: (ACT_SILU, 0.0),
+    nn.Tanh: lambda m: (ACT_TANH, 0.0),
+    nn.Sigmoid: lambda m: (ACT_SIGMOID, 0.0),
+    nn.LeakyReLU: lambda m: (ACT_LEAKY_RELU, float(m.negative_slope)),
+    Sine: lambda m: (ACT_SINE, float(m.w0)),
+}
+_ACT_FUNCTIONS: dict[Any, int] = {
+    torch.relu: ACT_RELU, F.relu: ACT_RELU, "relu": ACT_RELU, "relu_": ACT_RELU,
+    torch.tanh: ACT_TANH, F.tanh: ACT_TANH, "tanh": ACT_TANH,
+    torch.sigmoid: ACT_SIGMOID, F.sigmoid: ACT_SIGMOID, "sigmoid": ACT_SIGMOID,
+    F.silu: ACT_SILU, F.gelu: ACT_GELU, F.leaky_relu: ACT_LEAKY_RELU,
+}
+_SINE = {torch.sin, "sin"}
+_ADD = {operator.add, operator.iadd, torch.add, "add"}
+_PASS_MODULES = (nn.Dropout, nn.Identity)
+_PASS_FUNCTIONS = {F.dropout, "contiguous"}
+_FLATTEN = {torch.flatten, "flatten", "view", "reshape"}
+_CAT = {torch.cat, torch.concat}
+_POOL = {F.adaptive_avg_pool2d, torch.mean, "mean"}
+
+
+class _Tracer(fx.Tracer):
+    """fx tracer that keeps nngraph's own activation modules as leaves."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, Sine) or super().is_leaf_module(m, qualname)
+
+
+class Context:
+    """State of one conversion: the builder, fx shapes, value aliasing and parameter bookkeeping."""
+
+    sine_targets = _SINE
+
+    def __init__(self, gm: fx.GraphModule, dtype: torch.dtype):
+        self.gm = gm
+        self.modules = dict(gm.named_modules())
+        self.builder = GraphBuilder(dtype)
+        self.buffers: dict[str, torch.Tensor] = {}
+        self.called: set[str] = set()
+        self.consumers = _count_consumers(gm.graph, self.modules)
+
+    def shape(self, node: fx.Node) -> torch.Size:
+        return node.meta["tensor_meta"].shape
+
+    def record_edges(self, name: str, weight: torch.Tensor, source: str, first: int, sources: int) -> None:
+        self.builder.params.append(ParamEntry(name, tuple(weight.shape), source, first, sources=sources))
+
+    def record_buffer(self, name: str, tensor: torch.Tensor | None) -> None:
+        if tensor is not None:
+            self.buffers[name] = tensor.detach().clone()
+
+
+def _is_passthrough(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """Ops whose output is the same set of neurons as their input (no new values)."""
+    if node.op == "call_module":
+        m = modules[node.target]
+        return isinstance(m, _PASS_MODULES + (nn.Flatten,))
+    if node.op in ("call_function", "call_method"):
+        if node.target in _PASS_FUNCTIONS or node.target in _FLATTEN:
+            return True
+        return node.target in _CAT and len(node.args[0]) == 1
+    return False
+
+
+def _first_tensor_arg(node: fx.Node) -> fx.Node:
+    arg = node.args[0]
+    return arg[0] if isinstance(arg, (list, tuple)) else arg
+
+
+def _count_consumers(graph: fx.Graph, modules: dict[str, nn.Module]) -> Counter:
+    """consumers[root]: how many non-passthrough ops (or the output) read each value's neurons."""
+    root: dict[fx.Node, str] = {}
+    for node in graph.nodes:
+        passthrough = _is_passthrough(node, modules) and isinstance(_first_tensor_arg(node), fx.Node)
+        root[node] = root[_first_tensor_arg(node)] if passthrough else node.name
+    consumers: Counter = Counter()
+    for node in graph.nodes:
+        for user in node.users:
+            if not _is_passthrough(user, modules):
+                consumers[root[node]] += 1
+    return consumers
+
+
+def to_graph(model: nn.Module, example_input: torch.Tensor, *, k_max: int | None = None) -> NeuralGraph:
+    """Convert ``model`` into its NeuralGraph.
+
+    Args:
+        model: a network built from the supported ops (see ``SUPPORTED``).
+        example_input: a batch shaped like the model's input, [P, F] or [P, C, H, W];
+            it fixes the spatial sizes of feature maps.
+        k_max: width of the kernel window of the edge features (default: the largest
+            kernel of the model); set it to the largest kernel of a whole dataset.
+    """
+    name = type(model).__name__
+    _check_input(example_input, name)
+    state = model.state_dict()
+    _check_finite(state, name)
+    try:
+        tracer = _Tracer()
+        graph = tracer.trace(model)
+    except Exception as exc:  # noqa: BLE001 - fx raises many kinds; all mean "cannot trace"
+        raise UnsupportedModelError(
+            f"{name} cannot be traced by torch.fx ({_first_line(exc)}); data-dependent control flow "
+            "is not supported: write forward() as a fixed sequence of ops"
+        ) from None
+    gm = fx.GraphModule(model, graph)
+    try:
+        ShapeProp(gm).propagate(example_input.detach())
+    except Exception as exc:  # noqa: BLE001
+        raise InputShapeError(
+            f"example_input of shape {list(example_input.shape)} does not fit {name}: {_root_cause(exc)}; "
+            "pass a batch shaped like the model's input"
+        ) from None
+    dtype = _param_dtype(state, name)
+    ctx = Context(gm, dtype)
+    env: dict[fx.Node, Any] = {}
+    output: Value | None = None
+    for node in gm.graph.nodes:
+        if node.op == "placeholder":
+            env[node] = _placeholder(ctx, node, example_input, env)
+        elif node.op == "output":
+            output = _resolve(node.args[0], env)
+        else:
+            env[node] = _convert_node(ctx, node, env)
+    spec = ArchSpec(
+        params=[],
+        buffers=ctx.buffers,
+        state_order=list(state.keys()),
+        input_shape=tuple(example_input.shape[1:]),
+        output_shape=tuple(ctx.shape(next(n for n in gm.graph.nodes if n.op == "output").args[0])[1:]),
+        model_name=name,
+    )
+    _check_output(output, ctx, name)
+    spec.params = _in_state_order(ctx.builder.params, state, ctx.buffers, name)
+    graph_out = ctx.builder.finish(spec, k_max)
+    _assign_roles(graph_out, output.nodes)
+    return graph_out
+
+
+def to_params(graph: NeuralGraph) -> OrderedDict[str, torch.Tensor]:
+    """The network's state_dict, read back from the graph (exact inverse of ``to_graph``)."""
+    spec: ArchSpec = graph.spec
+    k = spec.k_max
+    out: dict[str, torch.Tensor] = {}
+    for entry in spec.params:
+        if entry.source == "node":
+            out[entry.name] = graph.x[entry.offset : entry.offset + entry.count, entry.channel].clone()
+            continue
+        attr = graph.edge_attr[entry.offset : entry.offset + entry.count]  # [out*in, d_e]
+        if entry.source == "flat":
+            n_out, width = entry.shape
+            hw = width // entry.sources
+            out[entry.name] = attr[:, :hw].reshape(n_out, width).clone()
+        else:
+            kh, kw = entry.shape[2:] if len(entry.shape) == 4 else (1, 1)
+            out[entry.name] = window_of(attr, k, kh, kw).reshape(entry.shape).clone()
+    out.update({name: t.clone() for name, t in spec.buffers.items()})
+    return OrderedDict((name, out[name]) for name in spec.state_order)
+
+
+# ---- conversion of one fx node ------------------------------------------------------
+
+
+def _convert_node(ctx: Context, node: fx.Node, env: dict) -> Any:
+    if "tensor_meta" not in node.meta:  # x.size(0), shape arithmetic: not part of the network
+        if node.op == "get_attr" or any(isinstance(a, Value) for a in _args(node, env)):
+            raise _unsupported(node, ctx)
+        return None
+    if node.op == "call_module":
+        return _call_module(ctx, node, env)
+    if node.op in ("call_function", "call_method"):
+        return _call_function(ctx, node, env)
+    raise _unsupported(node, ctx)
+
+
+def _call_module(ctx: Context, node: fx.Node, env: dict) -> Value:
+    path = node.target
+    module = ctx.modules[path]
+    if path in ctx.called and any(True for _ in module.parameters(recurse=False)):
+        raise UnsupportedModelError(f"{path} ({type(module).__name__}) is called twice; shared weights are not supported")
+    ctx.called.add(path)
+    value = _resolve(node.args[0], env)
+    if not isinstance(value, Value) or len(node.args) != 1 or node.kwargs:
+        raise _unsupported(node, ctx)
+    where = f"{path} ({type(module).__name__})"
+    if type(module) is nn.Linear:
+        return ops.linear(ctx, node, module, value, path)
+    if type(module) is nn.Conv2d:
+        return ops.conv2d(ctx, node, module, value, path)
+    if type(module) in (nn.BatchNorm1d, nn.BatchNorm2d):
+        return ops.batchnorm(ctx, node, module, value, path)
+    if type(module) is nn.LayerNorm:
+        return ops.layernorm(ctx, node, module, value, path)
+    if type(module) in _ACT_MODULES:
+        act, param = _ACT_MODULES[type(module)](module)
+        return ops.activation(ctx, node, value, act, param, where)
+    if isinstance(module, _PASS_MODULES):
+        return value
+    if type(module) is nn.Flatten and module.start_dim == 1 and module.end_dim == -1:
+        return ops.flatten(ctx, node, value, where)
+    if type(module) is nn.AdaptiveAvgPool2d and _is_one(module.output_size):
+        return ops.global_pool(ctx, node, value, True, where)
+    raise _unsupported(node, ctx)
+
+
+def _call_function(ctx: Context, node: fx.Node, env: dict) -> Value:
+    target = node.target
+    where = _where(node)
+    args = _args(node, env)
+    kwargs = {k: _resolve(v, env) for k, v in node.kwargs.items()}
+    values = [a for a in args if isinstance(a, Value)]
+    if target in _ADD and len(args) == 2 and not set(kwargs) - {"alpha"} and kwargs.get("alpha", 1) == 1:
+        if len(values) == 2:
+            return ops.residual(ctx, node, args[0], args[1], where)
+        if len(values) == 1 and _is_number(args[1 - args.index(values[0])]):
+            return ops.add_constant(ctx, node, values[0], float(args[1 - args.index(values[0])]), where)
+    if target in (operator.sub, torch.sub, "sub") and len(values) == 1 and args[0] is values[0] and _is_number(args[1]):
+        return ops.add_constant(ctx, node, values[0], -float(args[1]), where)
+    if target in (operator.mul, torch.mul, "mul") and len(values) == 1 and len(args) == 2:
+        other = args[1 - args.index(values[0])]
+        if _is_number(other):
+            return ops.scale(ctx, node, values[0], float(other), where)
+    if target in _SINE and len(values) == 1:
+        return ops.sine(ctx, node, values[0], where)
+    if target in _ACT_FUNCTIONS and values and args[0] is values[0]:
+        act = _ACT_FUNCTIONS[target]
+        param = 0.0
+        if act == ACT_GELU and kwargs.get("approximate", "none") == "tanh":
+            act = ACT_GELU_TANH
+        if act == ACT_LEAKY_RELU:
+            param = float(args[1] if len(args) > 1 else kwargs.get("negative_slope", 0.01))
+        return ops.activation(ctx, node, values[0], act, param, where)
+    if target in _PASS_FUNCTIONS and values:
+        return values[0]
+    if target in _FLATTEN and values:
+        return _flatten(ctx, node, values[0], args, kwargs, where)
+    if target in _CAT and _cat_dim_ok(node, args, kwargs, ctx):
+        return ops.concatenate(ctx, node, list(args[0]), where)
+    if target in _POOL and values and _is_global_pool(node, args, kwargs, ctx):
+        keepdim = kwargs.get("keepdim", args[2] if len(args) > 2 else False) if target != F.adaptive_avg_pool2d else True
+        return ops.global_pool(ctx, node, values[0], bool(keepdim), where)
+    raise _unsupported(node, ctx)
+
+
+def _flatten(ctx: Context, node: fx.Node, value: Value, args, kwargs, where: str) -> Value:
+    in_shape = ctx.shape(node.args[0])
+    out_shape = ctx.shape(node)
+    if len(out_shape) != 2 or out_shape[0] != in_shape[0]:
+        raise UnsupportedModelError(
+            f"{where}: only flattening to [batch, features] is supported, got {list(in_shape)} -> {list(out_shape)}"
+        )
+    return ops.flatten(ctx, node, value, where)
+
+
+def _cat_dim_ok(node: fx.Node, args, kwargs, ctx: Context) -> bool:
+    tensors = args[0]
+    if not isinstance(tensors, (list, tuple)) or not all(isinstance(t, Value) for t in tensors):
+        return False
+    dim = kwargs.get("dim", args[1] if len(args) > 1 else 0)
+    rank = len(ctx.shape(node))
+    return dim % rank == 1
+
+
+def _is_global_pool(node: fx.Node, args, kwargs, ctx: Context) -> bool:
+    if node.target == F.adaptive_avg_pool2d:
+        return _is_one(kwargs.get("output_size", args[1] if len(args) > 1 else None))
+    dims = kwargs.get("dim", args[1] if len(args) > 1 else None)
+    rank = len(ctx.shape(node.args[0]))
+    if rank != 4 or dims is None:
+        return False
+    dims = (dims,) if isinstance(dims, int) else tuple(dims)
+    return sorted(d % 4 for d in dims) == [2, 3]
+
+
+def _placeholder(ctx: Context, node: fx.Node, example: torch.Tensor, env: dict) -> Value | None:
+    if any(isinstance(v, Value) for v in env.values()):
+        raise UnsupportedModelError(f"{type(ctx.gm).__name__}.forward takes several inputs; only one is supported")
+    shape = example.shape
+    if example.dim() == 2:
+        nodes = ctx.builder.new_layer(shape[1], (1, 1), ROLE_INPUT)
+        return Value(nodes, "vector", (1, 1), node.name)
+    nodes = ctx.builder.new_layer(shape[1], (shape[2], shape[3]), ROLE_INPUT)
+    return Value(nodes, "map", (shape[2], shape[3]), node.name)
+
+
+def _assign_roles(graph: NeuralGraph, output_nodes: list[int]) -> None:
+    """Roles and position ids: own id per input and output, one id per hidden layer."""
+    role = graph.node_role
+    n_in = int((role == ROLE_INPUT).sum())
+    n_out = len(output_nodes)
+    pos = n_in + n_out + graph.node_layer - 1
+    pos[role == ROLE_INPUT] = torch.arange(n_in)
+    out = torch.tensor(output_nodes, dtype=torch.long)
+    role[out] = ROLE_OUTPUT
+    pos[out] = n_in + torch.arange(n_out)
+    graph.node_pos = pos
+
+
+def _check_output(output: Any, ctx: Context, name: str) -> None:
+    if not isinstance(output, Value):
+        raise UnsupportedModelError(f"{name}.forward must return one tensor computed from its input")
+    if output.scale is not None:
+        raise UnsupportedModelError(f"{name}: the output is multiplied by a constant; fold it into the last layer")
+    layer = ctx.builder.node_layer
+    if len(set(output.nodes)) != len(output.nodes) or any(layer[n] == 0 for n in output.nodes):
+        raise UnsupportedModelError(f"{name}: the output repeats neurons or passes an input through unchanged")
+
+
+def _in_state_order(params: list[ParamEntry], state: dict, buffers: dict, name: str) -> list[ParamEntry]:
+    by_name = {p.name: p for p in params}
+    missing = [k for k in state if k not in by_name and k not in buffers]
+    if missing:
+        raise UnsupportedModelError(
+            f"{name}: state_dict entry {missing[0]!r} is not used by forward() in a supported way; "
+            "remove unused parameters and buffers"
+        )
+    return [by_name[k] for k in state if k in by_name]
+
+
+# ---- small helpers -----------------------------------------------------------------
+
+
+def _resolve(arg: Any, env: dict) -> Any:
+    if isinstance(arg, fx.Node):
+        return env.get(arg)
+    if isinstance(arg, (list, tuple)):
+        return type(arg)(_resolve(a, env) for a in arg)
+    return arg
+
+
+def _args(node: fx.Node, env: dict) -> list:
+    return [_resolve(a, env) for a in node.args]
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _is_one(size: Any) -> bool:
+    return size == 1 or (isinstance(size, (tuple, list)) and tuple(size) == (1, 1))
+
+
+def _where(node: fx.Node) -> str:
+    stack = node.meta.get("nn_module_stack")
+    if stack:
+        path, (_, cls) = next(reversed(stack.items()))
+        return f"{path} ({cls.__name__ if isinstance(cls, type) else cls}): {_op_name(node)}"
+    return f"forward: {_op_name(node)}"
+
+
+def _op_name(node: fx.Node) -> str:
+    target = node.target
+    if node.op == "call_method":
+        return f"tensor.{target}()"
+    return getattr(target, "__name__", str(target))
+
+
+def _unsupported(node: fx.Node, ctx: Context) -> UnsupportedModelError:
+    if node.op == "call_module":
+        module = ctx.modules[node.target]
+        what = f"{node.target} ({type(module).__name__})"
+    elif node.op == "get_attr":
+        what = f"direct use of tensor attribute {node.target!r}"
+    else:
+        what = _where(node)
+    return UnsupportedModelError(f"{what} is not supported; nngraph converts: {SUPPORTED}")
+
+
+def _check_input(example: Any, name: str) -> None:
+    if not isinstance(example, torch.Tensor) or not example.is_floating_point():
+        raise InputShapeError(f"example_input for {name} must be a float tensor shaped [batch, F] or [batch, C, H, W]")
+    if example.dim() not in (2, 4):
+        raise InputShapeError(
+            f"example_input for {name} has shape {list(example.shape)}; use [batch, F] or [batch, C, H, W]"
+        )
+    if not torch.isfinite(example).all():
+        raise NonFiniteError(f"example_input for {name} holds NaN or inf; pass finite values")
+
+
+def _check_finite(state: dict, name: str) -> None:
+    for key, tensor in state.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise NonFiniteError(f"{name}: parameter {key!r} holds NaN or inf; fix or retrain the model before converting")
+
+
+def _param_dtype(state: dict, name: str) -> torch.dtype:
+    dtypes = {t.dtype for t in state.values() if t.is_floating_point()}
+    if len(dtypes) > 1:
+        raise UnsupportedModelError(f"{name} mixes parameter dtypes {sorted(map(str, dtypes))}; convert it to one dtype")
+    return dtypes.pop() if dtypes else torch.float32
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _root_cause(exc: BaseException) -> str:
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return _first_line(exc)

@@ -1,0 +1,145 @@
+"""NeuralGraph: the one container every part of nngraph speaks.
+
+A network becomes its computation graph. Every neuron (a unit of a Linear layer, a
+channel of a Conv2d layer, an input coordinate or channel) is a node; every weight
+between two neurons is an edge, directed in the forward direction of the network.
+
+Node features ``x`` [N, NODE_DIM] (channels named by the ``X_*`` constants):
+
+    X_BIAS        bias of the neuron (0 for inputs and parameter-free nodes)
+    X_NORM_WEIGHT normalisation scale gamma (1 where the node has no norm)
+    X_NORM_BIAS   normalisation shift beta (0 where none)
+    X_NORM_MEAN   BatchNorm running mean (0 elsewhere)
+    X_NORM_VAR    BatchNorm running variance (1 elsewhere)
+    X_ACT_PARAM   activation parameter: w0 of sin(w0 z), negative slope of LeakyReLU
+    X_OFFSET      constant added after the layer (the SIREN output offset), not a parameter
+
+A node computes, from the values h_i of its sources (edges i -> j of weight/kernel w_ij):
+
+    z_j = sum_i op_k(w_ij, h_i) + bias_j + offset_j
+    z_j = norm_j(z_j)            # BatchNorm (running stats) or LayerNorm over its layer
+    h_j = act_j(z_j)
+
+where op_k depends on the edge kind (``EDGE_*``): a product for Linear weights, a 2-D
+cross-correlation for conv kernels, the dot product over positions for the weights of a
+flattened C x H x W map, a copy for residual/identity edges and a spatial mean for
+global average pooling.
+
+Edge features ``edge_attr`` [E, d_e] with d_e = max(k_max^2, max flattened H*W, 1):
+
+- a conv kernel (kh x kw) is centre-padded into a k_max x k_max window, flattened;
+- a scalar weight (Linear, residual, identity, pooling) sits where a 1x1 kernel would,
+  at the centre of that window (index k_max^2 // 2);
+- the H*W weights from one channel of a flattened map to one Linear unit fill the first
+  H*W entries, in the row-major order of ``torch.flatten``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch_geometric.data import Data
+
+# Node feature channels.
+X_BIAS, X_NORM_WEIGHT, X_NORM_BIAS, X_NORM_MEAN, X_NORM_VAR, X_ACT_PARAM, X_OFFSET = range(7)
+NODE_DIM = 7
+NEUTRAL_NODE = (0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0)
+
+# Edge kinds.
+EDGE_LINEAR, EDGE_CONV, EDGE_RESIDUAL, EDGE_FLATTEN, EDGE_POOL, EDGE_IDENTITY = range(6)
+EDGE_KINDS = ("linear", "conv", "residual", "flatten", "pool", "identity")
+
+# Activations applied at a node.
+(ACT_NONE, ACT_RELU, ACT_GELU, ACT_GELU_TANH, ACT_SILU, ACT_TANH, ACT_SIGMOID, ACT_LEAKY_RELU, ACT_SINE) = range(9)
+ACTIVATIONS = ("none", "relu", "gelu", "gelu_tanh", "silu", "tanh", "sigmoid", "leaky_relu", "sine")
+
+# Normalisations applied at a node.
+NORM_NONE, NORM_BATCH, NORM_LAYER = range(3)
+NORMS = ("none", "batchnorm", "layernorm")
+
+# Node roles: inputs and outputs keep their order under permutations; hidden nodes move.
+ROLE_INPUT, ROLE_HIDDEN, ROLE_OUTPUT = range(3)
+
+# Columns of ``edge_geom``: kernel size, stride, padding and dilation of conv edges.
+GEOM_COLUMNS = ("kh", "kw", "stride_h", "stride_w", "pad_h", "pad_w", "dil_h", "dil_w")
+
+
+@dataclass(frozen=True)
+class ParamEntry:
+    """Where one state_dict tensor lives in the graph.
+
+    ``source`` is one of:
+      - ``"kernel"``: weight [out, in] or [out, in, kh, kw]; element (j, i) is edge
+        ``offset + j * in + i``, its kernel centred in the k_max x k_max window;
+      - ``"flat"``: weight [out, C*H*W] of a Linear on a flattened C x H x W map; edge
+        ``offset + j * C + c`` holds W[j, c*H*W:(c+1)*H*W] in its first H*W entries;
+      - ``"node"``: a per-neuron vector [n]; element j is ``x[offset + j, channel]``.
+
+    ``sources`` is the number of source nodes per output unit (in, or C for ``flat``).
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    source: str
+    offset: int
+    channel: int = 0
+    sources: int = 0
+
+    @property
+    def count(self) -> int:
+        """Number of edges (kernel/flat) or nodes (node) the tensor occupies."""
+        return self.shape[0] * self.sources if self.source != "node" else self.shape[0]
+
+
+@dataclass
+class ArchSpec:
+    """What a graph needs besides its tensors to give back parameters and outputs.
+
+    ``params`` follow the state_dict order of the converted model; ``buffers`` are
+    state_dict tensors that carry no per-neuron meaning (BatchNorm's batch counter).
+    """
+
+    params: list[ParamEntry]
+    buffers: dict[str, torch.Tensor] = field(default_factory=dict)
+    state_order: list[str] = field(default_factory=list)
+    input_shape: tuple[int, ...] = ()
+    output_shape: tuple[int, ...] = ()
+    k_max: int = 1
+    model_name: str = ""
+
+
+class NeuralGraph(Data):
+    """One network as a graph (a torch_geometric ``Data`` so that PyG can batch it).
+
+    Fields (N nodes, E edges):
+        x          [N, NODE_DIM] float   node features, channel 0 = bias
+        edge_index [2, E] long           source -> target, forward direction
+        edge_attr  [E, d_e] float        weights / kernels (see module docstring)
+        edge_kind  [E] long              EDGE_* kind
+        edge_geom  [E, 8] long           GEOM_COLUMNS of conv edges (0 elsewhere)
+        node_layer [N] long              layer index, 0 = inputs, topological order
+        node_pos   [N] long              position-embedding id (own id per input/output,
+                                         one id per hidden layer)
+        node_act   [N] long              ACT_* activation at the node
+        node_norm  [N] long              NORM_* normalisation at the node
+        node_eps   [N] float             epsilon of that normalisation
+        node_role  [N] long              ROLE_* input / hidden / output
+        node_hw    [N, 2] long           spatial size of the node's value (1, 1 for units)
+        spec       ArchSpec              parameter layout, buffers, input/output shapes
+    """
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.node_layer.max()) + 1
+
+    @property
+    def k_max(self) -> int:
+        return self.spec.k_max
+
+    def __repr__(self) -> str:
+        name = getattr(self.spec, "model_name", "") if self.spec is not None else ""
+        return (
+            f"NeuralGraph({name + ', ' if name else ''}nodes={self.num_nodes}, "
+            f"edges={self.edge_index.shape[1]}, d_v={self.x.shape[1]}, d_e={self.edge_attr.shape[1]})"
+        )

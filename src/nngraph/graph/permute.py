@@ -1,0 +1,108 @@
+"""Function-preserving permutations of hidden neurons.
+
+Reordering the units of a hidden layer (and the matching rows and columns of the
+weights around it) leaves a network's function unchanged. On the graph this is a
+relabelling of nodes. Neurons joined by residual, identity or pooling edges carry one
+value forward (z_s = z_a + z_b, a copy, a channel's mean) and must move together: they
+form one *tie class*. Classes that touch the same layers are permuted among each other;
+classes holding an input or output neuron never move.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from nngraph.errors import InputShapeError
+from nngraph.graph.convert import to_graph, to_params
+from nngraph.graph.graph import EDGE_IDENTITY, EDGE_POOL, EDGE_RESIDUAL, ROLE_HIDDEN, NeuralGraph
+
+_TIE_KINDS = (EDGE_RESIDUAL, EDGE_IDENTITY, EDGE_POOL)
+
+
+def permute_graph(graph: NeuralGraph, seed: int = 0) -> tuple[NeuralGraph, torch.Tensor]:
+    """A random function-preserving relabelling of the hidden nodes.
+
+    Returns the permuted graph in the same canonical layout (edge e joins the same node
+    ids as before) and ``perm`` [N]: new node k holds what old node ``perm[k]`` held, so
+    ``x_new = x[perm]`` and edge (i -> j) of the new graph carries old edge
+    (perm[i] -> perm[j]).
+    """
+    perm = _tie_class_permutation(graph, torch.Generator().manual_seed(seed))
+    n = graph.num_nodes
+    src, dst = graph.edge_index
+    old_key = src * n + dst
+    order = torch.argsort(old_key)
+    wanted = perm[src] * n + perm[dst]
+    old_edge = order[torch.searchsorted(old_key[order], wanted)]
+    if not torch.equal(old_key[old_edge], wanted):
+        raise RuntimeError("permutation does not map edges onto edges; the graph is malformed")
+    new = graph.clone()
+    for key in ("x", "node_act", "node_norm", "node_eps", "node_hw", "node_layer", "node_pos", "node_role"):
+        new[key] = graph[key][perm]
+    for key in ("edge_attr", "edge_kind", "edge_geom"):
+        new[key] = graph[key][old_edge]
+    return new, perm
+
+
+def _tie_class_permutation(graph: NeuralGraph, generator: torch.Generator) -> torch.Tensor:
+    n = graph.num_nodes
+    parent = list(range(n))
+
+    def find(a: int) -> int:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    tie = torch.isin(graph.edge_kind, torch.tensor(_TIE_KINDS))
+    for a, b in graph.edge_index[:, tie].t().tolist():
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    members: dict[int, list[int]] = {}
+    for node in range(n):
+        members.setdefault(find(node), []).append(node)
+    layer = graph.node_layer.tolist()
+    role = graph.node_role.tolist()
+    # Classes with the same layer signature are interchangeable.
+    by_signature: dict[tuple[int, ...], list[list[int]]] = {}
+    for nodes in members.values():
+        layers = [layer[v] for v in nodes]
+        if any(role[v] != ROLE_HIDDEN for v in nodes) or len(set(layers)) != len(layers):
+            continue
+        nodes = sorted(nodes, key=lambda v: layer[v])
+        by_signature.setdefault(tuple(sorted(layers)), []).append(nodes)
+    perm = torch.arange(n)
+    for classes in by_signature.values():
+        shuffled = torch.randperm(len(classes), generator=generator).tolist()
+        for target, source in zip(classes, (classes[s] for s in shuffled)):
+            perm[torch.tensor(target)] = torch.tensor(source)
+    return perm
+
+
+def permute_neurons(model: nn.Module, seed: int = 0, example_input: torch.Tensor | None = None) -> nn.Module:
+    """A copy of ``model`` with hidden neurons/channels randomly reordered; same function.
+
+    Residual-tied channels share one permutation and norm parameters move with their
+    channels; inputs and outputs never move. ``example_input`` is needed only when the
+    input size cannot be guessed from the first layer (a flatten into a Linear).
+    """
+    if example_input is None:
+        example_input = _guess_input(model)
+    graph = to_graph(model, example_input)
+    permuted, _ = permute_graph(graph, seed)
+    result = copy.deepcopy(model)
+    result.load_state_dict(to_params(permuted))
+    return result
+
+
+def _guess_input(model: nn.Module) -> torch.Tensor:
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            return torch.zeros(1, module.in_features)
+        if isinstance(module, nn.Conv2d):
+            return torch.zeros(1, module.in_channels, 32, 32)
+    raise InputShapeError(f"cannot guess the input of {type(model).__name__}; pass example_input")
