@@ -132,10 +132,13 @@ class GraphBuilder:
         window = [c for c in self.chunks if c.kind != EDGE_FLATTEN]
         flat = [c for c in self.chunks if c.kind == EDGE_FLATTEN]
         needed = max([max(c.weights.shape[1:]) for c in window] + [1])
+        needed += 1 - needed % 2  # odd, so that the window has one centre
         if k_max is None:
             k_max = needed
         elif k_max < needed:
             raise ValueError(f"k_max={k_max} is smaller than the largest kernel ({needed})")
+        elif k_max % 2 == 0:
+            raise ValueError(f"k_max={k_max} must be odd (the window needs a centre)")
         width = max([k_max * k_max] + [c.weights.shape[1] for c in flat])
         attrs = []
         for chunk in self.chunks:

@@ -8,6 +8,8 @@ graph is either exact or not made at all.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import operator
 from collections import Counter, OrderedDict
 from typing import Any, Callable
@@ -80,8 +82,9 @@ class Context:
 
     sine_targets = _SINE
 
-    def __init__(self, gm: fx.GraphModule, dtype: torch.dtype):
+    def __init__(self, gm: fx.GraphModule, dtype: torch.dtype, name: str):
         self.gm = gm
+        self.name = name
         self.modules = dict(gm.named_modules())
         self.builder = GraphBuilder(dtype)
         self.buffers: dict[str, torch.Tensor] = {}
@@ -154,14 +157,15 @@ def to_graph(model: nn.Module, example_input: torch.Tensor, *, k_max: int | None
         ) from None
     gm = fx.GraphModule(model, graph)
     try:
-        ShapeProp(gm).propagate(example_input.detach())
+        with contextlib.redirect_stderr(io.StringIO()):  # ShapeProp prints a traceback before raising
+            ShapeProp(gm).propagate(example_input.detach())
     except Exception as exc:  # noqa: BLE001
         raise InputShapeError(
             f"example_input of shape {list(example_input.shape)} does not fit {name}: {_root_cause(exc)}; "
             "pass a batch shaped like the model's input"
         ) from None
     dtype = _param_dtype(state, name)
-    ctx = Context(gm, dtype)
+    ctx = Context(gm, dtype, name)
     env: dict[fx.Node, Any] = {}
     output: Value | None = None
     for node in gm.graph.nodes:
@@ -193,18 +197,23 @@ def to_params(graph: NeuralGraph) -> OrderedDict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     for entry in spec.params:
         if entry.source == "node":
-            out[entry.name] = graph.x[entry.offset : entry.offset + entry.count, entry.channel].clone()
+            out[entry.name] = _copy(graph.x[entry.offset : entry.offset + entry.count, entry.channel])
             continue
         attr = graph.edge_attr[entry.offset : entry.offset + entry.count]  # [out*in, d_e]
         if entry.source == "flat":
             n_out, width = entry.shape
             hw = width // entry.sources
-            out[entry.name] = attr[:, :hw].reshape(n_out, width).clone()
+            out[entry.name] = _copy(attr[:, :hw].reshape(n_out, width))
         else:
             kh, kw = entry.shape[2:] if len(entry.shape) == 4 else (1, 1)
-            out[entry.name] = window_of(attr, k, kh, kw).reshape(entry.shape).clone()
-    out.update({name: t.clone() for name, t in spec.buffers.items()})
+            out[entry.name] = _copy(window_of(attr, k, kh, kw).reshape(entry.shape))
+    out.update({name: _copy(t) for name, t in spec.buffers.items()})
     return OrderedDict((name, out[name]) for name in spec.state_order)
+
+
+def _copy(t: torch.Tensor) -> torch.Tensor:
+    """A detached contiguous copy (a state_dict must not alias or stride into the graph)."""
+    return t.detach().clone(memory_format=torch.contiguous_format)
 
 
 # ---- conversion of one fx node ------------------------------------------------------
@@ -254,7 +263,7 @@ def _call_module(ctx: Context, node: fx.Node, env: dict) -> Value:
 
 def _call_function(ctx: Context, node: fx.Node, env: dict) -> Value:
     target = node.target
-    where = _where(node)
+    where = _where(node, ctx)
     args = _args(node, env)
     kwargs = {k: _resolve(v, env) for k, v in node.kwargs.items()}
     values = [a for a in args if isinstance(a, Value)]
@@ -323,7 +332,7 @@ def _is_global_pool(node: fx.Node, args, kwargs, ctx: Context) -> bool:
 
 def _placeholder(ctx: Context, node: fx.Node, example: torch.Tensor, env: dict) -> Value | None:
     if any(isinstance(v, Value) for v in env.values()):
-        raise UnsupportedModelError(f"{type(ctx.gm).__name__}.forward takes several inputs; only one is supported")
+        raise UnsupportedModelError(f"{ctx.name}.forward takes several inputs; only one is supported")
     shape = example.shape
     if example.dim() == 2:
         nodes = ctx.builder.new_layer(shape[1], (1, 1), ROLE_INPUT)
@@ -389,12 +398,13 @@ def _is_one(size: Any) -> bool:
     return size == 1 or (isinstance(size, (tuple, list)) and tuple(size) == (1, 1))
 
 
-def _where(node: fx.Node) -> str:
+def _where(node: fx.Node, ctx: Context) -> str:
+    """'path (Type): op' of the module whose forward() holds the node."""
     stack = node.meta.get("nn_module_stack")
     if stack:
         path, (_, cls) = next(reversed(stack.items()))
         return f"{path} ({cls.__name__ if isinstance(cls, type) else cls}): {_op_name(node)}"
-    return f"forward: {_op_name(node)}"
+    return f"{ctx.name}.forward: {_op_name(node)}"
 
 
 def _op_name(node: fx.Node) -> str:
@@ -411,7 +421,7 @@ def _unsupported(node: fx.Node, ctx: Context) -> UnsupportedModelError:
     elif node.op == "get_attr":
         what = f"direct use of tensor attribute {node.target!r}"
     else:
-        what = _where(node)
+        what = _where(node, ctx)
     return UnsupportedModelError(f"{what} is not supported; nngraph converts: {SUPPORTED}")
 
 

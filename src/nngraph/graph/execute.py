@@ -55,6 +55,7 @@ from nngraph.graph.graph import (
     X_NORM_WEIGHT,
     X_OFFSET,
     NeuralGraph,
+    centre,
 )
 
 _DENSE_KINDS = (EDGE_LINEAR, EDGE_CONV, EDGE_FLATTEN)
@@ -183,7 +184,7 @@ class _Run:
         hd[s_graph, s_rank] = h  # [G, Cin, P, hs, ws]
         attr = self.g.edge_attr[edges]
         if kind == EDGE_LINEAR:
-            w = attr[:, (self.k_max * self.k_max) // 2]
+            w = attr[:, centre(self.k_max)]
             wd = w.new_zeros(G, n_out, n_in)
             wd[e_graph, e_j, e_i] = w
             z = torch.bmm(wd, hd.reshape(G, n_in, P))  # [G, Cout, P]
@@ -208,7 +209,7 @@ class _Run:
         h = self._gather(src)  # [E_g, P, h, w]
         if kind == EDGE_POOL:
             h = h.mean(dim=(-2, -1), keepdim=True)
-        w = self.g.edge_attr[edges, (self.k_max * self.k_max) // 2]
+        w = self.g.edge_attr[edges, centre(self.k_max)]
         msg = h * w.view(-1, 1, 1, 1)
         z = msg.new_zeros(len(targets), *msg.shape[1:])
         return z.index_add(0, torch.searchsorted(targets, dst), msg)

@@ -25,9 +25,11 @@ cross-correlation for conv kernels, the dot product over positions for the weigh
 flattened C x H x W map, a copy for residual/identity edges and a spatial mean for
 global average pooling.
 
-Edge features ``edge_attr`` [E, d_e] with d_e = max(k_max^2, max flattened H*W, 1):
+Edge features ``edge_attr`` [E, d_e] with d_e = max(k_max^2, max flattened H*W, 1),
+k_max the largest kernel size rounded up to an odd number:
 
-- a conv kernel (kh x kw) is centre-padded into a k_max x k_max window, flattened;
+- a conv kernel (kh x kw) is centre-padded into a k_max x k_max window (top and left
+  padding (k_max - kh) // 2 and (k_max - kw) // 2), flattened row-major;
 - a scalar weight (Linear, residual, identity, pooling) sits where a 1x1 kernel would,
   at the centre of that window (index k_max^2 // 2);
 - the H*W weights from one channel of a flattened map to one Linear unit fill the first
@@ -60,6 +62,11 @@ NORMS = ("none", "batchnorm", "layernorm")
 
 # Node roles: inputs and outputs keep their order under permutations; hidden nodes move.
 ROLE_INPUT, ROLE_HIDDEN, ROLE_OUTPUT = range(3)
+
+def centre(k_max: int) -> int:
+    """Channel of edge_attr that holds a scalar weight: the centre of the k_max x k_max window."""
+    return (k_max * k_max) // 2
+
 
 # Columns of ``edge_geom``: kernel size, stride, padding and dilation of conv edges.
 GEOM_COLUMNS = ("kh", "kw", "stride_h", "stride_w", "pad_h", "pad_w", "dil_h", "dil_w")

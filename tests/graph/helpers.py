@@ -1,0 +1,39 @@
+import torch
+
+from nngraph.graph.graph import ROLE_HIDDEN
+
+
+def assert_rel_close(actual: torch.Tensor, expected: torch.Tensor, rel: float = 1e-5) -> None:
+    """max |a - e| <= rel * max(|e|, 1): float32 agreement relative to the output's scale."""
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    scale = max(float(expected.abs().max()), 1.0)
+    err = float((actual - expected).abs().max())
+    assert err <= rel * scale, f"max abs error {err:.3g} exceeds {rel:g} x {scale:.3g}"
+
+
+def assert_exact_params(params: dict, state: dict) -> None:
+    assert list(params) == list(state)
+    for key in state:
+        assert params[key].dtype == state[key].dtype, key
+        assert params[key].shape == state[key].shape, key
+        assert torch.equal(params[key].view(-1).view(torch.uint8) if params[key].is_floating_point() else params[key],
+                           state[key].view(-1).view(torch.uint8) if state[key].is_floating_point() else state[key]), key
+
+
+def assert_relabelled(new, old, perm: torch.Tensor) -> None:
+    """``new`` is ``old`` with node k <- old node perm[k]: features, structure and edges agree."""
+    n = old.num_nodes
+    assert sorted(perm.tolist()) == list(range(n))
+    assert torch.equal(old.node_layer[perm], old.node_layer), "perm leaves a layer"
+    fixed = old.node_role != ROLE_HIDDEN
+    assert torch.equal(perm[fixed], torch.arange(n)[fixed]), "an input or output node moved"
+    for key in ("x", "node_act", "node_norm", "node_pos", "node_hw"):
+        assert torch.equal(new[key], old[key][perm]), key
+    assert torch.equal(new.edge_index, old.edge_index)
+    old_edges = {
+        (s, d): (a, k)
+        for (s, d), a, k in zip(old.edge_index.t().tolist(), old.edge_attr.tolist(), old.edge_kind.tolist())
+    }
+    p = perm.tolist()
+    for (s, d), a, k in zip(new.edge_index.t().tolist(), new.edge_attr.tolist(), new.edge_kind.tolist()):
+        assert old_edges[(p[s], p[d])] == (a, k)
