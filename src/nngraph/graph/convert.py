@@ -147,6 +147,7 @@ def to_graph(model: nn.Module, example_input: torch.Tensor, *, k_max: int | None
     _check_input(example_input, name)
     state = model.state_dict()
     _check_finite(state, name)
+    _check_no_batch_statistics(model)
     try:
         tracer = _Tracer()
         graph = tracer.trace(model)
@@ -156,14 +157,7 @@ def to_graph(model: nn.Module, example_input: torch.Tensor, *, k_max: int | None
             "is not supported: write forward() as a fixed sequence of ops"
         ) from None
     gm = fx.GraphModule(model, graph)
-    try:
-        with contextlib.redirect_stderr(io.StringIO()):  # ShapeProp prints a traceback before raising
-            ShapeProp(gm).propagate(example_input.detach())
-    except Exception as exc:  # noqa: BLE001
-        raise InputShapeError(
-            f"example_input of shape {list(example_input.shape)} does not fit {name}: {_root_cause(exc)}; "
-            "pass a batch shaped like the model's input"
-        ) from None
+    _propagate_shapes(gm, example_input.detach(), name)
     dtype = _param_dtype(state, name)
     ctx = Context(gm, dtype, name)
     env: dict[fx.Node, Any] = {}
@@ -188,6 +182,18 @@ def to_graph(model: nn.Module, example_input: torch.Tensor, *, k_max: int | None
     graph_out = ctx.builder.finish(spec, k_max)
     _assign_roles(graph_out, output.nodes)
     return graph_out
+
+
+def _propagate_shapes(gm: fx.GraphModule, example: torch.Tensor, name: str) -> None:
+    """Record every fx node's output shape (``node.meta['tensor_meta']``) from one example."""
+    try:
+        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):  # ShapeProp prints a traceback
+            ShapeProp(gm).propagate(example[:1])
+    except Exception as exc:  # noqa: BLE001
+        raise InputShapeError(
+            f"example_input of shape {list(example.shape)} does not fit {name}: {_root_cause(exc)}; "
+            "pass a batch shaped like the model's input"
+        ) from None
 
 
 def to_params(graph: NeuralGraph) -> OrderedDict[str, torch.Tensor]:
@@ -434,6 +440,15 @@ def _check_input(example: Any, name: str) -> None:
         )
     if not torch.isfinite(example).all():
         raise NonFiniteError(f"example_input for {name} holds NaN or inf; pass finite values")
+
+
+def _check_no_batch_statistics(model: nn.Module) -> None:
+    """BatchNorm must use running statistics (tracing runs the model, which would update them)."""
+    for path, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training:
+            raise UnsupportedModelError(
+                f"{path} ({type(module).__name__}) is in training mode; call model.eval() before converting"
+            )
 
 
 def _check_finite(state: dict, name: str) -> None:

@@ -26,9 +26,14 @@ def stacked_features(template: NeuralGraph, params: dict[str, torch.Tensor]) -> 
     if len(sizes) != 1:
         raise InputShapeError(f"stacked parameters disagree on the number of networks: {sorted(sizes)}")
     b = sizes.pop()
-    x = template.x.unsqueeze(0).repeat(b, 1, 1)  # [B, N, d_v]
-    edge_attr = template.edge_attr.unsqueeze(0).repeat(b, 1, 1)  # [B, E, d_e]
+    x = template.x.unsqueeze(0).expand(b, -1, -1).clone()  # [B, N, d_v]
+    n_edges, width = template.edge_attr.shape
     k = spec.k_max
+    # Parameter edges are written below; a weight alone fills its row only when d_e == 1.
+    edge_attr = template.edge_attr.new_empty(b, n_edges, width) if width == 1 else template.edge_attr.new_zeros(
+        b, n_edges, width
+    )  # [B, E, d_e]
+    constant = torch.ones(n_edges, dtype=torch.bool)  # edges that carry no parameter (residual, pooling, ...)
     for entry in spec.params:
         if entry.name not in params:
             raise InputShapeError(f"stacked parameters lack {entry.name!r}; they must follow the template's state_dict")
@@ -38,6 +43,8 @@ def stacked_features(template: NeuralGraph, params: dict[str, torch.Tensor]) -> 
                 f"stacked {entry.name!r} has shape {list(value.shape[1:])} per network; the template needs {list(entry.shape)}"
             )
         rows = slice(entry.offset, entry.offset + entry.count)
+        if entry.source != "node":
+            constant[rows] = False
         if entry.source == "node":
             x[:, rows, entry.channel] = value
         elif entry.source == "flat":
@@ -48,6 +55,8 @@ def stacked_features(template: NeuralGraph, params: dict[str, torch.Tensor]) -> 
             top, left = (k - kh) // 2, (k - kw) // 2
             window = edge_attr[:, rows, : k * k].view(b, entry.count, k, k)
             window[:, :, top : top + kh, left : left + kw] = value.reshape(b, entry.count, kh, kw)
+    if constant.any():
+        edge_attr[:, constant] = template.edge_attr[constant]
     return x, edge_attr
 
 

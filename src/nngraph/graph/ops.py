@@ -116,10 +116,8 @@ def _conv_padding(module: nn.Conv2d, where: str) -> tuple[int, int]:
 
 
 def batchnorm(ctx: Context, node: Node, module: nn.modules.batchnorm._BatchNorm, value: Value, path: str) -> Value:
-    """BatchNorm (eval): z <- (z - mean) / sqrt(var + eps) * gamma + beta, per node."""
+    """BatchNorm (eval; checked by to_graph): z <- (z - mean) / sqrt(var + eps) * gamma + beta, per node."""
     where = f"{path} ({type(module).__name__})"
-    if module.training:
-        raise UnsupportedModelError(f"{where} is in training mode; call model.eval() before converting")
     if not module.track_running_stats or module.running_mean is None:
         raise UnsupportedModelError(f"{where} has no running statistics; use track_running_stats=True")
     expected = "map" if isinstance(module, nn.BatchNorm2d) else "vector"

@@ -1,0 +1,50 @@
+"""Shared helpers of the benchmark scripts: machine facts and atomic result files.
+
+Every result file is JSON with ``title``, ``command``, ``machine``, ``commit``,
+``wall_s`` and ``rows`` (a list of flat dicts, rendered as one table in RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict:
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+
+
+def commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "src"], capture_output=True, text=True).stdout.strip()
+        return out.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def write_result(name: str, title: str, command: str, wall_s: float, rows: list[dict], **extra) -> Path:
+    """Write ``results/<name>.json`` atomically and return its path."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    payload = {"title": title, "command": command, "machine": machine(), "commit": commit(),
+               "wall_s": round(wall_s, 1), "rows": rows, **extra}
+    path = RESULTS / f"{name}.json"
+    fd, tmp = tempfile.mkstemp(dir=RESULTS, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(payload, f, indent=2)
+    os.replace(tmp, path)
+    return path
