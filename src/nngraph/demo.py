@@ -45,6 +45,8 @@ def conversion_report(seed: int = 0) -> list[dict]:
 
 def main() -> int:
     console = Console()
+    if not console.is_terminal:  # logs and CI: do not squeeze the table into 80 columns
+        console = Console(width=120)
     torch.set_num_threads(2)
     rows = conversion_report()
     table = Table(title="nngraph: example networks as graphs")
