@@ -84,3 +84,17 @@ def test_dense_view_masks_padding():
     s, d = a.edge_index[:, 0].tolist()
     assert dense.edge_attr[0, s, d, 0] == a.edge_attr[0, 0]
     assert (dense.x[0, 6:] == 0).all()
+
+
+def test_stacked_params_inverts_the_fast_path():
+    from nngraph.graph.fast import stacked_params
+
+    models = [randomise(CNN(1, [(3, 3, 1, 1, 1), (2, 5, 1, 2, 1)], bn=True, head="flatten", hw=6), s) for s in range(3)]
+    x = torch.randn(2, 1, 6, 6)
+    template = nngraph.to_graph(models[0], x)
+    params = {k: torch.stack([m.state_dict()[k] for m in models]) for k in template.spec.state_order}
+    back = stacked_params(graphs_from_params(template, params))
+    for entry in template.spec.params:
+        assert torch.equal(back[entry.name], params[entry.name]), entry.name
+    collated = stacked_params(nngraph.collate([nngraph.to_graph(m, x) for m in models]))
+    assert all(torch.equal(collated[k], back[k]) for k in back)

@@ -60,6 +60,38 @@ def stacked_features(template: NeuralGraph, params: dict[str, torch.Tensor]) -> 
     return x, edge_attr
 
 
+def stacked_params(batch: Batch) -> dict[str, torch.Tensor]:
+    """Inverse of ``graphs_from_params``: {name: [B, *shape]} of a batch of one architecture.
+
+    The batch's graphs must share the first graph's layout (same ``spec``, same node and
+    edge counts), as batches of one corpus do; node/edge features are read per graph in
+    canonical order, so gradients flow back into them.
+    """
+    specs = batch.spec if isinstance(batch.spec, list) else [batch.spec]
+    spec = specs[0]
+    b = len(specs)
+    n, e = batch.num_nodes // b, batch.num_edges // b
+    if n * b != batch.num_nodes or e * b != batch.num_edges or any(s.params != spec.params for s in specs):
+        raise InputShapeError("stacked_params needs a batch of networks of one architecture")
+    x = batch.x.view(b, n, -1)
+    edge_attr = batch.edge_attr.view(b, e, -1)
+    k = spec.k_max
+    out: dict[str, torch.Tensor] = {}
+    for entry in spec.params:
+        rows = slice(entry.offset, entry.offset + entry.count)
+        if entry.source == "node":
+            out[entry.name] = x[:, rows, entry.channel]
+        elif entry.source == "flat":
+            hw = entry.shape[1] // entry.sources
+            out[entry.name] = edge_attr[:, rows, :hw].reshape(b, *entry.shape)
+        else:
+            kh, kw = entry.shape[2:] if len(entry.shape) == 4 else (1, 1)
+            top, left = (k - kh) // 2, (k - kw) // 2
+            window = edge_attr[:, rows, : k * k].reshape(b, entry.count, k, k)
+            out[entry.name] = window[:, :, top : top + kh, left : left + kw].reshape(b, *entry.shape)
+    return out
+
+
 def graphs_from_params(template: NeuralGraph, params: dict[str, torch.Tensor]) -> Batch:
     """A PyG batch of B graphs, equal to ``collate([to_graph(m_b) ...])`` for the B networks."""
     x, edge_attr = stacked_features(template, params)
