@@ -60,12 +60,15 @@ def stacked_features(template: NeuralGraph, params: dict[str, torch.Tensor]) -> 
     return x, edge_attr
 
 
-def stacked_params(batch: Batch) -> dict[str, torch.Tensor]:
+def stacked_params(batch: Batch, x: torch.Tensor | None = None,
+                   edge_attr: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Inverse of ``graphs_from_params``: {name: [B, *shape]} of a batch of one architecture.
 
     The batch's graphs must share the first graph's layout (same ``spec``, same node and
     edge counts), as batches of one corpus do; node/edge features are read per graph in
-    canonical order, so gradients flow back into them.
+    canonical order, so gradients flow back into them. ``x`` [N, d_v] and ``edge_attr``
+    [E, d_e] replace the batch's own features (e.g. per-parameter predictions laid out
+    like the graph).
     """
     specs = batch.spec if isinstance(batch.spec, list) else [batch.spec]
     spec = specs[0]
@@ -73,8 +76,8 @@ def stacked_params(batch: Batch) -> dict[str, torch.Tensor]:
     n, e = batch.num_nodes // b, batch.num_edges // b
     if n * b != batch.num_nodes or e * b != batch.num_edges or any(s.params != spec.params for s in specs):
         raise InputShapeError("stacked_params needs a batch of networks of one architecture")
-    x = batch.x.view(b, n, -1)
-    edge_attr = batch.edge_attr.view(b, e, -1)
+    x = (batch.x if x is None else x).reshape(b, n, -1)
+    edge_attr = (batch.edge_attr if edge_attr is None else edge_attr).reshape(b, e, -1)
     k = spec.k_max
     out: dict[str, torch.Tensor] = {}
     for entry in spec.params:

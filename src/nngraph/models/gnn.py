@@ -1,0 +1,128 @@
+"""NG-GNN: message passing on neural graphs (PNA aggregation, FiLM messages, edge updates).
+
+One layer, for every edge i -> j (and j -> i when reverse edges are on, with a learned
+direction vector added to the edge state):
+
+    E_ij <- LN(E_ij + phi_e([V_i, E_ij, V_j]))                           edge update
+    m_ij  = phi_scale(E_ij) * phi_m([V_i, V_j]) + phi_shift(E_ij)        FiLM message
+    a_j   = W_a [ s(d_j) * agg_{i -> j} m_ij  for agg in (mean, min, max, std),
+                  s in (identity, amplification, attenuation) ]          PNA
+    V_j  <- LN(V_j + Dropout(phi_u([V_j, a_j])))                         node update
+
+Everything is a function of node and edge states only, so relabelling the nodes of a
+graph relabels the outputs: the model is equivariant to neuron permutations, and a
+graph's output does not depend on the other graphs of its batch.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch_geometric.data import Batch
+from torch_geometric.nn.aggr import DegreeScalerAggregation
+from torch_geometric.utils import degree
+
+from nngraph.models.embeddings import GraphEncoder, WeightStatistics
+from nngraph.models.probes import ProbeFeatures
+from nngraph.models.readout import InvariantReadout, ParameterReadout, mlp
+
+AGGREGATORS = ["mean", "min", "max", "std"]
+SCALERS = ["identity", "amplification", "attenuation"]
+
+
+class NGGNNLayer(nn.Module):
+    def __init__(self, hidden: int, edge_hidden: int, deg: torch.Tensor, dropout: float = 0.0):
+        super().__init__()
+        self.edge_update = mlp([2 * hidden + edge_hidden, edge_hidden, edge_hidden])
+        self.edge_norm = nn.LayerNorm(edge_hidden)
+        self.message = nn.Linear(2 * hidden, hidden)
+        self.film = nn.Linear(edge_hidden, 2 * hidden)  # scale and shift
+        self.aggregate = DegreeScalerAggregation(AGGREGATORS, SCALERS, deg)
+        self.post = nn.Linear(len(AGGREGATORS) * len(SCALERS) * hidden, hidden)
+        self.update = mlp([2 * hidden, hidden, hidden], dropout)
+        self.node_norm = nn.LayerNorm(hidden)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, v: torch.Tensor, e: torch.Tensor, src: torch.Tensor, dst: torch.Tensor,
+                direction: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """v [N, d]; e [E, d_e] forward edges; src/dst [E'] message edges (E' = E or 2E)."""
+        n_forward = e.shape[0]
+        fwd_src, fwd_dst = src[:n_forward], dst[:n_forward]
+        e = self.edge_norm(e + self.edge_update(torch.cat([v[fwd_src], e, v[fwd_dst]], dim=1)))
+        e_msg = e if direction is None else torch.cat([e + direction[0], e + direction[1]], dim=0)  # [E', d_e]
+        scale, shift = self.film(e_msg).chunk(2, dim=1)
+        m = scale * self.message(torch.cat([v[src], v[dst]], dim=1)) + shift  # [E', d]
+        a = self.post(self.aggregate(m, dst, dim_size=v.shape[0]))  # [N, d]
+        v = self.node_norm(v + self.dropout(self.update(torch.cat([v, a], dim=1))))
+        return v, e
+
+
+class NGGNN(nn.Module):
+    """NG-GNN metanetwork: encoder (+ probe features) -> L layers -> readout.
+
+    Args:
+        node_in, edge_in: channels of the graphs' node and edge features.
+        max_positions: size of the position-embedding table (> largest ``node_pos``).
+        num_outputs: output neurons of the input networks (read in order by the readout).
+        out_dim: size of the prediction (classes, 1 for regression); ignored for
+            ``readout="parameters"``, which predicts one value per parameter.
+        deg: in-degree histogram of training graphs (PNA scalers); see ``degree_histogram``.
+        probes: number of probe inputs (0 = off); ``input_shape`` and ``probe_domain`` say
+            where they live.
+    """
+
+    def __init__(
+        self,
+        node_in: int,
+        edge_in: int,
+        max_positions: int,
+        num_outputs: int,
+        out_dim: int,
+        deg: torch.Tensor,
+        hidden: int = 64,
+        edge_hidden: int = 32,
+        layers: int = 4,
+        dropout: float = 0.0,
+        position_embeddings: bool = True,
+        reverse_edges: bool = False,
+        fourier_features: int = 0,
+        probes: int = 0,
+        input_shape: tuple[int, ...] = (),
+        probe_domain: tuple[float, float] = (-1.0, 1.0),
+        stats: WeightStatistics | None = None,
+        readout: str = "invariant",
+    ):
+        super().__init__()
+        self.encoder = GraphEncoder(node_in, edge_in, hidden, edge_hidden, max_positions, stats,
+                                    position_embeddings, fourier_features)
+        self.probes = ProbeFeatures(probes, tuple(input_shape), hidden, probe_domain) if probes else None
+        self.layers = nn.ModuleList(NGGNNLayer(hidden, edge_hidden, deg, dropout) for _ in range(layers))
+        self.direction = nn.Parameter(torch.randn(2, edge_hidden) * 0.1) if reverse_edges else None
+        self.readout_kind = readout
+        if readout == "invariant":
+            self.readout = InvariantReadout(hidden, num_outputs, out_dim, dropout)
+        elif readout == "parameters":
+            self.readout = ParameterReadout(hidden, edge_hidden, node_in, edge_in)
+        else:
+            raise ValueError(f"readout must be 'invariant' or 'parameters', got {readout!r}")
+
+    def forward(self, batch: Batch):
+        v, e = self.encoder(batch)  # [N, d], [E, d_e]
+        if self.probes is not None:
+            v = v + self.probes(batch)
+        src, dst = batch.edge_index
+        if self.direction is not None:
+            src, dst = torch.cat([src, dst]), torch.cat([dst, src])
+        for layer in self.layers:
+            v, e = layer(v, e, src, dst, self.direction)
+        if self.readout_kind == "invariant":
+            return self.readout(v, batch)  # [B, out_dim]
+        return self.readout(v, e, batch)  # {name: [B, *shape]}
+
+
+def degree_histogram(batch: Batch, reverse_edges: bool = False) -> torch.Tensor:
+    """Histogram of node in-degrees (counting reverse edges if used), for the PNA scalers."""
+    src, dst = batch.edge_index
+    index = torch.cat([dst, src]) if reverse_edges else dst
+    deg = degree(index, num_nodes=batch.num_nodes, dtype=torch.long)
+    return torch.bincount(deg)

@@ -1,0 +1,68 @@
+"""Readouts: invariant pooling for per-network predictions, and per-parameter heads.
+
+Invariant: hidden nodes can be permuted, so they are pooled (mean and max per graph);
+input and output nodes never move, so the output nodes are read in their fixed order:
+
+    r_b = MLP([mean_{i hidden} V_i, max_{i hidden} V_i, V_{out_1}, ..., V_{out_m}])
+
+Equivariant: a head per node and per edge, laid out like the graph's own features (bias
+in channel 0 of the node, a weight or kernel in the edge's window), then read back
+through the parameter layout: {name: [B, *shape]} of exactly the input network's shapes.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch_geometric.data import Batch
+from torch_geometric.utils import scatter
+
+from nngraph.graph.fast import stacked_params
+from nngraph.graph.graph import ROLE_HIDDEN, ROLE_OUTPUT
+
+
+def mlp(dims: list[int], dropout: float = 0.0) -> nn.Sequential:
+    """Linear layers with GELU between them (none after the last)."""
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(dims) - 2:
+            layers += [nn.GELU(), nn.Dropout(dropout)]
+    return nn.Sequential(*layers)
+
+
+class InvariantReadout(nn.Module):
+    def __init__(self, hidden: int, num_outputs: int, out_dim: int, dropout: float = 0.0):
+        super().__init__()
+        self.num_outputs = num_outputs
+        self.head = mlp([(2 + num_outputs) * hidden, hidden, out_dim], dropout)
+
+    def forward(self, v: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """v [N, d] -> [B, out_dim]."""
+        b = int(batch.num_graphs)
+        hidden = batch.node_role == ROLE_HIDDEN
+        graph = batch.batch[hidden]
+        mean = scatter(v[hidden], graph, dim=0, dim_size=b, reduce="mean")  # [B, d]
+        big = torch.finfo(v.dtype).max
+        top = scatter(v[hidden], graph, dim=0, dim_size=b, reduce="max")
+        has_hidden = torch.bincount(graph, minlength=b)[:, None] > 0
+        top = torch.where(has_hidden, top, torch.zeros_like(top)).clamp(-big, big)
+        outputs = torch.nonzero(batch.node_role == ROLE_OUTPUT).squeeze(1)
+        order = torch.argsort(batch.batch[outputs] * (int(batch.node_pos.max()) + 1) + batch.node_pos[outputs])
+        out_states = v[outputs[order]]  # [B * m, d] in (graph, position) order
+        if out_states.shape[0] != b * self.num_outputs:
+            raise ValueError(f"every network must have {self.num_outputs} output neurons for this readout")
+        return self.head(torch.cat([mean, top, out_states.reshape(b, -1)], dim=1))
+
+
+class ParameterReadout(nn.Module):
+    """Per-parameter outputs: node head -> node features, edge head -> edge features."""
+
+    def __init__(self, hidden: int, edge_hidden: int, node_dim: int, edge_dim: int):
+        super().__init__()
+        self.node_head = mlp([hidden, hidden, node_dim])
+        self.edge_head = mlp([edge_hidden, edge_hidden, edge_dim])
+
+    def forward(self, v: torch.Tensor, e: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
+        """v [N, d], e [E, d_edge] -> {name: [B, *shape]} (e.g. dW, db of every layer)."""
+        return stacked_params(batch, x=self.node_head(v), edge_attr=self.edge_head(e))

@@ -1,0 +1,144 @@
+"""NG-T: a relational transformer over all node pairs of a neural graph.
+
+Dense states: V [B, N, d] per node, E [B, N, N, d_e] per ordered pair (i, j). A pair that
+is an edge i -> j starts from that edge's encoding; every other pair from a learned
+no-edge token (with reverse edges on, a pair j -> i of an edge i -> j starts from the
+edge's encoding plus a learned direction vector). One layer, with heads h of size d_h:
+
+    q_ij = V_i W_q + E_ij W_eq,   k_ij = V_j W_k + E_ij W_ek                 (per head)
+    a_ij = softmax_j( <q_ij, k_ij> / sqrt(d_h) )       over real nodes j only
+    v_ij = (E_ij W_scale) * (V_j W_v) + E_ij W_shift                        modulated values
+    V_i <- LN(V_i + W_o sum_j a_ij v_ij),   V_i <- LN(V_i + FFN(V_i))
+    E_ij <- LN(E_ij + FFN_e([E_ij, E_ji, V_i, V_j]))
+
+The score <q_ij, k_ij> is expanded as q_i.k_j + q_i.ek_ij + eq_ij.k_j + eq_ij.ek_ij so
+that no [B, N, N, d] sum of node and pair terms is materialised, and the four pair
+projections (eq, ek, scale, shift) are one matmul. Padded nodes are masked out of the
+attention, the edge updates (states kept at zero) and the pooling, so a graph's output
+does not depend on its batch-mates.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch_geometric.data import Batch
+from torch_geometric.utils import to_dense_batch
+
+from nngraph.models.embeddings import GraphEncoder, WeightStatistics
+from nngraph.models.probes import ProbeFeatures
+from nngraph.models.readout import InvariantReadout, ParameterReadout, mlp
+
+
+class NGTLayer(nn.Module):
+    def __init__(self, hidden: int, edge_hidden: int, heads: int, dropout: float = 0.0):
+        super().__init__()
+        if hidden % heads:
+            raise ValueError(f"hidden={hidden} must be divisible by heads={heads}")
+        self.heads, self.head_dim = heads, hidden // heads
+        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.pair = nn.Linear(edge_hidden, 4 * hidden)  # eq, ek, scale, shift
+        self.out = nn.Linear(hidden, hidden)
+        self.norm1, self.norm2 = nn.LayerNorm(hidden), nn.LayerNorm(hidden)
+        self.ffn = mlp([hidden, 2 * hidden, hidden], dropout)
+        # Edge update: Linear on [E_ij, E_ji, V_i, V_j] written as a sum of four projections.
+        self.e_self = nn.Linear(edge_hidden, edge_hidden)
+        self.e_transpose = nn.Linear(edge_hidden, edge_hidden, bias=False)
+        self.e_source = nn.Linear(hidden, edge_hidden, bias=False)
+        self.e_target = nn.Linear(hidden, edge_hidden, bias=False)
+        self.e_out = nn.Linear(edge_hidden, edge_hidden)
+        self.e_norm = nn.LayerNorm(edge_hidden)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, v: torch.Tensor, e: torch.Tensor, node_mask: torch.Tensor,
+                pair_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """v [B, N, d], e [B, N, N, d_e], node_mask [B, N], pair_mask [B, N, N]."""
+        b, n, d = v.shape
+        h, dh = self.heads, self.head_dim
+        q, k, val = self.qkv(v).view(b, n, 3, h, dh).unbind(2)  # each [B, N, H, dh]
+        eq, ek, scale, shift = self.pair(e).view(b, n, n, 4, h, dh).unbind(3)  # each [B, N, N, H, dh]
+        score = torch.einsum("bihc,bjhc->bijh", q, k)
+        score = score + torch.einsum("bihc,bijhc->bijh", q, ek)
+        score = score + torch.einsum("bijhc,bjhc->bijh", eq, k)
+        score = score + (eq * ek).sum(-1)
+        score = score / math.sqrt(dh)  # [B, N, N, H]
+        score = score.masked_fill(~node_mask[:, None, :, None], float("-inf"))
+        attn = torch.softmax(score, dim=2)
+        attn = attn.masked_fill(~node_mask[:, :, None, None], 0.0)  # padded queries: no NaN rows
+        attn = self.dropout(attn)
+        agg = torch.einsum("bijh,bijhc,bjhc->bihc", attn, scale, val) + torch.einsum("bijh,bijhc->bihc", attn, shift)
+        v = self.norm1(v + self.dropout(self.out(agg.reshape(b, n, d))))
+        v = self.norm2(v + self.dropout(self.ffn(v)))
+        v = v * node_mask[..., None]
+        pre = (self.e_self(e) + self.e_transpose(e.transpose(1, 2))
+               + self.e_source(v)[:, :, None, :] + self.e_target(v)[:, None, :, :])
+        e = self.e_norm(e + self.dropout(self.e_out(F.gelu(pre))))
+        return v, e * pair_mask[..., None]
+
+
+class NGT(nn.Module):
+    """NG-T metanetwork: encoder (+ probe features) -> dense relational transformer -> readout.
+
+    Arguments as for ``NGGNN`` (no degree histogram), plus ``heads``.
+    """
+
+    def __init__(
+        self,
+        node_in: int,
+        edge_in: int,
+        max_positions: int,
+        num_outputs: int,
+        out_dim: int,
+        hidden: int = 64,
+        edge_hidden: int = 32,
+        layers: int = 4,
+        heads: int = 8,
+        dropout: float = 0.0,
+        position_embeddings: bool = True,
+        reverse_edges: bool = False,
+        fourier_features: int = 0,
+        probes: int = 0,
+        input_shape: tuple[int, ...] = (),
+        probe_domain: tuple[float, float] = (-1.0, 1.0),
+        stats: WeightStatistics | None = None,
+        readout: str = "invariant",
+    ):
+        super().__init__()
+        self.encoder = GraphEncoder(node_in, edge_in, hidden, edge_hidden, max_positions, stats,
+                                    position_embeddings, fourier_features)
+        self.probes = ProbeFeatures(probes, tuple(input_shape), hidden, probe_domain) if probes else None
+        self.no_edge = nn.Parameter(torch.randn(edge_hidden) * 0.1)
+        self.reverse = nn.Parameter(torch.randn(edge_hidden) * 0.1) if reverse_edges else None
+        self.layers = nn.ModuleList(NGTLayer(hidden, edge_hidden, heads, dropout) for _ in range(layers))
+        self.readout_kind = readout
+        if readout == "invariant":
+            self.readout = InvariantReadout(hidden, num_outputs, out_dim, dropout)
+        elif readout == "parameters":
+            self.readout = ParameterReadout(hidden, edge_hidden, node_in, edge_in)
+        else:
+            raise ValueError(f"readout must be 'invariant' or 'parameters', got {readout!r}")
+
+    def forward(self, batch: Batch):
+        v, e = self.encoder(batch)  # [N, d], [E, d_e]
+        if self.probes is not None:
+            v = v + self.probes(batch)
+        dense_v, node_mask = to_dense_batch(v, batch.batch)  # [B, N_max, d]
+        b, n_max, _ = dense_v.shape
+        graph = batch.batch[batch.edge_index[0]]
+        local = torch.arange(batch.num_nodes) - batch.ptr[batch.batch]  # node index within its graph
+        src, dst = local[batch.edge_index[0]], local[batch.edge_index[1]]
+        pair_mask = node_mask[:, :, None] & node_mask[:, None, :]
+        dense_e = self.no_edge.expand(b, n_max, n_max, -1).clone()
+        if self.reverse is not None:
+            dense_e[graph, dst, src] = e + self.reverse
+        dense_e[graph, src, dst] = e
+        dense_e = dense_e * pair_mask[..., None]
+        for layer in self.layers:
+            dense_v, dense_e = layer(dense_v, dense_e, node_mask, pair_mask)
+        v = dense_v[node_mask]  # [N, d] in batch order
+        if self.readout_kind == "invariant":
+            return self.readout(v, batch)
+        return self.readout(v, dense_e[graph, src, dst], batch)

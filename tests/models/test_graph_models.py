@@ -1,0 +1,130 @@
+"""NG-GNN and NG-T: invariance, equivariance, batch independence, probes and ablations."""
+
+import pytest
+import torch
+
+import nngraph
+from nngraph.data.inr import Siren
+from nngraph.examples import ResidualCNN, TwoBranchCNN, example_networks
+from nngraph.graph.fast import graphs_from_params, stacked_params
+from nngraph.graph.permute import permute_graph
+from nngraph.models import create_model
+
+TOL = 1e-4
+
+
+def siren_graphs(count, seed=0, **kwargs):
+    gen = torch.Generator().manual_seed(seed)
+    return [nngraph.to_graph(Siren(generator=gen, **kwargs), torch.zeros(1, 2)) for _ in range(count)]
+
+
+def cnn_graphs(count, seed=0):
+    graphs = []
+    for i in range(count):
+        torch.manual_seed(seed + i)
+        net = ResidualCNN() if i % 2 == 0 else TwoBranchCNN()
+        with torch.no_grad():
+            for m in net.modules():
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    m.running_mean.normal_(0, 0.1)
+                    m.running_var.uniform_(0.5, 1.5)
+        graphs.append(nngraph.to_graph(net.eval(), torch.zeros(1, 1, 8, 8)))
+    return graphs
+
+
+def build(name, example, seed=0, **kwargs):
+    torch.manual_seed(seed)
+    return create_model(name, example=example, out_dim=3, **kwargs).eval()
+
+
+CONFIGS = [
+    ("nggnn", {}),
+    ("nggnn", {"probes": 4, "reverse_edges": True}),
+    ("ngt", {}),
+    ("ngt", {"probes": 4, "reverse_edges": True, "fourier_features": 2}),
+]
+
+
+@pytest.mark.parametrize("family", ["siren", "cnn"])
+@pytest.mark.parametrize("name,kwargs", CONFIGS, ids=[f"{n}-{i}" for i, (n, _) in enumerate(CONFIGS)])
+def test_invariance_under_neuron_permutations(family, name, kwargs):
+    graphs = siren_graphs(3) if family == "siren" else cnn_graphs(3)
+    model = build(name, nngraph.collate(graphs), **kwargs)
+    with torch.no_grad():
+        y = model(nngraph.collate(graphs))
+        permuted = [permute_graph(g, seed=s + 1)[0] for s, g in enumerate(graphs)]
+        assert any(not torch.equal(p.edge_attr, g.edge_attr) for p, g in zip(permuted, graphs))
+        y_perm = model(nngraph.collate(permuted))
+    assert (y - y_perm).abs().max() <= TOL
+
+
+@pytest.mark.parametrize("name", ["nggnn", "ngt"])
+def test_parameter_readout_is_equivariant(name):
+    graphs = siren_graphs(2)
+    batch = nngraph.collate(graphs)
+    model = build(name, batch, readout="parameters", probes=4)
+    with torch.no_grad():
+        deltas = model(batch)
+        permuted = [permute_graph(g, seed=7) for g in graphs]
+        deltas_perm = model(nngraph.collate([p for p, _ in permuted]))
+    # Lay the predicted deltas out as networks, permute those the same way, compare.
+    template = graphs[0]
+    for b, (_, perm) in enumerate(permuted):
+        as_graph = graphs_from_params(template, {k: v[b : b + 1] for k, v in deltas.items()}).to_data_list()[0]
+        expected = stacked_params(nngraph.collate([permute_graph(as_graph, seed=7)[0]]))
+        for key, value in expected.items():
+            assert value.shape[1:] == template.spec.params[[p.name for p in template.spec.params].index(key)].shape
+            assert (deltas_perm[key][b] - value[0]).abs().max() <= TOL, key
+
+
+@pytest.mark.parametrize("name", ["nggnn", "ngt"])
+def test_output_does_not_depend_on_batch_mates(name):
+    small = siren_graphs(2, seed=1, hidden=16, depth=3)
+    large = siren_graphs(3, seed=2)
+    model = build(name, nngraph.collate(small + large), probes=4)
+    with torch.no_grad():
+        mixed = model(nngraph.collate(small + large))  # the small networks are padded here
+        for index, graph in [(0, small[0]), (2, large[0])]:
+            alone = model(nngraph.collate([graph]))
+            own_kind = model(nngraph.collate(small if index < 2 else large))[index % 2 : index % 2 + 1]
+            assert (alone - own_kind).abs().max() <= 1e-5
+            assert (alone - mixed[index : index + 1]).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("name", ["nggnn", "ngt"])
+def test_mixed_cnn_batch_matches_single_graphs(name):
+    graphs = cnn_graphs(4)
+    model = build(name, nngraph.collate(graphs), probes=2)
+    with torch.no_grad():
+        together = model(nngraph.collate(graphs))
+        for i, g in enumerate(graphs):
+            assert (model(nngraph.collate([g])) - together[i : i + 1]).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("name", ["nggnn", "ngt"])
+def test_probes_receive_gradients_and_ablations_change_outputs(name):
+    graphs = siren_graphs(3)
+    batch = nngraph.collate(graphs)
+    model = build(name, batch, probes=4)
+    model(batch).pow(2).sum().backward()
+    assert model.probes.probes.grad is not None and model.probes.probes.grad.abs().sum() > 0
+    with torch.no_grad():
+        full = model(batch)
+        for ablation in ({"probes": 0}, {"probes": 4, "position_embeddings": False}):
+            other = build(name, batch, **ablation)
+            other.load_state_dict(model.state_dict(), strict=False)
+            out = other(batch)
+            assert out.shape == full.shape
+            assert (out - full).abs().max() > 1e-4, ablation
+
+
+def test_unknown_model_name():
+    with pytest.raises(nngraph.NNGraphError):
+        create_model("transformer9000")
+
+
+def test_models_read_the_bundled_examples():
+    nets = [(n, m, x) for n, m, x in example_networks() if "CNN" in n]
+    batch = nngraph.collate([nngraph.to_graph(m, x) for _, m, x in nets])
+    for name in ("nggnn", "ngt"):
+        assert build(name, batch, probes=2)(batch).shape == (len(nets), 3)
