@@ -11,9 +11,10 @@ edge's encoding plus a learned direction vector). One layer, with heads h of siz
     V_i <- LN(V_i + W_o sum_j a_ij v_ij),   V_i <- LN(V_i + FFN(V_i))
     E_ij <- LN(E_ij + FFN_e([E_ij, E_ji, V_i, V_j]))
 
-The score <q_ij, k_ij> is expanded as q_i.k_j + q_i.ek_ij + eq_ij.k_j + eq_ij.ek_ij so
-that no [B, N, N, d] sum of node and pair terms is materialised, and the four pair
-projections (eq, ek, scale, shift) are one matmul. Padded nodes are masked out of the
+The score <q_ij, k_ij> is expanded as q_i.k_j + q_i.ek_ij + eq_ij.k_j + eq_ij.ek_ij; the
+two mixed terms are computed through E_ij (d_e wide) as E_ij . (W_ek^T q_i), and the
+shift term as (sum_j a_ij E_ij) W_shift, so only eq, ek and the value scale are ever
+materialised per pair. Padded nodes are masked out of the
 attention, the edge updates (states kept at zero) and the pooling, so a graph's output
 does not depend on its batch-mates.
 """
@@ -58,25 +59,40 @@ class NGTLayer(nn.Module):
         """v [B, N, d], e [B, N, N, d_e], node_mask [B, N], pair_mask [B, N, N]."""
         b, n, d = v.shape
         h, dh = self.heads, self.head_dim
+        de = e.shape[-1]
         q, k, val = self.qkv(v).view(b, n, 3, h, dh).unbind(2)  # each [B, N, H, dh]
-        eq, ek, scale, shift = self.pair(e).view(b, n, n, 4, h, dh).unbind(3)  # each [B, N, N, H, dh]
+        w_eq, w_ek, w_scale, w_shift = self.pair.weight.view(4, h, dh, de).unbind(0)  # [H, dh, d_e]
+        b_eq, b_ek, b_scale, b_shift = self.pair.bias.view(4, h, dh).unbind(0)  # [H, dh]
+        # q_i . ek_ij and eq_ij . k_j through E (d_e wide) instead of the d-wide projections.
+        q_e = torch.einsum("bihc,hce->bihe", q, w_ek)  # [B, N, H, d_e]
+        k_e = torch.einsum("bjhc,hce->bjhe", k, w_eq)  # [B, N, H, d_e]
+        e_t = e.transpose(1, 2)  # [B, N(j), N(i), d_e]
         score = torch.einsum("bihc,bjhc->bijh", q, k)
-        score = score + torch.einsum("bihc,bijhc->bijh", q, ek)
-        score = score + torch.einsum("bijhc,bjhc->bijh", eq, k)
-        score = score + (eq * ek).sum(-1)
-        score = score / math.sqrt(dh)  # [B, N, N, H]
+        score = score + torch.matmul(e, q_e.transpose(-1, -2)) + (q * b_ek).sum(-1)[:, :, None, :]
+        score = score + torch.matmul(e_t, k_e.transpose(-1, -2)).transpose(1, 2) + (k * b_eq).sum(-1)[:, None, :, :]
+        eq_ek = self.pair_qk(e).view(b, n, n, 2, h, dh)  # [B, N, N, 2, H, dh]
+        score = (score + (eq_ek[:, :, :, 0] * eq_ek[:, :, :, 1]).sum(-1)) / math.sqrt(dh)  # [B, N, N, H]
         score = score.masked_fill(~node_mask[:, None, :, None], float("-inf"))
         attn = torch.softmax(score, dim=2)
         attn = attn.masked_fill(~node_mask[:, :, None, None], 0.0)  # padded queries: no NaN rows
         attn = self.dropout(attn)
-        agg = torch.einsum("bijh,bijhc,bjhc->bihc", attn, scale, val) + torch.einsum("bijh,bijhc->bihc", attn, shift)
+        # sum_j a_ij (E_ij W_scale) * v_j  and  sum_j a_ij E_ij W_shift = (sum_j a_ij E_ij) W_shift
+        scale = F.linear(e, w_scale.reshape(d, de), b_scale.reshape(d)).view(b, n, n, h, dh)
+        agg = (attn.unsqueeze(-1) * scale * val[:, None]).sum(2)  # [B, N, H, dh]
+        pooled_e = torch.matmul(attn.permute(0, 1, 3, 2), e)  # [B, N, H, d_e]
+        agg = agg + torch.einsum("bihe,hce->bihc", pooled_e, w_shift) + b_shift * attn.sum(2).unsqueeze(-1)
         v = self.norm1(v + self.dropout(self.out(agg.reshape(b, n, d))))
         v = self.norm2(v + self.dropout(self.ffn(v)))
         v = v * node_mask[..., None]
-        pre = (self.e_self(e) + self.e_transpose(e.transpose(1, 2))
+        pre = (self.e_self(e) + self.e_transpose(e_t)
                + self.e_source(v)[:, :, None, :] + self.e_target(v)[:, None, :, :])
         e = self.e_norm(e + self.dropout(self.e_out(F.gelu(pre))))
         return v, e * pair_mask[..., None]
+
+    def pair_qk(self, e: torch.Tensor) -> torch.Tensor:
+        """[eq_ij, ek_ij] = E_ij [W_eq, W_ek] + b: [B, N, N, 2d]."""
+        d2 = 2 * self.heads * self.head_dim
+        return F.linear(e, self.pair.weight[:d2], self.pair.bias[:d2])
 
 
 class NGT(nn.Module):

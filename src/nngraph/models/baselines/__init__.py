@@ -1,0 +1,28 @@
+"""Baselines the graph metanetworks must beat, all reading the same PyG batches.
+
+=========  ==========================================================  ====================
+name       model                                                       batches
+=========  ==========================================================  ====================
+mlp        ``FlatMLP``: MLP on the flattened parameters (not            one architecture
+           invariant; train with ``random_permutation_augment``)
+deepsets   ``DeepSets`` over neurons (bias/norm + pooled in/out          any, mixed
+           weights), mean+max pooled per role
+statnn     ``StatNN``: per-layer weight/bias statistics + MLP            any, mixed
+           (Unterthiner et al. 2020)
+nfn-np     ``NFNNP``: neural functional, NP layers (``nfn`` package)     one chain architecture
+nfn-hnp    ``NFNHNP``: neural functional, HNP layers                     one chain architecture
+=========  ==========================================================  ====================
+
+Every class takes plain constructor arguments and has ``from_example(batch, out_dim,
+**kwargs)``, which reads the input sizes off an example batch. ``forward(batch)``
+returns [B, out_dim].
+"""
+
+from nngraph.models.baselines.deepsets import DeepSets
+from nngraph.models.baselines.mlp import FlatMLP, random_permutation_augment
+from nngraph.models.baselines.nfn import NFNHNP, NFNNP
+from nngraph.models.baselines.statnn import StatNN
+
+BASELINES = {"mlp": FlatMLP, "deepsets": DeepSets, "statnn": StatNN, "nfn-np": NFNNP, "nfn-hnp": NFNHNP}
+
+__all__ = ["BASELINES", "DeepSets", "FlatMLP", "NFNHNP", "NFNNP", "StatNN", "random_permutation_augment"]
