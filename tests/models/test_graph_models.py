@@ -64,7 +64,10 @@ def test_parameter_readout_is_equivariant(name):
     batch = nngraph.collate(graphs)
     model = build(name, batch, readout="parameters", probes=4)
     with torch.no_grad():
+        for p in model.readout.parameters():  # the heads start at zero ("no edit"); make them informative
+            p.normal_(0, 0.2)
         deltas = model(batch)
+        assert all(v.abs().max() > 1e-3 for v in deltas.values())
         permuted = [permute_graph(g, seed=7) for g in graphs]
         deltas_perm = model(nngraph.collate([p for p, _ in permuted]))
     # Lay the predicted deltas out as networks, permute those the same way, compare.

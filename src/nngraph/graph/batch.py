@@ -39,12 +39,17 @@ def relayout(graph: NeuralGraph, k_max: int, width: int) -> NeuralGraph:
     return new
 
 
-def collate(graphs: list[NeuralGraph]) -> Batch:
-    """One PyG ``Batch`` of graphs of any architectures (``batch.batch`` maps nodes to graphs)."""
+def collate(graphs: list[NeuralGraph], k_max: int | None = None, width: int | None = None) -> Batch:
+    """One PyG ``Batch`` of graphs of any architectures (``batch.batch`` maps nodes to graphs).
+
+    Edge features are laid out in a common k_max x k_max window and ``width`` channels:
+    by default the batch's largest; pass a corpus-wide k_max and width so that every
+    batch of a corpus has the same edge feature size.
+    """
     if not graphs:
         raise ValueError("collate needs at least one graph")
-    k_max = max(g.spec.k_max for g in graphs)
-    width = max([k_max * k_max] + [g.edge_attr.shape[1] for g in graphs])
+    k_max = max([g.spec.k_max for g in graphs] + ([k_max] if k_max else []))
+    width = max([k_max * k_max] + [g.edge_attr.shape[1] for g in graphs] + ([width] if width else []))
     return Batch.from_data_list([relayout(g, k_max, width) for g in graphs])
 
 

@@ -17,11 +17,18 @@ group, over all graphs of the batch at once:
 then every target node applies z + bias + offset -> norm -> activation. There is a
 Python loop over layers and signature groups, never over nodes or graphs.
 
+The index bookkeeping (groups, ranks, block layouts) depends only on the batch's
+structure; it is computed once per batch as a ``Plan``, and reused for batches built by
+``graphs_from_params`` from one template (same structure, other weights).
+
 Node activations ``acts`` [N, P]: the value of each node for each of the P inputs; for
 a node whose value is a feature map (a conv channel), its mean over the H x W positions.
 """
 
 from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -59,13 +66,15 @@ from nngraph.graph.graph import (
 )
 
 _DENSE_KINDS = (EDGE_LINEAR, EDGE_CONV, EDGE_FLATTEN)
+_PLAN_CACHE: OrderedDict = OrderedDict()  # (id(spec), B) -> (spec, Plan), for template batches
+_PLAN_CACHE_SIZE = 8
 
 
 def execute(graph: NeuralGraph | Batch, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the network(s) a graph describes.
 
     Args:
-        graph: one NeuralGraph, or a batch from ``collate``.
+        graph: one NeuralGraph, or a batch from ``collate`` / ``graphs_from_params``.
         x: inputs [P, *input_shape] shared by all graphs, or [B, P, *input_shape] with
             one set of inputs per graph of a batch.
 
@@ -77,35 +86,134 @@ def execute(graph: NeuralGraph | Batch, x: torch.Tensor) -> tuple[torch.Tensor, 
 
     single = not isinstance(graph, Batch)
     batch = collate([graph]) if single else graph
-    run = _Run(batch, x)
-    y = run.forward()
-    return (y[0] if single else y), run.acts
+    plan = plan_for(batch)
+    y, acts = plan.run(batch, plan.inputs_of(x))
+    return (y[0] if single else y), acts
 
 
-class _Run:
-    def __init__(self, batch: Batch, x: torch.Tensor):
-        self.g = batch
+def plan_for(batch: Batch) -> Plan:
+    """The batch's plan; cached when every graph shares one spec object (a template batch)."""
+    specs = batch.spec if isinstance(batch.spec, list) else [batch.spec]
+    shared = all(s is specs[0] for s in specs)
+    key = (id(specs[0]), len(specs), batch.num_nodes, batch.num_edges)
+    if shared and key in _PLAN_CACHE and _PLAN_CACHE[key][0] is specs[0]:
+        _PLAN_CACHE.move_to_end(key)
+        return _PLAN_CACHE[key][1]
+    plan = Plan(batch)
+    if shared:
+        _PLAN_CACHE[key] = (specs[0], plan)
+        while len(_PLAN_CACHE) > _PLAN_CACHE_SIZE:
+            _PLAN_CACHE.popitem(last=False)
+    return plan
+
+
+@dataclass
+class _Gather:
+    """How to collect the values of a list of nodes: per source block, positions and rows."""
+
+    parts: list[tuple[int, torch.Tensor, torch.Tensor]]  # (block, positions in the list, rows in the block)
+    count: int
+
+
+@dataclass
+class _Group:
+    """Edges of one signature into one set of target nodes (which become one value block)."""
+
+    kind: int
+    geom: list[int]
+    edges: torch.Tensor  # [E_g] edge ids
+    targets: torch.Tensor  # [n_T] node ids, sorted
+    gather: _Gather  # sources (dense kinds) or edge sources (copy kinds)
+    # dense kinds: block layout
+    graphs: int = 0
+    n_out: int = 0
+    n_in: int = 0
+    s_graph: torch.Tensor | None = None
+    s_rank: torch.Tensor | None = None
+    t_graph: torch.Tensor | None = None
+    t_rank: torch.Tensor | None = None
+    e_graph: torch.Tensor | None = None
+    e_j: torch.Tensor | None = None
+    e_i: torch.Tensor | None = None
+    # copy kinds: target position of each edge
+    e_target: torch.Tensor | None = None
+    # layernorm statistics groups (graph of each target) if any target has a LayerNorm
+    ln_graph: torch.Tensor | None = None
+    ln_count: torch.Tensor | None = None
+
+
+class Plan:
+    """Structure-only bookkeeping of a batch: which edges form which dense blocks."""
+
+    def __init__(self, batch: Batch):
         self.num_graphs = int(batch.num_graphs)
-        self.gid = batch.batch  # [N] graph of each node
-        self.N = batch.num_nodes
         specs = batch.spec if isinstance(batch.spec, list) else [batch.spec]
-        self.specs = specs
         self.k_max = specs[0].k_max
-        self.x = self._inputs(x)  # [B, P, *input_shape]
-        self.P = self.x.shape[1]
-        dtype = batch.edge_attr.dtype
-        self.acts = torch.zeros(self.N, self.P, dtype=dtype)
-        self.block_of = torch.full((self.N,), -1, dtype=torch.long)
-        self.row_of = torch.zeros(self.N, dtype=torch.long)
-        self.blocks: list[torch.Tensor] = []  # each [n, P, h, w]
-        self.src, self.dst = batch.edge_index
-        self.edge_layer = batch.node_layer[self.dst]
-
-    def _inputs(self, x: torch.Tensor) -> torch.Tensor:
-        shapes = {s.input_shape for s in self.specs}
+        shapes = {s.input_shape for s in specs}
         if len(shapes) != 1:
             raise InputShapeError("graphs in one batch take inputs of different shapes; execute them separately")
-        shape = shapes.pop()
+        self.input_shape = shapes.pop()
+        shapes = {s.output_shape for s in specs}
+        if len(shapes) != 1:
+            raise InputShapeError("graphs in one batch give outputs of different shapes; execute them separately")
+        self.output_shape = shapes.pop()
+        n = batch.num_nodes
+        gid = batch.batch
+        self.inputs = torch.nonzero(batch.node_role == ROLE_INPUT).squeeze(1)  # sorted = (graph, position)
+        if self.inputs.numel() % self.num_graphs:
+            raise InputShapeError("graphs in one batch have different numbers of inputs; execute them separately")
+        block_of = torch.full((n,), -1, dtype=torch.long)
+        row_of = torch.zeros(n, dtype=torch.long)
+        block_of[self.inputs] = 0
+        row_of[self.inputs] = torch.arange(len(self.inputs))
+        src, dst = batch.edge_index
+        edge_layer = batch.node_layer[dst]
+        self.groups: list[_Group] = []
+        for layer in range(1, int(batch.node_layer.max()) + 1):
+            edges = torch.nonzero(edge_layer == layer).squeeze(1)
+            columns = [batch.edge_kind[edges], *batch.edge_geom[edges].t(), *batch.node_hw[src[edges]].t()]
+            key = torch.zeros(len(edges), dtype=torch.long)
+            for column in columns:  # mixed-radix code of the signature row
+                values, inverse = torch.unique(column, return_inverse=True)
+                key = key * len(values) + inverse
+            for code in torch.unique(key).tolist():
+                group = edges[key == code]
+                kind = int(batch.edge_kind[group[0]])
+                geom = batch.edge_geom[group[0]].tolist()
+                targets = torch.unique(dst[group])
+                if kind in _DENSE_KINDS:
+                    g = self._dense_group(kind, geom, group, targets, src, dst, gid, block_of, row_of)
+                else:
+                    e_target = torch.searchsorted(targets, dst[group])
+                    g = _Group(kind, geom, group, targets, _gather_of(src[group], block_of, row_of), e_target=e_target)
+                if (batch.node_norm[targets] == NORM_LAYER).any():
+                    graphs, which = torch.unique(gid[targets], return_inverse=True)
+                    g.ln_graph, g.ln_count = which, torch.bincount(which, minlength=len(graphs))
+                block_of[targets] = len(self.groups) + 1
+                row_of[targets] = torch.arange(len(targets))
+                self.groups.append(g)
+        outputs = torch.nonzero(batch.node_role == ROLE_OUTPUT).squeeze(1)
+        order = torch.argsort(gid[outputs] * (int(batch.node_pos.max()) + 1) + batch.node_pos[outputs])
+        self.output_gather = _gather_of(outputs[order], block_of, row_of)
+        self.block_nodes = [self.inputs] + [g.targets for g in self.groups]
+
+    def _dense_group(self, kind, geom, group, targets, src, dst, gid, block_of, row_of) -> _Group:
+        s, d = src[group], dst[group]
+        sources = torch.unique(s)
+        graphs, t_graph = torch.unique(gid[targets], return_inverse=True)
+        s_graph = torch.searchsorted(graphs, gid[sources])
+        t_rank, n_out = _rank_in_graph(t_graph, len(graphs))
+        s_rank, n_in = _rank_in_graph(s_graph, len(graphs))
+        return _Group(
+            kind, geom, group, targets, _gather_of(sources, block_of, row_of),
+            graphs=len(graphs), n_out=n_out, n_in=n_in, s_graph=s_graph, s_rank=s_rank, t_graph=t_graph,
+            t_rank=t_rank, e_graph=torch.searchsorted(graphs, gid[d]),
+            e_j=t_rank[torch.searchsorted(targets, d)], e_i=s_rank[torch.searchsorted(sources, s)],
+        )
+
+    def inputs_of(self, x: torch.Tensor) -> torch.Tensor:
+        """Inputs as [B, P, *input_shape]."""
+        shape = self.input_shape
         if tuple(x.shape[1:]) == shape:
             return x.unsqueeze(0).expand(self.num_graphs, *x.shape)
         if x.dim() == len(shape) + 2 and tuple(x.shape[2:]) == shape and x.shape[0] == self.num_graphs:
@@ -115,143 +223,109 @@ class _Run:
             f"pass [P, *input] or [{self.num_graphs}, P, *input]"
         )
 
-    # ---- values ------------------------------------------------------------------
-    def _store(self, nodes: torch.Tensor, values: torch.Tensor) -> None:
-        """Keep values [n, P, h, w] of ``nodes`` (sorted global ids) as one block."""
-        self.block_of[nodes] = len(self.blocks)
-        self.row_of[nodes] = torch.arange(len(nodes))
-        self.blocks.append(values)
-        self.acts = self.acts.index_copy(0, nodes, values.mean(dim=(-2, -1)))
-
-    def _gather(self, nodes: torch.Tensor) -> torch.Tensor:
-        """Values [len(nodes), P, h, w] of already computed nodes."""
-        blocks = self.block_of[nodes]
-        first = self.blocks[int(blocks[0])]
-        out = first.new_empty(len(nodes), *first.shape[1:])
-        for b in blocks.unique().tolist():
-            mask = blocks == b
-            out[mask] = self.blocks[b][self.row_of[nodes[mask]]]
-        return out
-
-    # ---- the run -----------------------------------------------------------------
-    def forward(self) -> torch.Tensor:
-        g = self.g
-        inputs = torch.nonzero(g.node_role == ROLE_INPUT).squeeze(1)  # ids sorted = (graph, position)
-        n_in = inputs.numel() // self.num_graphs
-        x = self.x
+    # ---- the computation -----------------------------------------------------------
+    def run(self, batch: Batch, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [B, P, *input_shape] -> (y [B, P, *output_shape], acts [N, P])."""
+        p = x.shape[1]
+        dtype = batch.edge_attr.dtype
         if x.dim() == 3:  # [B, P, F] -> per unit [P, 1, 1]
-            values = x.permute(0, 2, 1).reshape(-1, self.P, 1, 1)
+            values = x.permute(0, 2, 1).reshape(-1, p, 1, 1)
         else:  # [B, P, C, H, W] -> per channel [P, H, W]
-            values = x.transpose(1, 2).reshape(-1, self.P, *x.shape[3:])
-        if values.shape[0] != inputs.numel() or n_in * self.num_graphs != inputs.numel():
+            values = x.transpose(1, 2).reshape(-1, p, *x.shape[3:])
+        if values.shape[0] != self.inputs.numel():
             raise InputShapeError("input size does not match the graphs' input nodes")
-        self._store(inputs, values.to(self.acts.dtype))
-        for layer in range(1, int(g.node_layer.max()) + 1):
-            self._layer(layer)
-        return self._outputs()
+        blocks = [values.to(dtype)]  # values [n, P, h, w] per block
+        for g in self.groups:
+            z = self._dense(batch, g, blocks, p) if g.kind in _DENSE_KINDS else self._copy(batch, g, blocks)
+            blocks.append(self._node_pipeline(batch, g, z))
+        acts = torch.zeros(batch.num_nodes, p, dtype=dtype)
+        for nodes, value in zip(self.block_nodes, blocks):
+            acts = acts.index_copy(0, nodes, value.mean(dim=(-2, -1)))
+        out = _collect(self.output_gather, blocks)  # [B * n_out, P, h, w]
+        b = self.num_graphs
+        out = out.reshape(b, -1, *out.shape[1:]).transpose(1, 2)  # [B, P, n_out, h, w]
+        return out.reshape(b, p, *self.output_shape), acts
 
-    def _layer(self, layer: int) -> None:
-        g = self.g
-        edges = torch.nonzero(self.edge_layer == layer).squeeze(1)
-        signature = torch.cat(
-            [g.edge_kind[edges, None], g.edge_geom[edges], g.node_hw[self.src[edges]]], dim=1
-        )  # [E_l, 11]
-        groups, which = torch.unique(signature, dim=0, return_inverse=True)
-        for k in range(len(groups)):
-            group = edges[which == k]
-            kind = int(groups[k, 0])
-            targets = torch.unique(self.dst[group])
-            if kind in _DENSE_KINDS:
-                z = self._dense(group, targets, kind, groups[k, 1:9].tolist())
-            else:
-                z = self._copy(group, targets, kind)
-            self._store(targets, self._node_pipeline(targets, z))
-
-    def _dense(self, edges: torch.Tensor, targets: torch.Tensor, kind: int, geom: list[int]) -> torch.Tensor:
+    def _dense(self, batch: Batch, g: _Group, blocks: list[torch.Tensor], p: int) -> torch.Tensor:
         """z[t] = sum_i W[b, j, i] (*) h[b, i] as one batched matmul / grouped conv."""
-        src, dst = self.src[edges], self.dst[edges]
-        sources = torch.unique(src)
-        graphs, t_graph = torch.unique(self.gid[targets], return_inverse=True)
-        s_graph = torch.searchsorted(graphs, self.gid[sources])
-        t_rank, n_out = _rank_in_graph(t_graph, len(graphs))
-        s_rank, n_in = _rank_in_graph(s_graph, len(graphs))
-        e_graph = torch.searchsorted(graphs, self.gid[dst])
-        e_j = t_rank[torch.searchsorted(targets, dst)]
-        e_i = s_rank[torch.searchsorted(sources, src)]
-        h = self._gather(sources)  # [n_S, P, hs, ws]
-        G, P = len(graphs), self.P
-        hd = h.new_zeros(G, n_in, P, *h.shape[2:])
-        hd[s_graph, s_rank] = h  # [G, Cin, P, hs, ws]
-        attr = self.g.edge_attr[edges]
-        if kind == EDGE_LINEAR:
-            w = attr[:, centre(self.k_max)]
-            wd = w.new_zeros(G, n_out, n_in)
-            wd[e_graph, e_j, e_i] = w
-            z = torch.bmm(wd, hd.reshape(G, n_in, P))  # [G, Cout, P]
-            z = z[..., None, None]
-        elif kind == EDGE_FLATTEN:
+        h = _collect(g.gather, blocks)  # [n_S, P, hs, ws]
+        G, n_in, n_out = g.graphs, g.n_in, g.n_out
+        hd = h.new_zeros(G, n_in, p, *h.shape[2:])
+        hd[g.s_graph, g.s_rank] = h  # [G, Cin, P, hs, ws]
+        attr = batch.edge_attr[g.edges]
+        if g.kind == EDGE_LINEAR:
+            wd = attr.new_zeros(G, n_out, n_in)
+            wd[g.e_graph, g.e_j, g.e_i] = attr[:, centre(self.k_max)]
+            z = torch.bmm(wd, hd.reshape(G, n_in, p))[..., None, None]  # [G, Cout, P, 1, 1]
+        elif g.kind == EDGE_FLATTEN:
             hw = h.shape[2] * h.shape[3]
             wd = attr.new_zeros(G, n_out, n_in, hw)
-            wd[e_graph, e_j, e_i] = attr[:, :hw]
-            z = torch.einsum("bjis,bips->bjp", wd, hd.reshape(G, n_in, P, hw))[..., None, None]
+            wd[g.e_graph, g.e_j, g.e_i] = attr[:, :hw]
+            z = torch.einsum("bjis,bips->bjp", wd, hd.reshape(G, n_in, p, hw))[..., None, None]
         else:
-            kh, kw, sh, sw, ph, pw, dh, dw = geom
+            kh, kw, sh, sw, ph, pw, dh, dw = g.geom
             wd = attr.new_zeros(G, n_out, n_in, kh, kw)
-            wd[e_graph, e_j, e_i] = window_of(attr, self.k_max, kh, kw)
-            inp = hd.permute(2, 0, 1, 3, 4).reshape(P, G * n_in, *h.shape[2:])
+            wd[g.e_graph, g.e_j, g.e_i] = window_of(attr, self.k_max, kh, kw)
+            inp = hd.permute(2, 0, 1, 3, 4).reshape(p, G * n_in, *h.shape[2:])
             out = F.conv2d(inp, wd.reshape(G * n_out, n_in, kh, kw), None, (sh, sw), (ph, pw), (dh, dw), groups=G)
-            z = out.reshape(P, G, n_out, *out.shape[2:]).permute(1, 2, 0, 3, 4)  # [G, Cout, P, h, w]
-        return z[t_graph, t_rank]  # [n_T, P, h, w]
+            z = out.reshape(p, G, n_out, *out.shape[2:]).permute(1, 2, 0, 3, 4)  # [G, Cout, P, h, w]
+        return z[g.t_graph, g.t_rank]  # [n_T, P, h, w]
 
-    def _copy(self, edges: torch.Tensor, targets: torch.Tensor, kind: int) -> torch.Tensor:
+    def _copy(self, batch: Batch, g: _Group, blocks: list[torch.Tensor]) -> torch.Tensor:
         """Residual / identity edges copy h_i, pooling edges its spatial mean, times w_ij."""
-        src, dst = self.src[edges], self.dst[edges]
-        h = self._gather(src)  # [E_g, P, h, w]
-        if kind == EDGE_POOL:
+        h = _collect(g.gather, blocks)  # [E_g, P, h, w]
+        if g.kind == EDGE_POOL:
             h = h.mean(dim=(-2, -1), keepdim=True)
-        w = self.g.edge_attr[edges, centre(self.k_max)]
-        msg = h * w.view(-1, 1, 1, 1)
-        z = msg.new_zeros(len(targets), *msg.shape[1:])
-        return z.index_add(0, torch.searchsorted(targets, dst), msg)
+        msg = h * batch.edge_attr[g.edges, centre(self.k_max)].view(-1, 1, 1, 1)
+        z = msg.new_zeros(len(g.targets), *msg.shape[1:])
+        return z.index_add(0, g.e_target, msg)
 
-    def _node_pipeline(self, nodes: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    def _node_pipeline(self, batch: Batch, g: _Group, z: torch.Tensor) -> torch.Tensor:
         """z + bias + offset -> norm -> activation, per node; z [n, P, h, w]."""
-        feats = self.g.x[nodes]  # [n, d_v]
-        z = z + (feats[:, X_BIAS] + feats[:, X_OFFSET]).view(-1, 1, 1, 1)
-        norm = self.g.node_norm[nodes]
+        nodes = g.targets
+        feats = batch.x[nodes]  # [n, d_v]
+        view = (-1, 1, 1, 1)
+        z = z + (feats[:, X_BIAS] + feats[:, X_OFFSET]).view(view)
+        norm = batch.node_norm[nodes]
         if (norm == NORM_BATCH).any():
-            eps = self.g.node_eps[nodes].view(-1, 1, 1, 1)
-            scale = feats[:, X_NORM_WEIGHT].view(-1, 1, 1, 1) / torch.sqrt(feats[:, X_NORM_VAR].view(-1, 1, 1, 1) + eps)
-            normed = (z - feats[:, X_NORM_MEAN].view(-1, 1, 1, 1)) * scale + feats[:, X_NORM_BIAS].view(-1, 1, 1, 1)
-            z = torch.where((norm == NORM_BATCH).view(-1, 1, 1, 1), normed, z)
-        if (norm == NORM_LAYER).any():
-            z = torch.where((norm == NORM_LAYER).view(-1, 1, 1, 1), self._layernorm(nodes, z, feats), z)
-        return _activate(z, self.g.node_act[nodes], feats[:, X_ACT_PARAM])
+            eps = batch.node_eps[nodes].view(view)
+            scale = feats[:, X_NORM_WEIGHT].view(view) / torch.sqrt(feats[:, X_NORM_VAR].view(view) + eps)
+            normed = (z - feats[:, X_NORM_MEAN].view(view)) * scale + feats[:, X_NORM_BIAS].view(view)
+            z = torch.where((norm == NORM_BATCH).view(view), normed, z)
+        if g.ln_graph is not None:
+            z = torch.where((norm == NORM_LAYER).view(view), self._layernorm(batch, g, z, feats), z)
+        return _activate(z, batch.node_act[nodes], feats[:, X_ACT_PARAM])
 
-    def _layernorm(self, nodes: torch.Tensor, z: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
-        """Normalise over the nodes of each graph (one layer): statistics per graph and input."""
-        graphs, which = torch.unique(self.gid[nodes], return_inverse=True)
-        count = torch.bincount(which, minlength=len(graphs)).to(z.dtype).view(-1, 1, 1, 1)
-        mean = z.new_zeros(len(graphs), *z.shape[1:]).index_add(0, which, z) / count
+    def _layernorm(self, batch: Batch, g: _Group, z: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+        """Normalise over the target nodes of each graph (one layer): statistics per graph and input."""
+        which, count = g.ln_graph, g.ln_count.to(z.dtype).view(-1, 1, 1, 1)
+        mean = z.new_zeros(len(count), *z.shape[1:]).index_add(0, which, z) / count
         centred = z - mean[which]
-        var = z.new_zeros(len(graphs), *z.shape[1:]).index_add(0, which, centred * centred) / count
-        eps = self.g.node_eps[nodes].view(-1, 1, 1, 1)
-        return centred / torch.sqrt(var[which] + eps) * feats[:, X_NORM_WEIGHT].view(-1, 1, 1, 1) + feats[
-            :, X_NORM_BIAS
-        ].view(-1, 1, 1, 1)
+        var = z.new_zeros(len(count), *z.shape[1:]).index_add(0, which, centred * centred) / count
+        eps = batch.node_eps[g.targets].view(-1, 1, 1, 1)
+        gamma, beta = feats[:, X_NORM_WEIGHT].view(-1, 1, 1, 1), feats[:, X_NORM_BIAS].view(-1, 1, 1, 1)
+        return centred / torch.sqrt(var[which] + eps) * gamma + beta
 
-    def _outputs(self) -> torch.Tensor:
-        g = self.g
-        outputs = torch.nonzero(g.node_role == ROLE_OUTPUT).squeeze(1)
-        order = torch.argsort(self.gid[outputs] * (int(g.node_pos.max()) + 1) + g.node_pos[outputs])
-        outputs = outputs[order]
-        shapes = {s.output_shape for s in self.specs}
-        if len(shapes) != 1:
-            raise InputShapeError("graphs in one batch give outputs of different shapes; execute them separately")
-        values = self._gather(outputs)  # [B * n_out, P, h, w]
-        B = self.num_graphs
-        values = values.reshape(B, -1, *values.shape[1:]).transpose(1, 2)  # [B, P, n_out, h, w]
-        return values.reshape(B, self.P, *shapes.pop())
+
+def _gather_of(nodes: torch.Tensor, block_of: torch.Tensor, row_of: torch.Tensor) -> _Gather:
+    blocks = block_of[nodes]
+    parts = []
+    for b in blocks.unique().tolist():
+        positions = torch.nonzero(blocks == b).squeeze(1)
+        parts.append((b, positions, row_of[nodes[positions]]))
+    return _Gather(parts, len(nodes))
+
+
+def _collect(gather: _Gather, blocks: list[torch.Tensor]) -> torch.Tensor:
+    """Values [count, P, h, w] of the nodes a ``_Gather`` describes."""
+    if len(gather.parts) == 1 and len(gather.parts[0][1]) == gather.count:
+        block, _, rows = gather.parts[0]
+        return blocks[block][rows]
+    first = blocks[gather.parts[0][0]]
+    out = first.new_empty(gather.count, *first.shape[1:])
+    for block, positions, rows in gather.parts:
+        out = out.index_copy(0, positions, blocks[block][rows])
+    return out
 
 
 def _rank_in_graph(graph_of: torch.Tensor, num_graphs: int) -> tuple[torch.Tensor, int]:

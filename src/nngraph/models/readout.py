@@ -62,6 +62,13 @@ class ParameterReadout(nn.Module):
         super().__init__()
         self.node_head = mlp([hidden, hidden, node_dim])
         self.edge_head = mlp([edge_hidden, edge_hidden, edge_dim])
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Zero last layers: the first prediction is "no change" (a SIREN's weights are ~0.05)."""
+        for head in (self.node_head, self.edge_head):
+            nn.init.zeros_(head[-1].weight)
+            nn.init.zeros_(head[-1].bias)
 
     def forward(self, v: torch.Tensor, e: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
         """v [N, d], e [E, d_edge] -> {name: [B, *shape]} (e.g. dW, db of every layer)."""

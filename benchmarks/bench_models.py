@@ -1,0 +1,109 @@
+"""Training throughput and peak memory of NG-GNN and NG-T on SIREN graphs.
+
+    python benchmarks/bench_models.py [--quick]
+
+One row per (model, configuration, input-network width, execution mode): forward +
+backward + AdamW step on a batch of SIREN graphs (2 -> w -> w -> 1), graphs/s as the
+median over timed steps after warm-up, and the peak resident memory of a fresh
+process that ran only that row. "published" is the size of the neural-graphs paper
+(node width 64, edge width 32, 4 layers, 8 heads, batch 128); "cpu" a smaller one.
+"compiled" wraps each layer in torch.compile (needs a C++ compiler; warm-up includes
+compilation, excluded from the timing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+CONFIGS = {
+    "published": {"hidden": 64, "edge_hidden": 32, "layers": 4, "heads": 8, "batch": 128},
+    "cpu": {"hidden": 32, "edge_hidden": 16, "layers": 3, "heads": 4, "batch": 64},
+}
+
+
+def run_one(model_name: str, config: str, width: int, mode: str, batch: int, steps: int) -> dict:
+    import torch
+
+    import nngraph
+    from nngraph.data.inr import Siren
+    from nngraph.graph.fast import graphs_from_params
+    from nngraph.models import create_model
+
+    torch.set_num_threads(2)
+    sizes = dict(CONFIGS[config])
+    sizes.pop("batch")
+    if model_name != "ngt":
+        sizes.pop("heads")
+    gen = torch.Generator().manual_seed(0)
+    template = nngraph.to_graph(Siren(hidden=width), torch.zeros(1, 2))
+    params = {k: torch.randn(batch, *v.shape, generator=gen) * 0.1 for k, v in Siren(hidden=width).state_dict().items()}
+    graphs = graphs_from_params(template, params)
+    model = create_model(model_name, example=graphs, out_dim=10, **sizes)
+    if mode == "compiled":
+        for layer in model.layers:
+            layer.compile()
+    opt = torch.optim.AdamW(model.parameters(), 1e-3)
+    labels = torch.randint(0, 10, (batch,), generator=gen)
+    times = []
+    for step in range(steps + 2):  # two warm-up steps
+        start = time.perf_counter()
+        loss = torch.nn.functional.cross_entropy(model(graphs), labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step >= 2:
+            times.append(time.perf_counter() - start)
+    median = statistics.median(times)
+    return {"model": model_name, "config": config, "siren_width": width, "mode": mode, "batch": batch,
+            "nodes_per_graph": template.num_nodes, "graphs_per_s": round(batch / median, 1),
+            "step_s": round(median, 3), "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="published size at width 32 only, eager and compiled")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per row (default 3)")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one row in this process
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(run_one(*json.loads(args.one))))
+        return
+    from common import write_result
+
+    rows_to_run = []
+    for mode in ("eager", "compiled"):
+        for model in ("nggnn", "ngt"):
+            rows_to_run.append((model, "published", 32, mode, 128, args.steps))
+    if not args.quick:
+        for model in ("nggnn", "ngt"):
+            rows_to_run.append((model, "cpu", 32, "compiled", 64, args.steps))
+            for width in (64, 128):
+                # Width scaling at batch 32: NG-T's pair states grow as N^2 (N = 2 w + 3 nodes).
+                rows_to_run.append((model, "published", width, "compiled", 32, args.steps))
+    start = time.perf_counter()
+    rows = []
+    for spec in rows_to_run:
+        out = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)], capture_output=True, text=True)
+        if out.returncode != 0:
+            rows.append({"model": spec[0], "config": spec[1], "siren_width": spec[2], "mode": spec[3],
+                         "batch": spec[4], "error": out.stderr.strip().splitlines()[-1][:200]})
+        else:
+            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        print(rows[-1], flush=True)
+    path = write_result("models", "Metanetwork training throughput (SIREN graphs)",
+                        "python benchmarks/bench_models.py" + (" --quick" if args.quick else ""),
+                        time.perf_counter() - start, rows)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""Batches of graphs from a stored corpus, for training and evaluation.
+
+``GraphLoader`` keeps one split of an INR corpus or CNN zoo in memory and builds PyG
+batches of NeuralGraphs on demand: INR corpora (one architecture) through the fast path
+from stacked parameters, zoos by converting every network once and collating with a
+corpus-wide kernel window, so that every batch has the same feature sizes.
+Augmentations (training only): random neuron permutations, Gaussian weight noise.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import torch
+from torch_geometric.data import Batch
+
+from nngraph.graph.batch import collate
+from nngraph.graph.convert import to_graph
+from nngraph.graph.fast import graphs_from_params
+from nngraph.graph.permute import permute_graph
+from nngraph.models.baselines.mlp import random_permutation_augment
+
+
+class GraphLoader:
+    def __init__(self, dataset, k_max: int | None = None, width: int | None = None):
+        self.dataset = dataset
+        self.kind = dataset.kind
+        if self.kind == "inr":
+            module = dataset.spec.build()
+            self.template = to_graph(module, torch.zeros(1, module.hidden[0].in_features))
+            self.graphs = None
+        else:
+            example = torch.zeros(1, *zoo_input_shape(dataset))
+            self.graphs = [to_graph(dataset.model(i), example) for i in range(len(dataset))]
+            self.template = None
+        self.k_max = k_max
+        self.width = width
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def layout(self) -> tuple[int, int]:
+        """(k_max, edge feature width) of this split's graphs."""
+        graphs = [self.template] if self.template is not None else self.graphs
+        k = max(g.spec.k_max for g in graphs)
+        return k, max([k * k] + [g.edge_attr.shape[1] for g in graphs])
+
+    def order(self, shuffle: bool, generator: torch.Generator | None) -> torch.Tensor:
+        n = len(self)
+        return torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+
+    def batches(self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None
+                ) -> Iterator[torch.Tensor]:
+        """Index tensors of consecutive batches (the last one may be smaller)."""
+        order = self.order(shuffle, generator)
+        for start in range(0, len(order), batch_size):
+            yield order[start : start + batch_size]
+
+    def make_batch(self, index: torch.Tensor, permute: bool = False, weight_noise: float = 0.0,
+                   generator: torch.Generator | None = None) -> tuple[Batch, dict[str, Any]]:
+        """(graphs, dataset columns) of the networks ``index``."""
+        items = self.columns(index)
+        if self.kind == "inr":
+            batch = graphs_from_params(self.template, items["params"])
+            if permute:
+                batch = random_permutation_augment(batch, generator)
+        else:
+            graphs = [self.graphs[i] for i in index.tolist()]
+            if permute:
+                graphs = [permute_graph(g, _draw(generator))[0] for g in graphs]
+            batch = collate(graphs, self.k_max, self.width)
+        if weight_noise > 0:
+            batch.edge_attr = batch.edge_attr + weight_noise * torch.randn(batch.edge_attr.shape, generator=generator)
+            noisy_bias = batch.x[:, 0] + weight_noise * torch.randn(batch.x.shape[0], generator=generator)
+            batch.x = torch.cat([noisy_bias[:, None], batch.x[:, 1:]], dim=1)
+        return batch, items
+
+    def columns(self, index: torch.Tensor) -> dict[str, Any]:
+        ds = self.dataset
+        labels = [ds[i]["label"] for i in index.tolist()] if self.kind == "zoo" else ds.labels[index]
+        items: dict[str, Any] = {"label": torch.as_tensor(labels)}
+        if self.kind == "inr":
+            items["params"] = {k: v[index] for k, v in ds.params.items()}
+            items["image"] = ds.images[index]
+        return items
+
+
+def zoo_input_shape(dataset) -> tuple[int, int, int]:
+    """(C, H, W) of the images the zoo's networks were trained on."""
+    config = dataset.manifest.get("config", {})
+    size = config.get("image_size") or (16, 16)
+    arch = dataset[0]["arch"] if len(dataset) else {"in_channels": 1}
+    return (int(arch.get("in_channels", 1)), int(size[0]), int(size[1]))
+
+
+def _draw(generator: torch.Generator | None) -> int:
+    return int(torch.randint(0, 2**31 - 1, (1,), generator=generator))

@@ -1,0 +1,259 @@
+"""One training loop for every task and model.
+
+AdamW with a linear warm-up then cosine decay of the learning rate, gradient clipping,
+evaluation on the validation split every epoch, the best checkpoint chosen on the
+task's validation metric, and a final test evaluation of that checkpoint. Metrics are
+written as JSON lines per epoch (``metrics.jsonl``) and ``metrics.json`` at the end.
+
+Reproducible: the model is initialised from the seed, each epoch's shuffling and
+augmentation use a generator seeded by (seed, epoch), and the global RNG state is saved
+with every checkpoint, so ``resume=True`` after a kill continues from the last finished
+epoch and ends with the same numbers as an uninterrupted run.
+
+Distributed: launched by ``torchrun`` (WORLD_SIZE > 1), every global batch is split
+across the processes and gradients are averaged by DistributedDataParallel (gloo on a
+CPU, nccl on GPUs); each process's loss is weighted by its share of the batch, so the
+update equals the single-process one. Off unless launched that way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from nngraph.data.loader import GraphLoader
+from nngraph.errors import NNGraphError
+from nngraph.models import create_model
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run; stored in the run folder as ``config.json``."""
+
+    task: str
+    data: str
+    model: str
+    out: str
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 50
+    grad_clip: float = 1.0
+    seed: int = 0
+    permute_augment: bool = False
+    weight_noise: float = 0.0
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    compile: bool = False
+    max_train: int | None = None  # use only the first N training networks (quick runs)
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _atomic_json(obj: Any, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+def open_dataset(kind: str, root: str, split: str):
+    from nngraph.data.store import InrDataset, ZooDataset
+
+    return (InrDataset if kind == "inr" else ZooDataset)(root, split)
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig):
+        from nngraph.tasks import create_task
+
+        self.config = config
+        self.out = Path(config.out)
+        self.rank, self.world = _distributed_rank()
+        kind = _corpus_kind(config.data)
+        train_set = open_dataset(kind, config.data, "train")
+        self.task = create_task(config.task, train_set)
+        if self.task.corpus != kind:
+            raise NNGraphError(f"task {config.task!r} needs a {self.task.corpus} corpus, but {config.data} is a {kind} corpus")
+        self.loaders = {"train": GraphLoader(train_set)}
+        for split in ("val", "test"):
+            self.loaders[split] = GraphLoader(open_dataset(kind, config.data, split))
+        k_max = max(loader.layout()[0] for loader in self.loaders.values())
+        width = max(loader.layout()[1] for loader in self.loaders.values())
+        for loader in self.loaders.values():
+            loader.k_max, loader.width = k_max, width
+        self.train_index = torch.arange(len(train_set))
+        if config.max_train:
+            self.train_index = self.train_index[: config.max_train]
+        torch.manual_seed(config.seed)
+        example, _ = self.loaders["train"].make_batch(self.train_index[: min(512, len(self.train_index))])
+        kwargs = dict(config.model_kwargs)
+        if config.model in ("nggnn", "ngt"):
+            kwargs.setdefault("readout", self.task.readout)
+        self.model = create_model(config.model, example=example, out_dim=self.task.out_dim, **kwargs)
+        if config.compile and hasattr(self.model, "layers"):
+            for layer in self.model.layers:
+                layer.compile(dynamic=True)
+        self.ddp_model = (nn.parallel.DistributedDataParallel(self.model) if self.world > 1 else self.model)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        steps_per_epoch = math.ceil(len(self.train_index) / config.batch_size)
+        self.total_steps = steps_per_epoch * config.epochs
+        self.step = 0
+        self.epoch = 0
+        self.best: float | None = None
+        self.best_epoch = -1
+        self.history: list[dict] = []
+
+    # ---- schedule ---------------------------------------------------------------
+    def lr_at(self, step: int) -> float:
+        """Linear warm-up to lr over warmup_steps, then cosine decay to 0 at the last step."""
+        c = self.config
+        if step < c.warmup_steps:
+            return c.lr * (step + 1) / c.warmup_steps
+        progress = (step - c.warmup_steps) / max(1, self.total_steps - c.warmup_steps)
+        return c.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    # ---- checkpoints --------------------------------------------------------------
+    def state(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "epoch": self.epoch,
+                "step": self.step, "best": self.best, "best_epoch": self.best_epoch, "history": self.history,
+                "rng": torch.get_rng_state(), "config": self.config.to_json()}
+
+    def load(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.best, self.best_epoch, self.history = state["best"], state["best_epoch"], state["history"]
+        torch.set_rng_state(state["rng"])
+
+    # ---- loop ---------------------------------------------------------------------
+    def fit(self, resume: bool = False, progress: bool = True) -> dict:
+        self.out.mkdir(parents=True, exist_ok=True)
+        last = self.out / "last.pt"
+        if resume and last.exists():
+            self.load(torch.load(last, weights_only=False))
+        elif resume:
+            raise NNGraphError(f"--resume: no checkpoint in {self.out}; start the run without --resume")
+        if self.rank == 0:
+            _atomic_json(self.config.to_json(), self.out / "config.json")
+        while self.epoch < self.config.epochs:
+            start = time.perf_counter()
+            train_loss = self.train_epoch(progress)
+            val = self.evaluate("val")
+            self.epoch += 1
+            record = {"epoch": self.epoch, "train_loss": train_loss, "lr": self.lr_at(self.step - 1),
+                      "seconds": time.perf_counter() - start,
+                      **{f"val_{k}": v for k, v in val.items() if not isinstance(v, list)}}
+            self.history.append(record)
+            score = val[self.task.metric]
+            better = self.best is None or (score > self.best if self.task.higher_is_better else score < self.best)
+            if better:
+                self.best, self.best_epoch = score, self.epoch
+            if self.rank == 0:
+                if better:
+                    _atomic_torch_save({"model": self.model.state_dict(), "epoch": self.epoch}, self.out / "best.pt")
+                _atomic_torch_save(self.state(), last)
+                with open(self.out / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(record) + "\n")
+            if progress and self.rank == 0:
+                print(f"epoch {self.epoch}/{self.config.epochs}  train loss {train_loss:.4f}  "
+                      f"val {self.task.metric} {score:.4f}  ({record['seconds']:.1f} s)", flush=True)
+        return self.finish()
+
+    def train_epoch(self, progress: bool) -> float:
+        c = self.config
+        gen = torch.Generator().manual_seed(c.seed * 100_003 + self.epoch)
+        order = self.train_index[torch.randperm(len(self.train_index), generator=gen)]
+        self.ddp_model.train()
+        total, count = 0.0, 0
+        for start in range(0, len(order), c.batch_size):
+            index = order[start : start + c.batch_size]
+            shard = index.tensor_split(self.world)[self.rank] if self.world > 1 else index
+            batch, items = self.loaders["train"].make_batch(shard, c.permute_augment, c.weight_noise, gen)
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.lr_at(self.step)
+            loss = self.task.loss(self.ddp_model(batch), self.task.targets(items), batch)
+            weighted = loss * (len(shard) * self.world / len(index))
+            self.optimizer.zero_grad(set_to_none=True)
+            weighted.backward()
+            if c.grad_clip > 0:
+                nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
+            self.optimizer.step()
+            self.step += 1
+            total += float(loss) * len(shard)
+            count += len(shard)
+        return total / max(count, 1)
+
+    @torch.no_grad()
+    def evaluate(self, split: str, batch_size: int | None = None) -> dict:
+        self.model.eval()
+        loader = self.loaders[split]
+        parts: dict[str, list[torch.Tensor]] = {}
+        for index in loader.batches(batch_size or self.config.batch_size):
+            batch, items = loader.make_batch(index)
+            targets = self.task.targets(items)
+            for k, v in self.task.predictions(self.model(batch), targets, batch).items():
+                parts.setdefault(k, []).append(v)
+        return self.task.metrics({k: torch.cat(v) for k, v in parts.items()})
+
+    def finish(self) -> dict:
+        best = torch.load(self.out / "best.pt", weights_only=False) if (self.out / "best.pt").exists() else None
+        if best is not None:
+            self.model.load_state_dict(best["model"])
+        test = self.evaluate("test")
+        val = self.evaluate("val")
+        result = {"task": self.config.task, "model": self.config.model, "best_epoch": self.best_epoch,
+                  "val": val, "test": test, "parameters": sum(p.numel() for p in self.model.parameters()),
+                  "train_seconds": sum(r["seconds"] for r in self.history), "history": self.history}
+        if self.rank == 0:
+            _atomic_json(result, self.out / "metrics.json")
+        return result
+
+
+def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
+    """Run (or resume) a training run; returns the final metrics (also in ``metrics.json``)."""
+    started_here = _init_distributed()
+    try:
+        return Trainer(config).fit(resume=resume, progress=progress)
+    finally:
+        if started_here:
+            dist.destroy_process_group()
+
+
+def _corpus_kind(root: str) -> str:
+    from nngraph.data.store import read_manifest
+
+    return read_manifest(root)["kind"]
+
+
+def _distributed_rank() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _init_distributed() -> bool:
+    """Join the process group when launched by torchrun; returns whether this call created it."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return False
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return True
