@@ -199,12 +199,21 @@ class Trainer:
                 nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
             self.optimizer.step()
             self.step += 1
-            total += float(loss) * len(shard)
+            total += loss.item() * len(shard)
             count += len(shard)
+        if self.world > 1:  # the mean over all processes' networks
+            sums = torch.tensor([total, count], dtype=torch.float64)
+            dist.all_reduce(sums)
+            total, count = float(sums[0]), int(sums[1])
         return total / max(count, 1)
 
     @torch.no_grad()
     def evaluate(self, split: str, batch_size: int | None = None) -> dict:
+        return self.task.metrics(self.predict(split, batch_size))
+
+    @torch.no_grad()
+    def predict(self, split: str, batch_size: int | None = None) -> dict[str, torch.Tensor]:
+        """The task's per-network predictions over a whole split."""
         self.model.eval()
         loader = self.loaders[split]
         parts: dict[str, list[torch.Tensor]] = {}
@@ -213,20 +222,41 @@ class Trainer:
             targets = self.task.targets(items)
             for k, v in self.task.predictions(self.model(batch), targets, batch).items():
                 parts.setdefault(k, []).append(v)
-        return self.task.metrics({k: torch.cat(v) for k, v in parts.items()})
+        return {k: torch.cat(v) for k, v in parts.items()}
 
     def finish(self) -> dict:
         best = torch.load(self.out / "best.pt", weights_only=False) if (self.out / "best.pt").exists() else None
         if best is not None:
             self.model.load_state_dict(best["model"])
-        test = self.evaluate("test")
+        test_predictions = self.predict("test")
+        test = self.task.metrics(test_predictions)
         val = self.evaluate("val")
         result = {"task": self.config.task, "model": self.config.model, "best_epoch": self.best_epoch,
                   "val": val, "test": test, "parameters": sum(p.numel() for p in self.model.parameters()),
                   "train_seconds": sum(r["seconds"] for r in self.history), "history": self.history}
         if self.rank == 0:
+            result["plots"] = [str(p) for p in self.write_plots(test, test_predictions)]
             _atomic_json(result, self.out / "metrics.json")
         return result
+
+    def write_plots(self, test: dict, predictions: dict[str, torch.Tensor]) -> list[Path]:
+        """Learning curves, and the task's own figure of the test split."""
+        from nngraph import plots
+
+        paths = [plots.learning_curves(self.history, self.out / "learning_curves.png", self.task.metric)]
+        if "confusion" in test:
+            paths.append(plots.confusion_matrix(test["confusion"], self.out / "confusion_matrix.png"))
+        if self.task.name == "generalize":
+            paths.append(plots.predicted_vs_true(predictions["predicted"], predictions["label"],
+                                                 self.out / "predicted_vs_true.png"))
+        if self.task.name == "dilate":
+            loader = self.loaders["test"]
+            batch, items = loader.make_batch(torch.arange(min(8, len(loader))))
+            targets = self.task.targets(items)
+            with torch.no_grad():
+                edited = self.task.edited_images(self.model(batch), targets, batch)
+            paths.append(plots.dilation_grid(targets["image"], targets["target"], edited, self.out / "dilation.png"))
+        return paths
 
 
 def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> dict:

@@ -35,8 +35,9 @@ from nngraph.models.readout import InvariantReadout, ParameterReadout, mlp
 
 
 class NGTLayer(nn.Module):
-    def __init__(self, hidden: int, edge_hidden: int, heads: int, dropout: float = 0.0):
+    def __init__(self, hidden: int, edge_hidden: int, heads: int, dropout: float = 0.0, update_edges: bool = True):
         super().__init__()
+        self.update_edges = update_edges
         if hidden % heads:
             raise ValueError(f"hidden={hidden} must be divisible by heads={heads}")
         self.heads, self.head_dim = heads, hidden // heads
@@ -45,6 +46,9 @@ class NGTLayer(nn.Module):
         self.out = nn.Linear(hidden, hidden)
         self.norm1, self.norm2 = nn.LayerNorm(hidden), nn.LayerNorm(hidden)
         self.ffn = mlp([hidden, 2 * hidden, hidden], dropout)
+        self.dropout = nn.Dropout(dropout)
+        if not update_edges:  # the last layer of an invariant model: nothing reads the edge states
+            return
         # Edge update: Linear on [E_ij, E_ji, V_i, V_j] written as a sum of four projections.
         self.e_self = nn.Linear(edge_hidden, edge_hidden)
         self.e_transpose = nn.Linear(edge_hidden, edge_hidden, bias=False)
@@ -52,7 +56,6 @@ class NGTLayer(nn.Module):
         self.e_target = nn.Linear(hidden, edge_hidden, bias=False)
         self.e_out = nn.Linear(edge_hidden, edge_hidden)
         self.e_norm = nn.LayerNorm(edge_hidden)
-        self.dropout = nn.Dropout(dropout)
 
     def forward(self, v: torch.Tensor, e: torch.Tensor, node_mask: torch.Tensor,
                 pair_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,6 +87,8 @@ class NGTLayer(nn.Module):
         v = self.norm1(v + self.dropout(self.out(agg.reshape(b, n, d))))
         v = self.norm2(v + self.dropout(self.ffn(v)))
         v = v * node_mask[..., None]
+        if not self.update_edges:
+            return v, e
         pre = (self.e_self(e) + self.e_transpose(e_t)
                + self.e_source(v)[:, :, None, :] + self.e_target(v)[:, None, :, :])
         e = self.e_norm(e + self.dropout(self.e_out(F.gelu(pre))))
@@ -128,7 +133,10 @@ class NGT(nn.Module):
         self.probes = ProbeFeatures(probes, tuple(input_shape), hidden, probe_domain) if probes else None
         self.no_edge = nn.Parameter(torch.randn(edge_hidden) * 0.1)
         self.reverse = nn.Parameter(torch.randn(edge_hidden) * 0.1) if reverse_edges else None
-        self.layers = nn.ModuleList(NGTLayer(hidden, edge_hidden, heads, dropout) for _ in range(layers))
+        self.layers = nn.ModuleList(
+            NGTLayer(hidden, edge_hidden, heads, dropout, update_edges=readout != "invariant" or i < layers - 1)
+            for i in range(layers)
+        )
         self.readout_kind = readout
         if readout == "invariant":
             self.readout = InvariantReadout(hidden, num_outputs, out_dim, dropout)

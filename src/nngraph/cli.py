@@ -1,0 +1,182 @@
+"""The ``nngraph`` command.
+
+Every subcommand is one ``add_<name>(subparsers)`` function that declares its options
+and sets ``func`` to the function that runs it; ``main`` dispatches. Errors that are the
+user's to fix (``NNGraphError``) print one line ``error: ...`` on stderr and exit with
+status 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from nngraph.errors import NNGraphError
+
+EXIT_USAGE = 2
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Appends ``(default: X)`` to options whose help does not say its default; keeps
+    description line breaks."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, argparse.SUPPRESS) or action.nargs == 0:
+            return text
+        return text + " (default: %(default)s)"
+
+
+# Options every command accepts, before or after the subcommand name.
+COMMON = argparse.ArgumentParser(add_help=False)
+COMMON.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                    help="show the traceback of errors (default: one line)")
+
+
+# --------------------------------------------------------------------------- data inrs
+
+
+def add_data_inrs(sub) -> None:
+    from nngraph.data.fitting import DEFAULT_RECIPES
+
+    recipes = "\n".join(
+        f"  {v}: {r.steps} steps, Adam lr {r.lr:g}, {r.schedule} schedule"
+        + (f" to {r.final_lr_ratio:g}x" if r.schedule == "cosine" else "")
+        + (f", first layer lr x{r.first_layer_lr_scale:g}" if r.first_layer_lr_scale != 1 else "")
+        + f", stop at {r.target_psnr} dB"
+        for v, r in DEFAULT_RECIPES.items()
+    )
+    p = sub.add_parser(
+        "inrs", formatter_class=_Formatter, parents=[COMMON],
+        help="fit one SIREN INR per image into a sharded corpus",
+        description="Fit one SIREN per image (batched, seeded, resumable) into DIR as sharded safetensors "
+                    "plus manifest.json.\nRerunning the same command resumes an interrupted build and does "
+                    f"nothing when it is complete.\n\nDefault recipes (--steps/--lr/--schedule/--target-psnr "
+                    f"--first-layer-lr-scale override them):\n{recipes}",
+    )
+    p.add_argument("--images", default="digits", metavar="{digits,fashion-mnist,PATH}",
+                   help="image source: scikit-learn digits (8x8, built in), Fashion-MNIST from the Debian "
+                        "package dataset-fashion-mnist, or a folder of MNIST-format IDX files")
+    p.add_argument("--out", required=True, metavar="DIR", help="corpus folder (created; reused to resume); required")
+    p.add_argument("--variant", default="dwsnet", choices=["dwsnet", "standard"],
+                   help="SIREN initialisation and output convention (see nngraph.data.inr)")
+    p.add_argument("--steps", type=int, default=None, help="Adam step budget per INR (default: the variant's recipe)")
+    p.add_argument("--lr", type=float, default=None, help="peak Adam learning rate (default: the variant's recipe)")
+    p.add_argument("--schedule", choices=["constant", "cosine"], default=None,
+                   help="learning-rate schedule (default: the variant's recipe)")
+    p.add_argument("--first-layer-lr-scale", type=float, default=None,
+                   help="learning-rate multiplier of the first layer (default: the variant's recipe)")
+    p.add_argument("--target-psnr", type=float, default=None,
+                   help="freeze an INR once it reaches this PSNR in dB (default: the variant's recipe)")
+    p.add_argument("--no-early-stop", action="store_true", help="always run the full step budget")
+    p.add_argument("--hidden", type=int, default=32, help="width of every hidden layer")
+    p.add_argument("--depth", type=int, default=2, help="number of hidden (sine) layers")
+    p.add_argument("--w0", type=float, default=30.0, help="sine frequency w0")
+    p.add_argument("--limit", type=int, default=None, metavar="N",
+                   help="keep N images in total, shared among train/val/test by size, class-stratified "
+                        "(default: all)")
+    p.add_argument("--seed", type=int, default=0, help="base seed of the INR initialisations")
+    p.add_argument("--shard-size", type=int, default=1024, help="INRs per shard (the unit of resumption)")
+    p.add_argument("--workers", type=int, default=None, help="fitting threads (default: torch's thread count)")
+    p.add_argument("--chunk-size", type=int, default=8, help="INRs fitted together per thread")
+    p.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
+    p.set_defaults(func=run_data_inrs)
+
+
+def run_data_inrs(args) -> int:
+    from nngraph.data.build import build_inr_corpus, command_line
+
+    build_inr_corpus(
+        args.out, args.images, args.variant, steps=args.steps, lr=args.lr, schedule=args.schedule,
+        target_psnr=args.target_psnr, first_layer_lr_scale=args.first_layer_lr_scale,
+        no_early_stop=args.no_early_stop, hidden=args.hidden, depth=args.depth,
+        w0=args.w0, limit=args.limit, seed=args.seed, shard_size=args.shard_size, chunk_size=args.chunk_size,
+        workers=args.workers, progress=not args.no_progress, command=command_line(),
+    )
+    return 0
+
+
+# --------------------------------------------------------------------------- data zoo
+
+
+def add_data_zoo(sub) -> None:
+    p = sub.add_parser(
+        "zoo", formatter_class=_Formatter, parents=[COMMON],
+        help="train a zoo of small CNNs labelled with their test accuracy",
+        description="Train COUNT small CNNs with sampled architectures and training recipes into DIR "
+                    "(sharded, resumable); each network's label is its accuracy on held-out test images.",
+    )
+    p.add_argument("--out", required=True, metavar="DIR", help="corpus folder (created; reused to resume); required")
+    p.add_argument("--count", type=int, default=1000, metavar="N", help="number of networks")
+    p.add_argument("--images", default="fashion-mnist", metavar="{digits,fashion-mnist,PATH}",
+                   help="training images: the train split trains, the test split gives the label")
+    p.add_argument("--fixed-arch", action="store_true",
+                   help="one architecture (nngraph.data.zoo.FIXED_ARCHITECTURE), varied training only")
+    p.add_argument("--downsample", type=int, default=None,
+                   help="average-pool images by this factor (default: 2 for images of 16+ pixels, else 1)")
+    p.add_argument("--test-limit", type=int, default=2000, help="held-out test images per accuracy label")
+    p.add_argument("--seed", type=int, default=0, help="zoo seed (network i depends only on seed and i)")
+    p.add_argument("--shard-size", type=int, default=100, help="networks per shard (the unit of resumption)")
+    p.add_argument("--workers", type=int, default=None, help="training processes (default: CPU count)")
+    p.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
+    p.set_defaults(func=run_data_zoo)
+
+
+def run_data_zoo(args) -> int:
+    from nngraph.data.build import build_zoo_corpus, command_line
+
+    build_zoo_corpus(
+        args.out, args.count, args.images, fixed_arch=args.fixed_arch, seed=args.seed, downsample=args.downsample,
+        test_limit=args.test_limit, shard_size=args.shard_size, workers=args.workers,
+        progress=not args.no_progress, command=command_line(),
+    )
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def add_data(sub) -> None:
+    p = sub.add_parser("data", help="build INR corpora and CNN zoos", formatter_class=_Formatter,
+                       description="Build datasets of networks: INR corpora and CNN zoos.")
+    data_sub = p.add_subparsers(dest="data_command", metavar="{inrs,zoo}", required=True)
+    add_data_inrs(data_sub)
+    add_data_zoo(data_sub)
+
+
+# Subcommands in help order; a new one is one add_<name>(subparsers) function here.
+SUBCOMMANDS = [add_data]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nngraph", formatter_class=_Formatter, parents=[COMMON],
+        description="Learning on neural networks as graphs: build corpora of networks, train and evaluate "
+                    "metanetworks on them.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in SUBCOMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except NNGraphError as exc:
+        if getattr(args, "debug", False):
+            raise
+        message = " ".join(str(exc).split())  # one line, whatever the message holds
+        print(f"error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        if getattr(args, "debug", False):
+            raise
+        print("error: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

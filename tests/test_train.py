@@ -1,0 +1,139 @@
+"""The training loop end to end on tiny corpora: every task, resume, two processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from nngraph.data.build import build_inr_corpus, build_zoo_corpus
+from nngraph.train import TrainConfig, Trainer, train
+
+SMALL_NGT = {"hidden": 16, "edge_hidden": 8, "layers": 1, "heads": 2, "probes": 2}
+
+
+@pytest.fixture(scope="module")
+def inr_corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train") / "inrs"
+    build_inr_corpus(root, images="digits", variant="dwsnet", steps=30, hidden=8, limit=40, seed=0,
+                     shard_size=20, workers=1, progress=False, log=lambda *a: None)
+    return root
+
+
+@pytest.fixture(scope="module")
+def zoo_corpus(tmp_path_factory):
+    """10 sampled CNNs on digits, each trained for only 20 steps (accuracies still spread)."""
+    from nngraph.data import zoo
+
+    sample = zoo.sample_training
+    root = tmp_path_factory.mktemp("train") / "zoo"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(zoo, "sample_training", lambda rng: {**sample(rng), "steps": 20, "batch_size": 32})
+        build_zoo_corpus(root, 10, "digits", seed=0, test_limit=200, shard_size=5, workers=1, progress=False,
+                         log=lambda *a: None)
+    return root
+
+
+def config(tmp_path, data, **kwargs) -> TrainConfig:
+    base = dict(task="classify", data=str(data), model="ngt", out=str(tmp_path / "run"), epochs=2, batch_size=8,
+                lr=3e-3, warmup_steps=2, model_kwargs=dict(SMALL_NGT))
+    base.update(kwargs)
+    return TrainConfig(**base)
+
+
+def test_classify_end_to_end(tmp_path, inr_corpus):
+    result = train(config(tmp_path, inr_corpus, epochs=3, permute_augment=True, weight_noise=0.001), progress=False)
+    run = tmp_path / "run"
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 3 and json.loads(lines[-1])["epoch"] == 3
+    saved = json.loads((run / "metrics.json").read_text())
+    assert 0.0 <= saved["test"]["accuracy"] <= 1.0 and saved["test"]["accuracy"] == result["test"]["accuracy"]
+    assert sum(map(sum, saved["test"]["confusion"])) > 0
+    assert json.loads((run / "config.json").read_text())["permute_augment"] is True
+    for name in ("learning_curves.png", "confusion_matrix.png", "best.pt", "last.pt"):
+        assert (run / name).stat().st_size > 0
+    # the training loss goes down over the epochs on this tiny problem
+    history = [json.loads(line) for line in lines]
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+
+
+def test_same_command_same_numbers(tmp_path, inr_corpus):
+    a = train(config(tmp_path / "a", inr_corpus), progress=False)
+    b = train(config(tmp_path / "b", inr_corpus), progress=False)
+    assert a["history"][-1]["train_loss"] == b["history"][-1]["train_loss"]
+    assert a["test"] == b["test"]
+
+
+def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, inr_corpus, monkeypatch):
+    straight = train(config(tmp_path / "straight", inr_corpus, epochs=3), progress=False)
+    killed = config(tmp_path / "killed", inr_corpus, epochs=3)
+    original = Trainer.train_epoch
+
+    def dies_in_epoch_two(self, progress):
+        if self.epoch == 1:
+            raise KeyboardInterrupt("killed")
+        return original(self, progress)
+
+    monkeypatch.setattr(Trainer, "train_epoch", dies_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        train(killed, progress=False)
+    assert len((tmp_path / "killed" / "run" / "metrics.jsonl").read_text().splitlines()) == 1
+    monkeypatch.setattr(Trainer, "train_epoch", original)
+    resumed = train(killed, resume=True, progress=False)
+    assert [h["train_loss"] for h in resumed["history"]] == [h["train_loss"] for h in straight["history"]]
+    assert resumed["test"] == straight["test"]
+    a = torch.load(tmp_path / "straight" / "run" / "best.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "killed" / "run" / "best.pt", weights_only=False)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_dilate_end_to_end(tmp_path, inr_corpus):
+    result = train(config(tmp_path, inr_corpus, task="dilate", epochs=2), progress=False)
+    assert result["test"]["mse"] >= 0 and result["test"]["mse"] == result["test"]["mse"]
+    assert (tmp_path / "run" / "dilation.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("model", ["nggnn", "statnn"])
+def test_generalize_end_to_end(tmp_path, zoo_corpus, model):
+    kwargs = {"hidden": 16, "edge_hidden": 8, "layers": 1} if model == "nggnn" else {}
+    result = train(config(tmp_path, zoo_corpus, task="generalize", model=model, model_kwargs=kwargs), progress=False)
+    assert -1.0 <= result["test"]["kendall_tau"] <= 1.0
+    assert (tmp_path / "run" / "predicted_vs_true.png").stat().st_size > 0
+
+
+def test_wrong_corpus_for_task(tmp_path, inr_corpus):
+    from nngraph.errors import NNGraphError
+
+    with pytest.raises(NNGraphError):
+        train(config(tmp_path, inr_corpus, task="generalize"), progress=False)
+
+
+def test_two_processes_match_one(tmp_path, inr_corpus):
+    """torchrun with 2 processes (gloo) gives the same run as one process."""
+    single = train(config(tmp_path / "one", inr_corpus, epochs=2), progress=False)
+    script = tmp_path / "ddp.py"
+    script.write_text(textwrap.dedent(f"""
+        import torch
+        from nngraph.train import TrainConfig, train
+        torch.set_num_threads(1)
+        cfg = TrainConfig(task="classify", data={str(inr_corpus)!r}, model="ngt", out={str(tmp_path / 'two' / 'run')!r},
+                          epochs=2, batch_size=8, lr=3e-3, warmup_steps=2, model_kwargs={SMALL_NGT!r})
+        train(cfg, progress=False)
+    """))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with socket.socket() as s:  # a free port for the rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+                    str(script)], check=True, env=env, capture_output=True, timeout=300)
+    two = json.loads((tmp_path / "two" / "run" / "metrics.json").read_text())
+    for a, b in zip(single["history"], two["history"]):
+        assert abs(a["train_loss"] - b["train_loss"]) <= 1e-4
+    assert abs(single["test"]["loss"] - two["test"]["loss"]) <= 1e-4
+    assert single["test"]["accuracy"] == two["test"]["accuracy"]
