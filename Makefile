@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m nngraph.demo
+	$(BIN)/nngraph demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

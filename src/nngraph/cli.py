@@ -144,8 +144,19 @@ def add_data(sub) -> None:
     add_data_zoo(data_sub)
 
 
+def _run_side(name: str):
+    """A subcommand of ``cli_runs`` with this module's formatter and common options."""
+
+    def add(sub) -> None:
+        from nngraph import cli_runs
+
+        getattr(cli_runs, f"add_{name}")(sub, _Formatter, COMMON)
+
+    return add
+
+
 # Subcommands in help order; a new one is one add_<name>(subparsers) function here.
-SUBCOMMANDS = [add_data]
+SUBCOMMANDS = [add_data, *(_run_side(name) for name in ("train", "eval", "inspect", "demo", "bench"))]
 
 
 def build_parser() -> argparse.ArgumentParser:

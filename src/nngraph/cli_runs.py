@@ -1,0 +1,253 @@
+"""``nngraph train | eval | inspect | demo | bench``: the run side of the command line.
+
+Each subcommand is one ``add_<name>(subparsers)`` function, as in ``cli.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from nngraph.errors import NNGraphError
+
+
+def _json_dict(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not JSON: {text!r}; write e.g. '{{\"hidden\": 64}}'") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("--model-args takes a JSON object")
+    return value
+
+
+def add_train(sub, formatter, common) -> None:
+    from nngraph.models import model_names
+    from nngraph.tasks import TASKS
+
+    p = sub.add_parser(
+        "train", formatter_class=formatter, parents=[common], help="train a metanetwork on a corpus",
+        description="Train MODEL on corpus DATA for TASK; writes config.json, metrics.jsonl (per epoch), "
+                    "metrics.json, checkpoints (last.pt, best.pt) and plots into --out.\n"
+                    "Launch with `torchrun --nproc_per_node=N -m nngraph.cli train ...` for data parallelism.",
+    )
+    p.add_argument("--task", required=True, choices=sorted(TASKS), help="what to predict; required")
+    p.add_argument("--data", required=True, metavar="DIR", help="corpus folder built by `nngraph data`; required")
+    p.add_argument("--model", required=True, choices=model_names(), help="metanetwork or baseline; required")
+    p.add_argument("--out", default=None, metavar="RUN", help="run folder (default: runs/<task>-<model>)")
+    p.add_argument("--epochs", type=int, default=10, help="training epochs")
+    p.add_argument("--batch-size", type=int, default=64, help="networks per batch")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate")
+    p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay")
+    p.add_argument("--warmup-steps", type=int, default=50, help="linear warm-up steps before the cosine decay")
+    p.add_argument("--grad-clip", type=float, default=1.0, help="clip the gradient norm to this (0: off)")
+    p.add_argument("--seed", type=int, default=0, help="seed of initialisation, shuffling and augmentation")
+    p.add_argument("--probes", type=int, default=None, help="probe inputs of NG-GNN / NG-T (default: the model's, 0)")
+    p.add_argument("--hidden", type=int, default=None, help="node width of NG-GNN / NG-T (default: the model's, 64)")
+    p.add_argument("--layers", type=int, default=None, help="layers of NG-GNN / NG-T (default: the model's, 4)")
+    p.add_argument("--model-args", type=_json_dict, default={}, metavar="JSON",
+                   help="further model keyword arguments, e.g. '{\"heads\": 4, \"reverse_edges\": true}'")
+    p.add_argument("--permute-augment", action="store_true", help="random neuron permutations of training networks")
+    p.add_argument("--weight-noise", type=float, default=0.0, help="std of Gaussian noise on training weights")
+    p.add_argument("--max-train", type=int, default=None, help="use only the first N training networks")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model's layers (needs a C++ compiler)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="do not print per-epoch lines")
+    p.set_defaults(func=run_train)
+
+
+def run_train(args) -> int:
+    from nngraph.train import TrainConfig, train
+
+    kwargs = dict(args.model_args)
+    for key in ("probes", "hidden", "layers"):
+        if getattr(args, key) is not None:
+            kwargs[key] = getattr(args, key)
+    out = args.out or str(Path("runs") / f"{args.task}-{args.model}")
+    config = TrainConfig(task=args.task, data=args.data, model=args.model, out=out, epochs=args.epochs,
+                         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                         warmup_steps=args.warmup_steps, grad_clip=args.grad_clip, seed=args.seed,
+                         permute_augment=args.permute_augment, weight_noise=args.weight_noise, model_kwargs=kwargs,
+                         compile=args.compile, max_train=args.max_train)
+    result = train(config, resume=args.resume, progress=not args.no_progress)
+    _print_result(result, out)
+    return 0
+
+
+def _print_result(result: dict, out: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{result['task']} with {result['model']} ({out})")
+    table.add_column("split")
+    metrics = [k for k, v in result["test"].items() if not isinstance(v, list)]
+    for m in metrics:
+        table.add_column(m, justify="right")
+    for split in ("val", "test"):
+        table.add_row(split, *(f"{result[split][m]:.4f}" for m in metrics))
+    console = Console()
+    console.print(table)
+    for plot in result.get("plots", []):
+        console.print(f"plot: {plot}")
+
+
+def add_eval(sub, formatter, common) -> None:
+    p = sub.add_parser("eval", formatter_class=formatter, parents=[common], help="evaluate a run's best checkpoint",
+                       description="Evaluate the best checkpoint of RUN on the val and test splits of its corpus "
+                                   "(or of --data, a corpus of the same kind and architecture layout).")
+    p.add_argument("run", metavar="RUN", help="run folder written by `nngraph train`")
+    p.add_argument("--data", default=None, metavar="DIR", help="corpus to evaluate on (default: the run's)")
+    p.set_defaults(func=run_eval)
+
+
+def run_eval(args) -> int:
+    import torch
+
+    from nngraph.train import TrainConfig, Trainer
+
+    run = Path(args.run)
+    config_path, best = run / "config.json", run / "best.pt"
+    if not config_path.exists() or not best.exists():
+        raise NNGraphError(f"{run} is not a finished run (no config.json or best.pt); train it with `nngraph train`")
+    config = TrainConfig(**json.loads(config_path.read_text()))
+    if args.data:
+        config.data = args.data
+    trainer = Trainer(config)
+    trainer.model.load_state_dict(torch.load(best, weights_only=False)["model"])
+    result = {"task": config.task, "model": config.model,
+              "val": trainer.evaluate("val"), "test": trainer.evaluate("test")}
+    _print_result(result, str(run))
+    return 0
+
+
+def add_inspect(sub, formatter, common) -> None:
+    p = sub.add_parser("inspect", formatter_class=formatter, parents=[common],
+                       help="what a corpus, a run or a saved network holds",
+                       description="Describe PATH: a corpus folder (architecture, graph size, splits, fit quality "
+                                   "or accuracy spread), a run folder (config, best epoch, metrics) or a saved "
+                                   "network (a .pt file of a whole torch.save'd module: its graph; of a "
+                                   "state_dict: its tensors).")
+    p.add_argument("path", metavar="PATH", help="corpus folder, run folder or .pt file")
+    p.set_defaults(func=run_inspect)
+
+
+def run_inspect(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    path = Path(args.path)
+    console = Console()
+    table = Table(title=str(path), show_header=False)
+    table.add_column("what")
+    table.add_column("value")
+    if (path / "manifest.json").exists():
+        _inspect_corpus(path, table)
+    elif (path / "config.json").exists():
+        config = json.loads((path / "config.json").read_text())
+        for key in ("task", "model", "data", "epochs", "batch_size", "lr", "seed", "model_kwargs"):
+            table.add_row(key, json.dumps(config.get(key)))
+        if (path / "metrics.json").exists():
+            metrics = json.loads((path / "metrics.json").read_text())
+            table.add_row("best epoch", str(metrics["best_epoch"]))
+            table.add_row("parameters", f"{metrics['parameters']:,}")
+            for split in ("val", "test"):
+                values = {k: round(v, 4) for k, v in metrics[split].items() if not isinstance(v, list)}
+                table.add_row(split, json.dumps(values))
+        elif (path / "metrics.jsonl").exists():
+            lines = (path / "metrics.jsonl").read_text().splitlines()
+            table.add_row("epochs done", f"{len(lines)} of {config.get('epochs')} (resume with --resume)")
+    elif path.is_file():
+        _inspect_saved(path, table)
+    else:
+        raise NNGraphError(f"{path} is neither a corpus (manifest.json), a run (config.json) nor a .pt file; "
+                           "check the path")
+    console.print(table)
+    return 0
+
+
+def _inspect_corpus(path: Path, table) -> None:
+    import torch
+
+    from nngraph.data.store import read_manifest
+    from nngraph.graph.convert import to_graph
+
+    manifest = read_manifest(path)
+    items = manifest["items"]
+    table.add_row("kind", manifest["kind"])
+    table.add_row("networks", str(len(items["split"])))
+    splits = {s: items["split"].count(s) for s in ("train", "val", "test")}
+    table.add_row("splits", json.dumps(splits))
+    table.add_row("complete", str(manifest.get("complete", False)))
+    if manifest["kind"] == "inr":
+        from nngraph.data.fitting import SirenSpec
+
+        spec = SirenSpec.from_dict(manifest["architectures"][0])
+        graph = to_graph(spec.build(), torch.zeros(1, spec.in_features))
+        table.add_row("architecture", json.dumps(manifest["architectures"][0]))
+        table.add_row("graph", f"{graph.num_nodes} nodes, {graph.num_edges} edges")
+        table.add_row("fitting", json.dumps(manifest.get("config", {}).get("recipe")))
+    table.add_row("summary", json.dumps(manifest.get("summary", {})))
+
+
+def _inspect_saved(path: Path, table) -> None:
+    import torch
+    from torch import nn
+
+    from nngraph.graph.convert import to_graph
+    from nngraph.graph.graph import ACTIVATIONS, EDGE_KINDS
+    from nngraph.graph.permute import _guess_input
+
+    try:
+        obj = torch.load(path, weights_only=False, map_location="cpu")
+    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same advice
+        raise NNGraphError(f"{path} is not a file torch.load can read ({type(exc).__name__}); pass a .pt file") from None
+    if isinstance(obj, nn.Module):
+        graph = to_graph(obj.eval(), _guess_input(obj))
+        table.add_row("network", type(obj).__name__)
+        table.add_row("graph", f"{graph.num_nodes} nodes in {graph.num_layers} layers, {graph.num_edges} edges")
+        kinds = {EDGE_KINDS[k]: int((graph.edge_kind == k).sum()) for k in graph.edge_kind.unique().tolist()}
+        table.add_row("edge kinds", json.dumps(kinds))
+        acts = sorted({ACTIVATIONS[a] for a in graph.node_act.tolist()})
+        table.add_row("activations", ", ".join(acts))
+        table.add_row("features", f"d_v={graph.x.shape[1]}, d_e={graph.edge_attr.shape[1]} (k_max={graph.spec.k_max})")
+        return
+    state = obj.get("model", obj) if isinstance(obj, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise NNGraphError(f"{path} holds neither a module nor a state_dict; save one with torch.save")
+    for name, tensor in state.items():
+        table.add_row(name, f"{list(tensor.shape)} {str(tensor.dtype).replace('torch.', '')}")
+
+
+def add_demo(sub, formatter, common) -> None:
+    p = sub.add_parser("demo", formatter_class=formatter, parents=[common], help="the main job on embedded data",
+                       description="Check conversion on the bundled networks, build the digits INR corpus "
+                                   "(embedded in scikit-learn) and train NG-T with probe features and a "
+                                   "baseline on it; prints their test accuracy.")
+    p.add_argument("--out", default="runs/demo", metavar="DIR", help="where the corpus and runs go")
+    p.add_argument("--epochs", type=int, default=None, help="override the epochs of both models")
+    p.add_argument("--seed", type=int, default=0, help="seed of corpus and training")
+    p.set_defaults(func=run_demo)
+
+
+def run_demo(args) -> int:
+    from nngraph.demo import run
+
+    return run(args.out, seed=args.seed, epochs=args.epochs)
+
+
+def add_bench(sub, formatter, common) -> None:
+    p = sub.add_parser("bench", formatter_class=formatter, parents=[common], help="run the benchmarks",
+                       description="Run every benchmarks/bench_*.py of a source checkout and render "
+                                   "benchmarks/RESULTS.md from their JSON results.")
+    p.add_argument("--render", action="store_true", help="only render RESULTS.md from the existing results")
+    p.set_defaults(func=run_bench)
+
+
+def run_bench(args) -> int:
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "run.py"
+    if not script.exists():
+        raise NNGraphError("the benchmarks live in the source checkout; run `nngraph bench` from a git clone")
+    return subprocess.call([sys.executable, str(script)] + (["--render"] if args.render else []))

@@ -1,0 +1,54 @@
+"""nngraph train / eval / inspect from the command line, and their error paths."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nngraph.cli import main
+from nngraph.data.build import build_inr_corpus
+from nngraph.examples import ResidualCNN
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli") / "inrs"
+    build_inr_corpus(root, images="digits", variant="dwsnet", steps=20, hidden=8, limit=30, seed=0,
+                     shard_size=30, workers=1, progress=False, log=lambda *a: None)
+    return root
+
+
+def test_train_eval_inspect(tmp_path, corpus, capsys):
+    run = tmp_path / "run"
+    code = main(["train", "--task", "classify", "--data", str(corpus), "--model", "ngt", "--out", str(run),
+                 "--epochs", "1", "--batch-size", "8", "--hidden", "16", "--layers", "1", "--probes", "2",
+                 "--model-args", '{"heads": 2, "edge_hidden": 8}', "--no-progress"])
+    assert code == 0 and (run / "metrics.json").exists()
+    assert "accuracy" in capsys.readouterr().out
+    assert main(["eval", str(run)]) == 0
+    assert "test" in capsys.readouterr().out
+    assert main(["inspect", str(run)]) == 0
+    assert "best epoch" in capsys.readouterr().out
+    assert main(["inspect", str(corpus)]) == 0
+    assert "nodes" in capsys.readouterr().out
+    saved = tmp_path / "net.pt"
+    torch.save(ResidualCNN().eval(), saved)
+    assert main(["inspect", str(saved)]) == 0
+    assert "residual" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "--task", "classify", "--data", "/nonexistent/corpus", "--model", "ngt"],
+    ["eval", "/nonexistent/run"],
+    ["inspect", "/nonexistent/path"],
+])
+def test_errors_are_one_line_with_exit_code_2(argv, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err
+
+
+def test_resume_without_checkpoint(tmp_path, corpus, capsys):
+    code = main(["train", "--task", "classify", "--data", str(corpus), "--model", "mlp", "--out", str(tmp_path / "r"),
+                 "--resume", "--no-progress"])
+    assert code == 2 and "--resume" in capsys.readouterr().err
