@@ -192,7 +192,8 @@ def build_zoo_corpus(
         "architectures": [zoo.FIXED_ARCHITECTURE] if fixed_arch else [],
         "command": command,
         "config": {
-            "images": data.source, "downsample": factor, "test_limit": test_limit, "count": count,
+            "images": data.source, "downsample": factor, "image_size": list(zdata.image_size),
+            "test_limit": test_limit, "count": count,
             "fixed_arch": fixed_arch, "seed": seed, "shard_size": shard_size,
             "zoo_spec_version": zoo.SPEC_VERSION,
         },
