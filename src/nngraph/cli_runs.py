@@ -198,14 +198,14 @@ def _inspect_saved(path: Path, table) -> None:
 
     from nngraph.graph.convert import to_graph
     from nngraph.graph.graph import ACTIVATIONS, EDGE_KINDS
-    from nngraph.graph.permute import _guess_input
+    from nngraph.graph.permute import guess_input
 
     try:
         obj = torch.load(path, weights_only=False, map_location="cpu")
     except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same advice
         raise NNGraphError(f"{path} is not a file torch.load can read ({type(exc).__name__}); pass a .pt file") from None
     if isinstance(obj, nn.Module):
-        graph = to_graph(obj.eval(), _guess_input(obj))
+        graph = to_graph(obj.eval(), guess_input(obj))
         table.add_row("network", type(obj).__name__)
         table.add_row("graph", f"{graph.num_nodes} nodes in {graph.num_layers} layers, {graph.num_edges} edges")
         kinds = {EDGE_KINDS[k]: int((graph.edge_kind == k).sum()) for k in graph.edge_kind.unique().tolist()}

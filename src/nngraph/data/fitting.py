@@ -351,7 +351,7 @@ class _BatchFit:
         """Gradient of sum_i mean_p R_i^2 with respect to theta: [B, n] (a reused buffer)."""
         spec, h, w0, L = self.spec, self.spec.hidden, self.spec.w0, self.spec.depth
         v = self._bind(theta)
-        B, A, G, S = v.B, v.A, v.G, v.S
+        B, G, S = v.B, v.G, v.S
         scale = 2.0 / self.P
         # output layer: dA_out = scale * R S_L^T
         G[-1].copy_(torch.bmm(R, S[-1].transpose(1, 2)).mul_(scale))  # [B, out, h+1]

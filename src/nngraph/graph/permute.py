@@ -47,9 +47,9 @@ def permute_graph(graph: NeuralGraph, seed: int = 0) -> tuple[NeuralGraph, torch
     return new, perm
 
 
-def _tie_class_permutation(graph: NeuralGraph, generator: torch.Generator) -> torch.Tensor:
-    n = graph.num_nodes
-    parent = list(range(n))
+def tie_class_of(graph: NeuralGraph) -> list[int]:
+    """Representative node of each node's tie class (union-find over residual/identity/pooling edges)."""
+    parent = list(range(graph.num_nodes))
 
     def find(a: int) -> int:
         while parent[a] != a:
@@ -62,21 +62,33 @@ def _tie_class_permutation(graph: NeuralGraph, generator: torch.Generator) -> to
         ra, rb = find(a), find(b)
         if ra != rb:
             parent[max(ra, rb)] = min(ra, rb)
+    return [find(v) for v in range(graph.num_nodes)]
+
+
+def interchangeable_groups(graph: NeuralGraph) -> list[list[list[int]]]:
+    """Groups of tie classes that may be permuted among each other.
+
+    Classes with an input/output neuron, or with two neurons in one layer, never move;
+    classes with the same set of layers are interchangeable. Each class is listed as its
+    nodes sorted by layer, so class k's node at position l corresponds to class k''s.
+    """
     members: dict[int, list[int]] = {}
-    for node in range(n):
-        members.setdefault(find(node), []).append(node)
+    for node, root in enumerate(tie_class_of(graph)):
+        members.setdefault(root, []).append(node)
     layer = graph.node_layer.tolist()
     role = graph.node_role.tolist()
-    # Classes with the same layer signature are interchangeable.
     by_signature: dict[tuple[int, ...], list[list[int]]] = {}
     for nodes in members.values():
         layers = [layer[v] for v in nodes]
         if any(role[v] != ROLE_HIDDEN for v in nodes) or len(set(layers)) != len(layers):
             continue
-        nodes = sorted(nodes, key=lambda v: layer[v])
-        by_signature.setdefault(tuple(sorted(layers)), []).append(nodes)
-    perm = torch.arange(n)
-    for classes in by_signature.values():
+        by_signature.setdefault(tuple(sorted(layers)), []).append(sorted(nodes, key=lambda v: layer[v]))
+    return [classes for classes in by_signature.values() if len(classes) > 1]
+
+
+def _tie_class_permutation(graph: NeuralGraph, generator: torch.Generator) -> torch.Tensor:
+    perm = torch.arange(graph.num_nodes)
+    for classes in interchangeable_groups(graph):
         shuffled = torch.randperm(len(classes), generator=generator).tolist()
         for target, source in zip(classes, (classes[s] for s in shuffled)):
             perm[torch.tensor(target)] = torch.tensor(source)
@@ -91,7 +103,7 @@ def permute_neurons(model: nn.Module, seed: int = 0, example_input: torch.Tensor
     input size cannot be guessed from the first layer (a flatten into a Linear).
     """
     if example_input is None:
-        example_input = _guess_input(model)
+        example_input = guess_input(model)
     graph = to_graph(model, example_input)
     permuted, _ = permute_graph(graph, seed)
     result = copy.deepcopy(model)
@@ -99,7 +111,8 @@ def permute_neurons(model: nn.Module, seed: int = 0, example_input: torch.Tensor
     return result
 
 
-def _guess_input(model: nn.Module) -> torch.Tensor:
+def guess_input(model: nn.Module) -> torch.Tensor:
+    """A [1, F] or [1, C, 32, 32] zero input read off the model's first Linear / Conv2d."""
     for module in model.modules():
         if isinstance(module, nn.Linear):
             return torch.zeros(1, module.in_features)

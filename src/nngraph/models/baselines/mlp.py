@@ -21,7 +21,7 @@ from torch_geometric.data import Batch
 
 from nngraph.errors import InputShapeError
 from nngraph.graph.fast import stacked_params
-from nngraph.graph.graph import EDGE_IDENTITY, EDGE_POOL, EDGE_RESIDUAL, ROLE_HIDDEN
+from nngraph.graph.permute import interchangeable_groups
 
 
 def mlp(dims: list[int], dropout: float = 0.0, final_act: bool = False) -> nn.Sequential:
@@ -104,39 +104,8 @@ class FlatMLP(nn.Module):
 
 
 def interchangeable_classes(graph) -> list[torch.Tensor]:
-    """Groups of hidden-neuron tie classes that may be permuted among each other.
-
-    Same rule as ``nngraph.graph.permute`` (a function-preserving relabelling): neurons
-    joined by residual, identity or pooling edges form one tie class; classes with an
-    input/output neuron, or with two neurons in one layer, never move; classes with the
-    same multiset of layers are interchangeable. Returns one tensor [m, L_g] per group
-    (m classes, their L_g nodes sorted by layer), for one graph (node ids 0..n-1).
-    """
-    n = int(graph.node_layer.shape[0])
-    parent = list(range(n))
-
-    def find(a: int) -> int:
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
-
-    tie = torch.isin(graph.edge_kind, torch.tensor([EDGE_RESIDUAL, EDGE_IDENTITY, EDGE_POOL]))
-    for a, b in graph.edge_index[:, tie].t().tolist():
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    members: dict[int, list[int]] = {}
-    for v in range(n):
-        members.setdefault(find(v), []).append(v)
-    layer, role = graph.node_layer.tolist(), graph.node_role.tolist()
-    groups: dict[tuple[int, ...], list[list[int]]] = {}
-    for nodes in members.values():
-        layers = [layer[v] for v in nodes]
-        if any(role[v] != ROLE_HIDDEN for v in nodes) or len(set(layers)) != len(layers):
-            continue
-        groups.setdefault(tuple(sorted(layers)), []).append(sorted(nodes, key=lambda v: layer[v]))
-    return [torch.tensor(classes) for classes in groups.values() if len(classes) > 1]
+    """``permute.interchangeable_groups`` as one tensor [m, L_g] per group (m classes, L_g nodes)."""
+    return [torch.tensor(classes) for classes in interchangeable_groups(graph)]
 
 
 _CLASSES: dict[tuple, list[torch.Tensor]] = {}  # interchangeable classes per architecture
@@ -162,7 +131,7 @@ def random_permutation_augment(batch: Batch, generator: torch.Generator | None =
     key = (tuple(specs[0].params), n, e, tuple(torch.bincount(kinds0, minlength=8).tolist()))
     if key not in _CLASSES:
         template = SimpleNamespace(
-            node_layer=batch.node_layer[:n].cpu(), node_role=batch.node_role[:n].cpu(),
+            num_nodes=n, node_layer=batch.node_layer[:n].cpu(), node_role=batch.node_role[:n].cpu(),
             edge_kind=kinds0, edge_index=edge_index0.cpu(),
         )
         _CLASSES[key] = interchangeable_classes(template)

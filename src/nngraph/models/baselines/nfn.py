@@ -38,6 +38,7 @@ chain and raise ``UnsupportedModelError``; use DeepSets / StatNN / the graph mod
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import torch
 from torch import nn
@@ -46,9 +47,6 @@ from torch_geometric.data import Batch
 from nngraph.errors import InputShapeError, UnsupportedModelError
 from nngraph.graph.fast import stacked_params
 from nngraph.graph.graph import (
-    EDGE_IDENTITY,
-    EDGE_POOL,
-    EDGE_RESIDUAL,
     NORM_BATCH,
     ROLE_INPUT,
     ROLE_OUTPUT,
@@ -58,6 +56,7 @@ from nngraph.graph.graph import (
     X_NORM_VAR,
     X_NORM_WEIGHT,
 )
+from nngraph.graph.permute import tie_class_of
 from nngraph.models.baselines.mlp import mlp, reset_mlp
 
 try:  # the optional dependency; the error says how to get it
@@ -109,19 +108,7 @@ def chain_layout(batch: Batch) -> list[ChainLayer]:
     if not weights:
         raise UnsupportedModelError("nfn baselines need at least one Linear or Conv2d layer")
     # Tie classes: neurons joined by residual / identity / pooling edges carry one value.
-    parent = list(range(n))
-
-    def find(a: int) -> int:
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
-
-    kinds = batch.edge_kind[:e].cpu()
-    for a, c in ei[:, torch.isin(kinds, torch.tensor([EDGE_RESIDUAL, EDGE_IDENTITY, EDGE_POOL]))].t().tolist():
-        ra, rc = find(a), find(c)
-        if ra != rc:
-            parent[max(ra, rc)] = min(ra, rc)
+    root = tie_class_of(SimpleNamespace(num_nodes=n, edge_kind=batch.edge_kind[:e].cpu(), edge_index=ei))
     targets, sources = [], []
     for p in weights:
         out, inn = p.shape[0], p.shape[1]
@@ -135,7 +122,7 @@ def chain_layout(batch: Batch) -> list[ChainLayer]:
         raise UnsupportedModelError("nfn baselines need the first weight to read the inputs and the last to write the outputs")
     for i in range(1, len(weights)):
         prev, cur = targets[i - 1], sources[i]
-        if prev.numel() != cur.numel() or any(find(a) != find(c) for a, c in zip(prev.tolist(), cur.tolist())):
+        if prev.numel() != cur.numel() or any(root[a] != root[c] for a, c in zip(prev.tolist(), cur.tolist())):
             raise UnsupportedModelError(
                 f"nfn baselines need a chain of layers: {weights[i].name} does not read the outputs of {weights[i - 1].name} "
                 "(concatenation or projection shortcut); use the deepsets/statnn/graph models"
