@@ -5,6 +5,7 @@
     params = nngraph.to_params(g)                # == model.state_dict()
     m2 = nngraph.permute_neurons(model, seed=0)  # same function, hidden units reordered
     batch = nngraph.collate([g1, g2])            # mixed architectures in one batch
+    net = nngraph.create_model("ngt", example=batch, out_dim=10)   # metanetworks and baselines
 """
 
 from nngraph.errors import NNGraphError
@@ -14,11 +15,13 @@ from nngraph.graph.execute import execute
 from nngraph.graph.fast import graphs_from_params
 from nngraph.graph.graph import NeuralGraph
 from nngraph.graph.permute import permute_neurons
+from nngraph.models import create_model
 
 __all__ = [
     "NNGraphError",
     "NeuralGraph",
     "collate",
+    "create_model",
     "execute",
     "graphs_from_params",
     "permute_neurons",
