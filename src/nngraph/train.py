@@ -180,11 +180,19 @@ class Trainer:
         return self.finish()
 
     def train_epoch(self, progress: bool) -> float:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
         c = self.config
         gen = torch.Generator().manual_seed(c.seed * 100_003 + self.epoch)
         order = self.train_index[torch.randperm(len(self.train_index), generator=gen)]
         self.ddp_model.train()
         total, count = 0.0, 0
+        bar = Progress(TextColumn(f"epoch {self.epoch + 1}"), BarColumn(), MofNCompleteColumn(),
+                       TextColumn("{task.fields[rate]:.0f} networks/s  loss {task.fields[loss]:.4f}"),
+                       TimeRemainingColumn(), transient=True, disable=not progress or self.rank != 0)
+        task_id = bar.add_task("train", total=len(order), rate=0.0, loss=float("nan"))
+        started = time.perf_counter()
+        bar.start()
         for start in range(0, len(order), c.batch_size):
             index = order[start : start + c.batch_size]
             shard = index.tensor_split(self.world)[self.rank] if self.world > 1 else index
@@ -201,6 +209,9 @@ class Trainer:
             self.step += 1
             total += loss.item() * len(shard)
             count += len(shard)
+            bar.update(task_id, advance=len(index), loss=total / count,
+                       rate=(start + len(index)) / (time.perf_counter() - started))
+        bar.stop()
         if self.world > 1:  # the mean over all processes' networks
             sums = torch.tensor([total, count], dtype=torch.float64)
             dist.all_reduce(sums)
@@ -234,6 +245,11 @@ class Trainer:
         result = {"task": self.config.task, "model": self.config.model, "best_epoch": self.best_epoch,
                   "val": val, "test": test, "parameters": sum(p.numel() for p in self.model.parameters()),
                   "train_seconds": sum(r["seconds"] for r in self.history), "history": self.history}
+        if self.task.name == "dilate":
+            from nngraph.tasks.dilate import dilation_floor
+
+            # SIRENs of the same size fitted directly to the dilated test images (same recipe as the corpus)
+            result["floor_mse"] = dilation_floor(self.loaders["test"].dataset, split="test")
         if self.rank == 0:
             result["plots"] = [str(p) for p in self.write_plots(test, test_predictions)]
             _atomic_json(result, self.out / "metrics.json")
