@@ -19,10 +19,10 @@ update equals the single-process one. Off unless launched that way.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +33,7 @@ import torch.distributed as dist
 from torch import nn
 
 from nngraph.data.loader import GraphLoader
+from nngraph.data.store import atomic_write_bytes
 from nngraph.errors import NNGraphError
 from nngraph.models import create_model
 
@@ -63,17 +64,13 @@ class TrainConfig:
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def _atomic_json(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
 def open_dataset(kind: str, root: str, split: str):
