@@ -17,6 +17,7 @@ graph's output does not depend on the other graphs of its batch.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch_geometric.data import Batch
 from torch_geometric.nn.aggr import DegreeScalerAggregation
@@ -33,9 +34,17 @@ SCALERS = ["identity", "amplification", "attenuation"]
 class NGGNNLayer(nn.Module):
     def __init__(self, hidden: int, edge_hidden: int, deg: torch.Tensor, dropout: float = 0.0):
         super().__init__()
-        self.edge_update = mlp([2 * hidden + edge_hidden, edge_hidden, edge_hidden])
+        # phi_e = Linear -> GELU -> Linear on [V_i, E_ij, V_j]; its first Linear is split
+        # into a source, an edge and a target projection, so the node terms are computed
+        # once per node (N rows) and gathered, instead of once per edge on a concatenation.
+        self.edge_in_src = nn.Linear(hidden, edge_hidden, bias=False)
+        self.edge_in_self = nn.Linear(edge_hidden, edge_hidden)
+        self.edge_in_dst = nn.Linear(hidden, edge_hidden, bias=False)
+        self.edge_out = nn.Linear(edge_hidden, edge_hidden)
         self.edge_norm = nn.LayerNorm(edge_hidden)
-        self.message = nn.Linear(2 * hidden, hidden)
+        # phi_m on [V_i, V_j], split the same way.
+        self.message_src = nn.Linear(hidden, hidden)
+        self.message_dst = nn.Linear(hidden, hidden, bias=False)
         self.film = nn.Linear(edge_hidden, 2 * hidden)  # scale and shift
         self.aggregate = DegreeScalerAggregation(AGGREGATORS, SCALERS, deg)
         self.post = nn.Linear(len(AGGREGATORS) * len(SCALERS) * hidden, hidden)
@@ -48,10 +57,11 @@ class NGGNNLayer(nn.Module):
         """v [N, d]; e [E, d_e] forward edges; src/dst [E'] message edges (E' = E or 2E)."""
         n_forward = e.shape[0]
         fwd_src, fwd_dst = src[:n_forward], dst[:n_forward]
-        e = self.edge_norm(e + self.edge_update(torch.cat([v[fwd_src], e, v[fwd_dst]], dim=1)))
+        pre = self.edge_in_src(v)[fwd_src] + self.edge_in_self(e) + self.edge_in_dst(v)[fwd_dst]  # [E, d_e]
+        e = self.edge_norm(e + self.edge_out(F.gelu(pre)))
         e_msg = e if direction is None else torch.cat([e + direction[0], e + direction[1]], dim=0)  # [E', d_e]
         scale, shift = self.film(e_msg).chunk(2, dim=1)
-        m = scale * self.message(torch.cat([v[src], v[dst]], dim=1)) + shift  # [E', d]
+        m = scale * (self.message_src(v)[src] + self.message_dst(v)[dst]) + shift  # [E', d]
         a = self.post(self.aggregate(m, dst, dim_size=v.shape[0]))  # [N, d]
         v = self.node_norm(v + self.dropout(self.update(torch.cat([v, a], dim=1))))
         return v, e
