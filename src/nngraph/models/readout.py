@@ -21,13 +21,17 @@ from nngraph.graph.fast import stacked_params
 from nngraph.graph.graph import ROLE_HIDDEN, ROLE_OUTPUT
 
 
-def mlp(dims: list[int], dropout: float = 0.0) -> nn.Sequential:
-    """Linear layers with GELU between them (none after the last)."""
+def mlp(dims: list[int], dropout: float = 0.0, activation: type[nn.Module] = nn.GELU,
+        final_act: bool = False) -> nn.Sequential:
+    """Linear layers through ``dims`` with ``activation`` (and dropout) between them,
+    and after the last one only with ``final_act``."""
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
         layers.append(nn.Linear(a, b))
-        if i < len(dims) - 2:
-            layers += [nn.GELU(), nn.Dropout(dropout)]
+        if i < len(dims) - 2 or final_act:
+            layers.append(activation())
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
     return nn.Sequential(*layers)
 
 

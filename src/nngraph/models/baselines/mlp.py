@@ -22,18 +22,12 @@ from torch_geometric.data import Batch
 from nngraph.errors import InputShapeError
 from nngraph.graph.fast import stacked_params
 from nngraph.graph.permute import interchangeable_groups
+from nngraph.models.readout import mlp as shared_mlp
 
 
 def mlp(dims: list[int], dropout: float = 0.0, final_act: bool = False) -> nn.Sequential:
-    """Linear -> ReLU -> Dropout stack through ``dims`` (no activation after the last Linear)."""
-    mods: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
-        mods.append(nn.Linear(a, b))
-        if i < len(dims) - 2 or final_act:
-            mods.append(nn.ReLU())
-            if dropout > 0:
-                mods.append(nn.Dropout(dropout))
-    return nn.Sequential(*mods)
+    """The baselines' MLPs: ``models.readout.mlp`` with ReLU."""
+    return shared_mlp(dims, dropout, nn.ReLU, final_act)
 
 
 def reset_mlp(module: nn.Module) -> None:
