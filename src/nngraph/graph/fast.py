@@ -13,7 +13,7 @@ import torch
 from torch_geometric.data import Batch
 
 from nngraph.errors import InputShapeError
-from nngraph.graph.graph import NeuralGraph
+from nngraph.graph.graph import ArchSpec, NeuralGraph
 
 
 def stacked_features(template: NeuralGraph, params: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,6 +60,19 @@ def stacked_features(template: NeuralGraph, params: dict[str, torch.Tensor]) -> 
     return x, edge_attr
 
 
+def one_architecture(batch: Batch, who: str) -> tuple[ArchSpec, int, int, int]:
+    """(spec, B, nodes per graph, edges per graph) of a batch whose graphs share one layout.
+
+    Raises ``InputShapeError`` naming ``who`` (the caller) for a mixed-architecture batch.
+    """
+    specs = batch.spec if isinstance(batch.spec, list) else [batch.spec]
+    spec, b = specs[0], len(specs)
+    n, e = batch.num_nodes // b, batch.num_edges // b
+    if n * b != batch.num_nodes or e * b != batch.num_edges or any(s.params != spec.params for s in specs):
+        raise InputShapeError(f"{who} needs a batch of networks of one architecture; build one corpus per architecture")
+    return spec, b, n, e
+
+
 def stacked_params(batch: Batch, x: torch.Tensor | None = None,
                    edge_attr: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Inverse of ``graphs_from_params``: {name: [B, *shape]} of a batch of one architecture.
@@ -70,12 +83,7 @@ def stacked_params(batch: Batch, x: torch.Tensor | None = None,
     [E, d_e] replace the batch's own features (e.g. per-parameter predictions laid out
     like the graph).
     """
-    specs = batch.spec if isinstance(batch.spec, list) else [batch.spec]
-    spec = specs[0]
-    b = len(specs)
-    n, e = batch.num_nodes // b, batch.num_edges // b
-    if n * b != batch.num_nodes or e * b != batch.num_edges or any(s.params != spec.params for s in specs):
-        raise InputShapeError("stacked_params needs a batch of networks of one architecture")
+    spec, b, n, e = one_architecture(batch, "stacked_params")
     x = (batch.x if x is None else x).reshape(b, n, -1)
     edge_attr = (batch.edge_attr if edge_attr is None else edge_attr).reshape(b, e, -1)
     k = spec.k_max

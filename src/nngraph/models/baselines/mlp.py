@@ -20,7 +20,7 @@ from torch import nn
 from torch_geometric.data import Batch
 
 from nngraph.errors import InputShapeError
-from nngraph.graph.fast import stacked_params
+from nngraph.graph.fast import one_architecture, stacked_params
 from nngraph.graph.permute import interchangeable_groups
 from nngraph.models.readout import mlp as shared_mlp
 
@@ -114,15 +114,11 @@ def random_permutation_augment(batch: Batch, generator: torch.Generator | None =
     The result keeps the canonical edge layout (edge e joins the same node ids), so
     ``stacked_params`` of it gives the permuted parameters.
     """
-    specs = batch.spec if isinstance(batch.spec, list) else [batch.spec]
-    b = len(specs)
-    n, e = batch.num_nodes // b, batch.num_edges // b
-    if n * b != batch.num_nodes or e * b != batch.num_edges or any(s.params != specs[0].params for s in specs):
-        raise InputShapeError("random_permutation_augment needs a batch of networks of one architecture")
+    spec, b, n, e = one_architecture(batch, "random_permutation_augment")
     device = batch.x.device
     edge_index0 = batch.edge_index[:, :e]  # graph 0 uses node ids 0..n-1
     kinds0 = batch.edge_kind[:e].cpu()
-    key = (tuple(specs[0].params), n, e, tuple(torch.bincount(kinds0, minlength=8).tolist()))
+    key = (tuple(spec.params), n, e, tuple(torch.bincount(kinds0, minlength=8).tolist()))
     if key not in _CLASSES:
         template = SimpleNamespace(
             num_nodes=n, node_layer=batch.node_layer[:n].cpu(), node_role=batch.node_role[:n].cpu(),

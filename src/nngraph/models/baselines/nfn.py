@@ -45,7 +45,7 @@ from torch import nn
 from torch_geometric.data import Batch
 
 from nngraph.errors import InputShapeError, UnsupportedModelError
-from nngraph.graph.fast import stacked_params
+from nngraph.graph.fast import one_architecture, stacked_params
 from nngraph.graph.graph import (
     NORM_BATCH,
     ROLE_INPUT,
@@ -87,12 +87,7 @@ _LAYOUTS: dict[tuple, list[ChainLayer]] = {}
 
 def chain_layout(batch: Batch) -> list[ChainLayer]:
     """The chain W_1..W_L of a one-architecture batch (cached per architecture)."""
-    specs = batch.spec if isinstance(batch.spec, list) else [batch.spec]
-    spec = specs[0]
-    b = len(specs)
-    n, e = batch.num_nodes // b, batch.num_edges // b
-    if n * b != batch.num_nodes or e * b != batch.num_edges or any(s.params != spec.params for s in specs):
-        raise InputShapeError("nfn baselines need a batch of networks of one architecture")
+    spec, b, n, e = one_architecture(batch, "nfn baselines")
     key = (tuple(spec.params), n, e, tuple(torch.bincount(batch.edge_kind[:e].cpu(), minlength=6).tolist()))
     if key in _LAYOUTS:
         return _LAYOUTS[key]
