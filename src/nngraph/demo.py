@@ -4,7 +4,7 @@
    executor equals the model, permutations keep the function).
 2. Build the digits INR corpus: one SIREN (dwsnet, 2 -> 32 -> 32 -> 1) per image of
    scikit-learn's 8x8 digits, embedded in scikit-learn, nothing downloaded; resumable.
-3. Train NG-T with probe features and the DeepSets baseline on it, and print a table of
+3. Train NG-T with probe features and the NFN-HNP baseline on it, and print a table of
    their test accuracy with the paths of the runs' plots.
 
 Everything lands in ``--out`` (default ``runs/demo``); rerunning reuses finished work.
@@ -25,7 +25,9 @@ from nngraph.examples import example_networks
 DEMO_MODELS = {
     # name: (model, model kwargs, lr, epochs)
     "NG-T + 16 probes": ("ngt", {"hidden": 32, "edge_hidden": 16, "layers": 2, "heads": 4, "probes": 16}, 3e-3, 12),
-    "DeepSets (baseline)": ("deepsets", {}, 3e-3, 12),
+    # The strongest of the five baselines on this corpus at this budget (test accuracy, seed 0:
+    # nfn-hnp 0.29, nfn-np 0.23, deepsets 0.20, statnn 0.17, mlp 0.09).
+    "NFN-HNP (baseline)": ("nfn-hnp", {}, 3e-3, 12),
 }
 
 

@@ -136,7 +136,13 @@ class Trainer:
                 "rng": torch.get_rng_state(), "config": self.config.to_json()}
 
     def load(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError:
+            raise NNGraphError(
+                f"the checkpoint in {self.out} does not fit this model (its config or nngraph changed); "
+                "start the run in a new --out folder"
+            ) from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.step = state["epoch"], state["step"]
         self.best, self.best_epoch, self.history = state["best"], state["best_epoch"], state["history"]
