@@ -25,7 +25,7 @@ from torch_geometric.utils import degree
 
 from nngraph.models.embeddings import GraphEncoder, WeightStatistics
 from nngraph.models.probes import ProbeFeatures
-from nngraph.models.readout import InvariantReadout, ParameterReadout, mlp
+from nngraph.models.readout import make_readout, mlp
 
 AGGREGATORS = ["mean", "min", "max", "std"]
 SCALERS = ["identity", "amplification", "attenuation"]
@@ -108,13 +108,7 @@ class NGGNN(nn.Module):
         self.probes = ProbeFeatures(probes, tuple(input_shape), hidden, probe_domain) if probes else None
         self.layers = nn.ModuleList(NGGNNLayer(hidden, edge_hidden, deg, dropout) for _ in range(layers))
         self.direction = nn.Parameter(torch.randn(2, edge_hidden) * 0.1) if reverse_edges else None
-        self.readout_kind = readout
-        if readout == "invariant":
-            self.readout = InvariantReadout(hidden, num_outputs, out_dim, dropout)
-        elif readout == "parameters":
-            self.readout = ParameterReadout(hidden, edge_hidden, node_in, edge_in)
-        else:
-            raise ValueError(f"readout must be 'invariant' or 'parameters', got {readout!r}")
+        self.readout = make_readout(readout, hidden, edge_hidden, num_outputs, out_dim, node_in, edge_in, dropout)
 
     def forward(self, batch: Batch):
         v, e = self.encoder(batch)  # [N, d], [E, d_e]
@@ -125,9 +119,7 @@ class NGGNN(nn.Module):
             src, dst = torch.cat([src, dst]), torch.cat([dst, src])
         for layer in self.layers:
             v, e = layer(v, e, src, dst, self.direction)
-        if self.readout_kind == "invariant":
-            return self.readout(v, batch)  # [B, out_dim]
-        return self.readout(v, e, batch)  # {name: [B, *shape]}
+        return self.readout(v, e, batch)  # [B, out_dim] or {name: [B, *shape]}
 
 
 def degree_histogram(batch: Batch, reverse_edges: bool = False) -> torch.Tensor:

@@ -41,8 +41,8 @@ class InvariantReadout(nn.Module):
         self.num_outputs = num_outputs
         self.head = mlp([(2 + num_outputs) * hidden, hidden, out_dim], dropout)
 
-    def forward(self, v: torch.Tensor, batch: Batch) -> torch.Tensor:
-        """v [N, d] -> [B, out_dim]."""
+    def forward(self, v: torch.Tensor, e: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """v [N, d] -> [B, out_dim]; the edge states e are not read (an invariant pooling of nodes)."""
         b = int(batch.num_graphs)
         hidden = batch.node_role == ROLE_HIDDEN
         graph = batch.batch[hidden]
@@ -77,3 +77,16 @@ class ParameterReadout(nn.Module):
     def forward(self, v: torch.Tensor, e: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
         """v [N, d], e [E, d_edge] -> {name: [B, *shape]} (e.g. dW, db of every layer)."""
         return stacked_params(batch, x=self.node_head(v), edge_attr=self.edge_head(e))
+
+
+def make_readout(kind: str, hidden: int, edge_hidden: int, num_outputs: int, out_dim: int,
+                 node_in: int, edge_in: int, dropout: float = 0.0) -> nn.Module:
+    """``"invariant"``: one vector per network; ``"parameters"``: a value per parameter.
+
+    Both are called as ``readout(v [N, d], e [E, d_edge], batch)``.
+    """
+    if kind == "invariant":
+        return InvariantReadout(hidden, num_outputs, out_dim, dropout)
+    if kind == "parameters":
+        return ParameterReadout(hidden, edge_hidden, node_in, edge_in)
+    raise ValueError(f"readout must be 'invariant' or 'parameters', got {kind!r}")

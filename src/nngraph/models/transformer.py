@@ -31,7 +31,7 @@ from torch_geometric.utils import to_dense_batch
 
 from nngraph.models.embeddings import GraphEncoder, WeightStatistics
 from nngraph.models.probes import ProbeFeatures
-from nngraph.models.readout import InvariantReadout, ParameterReadout, mlp
+from nngraph.models.readout import make_readout, mlp
 
 
 class NGTLayer(nn.Module):
@@ -137,13 +137,7 @@ class NGT(nn.Module):
             NGTLayer(hidden, edge_hidden, heads, dropout, update_edges=readout != "invariant" or i < layers - 1)
             for i in range(layers)
         )
-        self.readout_kind = readout
-        if readout == "invariant":
-            self.readout = InvariantReadout(hidden, num_outputs, out_dim, dropout)
-        elif readout == "parameters":
-            self.readout = ParameterReadout(hidden, edge_hidden, node_in, edge_in)
-        else:
-            raise ValueError(f"readout must be 'invariant' or 'parameters', got {readout!r}")
+        self.readout = make_readout(readout, hidden, edge_hidden, num_outputs, out_dim, node_in, edge_in, dropout)
 
     def forward(self, batch: Batch):
         v, e = self.encoder(batch)  # [N, d], [E, d_e]
@@ -163,6 +157,4 @@ class NGT(nn.Module):
         for layer in self.layers:
             dense_v, dense_e = layer(dense_v, dense_e, node_mask, pair_mask)
         v = dense_v[node_mask]  # [N, d] in batch order
-        if self.readout_kind == "invariant":
-            return self.readout(v, batch)
-        return self.readout(v, dense_e[graph, src, dst], batch)
+        return self.readout(v, dense_e[graph, src, dst], batch)  # [B, out_dim] or {name: [B, *shape]}
