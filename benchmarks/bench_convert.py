@@ -53,7 +53,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=100_000, help="networks in the fast-path stack (default 100000)")
     parser.add_argument("--repeats", type=int, default=3, help="timed repetitions; the median is reported (default 3)")
+    parser.add_argument("--quick", action="store_true", help="10,000 networks, one repetition; quick_ result")
     args = parser.parse_args()
+    if args.quick:
+        args.count, args.repeats = 10_000, 1
     torch.set_num_threads(2)
     start = time.perf_counter()
     rows = []
@@ -81,8 +84,8 @@ def main() -> None:
                      "median_s": round(statistics.median(times), 3),
                      "networks_per_s": round(count / statistics.median(times), 1)})
 
-    path = write_result("convert", "Conversion throughput", "python benchmarks/bench_convert.py",
-                        time.perf_counter() - start, rows)
+    path = write_result("5_convert", "5a. Conversion throughput", "python benchmarks/bench_convert.py"
+                        + (" --quick" if args.quick else ""), time.perf_counter() - start, rows, quick=args.quick)
     for row in rows:
         print(row)
     print(f"wrote {path}")

@@ -13,15 +13,15 @@ Wall-clock rates depend on what else runs on the machine, so the result also rec
 the process CPU time per wall second (``cpu_per_wall``; 2.0 = both cores were ours), the
 rate per CPU-second, and the load average before and after.
 
-    .venv/bin/python benchmarks/bench_inr_fit.py            # writes benchmarks/results/inr_fit.json
-    .venv/bin/python benchmarks/bench_inr_fit.py --n 256 --skip-published
+    .venv/bin/python benchmarks/bench_inr_fit.py            # writes benchmarks/results/5_inr_fit.json
+    .venv/bin/python benchmarks/bench_inr_fit.py --quick    # 128 images, no published recipe
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import platform
+import sys
 import time
 from pathlib import Path
 
@@ -31,9 +31,9 @@ import torch
 from nngraph.data.fitting import DEFAULT_RECIPES, FitRecipe, SirenSpec, fit_inrs, init_params
 from nngraph.data.images import load_images
 from nngraph.data.inr import pixel_grid
-from nngraph.data.store import atomic_write_json
 
-RESULTS = Path(__file__).parent / "results" / "inr_fit.json"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import write_result  # noqa: E402
 
 
 def psnr_summary(psnr: np.ndarray) -> dict:
@@ -105,48 +105,50 @@ def main() -> None:
     ap.add_argument("--chunk-size", type=int, default=8)
     ap.add_argument("--workers", type=int, default=None, help="default: torch's thread count")
     ap.add_argument("--skip-published", action="store_true", help="skip the published dwsnet recipe")
-    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--quick", action="store_true", help="128 images, no published recipe; quick_ result")
     args = ap.parse_args()
+    if args.quick:
+        args.n, args.skip_published = 128, True
+    start = time.perf_counter()
+    load_start = os.getloadavg()[0]
 
     data = load_images("fashion-mnist").subset("train")
     rng = np.random.default_rng(0)
     pick = np.sort(np.concatenate([rng.permutation(np.flatnonzero(data.labels.numpy() == c))[: args.n // 10 + 1]
                                    for c in range(10)]))[: args.n]
     images = data.images[torch.from_numpy(pick)]  # [n, 28, 28]
-    result = {
-        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-                    "python": platform.python_version(), "load_avg_start": [round(x, 2) for x in os.getloadavg()]},
-        "images": {"source": "fashion-mnist train split", "n": len(images), "indices_seed": 0},
-        "architecture": "2->32->32->1 SIREN, 28x28 pixels",
-    }
     print(f"{len(images)} Fashion-MNIST images; load average {os.getloadavg()}", flush=True)
+
+    def row(name: str, r: dict) -> dict:
+        psnr = r.get("psnr", {})
+        return {"run": name, "INRs": r["n_inrs"], "INR-steps/s": r["inr_steps_per_s"],
+                "INR-steps per CPU s": r["inr_steps_per_cpu_s"], "cpu/wall": r["cpu_per_wall"],
+                "INRs/s": r.get("inrs_per_s", ""), "mean steps": r.get("steps_mean", ""),
+                "mean PSNR": psnr.get("mean", ""), "p5/p50/p95 PSNR": "/".join(f"{psnr[q]:.1f}" for q in ("p5", "p50", "p95"))
+                if psnr else "", "reach target": r.get("fraction_at_target", "")}
 
     # throughput: same images, fixed steps, no early stop
     spec = SirenSpec(variant="dwsnet")
     fixed = FitRecipe(steps=args.throughput_steps, lr=5e-4, target_psnr=None)
     fast = run_recipe(images, spec, fixed, args.chunk_size, args.workers)
     naive = naive_fit_rate(images[:256], spec, steps=max(10, args.throughput_steps // 4), lr=5e-4)
-    result["throughput"] = {"handwritten": {k: fast[k] for k in ("n_inrs", "inr_steps", "wall_s", "cpu_per_wall",
-                                                                  "inr_steps_per_s", "inr_steps_per_cpu_s")},
-                            "naive_autograd": naive,
-                            "speedup": round(fast["inr_steps_per_s"] / naive["inr_steps_per_s"], 2)}
-    print(f"throughput: hand-written {fast['inr_steps_per_s']:.0f} INR-steps/s "
-          f"(cpu/wall {fast['cpu_per_wall']}), naive {naive['inr_steps_per_s']:.0f}", flush=True)
-
-    result["recipes"] = {}
-    for variant, recipe in DEFAULT_RECIPES.items():
-        r = run_recipe(images, SirenSpec(variant=variant), recipe, args.chunk_size, args.workers)
-        result["recipes"][variant] = r
-        print(f"{variant} default: {r['inr_steps_per_s']:.0f} INR-steps/s, {r['inrs_per_s']:.1f} INRs/s, "
-              f"PSNR {r['psnr']}", flush=True)
+    rows = [row(f"throughput: hand-written kernel, {args.throughput_steps} fixed steps", fast),
+            row("throughput: naive autograd + torch.optim.Adam", naive)]
+    print(rows[0], rows[1], sep="\n", flush=True)
+    recipes = dict(DEFAULT_RECIPES)
     if not args.skip_published:
-        published = FitRecipe(steps=1000, lr=5e-4, schedule="constant", target_psnr=40.0)
-        r = run_recipe(images, SirenSpec(variant="dwsnet"), published, args.chunk_size, args.workers)
-        result["recipes"]["dwsnet_published"] = r
-        print(f"dwsnet published: {r['inr_steps_per_s']:.0f} INR-steps/s, PSNR {r['psnr']}", flush=True)
-    result["machine"]["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
-    atomic_write_json(args.out, result)
-    print(f"wrote {args.out}")
+        recipes["dwsnet_published"] = FitRecipe(steps=1000, lr=5e-4, schedule="constant", target_psnr=40.0)
+    for name, recipe in recipes.items():
+        variant = name.split("_")[0]
+        r = run_recipe(images, SirenSpec(variant=variant), recipe, args.chunk_size, args.workers)
+        rows.append(row(f"{name} recipe ({recipe.steps} steps, lr {recipe.lr}, {recipe.schedule})"
+                        if name.endswith("published") else f"{name} default recipe", r))
+        print(rows[-1], flush=True)
+    path = write_result("5_inr_fit", "5c. INR fitting on Fashion-MNIST (2->32->32->1 SIREN, 28x28, 2 threads)",
+                        "python benchmarks/bench_inr_fit.py" + (" --quick" if args.quick else ""),
+                        time.perf_counter() - start, rows, quick=args.quick,
+                        load_average=f"{load_start:.1f} -> {os.getloadavg()[0]:.1f}")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -87,7 +87,10 @@ def main() -> None:
     p.add_argument("--test-limit", type=int, default=2000, help="test images that label each net")
     p.add_argument("--downsample", type=int, default=2, help="average-pooling factor (28 -> 14)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="10 fixed-architecture nets; quick_ result")
     args = p.parse_args()
+    if args.quick:
+        args.count, args.variants = 10, "fixed"
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     for v in variants:
         if v not in ("sampled", "fixed"):
@@ -98,14 +101,15 @@ def main() -> None:
     for row in rows:
         print(row)
     path = write_result(
-        "zoo",
-        "CNN zoo: throughput and accuracy spread (Fashion-MNIST 14x14)",
+        "5_zoo",
+        "5b. CNN zoo: throughput and accuracy spread (Fashion-MNIST 14x14)",
         "python benchmarks/bench_zoo.py " + " ".join(sys.argv[1:]),
         time.perf_counter() - t0,
         rows,
         data={"train_images": int(data.train_x.shape[0]), "test_images": int(data.test_x.shape[0]),
               "image_size": list(data.image_size)},
         target="1,000 nets in <= 45 min on 2 cores",
+        quick=args.quick,
     )
     print(f"wrote {path}")
 

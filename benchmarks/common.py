@@ -37,9 +37,11 @@ def commit() -> str:
         return "unknown"
 
 
-def write_result(name: str, title: str, command: str, wall_s: float, rows: list[dict], **extra) -> Path:
-    """Write ``results/<name>.json`` atomically and return its path."""
+def write_result(name: str, title: str, command: str, wall_s: float, rows: list[dict], quick: bool = False,
+                 **extra) -> Path:
+    """Write ``results/<name>.json`` (``quick_<name>.json`` for a quick run) atomically; returns its path."""
     RESULTS.mkdir(parents=True, exist_ok=True)
+    name = ("quick_" if quick else "") + name
     payload = {"title": title, "command": command, "machine": machine(), "commit": commit(),
                "wall_s": round(wall_s, 1), "rows": rows, **extra}
     path = RESULTS / f"{name}.json"

@@ -1,7 +1,11 @@
-"""Run every benchmark script, then render RESULTS.md from the JSON results.
+"""Run the benchmark suite, then render RESULTS.md from the JSON results.
 
-    python benchmarks/run.py            # run all bench_*.py, then render
+    python benchmarks/run.py            # the full protocol (about 2 hours on 2 cores)
+    python benchmarks/run.py --quick    # the small protocol (about 15 minutes), quick_* results
     python benchmarks/run.py --render   # only render RESULTS.md from results/*.json
+
+The task tables first (bench_tables.py: their jobs run two at a time), then the speed
+and memory measurements one after another on the otherwise idle machine.
 """
 
 from __future__ import annotations
@@ -16,10 +20,16 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 
 
-def render() -> Path:
-    """RESULTS.md: one section per result file, its rows as a table, with machine and commit."""
-    lines = ["# Benchmark results", "", "Rendered by `python benchmarks/run.py --render` from `results/*.json`.", ""]
+def render(quick: bool = False) -> Path:
+    """RESULTS.md (or RESULTS-quick.md from the quick_* files): one section per result file,
+    its rows as a table, its notes and figures, with machine, commit and wall time."""
+    name = "RESULTS-quick.md" if quick else "RESULTS.md"
+    command = "python benchmarks/run.py --render"
+    lines = [f"# Benchmark results{' (quick protocol)' if quick else ''}", "",
+             f"Rendered by `{command}` from `results/*.json`.", ""]
     for path in sorted(RESULTS.glob("*.json")):
+        if path.name.startswith("quick_") != quick:
+            continue
         data = json.loads(path.read_text())
         lines += [f"## {data.get('title', path.stem)}", ""]
         meta = []
@@ -34,6 +44,8 @@ def render() -> Path:
             meta.append(", ".join(f"{k} {v}" for k, v in m.items()))
         if meta:
             lines += ["; ".join(meta), ""]
+        for figure in sorted(RESULTS.glob(f"{path.stem}*.png")):
+            lines += [f"![{figure.stem}](results/{figure.name})", ""]
         rows = data.get("rows") or []
         if rows:
             columns = list(dict.fromkeys(k for row in rows for k in row))
@@ -42,9 +54,11 @@ def render() -> Path:
             for row in rows:
                 lines.append("| " + " | ".join(_cell(row.get(c, "")) for c in columns) + " |")
             lines.append("")
-        else:
-            lines += ["```json", json.dumps({k: v for k, v in data.items() if k not in ("title", "machine")}, indent=1)[:4000], "```", ""]
-    out = HERE / "RESULTS.md"
+        lines += [f"- {note}" for note in data.get("notes", [])] + ([""] if data.get("notes") else [])
+        for key in ("protocol", "phase_seconds"):
+            if key in data:
+                lines += [f"{key}: " + ", ".join(f"{k} {_cell(v)}" for k, v in data[key].items()), ""]
+    out = HERE / name
     out.write_text("\n".join(lines))
     return out
 
@@ -57,18 +71,31 @@ def _cell(value) -> str:
     return str(value)
 
 
+# script: (arguments of the full run, arguments of the quick run)
+SUITE = {
+    "bench_tables.py": ([], ["--quick"]),
+    "bench_convert.py": ([], ["--quick"]),
+    "bench_inr_fit.py": ([], ["--quick"]),
+    "bench_zoo.py": (["--count", "50"], ["--quick"]),
+    "bench_models.py": ([], ["--quick"]),
+}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--render", action="store_true", help="only render RESULTS.md from existing results")
+    parser.add_argument("--quick", action="store_true", help="the small protocol; writes quick_* results")
     args = parser.parse_args()
     if not args.render:
-        for script in sorted(HERE.glob("bench_*.py")):
-            print(f"== {script.name}", flush=True)
-            code = subprocess.call([sys.executable, str(script)])
+        for script, (full, quick) in SUITE.items():
+            print(f"== {script}", flush=True)
+            code = subprocess.call([sys.executable, str(HERE / script), *(quick if args.quick else full)])
             if code:
-                print(f"{script.name} failed with exit code {code}")
+                print(f"{script} failed with exit code {code}")
                 return code
-    print(f"wrote {render()}")
+    print(f"wrote {render(args.quick)}")
+    if args.render:
+        print(f"wrote {render(not args.quick)}")
     return 0
 
 

@@ -58,3 +58,9 @@ def test_predicted_vs_true(tmp_path):
     true = rng.uniform(0.1, 0.9, 40)
     path = plots.predicted_vs_true(true + rng.normal(0, 0.05, 40), true, tmp_path / "pvt.png")
     _check_png(path, tmp_path)
+
+
+def test_lines(tmp_path):
+    series = {"a": ([1, 2, 4], [0.1, 0.5, 0.7]), "b": ([1, 3], [0.2, 0.4])}
+    path = plots.lines(series, tmp_path / "lines.png", "seconds", "accuracy", title="t", logx=True)
+    _check_png(path, tmp_path)

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from nngraph.data.build import build_inr_corpus, build_zoo_corpus
+from nngraph.errors import NNGraphError
 from nngraph.train import TrainConfig, Trainer, train
 
 SMALL_NGT = {"hidden": 16, "edge_hidden": 8, "layers": 1, "heads": 2, "probes": 2}
@@ -93,6 +94,18 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, inr_corpus, 
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_time_budget_stops_on_time_and_traces_test_accuracy(tmp_path, inr_corpus):
+    budget = 3.0
+    result = train(config(tmp_path, inr_corpus, epochs=10_000, time_budget=budget), progress=False)
+    history = result["history"]
+    assert result["train_seconds"] >= budget and history[-1]["epoch"] < 10_000  # the budget ended the run
+    assert history[-2]["train_seconds"] < budget  # and it was not overrun by a whole evaluation interval
+    assert 3 <= len(history) <= 11  # an evaluation every 1/10 of the budget, and one at its end
+    times = [h["train_seconds"] for h in history]
+    assert times == sorted(times) and all(0.0 <= h["test_accuracy"] <= 1.0 for h in history)
+    assert history[-1]["lr"] < 0.05 * 3e-3  # the cosine decay ends with the budget
+
+
 def test_dilate_end_to_end(tmp_path, inr_corpus):
     result = train(config(tmp_path, inr_corpus, task="dilate", epochs=2), progress=False)
     assert result["test"]["mse"] >= 0 and result["test"]["mse"] == result["test"]["mse"]
@@ -101,12 +114,37 @@ def test_dilate_end_to_end(tmp_path, inr_corpus):
     assert (tmp_path / "run" / "dilation.png").stat().st_size > 0
 
 
+def test_dilate_with_an_nfn_editor_and_refused_for_invariant_models(tmp_path, inr_corpus):
+    kwargs = {"hidden_chan": 8}
+    result = train(config(tmp_path, inr_corpus, task="dilate", model="nfn-np", epochs=1, model_kwargs=kwargs),
+                   progress=False)
+    assert 0 <= result["floor_mse"] < result["test"]["mse"]
+    with pytest.raises(NNGraphError, match="per-parameter readout"):
+        train(config(tmp_path / "mlp", inr_corpus, task="dilate", model="mlp", model_kwargs={}), progress=False)
+
+
 @pytest.mark.parametrize("model", ["nggnn", "statnn"])
 def test_generalize_end_to_end(tmp_path, zoo_corpus, model):
     kwargs = {"hidden": 16, "edge_hidden": 8, "layers": 1} if model == "nggnn" else {}
     result = train(config(tmp_path, zoo_corpus, task="generalize", model=model, model_kwargs=kwargs), progress=False)
     assert -1.0 <= result["test"]["kendall_tau"] <= 1.0
     assert (tmp_path / "run" / "predicted_vs_true.png").stat().st_size > 0
+
+
+def test_mixed_architectures_batched_by_size_and_predictions_in_split_order(tmp_path, zoo_corpus):
+    kwargs = {"hidden": 16, "edge_hidden": 8, "layers": 1, "heads": 2}
+    trainer = Trainer(config(tmp_path, zoo_corpus, task="generalize", model="ngt", model_kwargs=kwargs))
+    loader = trainer.loaders["train"]
+    counts = loader.node_counts()
+    assert counts is not None and len(set(counts.tolist())) > 1  # the zoo mixes architectures
+    batches = loader.split_batches(torch.arange(len(loader)), 3, shuffle=True, generator=torch.Generator().manual_seed(0))
+    assert sorted(torch.cat(batches).tolist()) == list(range(len(loader)))  # every network once
+    sizes = [counts[b] for b in batches]
+    assert sorted(max(s) for s in sizes) != [max(s) for s in sizes] or len(batches) < 3  # batches shuffled
+    by_size = sorted(sizes, key=lambda s: int(s.min()))
+    assert all(int(a.max()) <= int(b.min()) for a, b in zip(by_size, by_size[1:]))  # grouped by size
+    predictions = trainer.predict("train", batch_size=3)  # size-sorted batches, answers in the split's order
+    torch.testing.assert_close(predictions["label"], loader.dataset.labels.to(predictions["label"].dtype))
 
 
 def test_wrong_corpus_for_task(tmp_path, inr_corpus):

@@ -53,6 +53,9 @@ def add_train(sub, formatter, common) -> None:
     p.add_argument("--permute-augment", action="store_true", help="random neuron permutations of training networks")
     p.add_argument("--weight-noise", type=float, default=0.0, help="std of Gaussian noise on training weights")
     p.add_argument("--max-train", type=int, default=None, help="use only the first N training networks")
+    p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                   help="train for this many seconds (evaluation excluded), --epochs being an upper bound; "
+                        "the cosine decay spans the budget")
     p.add_argument("--compile", action="store_true", help="torch.compile the model's layers (needs a C++ compiler)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--no-progress", action="store_true", help="do not print per-epoch lines")
@@ -71,7 +74,7 @@ def run_train(args) -> int:
                          batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                          warmup_steps=args.warmup_steps, grad_clip=args.grad_clip, seed=args.seed,
                          permute_augment=args.permute_augment, weight_noise=args.weight_noise, model_kwargs=kwargs,
-                         compile=args.compile, max_train=args.max_train)
+                         compile=args.compile, max_train=args.max_train, time_budget=args.time_budget)
     result = train(config, resume=args.resume, progress=not args.no_progress)
     _print_result(result, out)
     return 0
@@ -240,8 +243,10 @@ def run_demo(args) -> int:
 
 def add_bench(sub, formatter, common) -> None:
     p = sub.add_parser("bench", formatter_class=formatter, parents=[common], help="run the benchmarks",
-                       description="Run every benchmarks/bench_*.py of a source checkout and render "
-                                   "benchmarks/RESULTS.md from their JSON results.")
+                       description="Run the benchmark suite of a source checkout (benchmarks/run.py: the "
+                                   "paper's tables, speed and memory; about 2 hours on 2 cores) and render "
+                                   "benchmarks/RESULTS.md from its JSON results.")
+    p.add_argument("--quick", action="store_true", help="the small protocol (about 15 minutes; quick_* results)")
     p.add_argument("--render", action="store_true", help="only render RESULTS.md from the existing results")
     p.set_defaults(func=run_bench)
 
@@ -250,4 +255,5 @@ def run_bench(args) -> int:
     script = Path(__file__).resolve().parents[2] / "benchmarks" / "run.py"
     if not script.exists():
         raise NNGraphError("the benchmarks live in the source checkout; run `nngraph bench` from a git clone")
-    return subprocess.call([sys.executable, str(script)] + (["--render"] if args.render else []))
+    flags = ["--render"] if args.render else ["--quick"] if args.quick else []
+    return subprocess.call([sys.executable, str(script), *flags])

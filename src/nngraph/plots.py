@@ -220,3 +220,26 @@ def predicted_vs_true(predicted, true, path: str | os.PathLike, label: str = "te
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return _save(fig, path)
+
+
+# --------------------------------------------------------------------------- several curves
+
+
+def lines(series: dict[str, tuple[Sequence[float], Sequence[float]]], path: str | os.PathLike, xlabel: str,
+          ylabel: str, title: str = "", logx: bool = False, logy: bool = False) -> Path:
+    """One line with markers per ``label: (x, y)`` on shared axes (benchmark figures)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, (x, y) in series.items():
+        ax.plot(_numpy(x), _numpy(y), marker="o", markersize=3, label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if logx:
+        ax.set_xscale("log")
+    if logy:
+        ax.set_yscale("log")
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)

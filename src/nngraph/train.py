@@ -10,6 +10,13 @@ augmentation use a generator seeded by (seed, epoch), and the global RNG state i
 with every checkpoint, so ``resume=True`` after a kill continues from the last finished
 epoch and ends with the same numbers as an uninterrupted run.
 
+Time budget: with ``time_budget=T`` seconds a run trains until its training time (batch
+building, forward, backward and step; evaluation excluded) reaches T, ``epochs`` being
+only an upper bound. The cosine decay then runs over the budget, lr(t) = lr/2 (1 + cos(pi
+t/T)) after the warm-up steps, and the model is evaluated on validation and test about 10
+times over the budget, so ``history`` traces test accuracy against training seconds. This
+is the equal-CPU-time comparison of models; its numbers depend on the machine's speed.
+
 Distributed: launched by ``torchrun`` (WORLD_SIZE > 1), every global batch is split
 across the processes and gradients are averaged by DistributedDataParallel (gloo on a
 CPU, nccl on GPUs); each process's loss is weighted by its share of the batch, so the
@@ -58,6 +65,7 @@ class TrainConfig:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     compile: bool = False
     max_train: int | None = None  # use only the first N training networks (quick runs)
+    time_budget: float | None = None  # seconds of training; then `epochs` is only an upper bound
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -104,8 +112,11 @@ class Trainer:
         torch.manual_seed(config.seed)
         example, _ = self.loaders["train"].make_batch(self.train_index[: min(512, len(self.train_index))])
         kwargs = dict(config.model_kwargs)
-        if config.model in ("nggnn", "ngt"):
+        if config.model in ("nggnn", "ngt", "nfn-np", "nfn-hnp"):
             kwargs.setdefault("readout", self.task.readout)
+        elif self.task.readout != "invariant":
+            raise NNGraphError(f"the {config.task} task needs a per-parameter readout, which {config.model} does not "
+                               "have; use nggnn, ngt, nfn-np or nfn-hnp")
         self.model = create_model(config.model, example=example, out_dim=self.task.out_dim, **kwargs)
         if config.compile and hasattr(self.model, "layers"):
             for layer in self.model.layers:
@@ -116,23 +127,30 @@ class Trainer:
         self.total_steps = steps_per_epoch * config.epochs
         self.step = 0
         self.epoch = 0
+        self.train_seconds = 0.0  # training time so far, evaluation excluded
+        self.evaluated_at = 0.0  # train_seconds at the last evaluation (time-budget runs)
         self.best: float | None = None
         self.best_epoch = -1
         self.history: list[dict] = []
 
     # ---- schedule ---------------------------------------------------------------
     def lr_at(self, step: int) -> float:
-        """Linear warm-up to lr over warmup_steps, then cosine decay to 0 at the last step."""
+        """Linear warm-up to lr over warmup_steps, then cosine decay to 0 at the last step
+        (or, with a time budget, at the end of the budget)."""
         c = self.config
         if step < c.warmup_steps:
             return c.lr * (step + 1) / c.warmup_steps
-        progress = (step - c.warmup_steps) / max(1, self.total_steps - c.warmup_steps)
+        if c.time_budget:
+            progress = self.train_seconds / c.time_budget
+        else:
+            progress = (step - c.warmup_steps) / max(1, self.total_steps - c.warmup_steps)
         return c.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     # ---- checkpoints --------------------------------------------------------------
     def state(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "epoch": self.epoch,
-                "step": self.step, "best": self.best, "best_epoch": self.best_epoch, "history": self.history,
+                "step": self.step, "train_seconds": self.train_seconds, "evaluated_at": self.evaluated_at,
+                "best": self.best, "best_epoch": self.best_epoch, "history": self.history,
                 "rng": torch.get_rng_state(), "config": self.config.to_json()}
 
     def load(self, state: dict) -> None:
@@ -145,6 +163,7 @@ class Trainer:
             ) from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.step = state["epoch"], state["step"]
+        self.train_seconds, self.evaluated_at = state["train_seconds"], state["evaluated_at"]
         self.best, self.best_epoch, self.history = state["best"], state["best_epoch"], state["history"]
         torch.set_rng_state(state["rng"])
 
@@ -158,14 +177,20 @@ class Trainer:
             raise NNGraphError(f"--resume: no checkpoint in {self.out}; start the run without --resume")
         if self.rank == 0:
             _atomic_json(self.config.to_json(), self.out / "config.json")
-        while self.epoch < self.config.epochs:
+        while self.epoch < self.config.epochs and not self.out_of_time():
             start = time.perf_counter()
             train_loss = self.train_epoch(progress)
-            val = self.evaluate("val")
             self.epoch += 1
+            if not self.evaluation_due():
+                continue
+            val = self.evaluate("val")
             record = {"epoch": self.epoch, "train_loss": train_loss, "lr": self.lr_at(self.step - 1),
-                      "seconds": time.perf_counter() - start,
+                      "seconds": time.perf_counter() - start, "train_seconds": self.train_seconds,
                       **{f"val_{k}": v for k, v in val.items() if not isinstance(v, list)}}
+            if self.config.time_budget:  # the accuracy-against-time curve
+                self.evaluated_at = self.train_seconds
+                test = self.evaluate("test")
+                record.update({f"test_{k}": v for k, v in test.items() if not isinstance(v, list)})
             self.history.append(record)
             score = val[self.task.metric]
             better = self.best is None or (score > self.best if self.task.higher_is_better else score < self.best)
@@ -182,6 +207,17 @@ class Trainer:
                       f"val {self.task.metric} {score:.4f}  ({record['seconds']:.1f} s)", flush=True)
         return self.finish()
 
+    def out_of_time(self) -> bool:
+        return bool(self.config.time_budget) and self.train_seconds >= self.config.time_budget
+
+    def evaluation_due(self) -> bool:
+        """Every epoch; with a time budget, after each 1/10 of it and when it runs out."""
+        budget = self.config.time_budget
+        if not budget:
+            return True
+        return (self.out_of_time() or self.epoch >= self.config.epochs
+                or self.train_seconds - self.evaluated_at >= budget / 10)
+
     def train_epoch(self, progress: bool) -> float:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -196,8 +232,10 @@ class Trainer:
         task_id = bar.add_task("train", total=len(order), rate=0.0, loss=float("nan"))
         started = time.perf_counter()
         bar.start()
-        for start in range(0, len(order), c.batch_size):
-            index = order[start : start + c.batch_size]
+        for index in self.loaders["train"].split_batches(order, c.batch_size, shuffle=True, generator=gen):
+            if self.out_of_time():
+                break
+            step_started = time.perf_counter()
             shard = index.tensor_split(self.world)[self.rank] if self.world > 1 else index
             batch, items = self.loaders["train"].make_batch(shard, c.permute_augment, c.weight_noise, gen)
             for group in self.optimizer.param_groups:
@@ -211,15 +249,25 @@ class Trainer:
             self.optimizer.step()
             self.step += 1
             total += loss.item() * len(shard)
+            self.train_seconds += self._agreed_seconds(time.perf_counter() - step_started)
             count += len(shard)
             bar.update(task_id, advance=len(index), loss=total / count,
-                       rate=(start + len(index)) / (time.perf_counter() - started))
+                       rate=count * self.world / (time.perf_counter() - started))
         bar.stop()
         if self.world > 1:  # the mean over all processes' networks
             sums = torch.tensor([total, count], dtype=torch.float64)
             dist.all_reduce(sums)
             total, count = float(sums[0]), int(sums[1])
         return total / max(count, 1)
+
+    def _agreed_seconds(self, seconds: float) -> float:
+        """One step's time, the same in every process (the slowest one's), so that all
+        processes of a distributed time-budget run stop after the same step."""
+        if self.world > 1 and self.config.time_budget:
+            t = torch.tensor([seconds], dtype=torch.float64)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            return float(t)
+        return seconds
 
     @torch.no_grad()
     def evaluate(self, split: str, batch_size: int | None = None) -> dict:
@@ -231,12 +279,14 @@ class Trainer:
         self.model.eval()
         loader = self.loaders[split]
         parts: dict[str, list[torch.Tensor]] = {}
-        for index in loader.batches(batch_size or self.config.batch_size):
+        batches = loader.split_batches(torch.arange(len(loader)), batch_size or self.config.batch_size)
+        for index in batches:
             batch, items = loader.make_batch(index)
             targets = self.task.targets(items)
             for k, v in self.task.predictions(self.model(batch), targets, batch).items():
                 parts.setdefault(k, []).append(v)
-        return {k: torch.cat(v) for k, v in parts.items()}
+        item_order = torch.argsort(torch.cat(batches))  # back to the split's order
+        return {k: torch.cat(v)[item_order] for k, v in parts.items()}
 
     def finish(self) -> dict:
         best = torch.load(self.out / "best.pt", weights_only=False) if (self.out / "best.pt").exists() else None
@@ -247,7 +297,7 @@ class Trainer:
         val = self.evaluate("val")
         result = {"task": self.config.task, "model": self.config.model, "best_epoch": self.best_epoch,
                   "val": val, "test": test, "parameters": sum(p.numel() for p in self.model.parameters()),
-                  "train_seconds": sum(r["seconds"] for r in self.history), "history": self.history}
+                  "train_seconds": self.train_seconds, "history": self.history}
         if self.task.name == "dilate":
             from nngraph.tasks.dilate import dilation_floor
 

@@ -11,7 +11,7 @@ import nngraph
 from nngraph.data.inr import Siren
 from nngraph.errors import UnsupportedModelError
 from nngraph.examples import NormedMLP, ResidualCNN, TwoBranchCNN
-from nngraph.graph.fast import stacked_params
+from nngraph.graph.fast import graphs_from_params, stacked_params
 from nngraph.graph.permute import permute_graph
 from nngraph.models.baselines import BASELINES, DeepSets, FlatMLP, StatNN, random_permutation_augment
 from nngraph.models.baselines.nfn import chain_params, to_wsfeat
@@ -275,3 +275,32 @@ def test_flat_mlp_refuses_other_architecture():
     model = FlatMLP.from_example(nngraph.collate(_graphs("siren")), OUT, hidden=8)
     with pytest.raises(nngraph.NNGraphError):
         model(nngraph.collate(_graphs("cnn")))
+
+
+@pytest.mark.parametrize("name", ["nfn-np", "nfn-hnp"])
+def test_nfn_edits_are_equivariant_and_start_at_no_change(name):
+    graphs = _graphs("siren")
+    batch = nngraph.collate(graphs)
+    model = _model(name, batch, readout="parameters")
+    names = set(stacked_params(batch))
+    with torch.no_grad():
+        deltas = model(batch)
+        assert set(deltas) == names and all(v.abs().max() == 0 for v in deltas.values())  # zero-initialised edit
+        for p in model.edit.parameters():
+            p.normal_(0, 0.2)
+        deltas = model(batch)
+        assert all(v.abs().max() > 1e-3 for v in deltas.values())
+        permuted = [permute_graph(g, seed=20 + i) for i, g in enumerate(graphs)]
+        deltas_perm = model(nngraph.collate([p for p, _ in permuted]))
+    # The predicted edits, laid out as networks and permuted the same way, are the edits of the permuted networks.
+    for b, (g, _) in enumerate(zip(graphs, permuted)):
+        as_graph = graphs_from_params(g, {k: v[b : b + 1] for k, v in deltas.items()}).to_data_list()[0]
+        expected = stacked_params(nngraph.collate([permute_graph(as_graph, seed=20 + b)[0]]))
+        for key, value in expected.items():
+            assert value.shape == deltas_perm[key][b : b + 1].shape
+            assert (deltas_perm[key][b] - value[0]).abs().max() <= TOL, key
+
+
+def test_nfn_edits_refuse_folded_batchnorm():
+    with pytest.raises(UnsupportedModelError, match="bias and no BatchNorm"):
+        _model("nfn-np", nngraph.collate(_graphs("cnn")), readout="parameters")

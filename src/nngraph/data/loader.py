@@ -9,7 +9,7 @@ Augmentations (training only): random neuron permutations, Gaussian weight noise
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch_geometric.data import Batch
@@ -19,6 +19,9 @@ from nngraph.graph.convert import to_graph
 from nngraph.graph.fast import graphs_from_params
 from nngraph.graph.permute import permute_graph
 from nngraph.models.baselines.mlp import random_permutation_augment
+
+
+BUCKET_WINDOW = 16  # batches whose networks are sorted by size together (mixed architectures)
 
 
 class GraphLoader:
@@ -45,16 +48,34 @@ class GraphLoader:
         k = max(g.spec.k_max for g in graphs)
         return k, max([k * k] + [g.edge_attr.shape[1] for g in graphs])
 
-    def order(self, shuffle: bool, generator: torch.Generator | None) -> torch.Tensor:
-        n = len(self)
-        return torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    def node_counts(self) -> torch.Tensor | None:
+        """Nodes per network [n], or None when every network has the same architecture."""
+        if self.graphs is None:
+            return None
+        counts = torch.tensor([g.num_nodes for g in self.graphs])
+        return None if bool((counts == counts[0]).all()) else counts
 
-    def batches(self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None
-                ) -> Iterator[torch.Tensor]:
-        """Index tensors of consecutive batches (the last one may be smaller)."""
-        order = self.order(shuffle, generator)
-        for start in range(0, len(order), batch_size):
-            yield order[start : start + batch_size]
+    def split_batches(self, order: torch.Tensor, batch_size: int, shuffle: bool = False,
+                      generator: torch.Generator | None = None) -> list[torch.Tensor]:
+        """``order`` cut into batches; networks of different sizes are grouped by size.
+
+        Dense models pay for the largest network of a batch (NG-T's pair states cost
+        B * N_max^2), so with mixed architectures every window of ``BUCKET_WINDOW``
+        batches is sorted by node count before it is cut, and, if ``shuffle``, the batches
+        are put in random order. With one architecture the batches are consecutive chunks.
+        """
+        counts = self.node_counts()
+        if counts is None:
+            return list(order.split(batch_size))
+        window = batch_size * BUCKET_WINDOW
+        batches = []
+        for start in range(0, len(order), window):
+            chunk = order[start : start + window]
+            chunk = chunk[torch.sort(counts[chunk], stable=True).indices]
+            batches += list(chunk.split(batch_size))
+        if shuffle:
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+        return batches
 
     def make_batch(self, index: torch.Tensor, permute: bool = False, weight_noise: float = 0.0,
                    generator: torch.Generator | None = None) -> tuple[Batch, dict[str, Any]]:

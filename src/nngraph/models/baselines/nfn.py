@@ -20,6 +20,14 @@ with sigma = ReLU applied entrywise (``TupleOp``), Pool = ``NPPool`` / ``HNPPool
 (means over the permuted axes) and head an MLP. ``s`` is a fixed per-tensor input scale
 (1 / RMS of that tensor on the example batch ``from_example`` saw; ``set_normalisation``).
 
+With ``readout="parameters"`` (editing tasks) the model is equivariant instead: one more
+NF layer maps the hidden channels to one, and its output, divided by ``s``, is the
+change of every weight and bias, {name: [B, *shape]}:
+
+    Delta theta = NF_out( sigma( NF_K( ... sigma( NF_1( s * theta ))))) / s
+
+NF_out starts at zero, so the first edit is "no change".
+
 From the graph: ``stacked_params(batch)`` gives the state_dict tensors; the weights
 (``kernel`` entries, in state_dict order) must form a chain: the source neurons of
 W_i are the target neurons of W_{i-1}, directly or through residual / identity /
@@ -201,7 +209,7 @@ def network_spec(layer_shapes: list[tuple[int, ...]]) -> "NetworkSpec":
     return NetworkSpec(w_specs, b_specs)
 
 
-class _InvariantNFN(nn.Module):
+class _NFN(nn.Module):
     mode = ""
 
     def __init__(
@@ -213,9 +221,17 @@ class _InvariantNFN(nn.Module):
         head_hidden: int = 256,
         head_layers: int = 2,
         dropout: float = 0.0,
+        readout: str = "invariant",
+        param_names: list[tuple[str, str]] | None = None,
     ):
         super().__init__()
         _require_nfn()
+        if readout not in ("invariant", "parameters"):
+            raise ValueError(f"readout must be 'invariant' or 'parameters', got {readout!r}")
+        if readout == "parameters" and (param_names is None or len(param_names) != len(layer_shapes)):
+            raise ValueError("readout='parameters' needs param_names: (weight name, bias name) per layer")
+        self.readout = readout
+        self.param_names = param_names
         self.layer_shapes = [tuple(int(d) for d in s) for s in layer_shapes]
         if self.mode == "HNP" and len(self.layer_shapes) < 2:
             raise UnsupportedModelError("nfn-hnp needs at least two layers (one hidden layer); use nfn-np")
@@ -227,8 +243,13 @@ class _InvariantNFN(nn.Module):
             mods += [linear(spec, chans, hidden_chan), TupleOp(nn.ReLU())]
             chans = hidden_chan
         self.features = nn.Sequential(*mods)
-        self.pool = pool(spec)
-        self.head = mlp([chans * pool.get_num_outs(spec)] + [head_hidden] * (head_layers - 1) + [out_dim], dropout)
+        if readout == "parameters":
+            self.edit = linear(spec, chans, 1)
+            for param in self.edit.parameters():
+                nn.init.zeros_(param)
+        else:
+            self.pool = pool(spec)
+            self.head = mlp([chans * pool.get_num_outs(spec)] + [head_hidden] * (head_layers - 1) + [out_dim], dropout)
         n = len(self.layer_shapes)
         self.register_buffer("w_scale", torch.ones(n))
         self.register_buffer("b_scale", torch.ones(n))
@@ -237,7 +258,12 @@ class _InvariantNFN(nn.Module):
     def from_example(cls, batch: Batch, out_dim: int, normalise: bool = True, **kwargs):
         """Shapes from the batch; with ``normalise``, input scales 1/RMS per tensor from it (use training data)."""
         _require_nfn()
-        model = cls([tuple(layer.shape) for layer in chain_layout(batch)], out_dim, **kwargs)
+        layers = chain_layout(batch)
+        if kwargs.get("readout") == "parameters":
+            if any(layer.norm is not None or layer.bias is None for layer in layers):
+                raise UnsupportedModelError("an nfn editing model needs every layer to have a bias and no BatchNorm")
+            kwargs["param_names"] = [(layer.weight, layer.bias) for layer in layers]
+        model = cls([tuple(layer.shape) for layer in layers], out_dim, **kwargs)
         if normalise:
             with torch.no_grad():
                 weights, biases = chain_params(batch)
@@ -255,9 +281,13 @@ class _InvariantNFN(nn.Module):
         for m in self.features.modules():
             if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
                 m.reset_parameters()
-        reset_mlp(self.head)
+        if self.readout == "parameters":
+            for param in self.edit.parameters():
+                nn.init.zeros_(param)
+        else:
+            reset_mlp(self.head)
 
-    def forward(self, batch: Batch) -> torch.Tensor:
+    def forward(self, batch: Batch) -> torch.Tensor | dict[str, torch.Tensor]:
         ws = to_wsfeat(batch)  # weights [B, 1, out, in(, kh, kw)], biases [B, 1, out]
         shapes = [tuple(w.shape[2:]) for w in ws.weights]
         if shapes != self.layer_shapes:
@@ -265,21 +295,30 @@ class _InvariantNFN(nn.Module):
         ws = WeightSpaceFeatures(
             [w * self.w_scale[i] for i, w in enumerate(ws.weights)], [b * self.b_scale[i] for i, b in enumerate(ws.biases)]
         )
-        h = self.pool(self.features(ws))  # [B, C, num_outs]
-        return self.head(h.flatten(1))  # [B, out_dim]
+        h = self.features(ws)
+        if self.readout == "parameters":
+            delta = self.edit(h)  # weights [B, 1, out, in(, kh, kw)], biases [B, 1, out]
+            edits = {}
+            for i, (weight_name, bias_name) in enumerate(self.param_names):
+                edits[weight_name] = delta.weights[i][:, 0] / self.w_scale[i]
+                edits[bias_name] = delta.biases[i][:, 0] / self.b_scale[i]
+            return edits
+        return self.head(self.pool(h).flatten(1))  # pool: [B, C, num_outs] -> [B, out_dim]
 
 
-class NFNNP(_InvariantNFN):
-    """Invariant NFN with NP layers (all neurons, incl. inputs/outputs, exchangeable).
+class NFNNP(_NFN):
+    """NFN with NP layers (all neurons, incl. inputs/outputs, exchangeable).
 
     Args: layer_shapes (weight shape per layer, (out, in) or (out, in, kh, kw)), out_dim,
-    hidden_chan, hidden_layers (NF layers), head_hidden, head_layers, dropout (in the head).
+    hidden_chan, hidden_layers (NF layers), head_hidden, head_layers, dropout (in the head),
+    readout ("invariant", or "parameters" for edits), param_names ((weight, bias) name per
+    layer; ``from_example`` fills it in).
     """
 
     mode = "NP"
 
 
-class NFNHNP(_InvariantNFN):
-    """Invariant NFN with HNP layers (only hidden neurons exchangeable). Same arguments as ``NFNNP``."""
+class NFNHNP(_NFN):
+    """NFN with HNP layers (only hidden neurons exchangeable). Same arguments as ``NFNNP``."""
 
     mode = "HNP"
