@@ -40,7 +40,7 @@ class Bench:
             "dwsnet": self.root / "inrs-dwsnet", "standard": self.root / "inrs-standard",
             "mixed": self.root / "zoo-mixed", "fixed": self.root / "zoo-fixed",
         }
-        self.phase_seconds: dict[str, float] = {}
+        self.phase_seconds: dict[str, float] = {}  # wall seconds per phase, summed over invocations
 
     # ---- jobs ----------------------------------------------------------------------
     def corpus_jobs(self) -> list[dict]:
@@ -77,15 +77,19 @@ class Bench:
                 for s in (seeds if seeds is not None else self.p["seeds"])]
 
     def run_phase(self, name: str, jobs: list[dict]) -> None:
+        """Run the jobs; the phase's wall seconds add up over resumed invocations (``phases.json``)."""
         print(f"== {name}", flush=True)
         start = time.perf_counter()
         run_jobs(jobs)
-        self.phase_seconds[name] = self.phase_seconds.get(name, 0.0) + time.perf_counter() - start
+        record = self.root / "phases.json"
+        seconds = json.loads(record.read_text()) if record.exists() else {}
+        seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - start
+        record.write_text(json.dumps(seconds, indent=1) + "\n")
+        self.phase_seconds = seconds
 
     # ---- the tables --------------------------------------------------------------------
     def run(self) -> None:
         p = self.p
-        started = time.perf_counter()
         self.run_phase("corpora", self.corpus_jobs())
 
         max_probes = max(p["probes"])
@@ -113,10 +117,11 @@ class Bench:
         budget.append(self.cnn_job("budget", 0, budget=p["budget_s"]))
         self.run_phase("time-budget runs", budget)
 
-        total = time.perf_counter() - started
+        total = sum(self.phase_seconds.values())
         command = "python benchmarks/bench_tables.py" + ("" if self.mode == "full" else " --quick")
         extra = {"protocol": {k: list(v) if isinstance(v, tuple) else v for k, v in p.items()},
-                 "phase_seconds": {k: round(v, 1) for k, v in self.phase_seconds.items()}}
+                 "phase_seconds": {k: round(v, 1) for k, v in self.phase_seconds.items()},
+                 "corpus_build_seconds": self.corpus_build_seconds()}
         strongest_seeds = [j for j in self.classify_jobs(strongest) if j not in baselines]
         self.write_classify(graph, baselines + strongest_seeds, ceiling, standard, strongest, command, total, extra)
         self.write_dilate(dilate, command, total)
