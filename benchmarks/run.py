@@ -1,7 +1,7 @@
 """Run the benchmark suite, then render RESULTS.md from the JSON results.
 
     python benchmarks/run.py            # the full protocol (about 2 hours on 2 cores)
-    python benchmarks/run.py --quick    # the small protocol (about 15 minutes), quick_* results
+    python benchmarks/run.py --quick    # the small protocol (9.4 minutes measured), quick_* results
     python benchmarks/run.py --render   # only render RESULTS.md from results/*.json
 
 The task tables first (bench_tables.py: their jobs run two at a time), then the speed

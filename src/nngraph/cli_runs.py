@@ -246,7 +246,7 @@ def add_bench(sub, formatter, common) -> None:
                        description="Run the benchmark suite of a source checkout (benchmarks/run.py: the "
                                    "paper's tables, speed and memory; about 2 hours on 2 cores) and render "
                                    "benchmarks/RESULTS.md from its JSON results.")
-    p.add_argument("--quick", action="store_true", help="the small protocol (about 15 minutes; quick_* results)")
+    p.add_argument("--quick", action="store_true", help="the small protocol (about 10 minutes; quick_* results)")
     p.add_argument("--render", action="store_true", help="only render RESULTS.md from the existing results")
     p.set_defaults(func=run_bench)
 
