@@ -6,21 +6,12 @@ import pytest
 import torch
 
 from nngraph.cli import main
-from nngraph.data.build import build_inr_corpus
 from nngraph.examples import ResidualCNN
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cli") / "inrs"
-    build_inr_corpus(root, images="digits", variant="dwsnet", steps=20, hidden=8, limit=30, seed=0,
-                     shard_size=30, workers=1, progress=False, log=lambda *a: None)
-    return root
-
-
-def test_train_eval_inspect(tmp_path, corpus, capsys):
+def test_train_eval_inspect(tmp_path, inr_corpus, capsys):
     run = tmp_path / "run"
-    code = main(["train", "--task", "classify", "--data", str(corpus), "--model", "ngt", "--out", str(run),
+    code = main(["train", "--task", "classify", "--data", str(inr_corpus), "--model", "ngt", "--out", str(run),
                  "--epochs", "1", "--batch-size", "8", "--hidden", "16", "--layers", "1", "--probes", "2",
                  "--model-args", '{"heads": 2, "edge_hidden": 8}', "--no-progress"])
     assert code == 0 and (run / "metrics.json").exists()
@@ -29,7 +20,7 @@ def test_train_eval_inspect(tmp_path, corpus, capsys):
     assert "test" in capsys.readouterr().out
     assert main(["inspect", str(run)]) == 0
     assert "best epoch" in capsys.readouterr().out
-    assert main(["inspect", str(corpus)]) == 0
+    assert main(["inspect", str(inr_corpus)]) == 0
     assert "nodes" in capsys.readouterr().out
     saved = tmp_path / "net.pt"
     torch.save(ResidualCNN().eval(), saved)
@@ -48,7 +39,7 @@ def test_errors_are_one_line_with_exit_code_2(argv, capsys):
     assert err.startswith("error: ") and "\n" not in err
 
 
-def test_resume_without_checkpoint(tmp_path, corpus, capsys):
-    code = main(["train", "--task", "classify", "--data", str(corpus), "--model", "mlp", "--out", str(tmp_path / "r"),
-                 "--resume", "--no-progress"])
+def test_resume_without_checkpoint(tmp_path, inr_corpus, capsys):
+    code = main(["train", "--task", "classify", "--data", str(inr_corpus), "--model", "mlp",
+                 "--out", str(tmp_path / "r"), "--resume", "--no-progress"])
     assert code == 2 and "--resume" in capsys.readouterr().err

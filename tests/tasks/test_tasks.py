@@ -253,24 +253,13 @@ def test_classify_confusion_matrix_counts():
 # --------------------------------------------------------------------------- create_task on a real corpus
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    """18 digits INRs (8x8, 2->8->8->1 dwsnet, 30 fitting steps) in train/val/test splits."""
-    from nngraph.data.build import build_inr_corpus
-
-    root = tmp_path_factory.mktemp("tasks") / "inrs"
-    build_inr_corpus(root, images="digits", variant="dwsnet", steps=30, hidden=8, limit=18, seed=0,
-                     shard_size=9, chunk_size=9, workers=1, progress=False, log=lambda *a: None)
-    return root
-
-
-def test_create_task_from_corpus(corpus):
+def test_create_task_from_corpus(inr_corpus):
     from nngraph.data.store import InrDataset
 
-    ds = InrDataset(corpus, "train")
+    ds = InrDataset(inr_corpus, "train")
     assert set(TASKS) == {"classify", "dilate", "generalize"}
     cls = create_task("classify", ds)
-    all_labels = InrDataset(corpus).labels
+    all_labels = InrDataset(inr_corpus).labels
     assert cls.num_classes == int(all_labels.max()) + 1
     dil = create_task("dilate", ds)
     assert (dil.height, dil.width, dil.w0, dil.offset) == (8, 8, 30.0, 0.5)
@@ -291,12 +280,12 @@ def test_create_task_from_corpus(corpus):
     torch.testing.assert_close(zero, (own - targets["target"]).square().flatten(1).mean(1))
 
 
-def test_dilation_floor_fits_dilated_images(corpus):
+def test_dilation_floor_fits_dilated_images(inr_corpus):
     from nngraph.data.store import InrDataset
 
-    mean, per_image, params, targets = dilation_floor(corpus, "train", steps=60, limit=6, return_fits=True)
+    mean, per_image, params, targets = dilation_floor(inr_corpus, "train", steps=60, limit=6, return_fits=True)
     assert per_image.shape == (6,) and math.isfinite(mean)
-    ds = InrDataset(corpus, "train")
+    ds = InrDataset(inr_corpus, "train")
     torch.testing.assert_close(targets, dilate_images(ds.images[:6]))
     # far better than a constant image (the targets' variance) and than the unedited INRs
     assert mean < 0.3 * float(targets.var(dim=(1, 2), unbiased=False).mean())
