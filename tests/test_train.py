@@ -2,29 +2,23 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import socket
 import subprocess
 import sys
 import textwrap
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from nngraph.data.build import build_inr_corpus, build_zoo_corpus
+from nngraph.data.build import build_zoo_corpus
 from nngraph.errors import NNGraphError
 from nngraph.train import TrainConfig, Trainer, train
 
 SMALL_NGT = {"hidden": 16, "edge_hidden": 8, "layers": 1, "heads": 2, "probes": 2}
-
-
-@pytest.fixture(scope="module")
-def inr_corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train") / "inrs"
-    build_inr_corpus(root, images="digits", variant="dwsnet", steps=30, hidden=8, limit=40, seed=0,
-                     shard_size=20, workers=1, progress=False, log=lambda *a: None)
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -94,12 +88,16 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, inr_corpus, 
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_time_budget_stops_on_time_and_traces_test_accuracy(tmp_path, inr_corpus):
+def test_time_budget_stops_on_time_and_traces_test_accuracy(tmp_path, inr_corpus, monkeypatch):
+    # A fake clock that advances 0.05 s per reading, so every training step counts as exactly 0.05 s
+    # whatever else runs on the machine.
+    ticks = itertools.count()
+    monkeypatch.setattr("nngraph.train.time", SimpleNamespace(perf_counter=lambda: 0.05 * next(ticks)))
     budget = 3.0
     result = train(config(tmp_path, inr_corpus, epochs=10_000, time_budget=budget), progress=False)
     history = result["history"]
-    assert result["train_seconds"] >= budget and history[-1]["epoch"] < 10_000  # the budget ended the run
-    assert history[-2]["train_seconds"] < budget  # and it was not overrun by a whole evaluation interval
+    assert budget <= result["train_seconds"] < budget + 0.05 + 1e-9  # stopped by the first step past the budget
+    assert history[-1]["epoch"] < 10_000
     assert 3 <= len(history) <= 11  # an evaluation every 1/10 of the budget, and one at its end
     times = [h["train_seconds"] for h in history]
     assert times == sorted(times) and all(0.0 <= h["test_accuracy"] <= 1.0 for h in history)
