@@ -39,7 +39,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from nngraph.data.loader import GraphLoader
+from nngraph.pipeline.loader import GraphLoader
 from nngraph.data.store import atomic_write_bytes
 from nngraph.errors import NNGraphError
 from nngraph.models import create_model

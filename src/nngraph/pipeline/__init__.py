@@ -1,0 +1,1 @@
+"""Stored corpora -> graph batches on a device: loading, augmentation, collation (above graph/, below models/)."""
