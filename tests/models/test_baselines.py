@@ -13,7 +13,8 @@ from nngraph.errors import UnsupportedModelError
 from nngraph.examples import NormedMLP, ResidualCNN, TwoBranchCNN
 from nngraph.graph.fast import graphs_from_params, stacked_params
 from nngraph.graph.permute import permute_graph
-from nngraph.models.baselines import BASELINES, DeepSets, FlatMLP, StatNN, random_permutation_augment
+from nngraph.graph.augment import random_permutation_augment
+from nngraph.models.baselines import BASELINES, DeepSets, FlatMLP, StatNN
 from nngraph.models.baselines.nfn import chain_params, to_wsfeat
 from nngraph.models.baselines.statnn import segment_stats, stat_features
 from tests.graph.nets import randomise

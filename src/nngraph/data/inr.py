@@ -24,23 +24,10 @@ import torch
 from torch import nn
 
 from nngraph.errors import NNGraphError
+from nngraph.graph.sine import Sine
 
 VARIANTS = ("dwsnet", "standard")
 VARIANT_OFFSET = {"dwsnet": 0.5, "standard": 0.0}
-
-
-class Sine(nn.Module):
-    """The SIREN activation: sin(w0 * z)."""
-
-    def __init__(self, w0: float = 30.0):
-        super().__init__()
-        self.w0 = float(w0)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.sin(self.w0 * z)
-
-    def extra_repr(self) -> str:
-        return f"w0={self.w0}"
 
 
 class Siren(nn.Module):

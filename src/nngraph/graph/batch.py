@@ -14,7 +14,7 @@ import torch
 from torch_geometric.data import Batch
 from torch_geometric.utils import to_dense_adj, to_dense_batch
 
-from nngraph.graph.builder import lay_out, window_of
+from nngraph.graph import layout
 from nngraph.graph.graph import EDGE_FLATTEN, NeuralGraph
 
 
@@ -29,10 +29,10 @@ def relayout(graph: NeuralGraph, k_max: int, width: int) -> NeuralGraph:
     out = attr.new_zeros(attr.shape[0], width)
     flat = graph.edge_kind == EDGE_FLATTEN
     if flat.any():
-        out[flat] = lay_out(attr[flat], EDGE_FLATTEN, k_max, width)
+        out[flat] = layout.encode_flat(attr[flat], width)
     window = ~flat
     if window.any():
-        out[window] = lay_out(window_of(attr[window], old_k, old_k, old_k), -1, k_max, width)
+        out[window] = layout.encode_kernels(layout.decode_kernels(attr[window], old_k, old_k, old_k), k_max, width)
     new = graph.clone()
     new.edge_attr = out
     new.spec = replace(graph.spec, k_max=k_max)

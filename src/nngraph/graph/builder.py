@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from nngraph.graph import layout
 from nngraph.graph.graph import (
     EDGE_FLATTEN,
     NEUTRAL_NODE,
@@ -142,7 +143,10 @@ class GraphBuilder:
         width = max([k_max * k_max] + [c.weights.shape[1] for c in flat])
         attrs = []
         for chunk in self.chunks:
-            attrs.append(lay_out(chunk.weights, chunk.kind, k_max, width))
+            if chunk.kind == EDGE_FLATTEN:
+                attrs.append(layout.encode_flat(chunk.weights, width))
+            else:
+                attrs.append(layout.encode_kernels(chunk.weights, k_max, width))
         edge_attr = torch.cat(attrs) if attrs else torch.zeros(0, width, dtype=self.dtype)
         spec.k_max = k_max
         return NeuralGraph(
@@ -161,27 +165,3 @@ class GraphBuilder:
             spec=spec,
         )
 
-
-def lay_out(weights: torch.Tensor, kind: int, k_max: int, width: int) -> torch.Tensor:
-    """Edge weights -> edge_attr rows [E, width].
-
-    Window kinds: [E, kh, kw] centred in a k_max x k_max window (top/left padding
-    (k_max - k) // 2), flattened row-major. Flatten edges: [E, H*W] in the first H*W slots.
-    """
-    n = weights.shape[0]
-    out = weights.new_zeros(n, width)
-    if kind == EDGE_FLATTEN:
-        out[:, : weights.shape[1]] = weights
-        return out
-    kh, kw = weights.shape[1:]
-    top, left = (k_max - kh) // 2, (k_max - kw) // 2
-    window = out[:, : k_max * k_max].view(n, k_max, k_max)
-    window[:, top : top + kh, left : left + kw] = weights
-    return out
-
-
-def window_of(edge_attr: torch.Tensor, k_max: int, kh: int, kw: int) -> torch.Tensor:
-    """Inverse of ``lay_out`` for window kinds: edge_attr [E, d_e] -> kernels [E, kh, kw]."""
-    top, left = (k_max - kh) // 2, (k_max - kw) // 2
-    window = edge_attr[:, : k_max * k_max].reshape(-1, k_max, k_max)
-    return window[:, top : top + kh, left : left + kw]

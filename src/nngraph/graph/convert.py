@@ -20,10 +20,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from nngraph.data.inr import Sine
 from nngraph.errors import InputShapeError, NonFiniteError, UnsupportedModelError
 from nngraph.graph import ops
-from nngraph.graph.builder import GraphBuilder, Value, window_of
+from nngraph.graph.builder import Value
+from nngraph.graph.context import Context
+from nngraph.graph.layout import read_params
 from nngraph.graph.graph import (
     ACT_GELU,
     ACT_GELU_TANH,
@@ -39,6 +40,7 @@ from nngraph.graph.graph import (
     NeuralGraph,
     ParamEntry,
 )
+from nngraph.graph.sine import Sine
 
 SUPPORTED = (
     "Linear, Conv2d (groups=1), BatchNorm1d/2d (eval), LayerNorm (features), ReLU, GELU, SiLU, Tanh, "
@@ -75,31 +77,6 @@ class _Tracer(fx.Tracer):
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return isinstance(m, Sine) or super().is_leaf_module(m, qualname)
-
-
-class Context:
-    """State of one conversion: the builder, fx shapes, value aliasing and parameter bookkeeping."""
-
-    sine_targets = _SINE
-
-    def __init__(self, gm: fx.GraphModule, dtype: torch.dtype, name: str):
-        self.gm = gm
-        self.name = name
-        self.modules = dict(gm.named_modules())
-        self.builder = GraphBuilder(dtype)
-        self.buffers: dict[str, torch.Tensor] = {}
-        self.called: set[str] = set()
-        self.consumers = _count_consumers(gm.graph, self.modules)
-
-    def shape(self, node: fx.Node) -> torch.Size:
-        return node.meta["tensor_meta"].shape
-
-    def record_edges(self, name: str, weight: torch.Tensor, source: str, first: int, sources: int) -> None:
-        self.builder.params.append(ParamEntry(name, tuple(weight.shape), source, first, sources=sources))
-
-    def record_buffer(self, name: str, tensor: torch.Tensor | None) -> None:
-        if tensor is not None:
-            self.buffers[name] = tensor.detach().clone()
 
 
 def _is_passthrough(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
@@ -159,7 +136,7 @@ def to_graph(model: nn.Module, example_input: torch.Tensor, *, k_max: int | None
     gm = fx.GraphModule(model, graph)
     _propagate_shapes(gm, example_input.detach(), name)
     dtype = _param_dtype(state, name)
-    ctx = Context(gm, dtype, name)
+    ctx = Context(gm, dtype, name, _count_consumers(gm.graph, dict(gm.named_modules())), _SINE)
     env: dict[fx.Node, Any] = {}
     output: Value | None = None
     for node in gm.graph.nodes:
@@ -199,20 +176,8 @@ def _propagate_shapes(gm: fx.GraphModule, example: torch.Tensor, name: str) -> N
 def to_params(graph: NeuralGraph) -> OrderedDict[str, torch.Tensor]:
     """The network's state_dict, read back from the graph (exact inverse of ``to_graph``)."""
     spec: ArchSpec = graph.spec
-    k = spec.k_max
-    out: dict[str, torch.Tensor] = {}
-    for entry in spec.params:
-        if entry.source == "node":
-            out[entry.name] = _copy(graph.x[entry.offset : entry.offset + entry.count, entry.channel])
-            continue
-        attr = graph.edge_attr[entry.offset : entry.offset + entry.count]  # [out*in, d_e]
-        if entry.source == "flat":
-            n_out, width = entry.shape
-            hw = width // entry.sources
-            out[entry.name] = _copy(attr[:, :hw].reshape(n_out, width))
-        else:
-            kh, kw = entry.shape[2:] if len(entry.shape) == 4 else (1, 1)
-            out[entry.name] = _copy(window_of(attr, k, kh, kw).reshape(entry.shape))
+    stacked = read_params(spec, graph.x.unsqueeze(0), graph.edge_attr.unsqueeze(0))  # the B = 1 case
+    out = {name: _copy(t[0]) for name, t in stacked.items()}
     out.update({name: _copy(t) for name, t in spec.buffers.items()})
     return OrderedDict((name, out[name]) for name in spec.state_order)
 

@@ -35,8 +35,9 @@ import torch.nn.functional as F
 from torch_geometric.data import Batch
 
 from nngraph.errors import InputShapeError
-from nngraph.graph.builder import window_of
+from nngraph.graph.layout import decode_kernels
 from nngraph.graph.graph import (
+    graph_specs,
     ACT_GELU,
     ACT_GELU_TANH,
     ACT_LEAKY_RELU,
@@ -93,7 +94,7 @@ def execute(graph: NeuralGraph | Batch, x: torch.Tensor) -> tuple[torch.Tensor, 
 
 def plan_for(batch: Batch) -> Plan:
     """The batch's plan; cached when every graph shares one spec object (a template batch)."""
-    specs = batch.spec if isinstance(batch.spec, list) else [batch.spec]
+    specs = graph_specs(batch)
     shared = all(s is specs[0] for s in specs)
     key = (id(specs[0]), len(specs), batch.num_nodes, batch.num_edges)
     if shared and key in _PLAN_CACHE and _PLAN_CACHE[key][0] is specs[0]:
@@ -147,7 +148,7 @@ class Plan:
 
     def __init__(self, batch: Batch):
         self.num_graphs = int(batch.num_graphs)
-        specs = batch.spec if isinstance(batch.spec, list) else [batch.spec]
+        specs = graph_specs(batch)
         self.k_max = specs[0].k_max
         shapes = {s.input_shape for s in specs}
         if len(shapes) != 1:
@@ -265,7 +266,7 @@ class Plan:
         else:
             kh, kw, sh, sw, ph, pw, dh, dw = g.geom
             wd = attr.new_zeros(G, n_out, n_in, kh, kw)
-            wd[g.e_graph, g.e_j, g.e_i] = window_of(attr, self.k_max, kh, kw)
+            wd[g.e_graph, g.e_j, g.e_i] = decode_kernels(attr, self.k_max, kh, kw)
             inp = hd.permute(2, 0, 1, 3, 4).reshape(p, G * n_in, *h.shape[2:])
             out = F.conv2d(inp, wd.reshape(G * n_out, n_in, kh, kw), None, (sh, sw), (ph, pw), (dh, dw), groups=G)
             z = out.reshape(p, G, n_out, *out.shape[2:]).permute(1, 2, 0, 3, 4)  # [G, Cout, P, h, w]

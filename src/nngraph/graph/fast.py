@@ -9,11 +9,15 @@ the template's feature tensors: no Python loop per network.
 
 from __future__ import annotations
 
+import copy
+from collections import OrderedDict
+
 import torch
 from torch_geometric.data import Batch
 
 from nngraph.errors import InputShapeError
-from nngraph.graph.graph import ArchSpec, NeuralGraph
+from nngraph.graph import layout
+from nngraph.graph.graph import ArchSpec, NeuralGraph, graph_specs
 
 
 def stacked_features(template: NeuralGraph, params: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -28,11 +32,7 @@ def stacked_features(template: NeuralGraph, params: dict[str, torch.Tensor]) -> 
     b = sizes.pop()
     x = template.x.unsqueeze(0).expand(b, -1, -1).clone()  # [B, N, d_v]
     n_edges, width = template.edge_attr.shape
-    k = spec.k_max
-    # Parameter edges are written below; a weight alone fills its row only when d_e == 1.
-    edge_attr = template.edge_attr.new_empty(b, n_edges, width) if width == 1 else template.edge_attr.new_zeros(
-        b, n_edges, width
-    )  # [B, E, d_e]
+    edge_attr = template.edge_attr.new_empty(b, n_edges, width)  # [B, E, d_e]: every row is written below
     constant = torch.ones(n_edges, dtype=torch.bool)  # edges that carry no parameter (residual, pooling, ...)
     for entry in spec.params:
         if entry.name not in params:
@@ -42,19 +42,9 @@ def stacked_features(template: NeuralGraph, params: dict[str, torch.Tensor]) -> 
             raise InputShapeError(
                 f"stacked {entry.name!r} has shape {list(value.shape[1:])} per network; the template needs {list(entry.shape)}"
             )
-        rows = slice(entry.offset, entry.offset + entry.count)
         if entry.source != "node":
-            constant[rows] = False
-        if entry.source == "node":
-            x[:, rows, entry.channel] = value
-        elif entry.source == "flat":
-            hw = entry.shape[1] // entry.sources
-            edge_attr[:, rows, :hw] = value.reshape(b, entry.count, hw)
-        else:
-            kh, kw = entry.shape[2:] if len(entry.shape) == 4 else (1, 1)
-            top, left = (k - kh) // 2, (k - kw) // 2
-            window = edge_attr[:, rows, : k * k].view(b, entry.count, k, k)
-            window[:, :, top : top + kh, left : left + kw] = value.reshape(b, entry.count, kh, kw)
+            constant[entry.offset : entry.offset + entry.count] = False
+    layout.write_params(spec, params, x, edge_attr)
     if constant.any():
         edge_attr[:, constant] = template.edge_attr[constant]
     return x, edge_attr
@@ -65,7 +55,7 @@ def one_architecture(batch: Batch, who: str) -> tuple[ArchSpec, int, int, int]:
 
     Raises ``InputShapeError`` naming ``who`` (the caller) for a mixed-architecture batch.
     """
-    specs = batch.spec if isinstance(batch.spec, list) else [batch.spec]
+    specs = graph_specs(batch)
     spec, b = specs[0], len(specs)
     n, e = batch.num_nodes // b, batch.num_edges // b
     if n * b != batch.num_nodes or e * b != batch.num_edges or any(s.params != spec.params for s in specs):
@@ -86,53 +76,33 @@ def stacked_params(batch: Batch, x: torch.Tensor | None = None,
     spec, b, n, e = one_architecture(batch, "stacked_params")
     x = (batch.x if x is None else x).reshape(b, n, -1)
     edge_attr = (batch.edge_attr if edge_attr is None else edge_attr).reshape(b, e, -1)
-    k = spec.k_max
-    out: dict[str, torch.Tensor] = {}
-    for entry in spec.params:
-        rows = slice(entry.offset, entry.offset + entry.count)
-        if entry.source == "node":
-            out[entry.name] = x[:, rows, entry.channel]
-        elif entry.source == "flat":
-            hw = entry.shape[1] // entry.sources
-            out[entry.name] = edge_attr[:, rows, :hw].reshape(b, *entry.shape)
-        else:
-            kh, kw = entry.shape[2:] if len(entry.shape) == 4 else (1, 1)
-            top, left = (k - kh) // 2, (k - kw) // 2
-            window = edge_attr[:, rows, : k * k].reshape(b, entry.count, k, k)
-            out[entry.name] = window[:, :, top : top + kh, left : left + kw].reshape(b, *entry.shape)
-    return out
+    return layout.read_params(spec, x, edge_attr)
+
+
+_COLLATED: OrderedDict = OrderedDict()  # (id(template), B) -> (template, B copies of it collated by PyG)
+_COLLATED_SIZE = 16
+
+
+def _collated_template(template: NeuralGraph, b: int) -> Batch:
+    """``Batch.from_data_list([template] * b)``, collated once per (template, B) and reused."""
+    key = (id(template), b)
+    if key not in _COLLATED or _COLLATED[key][0] is not template:
+        _COLLATED[key] = (template, Batch.from_data_list([template] * b))
+        if len(_COLLATED) > _COLLATED_SIZE:
+            _COLLATED.popitem(last=False)
+    _COLLATED.move_to_end(key)
+    return _COLLATED[key][1]
 
 
 def graphs_from_params(template: NeuralGraph, params: dict[str, torch.Tensor]) -> Batch:
-    """A PyG batch of B graphs, equal to ``collate([to_graph(m_b) ...])`` for the B networks."""
+    """A PyG batch of B graphs, equal to ``collate([to_graph(m_b) ...])`` for the B networks.
+
+    The structure (edges, kinds, roles, ``spec``) is the same for every network: PyG
+    collates B copies of the template once per (template, B); each call takes a shallow
+    copy of that batch (its own field store) and puts the stacked features in.
+    """
     x, edge_attr = stacked_features(template, params)
-    b, n, _ = x.shape
-    e = edge_attr.shape[1]
-    offsets = torch.arange(b) * n  # [B]
-    edge_index = (template.edge_index.unsqueeze(1) + offsets.view(1, b, 1)).reshape(2, b * e)
-    fields = {
-        "x": x.reshape(b * n, -1),
-        "edge_index": edge_index,
-        "edge_attr": edge_attr.reshape(b * e, -1),
-        "batch": torch.arange(b).repeat_interleave(n),
-        "ptr": torch.arange(b + 1) * n,
-    }
-    for key in ("edge_kind", "edge_geom"):
-        t = template[key]
-        fields[key] = t.unsqueeze(0).expand(b, *t.shape).reshape(b * e, *t.shape[1:])
-    for key in ("node_layer", "node_pos", "node_act", "node_norm", "node_eps", "node_role", "node_hw"):
-        t = template[key]
-        fields[key] = t.unsqueeze(0).expand(b, *t.shape).reshape(b * n, *t.shape[1:])
-    batch = Batch(_base_cls=NeuralGraph, **fields)
-    batch.spec = [template.spec] * b
-    batch._num_graphs = b
-    batch._slice_dict = {key: _slices(key, b, n, e) for key in fields if key not in ("batch", "ptr")}
-    batch._slice_dict["spec"] = torch.arange(b + 1)
-    batch._inc_dict = {key: (offsets if key == "edge_index" else torch.zeros(b, dtype=torch.long)) for key in batch._slice_dict}
-    batch._inc_dict["spec"] = None
+    batch = copy.copy(_collated_template(template, x.shape[0]))
+    batch.x = x.reshape(-1, x.shape[-1])  # [B*N, d_v]
+    batch.edge_attr = edge_attr.reshape(-1, edge_attr.shape[-1])  # [B*E, d_e]
     return batch
-
-
-def _slices(key: str, b: int, n: int, e: int) -> torch.Tensor:
-    per_graph = e if key.startswith("edge") else n
-    return torch.arange(b + 1) * per_graph

@@ -68,6 +68,12 @@ def centre(k_max: int) -> int:
     return (k_max * k_max) // 2
 
 
+def graph_specs(data: Data) -> list[ArchSpec]:
+    """The ArchSpec of every graph of ``data``: a NeuralGraph carries one, a PyG batch a list (one per graph)."""
+    spec = data.spec
+    return spec if isinstance(spec, list) else [spec]
+
+
 # Columns of ``edge_geom``: kernel size, stride, padding and dilation of conv edges.
 GEOM_COLUMNS = ("kh", "kw", "stride_h", "stride_w", "pad_h", "pad_w", "dil_h", "dil_w")
 

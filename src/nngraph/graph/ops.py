@@ -38,7 +38,7 @@ from nngraph.graph.graph import (
 if TYPE_CHECKING:
     from torch.fx import Node
 
-    from nngraph.graph.convert import Context
+    from nngraph.graph.context import Context
 
 
 def _open(ctx: Context, value: Value, slot: str, where: str) -> list[int]:

@@ -14,7 +14,7 @@ from torch import nn
 from torch_geometric.data import Batch
 
 from nngraph.errors import NNGraphError
-from nngraph.graph.graph import ROLE_OUTPUT
+from nngraph.graph.graph import ROLE_OUTPUT, graph_specs
 from nngraph.models.embeddings import WeightStatistics
 from nngraph.models.gnn import NGGNN, degree_histogram
 from nngraph.models.transformer import NGT
@@ -24,7 +24,7 @@ _GRAPH_MODELS: dict[str, type[nn.Module]] = {"nggnn": NGGNN, "ngt": NGT}
 
 def graph_model_sizes(example: Batch, reverse_edges: bool = False, with_degrees: bool = False) -> dict[str, Any]:
     """Constructor sizes of a graph metanetwork read off an example batch."""
-    spec = example.spec[0] if isinstance(example.spec, list) else example.spec
+    spec = graph_specs(example)[0]
     sizes: dict[str, Any] = {
         "node_in": example.x.shape[1],
         "edge_in": example.edge_attr.shape[1],

@@ -14,11 +14,11 @@ from typing import Any
 import torch
 from torch_geometric.data import Batch
 
+from nngraph.graph.augment import random_permutation_augment
 from nngraph.graph.batch import collate
 from nngraph.graph.convert import to_graph
 from nngraph.graph.fast import graphs_from_params
 from nngraph.graph.permute import permute_graph
-from nngraph.models.baselines.mlp import random_permutation_augment
 
 
 BUCKET_WINDOW = 16  # batches whose networks are sorted by size together (mixed architectures)

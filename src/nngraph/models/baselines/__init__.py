@@ -4,7 +4,7 @@
 name       model                                                       batches
 =========  ==========================================================  ====================
 mlp        ``FlatMLP``: MLP on the flattened parameters (not            one architecture
-           invariant; train with ``random_permutation_augment``)
+           invariant; train with ``--permute-augment``)
 deepsets   ``DeepSets`` over neurons (bias/norm + pooled in/out          any, mixed
            weights), mean+max pooled per role
 statnn     ``StatNN``: per-layer weight/bias statistics + MLP            any, mixed
@@ -19,10 +19,10 @@ returns [B, out_dim].
 """
 
 from nngraph.models.baselines.deepsets import DeepSets
-from nngraph.models.baselines.mlp import FlatMLP, random_permutation_augment
+from nngraph.models.baselines.mlp import FlatMLP
 from nngraph.models.baselines.nfn import NFNHNP, NFNNP
 from nngraph.models.baselines.statnn import StatNN
 
 BASELINES = {"mlp": FlatMLP, "deepsets": DeepSets, "statnn": StatNN, "nfn-np": NFNNP, "nfn-hnp": NFNHNP}
 
-__all__ = ["BASELINES", "DeepSets", "FlatMLP", "NFNHNP", "NFNNP", "StatNN", "random_permutation_augment"]
+__all__ = ["BASELINES", "DeepSets", "FlatMLP", "NFNHNP", "NFNNP", "StatNN"]

@@ -28,6 +28,7 @@ from torch_geometric.data import Batch
 from torch_geometric.utils import scatter
 
 from nngraph.errors import InputShapeError
+from nngraph.graph import layout
 from nngraph.graph.graph import (
     ACTIVATIONS,
     EDGE_CONV,
@@ -35,6 +36,8 @@ from nngraph.graph.graph import (
     EDGE_LINEAR,
     NORMS,
     NODE_DIM,
+    centre,
+    graph_specs,
 )
 from nngraph.models.baselines.mlp import mlp, reset_mlp
 
@@ -43,8 +46,7 @@ PARAM_KINDS = (EDGE_LINEAR, EDGE_CONV, EDGE_FLATTEN)
 
 def batch_k_max(batch: Batch) -> int:
     """The batch's common kernel window (collate re-lays every graph into it)."""
-    spec = batch.spec[0] if isinstance(batch.spec, list) else batch.spec
-    return int(spec.k_max)
+    return int(graph_specs(batch)[0].k_max)
 
 
 def edge_encoding(batch: Batch, kernel: int) -> torch.Tensor:
@@ -59,13 +61,11 @@ def edge_encoding(batch: Batch, kernel: int) -> torch.Tensor:
     """
     k_b = batch_k_max(batch)
     attr = batch.edge_attr  # [E, d_e]
-    e = attr.shape[0]
     if k_b > kernel and (k_b - kernel) % 2:
         raise InputShapeError(f"batch kernel window {k_b} and model window {kernel} must both be odd")
-    window = attr[:, : k_b * k_b].reshape(e, k_b, k_b)
+    window = layout.decode_kernels(attr, k_b, k_b, k_b)  # [E, k_b, k_b]
     if k_b > kernel:
-        cut = (k_b - kernel) // 2
-        inner = window[:, cut : cut + kernel, cut : cut + kernel]
+        inner = layout.decode_kernels(attr, k_b, kernel, kernel)  # [E, kernel, kernel]
         # Weights outside the model's window would be silently lost: refuse.
         lost = (window.abs().sum((1, 2)) - inner.abs().sum((1, 2)))[batch.edge_kind != EDGE_FLATTEN]
         if lost.numel() and lost.max() > 0:
@@ -73,17 +73,13 @@ def edge_encoding(batch: Batch, kernel: int) -> torch.Tensor:
                 f"the batch holds kernels larger than {kernel}x{kernel}; build the model with kernel >= {k_b}"
             )
         window = inner
-    elif k_b < kernel:
-        pad = (kernel - k_b) // 2
-        window = nn.functional.pad(window, (pad, pad, pad, pad))
-    out = window.reshape(e, kernel * kernel)
+    out = layout.encode_kernels(window, kernel, kernel * kernel)  # [E, kernel^2]
     flat = (batch.edge_kind == EDGE_FLATTEN).to(attr.dtype)  # [E]
     hw = batch.node_hw[batch.edge_index[0]].prod(1).clamp(min=1).to(attr.dtype)  # [E] size of the source map
     f_mean = attr.sum(1) / hw
     f_std = (attr.pow(2).sum(1) / hw - f_mean.pow(2)).clamp(min=0).add(1e-12).sqrt()
-    centre = (kernel * kernel) // 2
     out = out * (1 - flat).unsqueeze(1)
-    out = out + nn.functional.one_hot(torch.tensor(centre), kernel * kernel).to(attr.dtype) * (flat * f_mean).unsqueeze(1)
+    out = out + nn.functional.one_hot(torch.tensor(centre(kernel)), kernel * kernel).to(attr.dtype) * (flat * f_mean).unsqueeze(1)
     return torch.cat([out, (flat * f_std).unsqueeze(1), flat.unsqueeze(1)], dim=1)  # [E, k^2 + 2]
 
 

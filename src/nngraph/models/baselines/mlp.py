@@ -1,4 +1,4 @@
-"""Flattened-weights MLP baseline, and random permutation augmentation for it.
+"""Flattened-weights MLP baseline.
 
 The simplest metanetwork: concatenate every parameter of a network (state_dict order)
 into one vector and read it with an MLP,
@@ -8,12 +8,10 @@ into one vector and read it with an MLP,
 
 It ignores the neuron-permutation symmetry (a permuted copy of a network is a different
 input vector), which is why it is usually trained with random function-preserving
-permutations of its inputs: ``random_permutation_augment``.
+permutations of its inputs: ``nngraph.graph.augment.random_permutation_augment``.
 """
 
 from __future__ import annotations
-
-from types import SimpleNamespace
 
 import torch
 from torch import nn
@@ -21,7 +19,6 @@ from torch_geometric.data import Batch
 
 from nngraph.errors import InputShapeError
 from nngraph.graph.fast import one_architecture, stacked_params
-from nngraph.graph.permute import interchangeable_groups
 from nngraph.models.readout import mlp as shared_mlp
 
 
@@ -92,59 +89,3 @@ class FlatMLP(nn.Module):
                 "build it from an example of this architecture"
             )
         return self.net(theta * self.scale)  # [B, out_dim]
-
-
-# --------------------------------------------------------------------------- augmentation
-
-
-def interchangeable_classes(graph) -> list[torch.Tensor]:
-    """``permute.interchangeable_groups`` as one tensor [m, L_g] per group (m classes, L_g nodes)."""
-    return [torch.tensor(classes) for classes in interchangeable_groups(graph)]
-
-
-_CLASSES: dict[tuple, list[torch.Tensor]] = {}  # interchangeable classes per architecture
-
-
-def random_permutation_augment(batch: Batch, generator: torch.Generator | None = None) -> Batch:
-    """Each network of a one-architecture batch with its own random hidden-neuron permutation.
-
-    Function-preserving (the same relabelling ``permute_graph`` draws, independently per
-    graph). Vectorised over the batch: the interchangeable classes are found once on the
-    first graph, then B permutations are drawn at once and node / edge fields gathered.
-    The result keeps the canonical edge layout (edge e joins the same node ids), so
-    ``stacked_params`` of it gives the permuted parameters.
-    """
-    spec, b, n, e = one_architecture(batch, "random_permutation_augment")
-    device = batch.x.device
-    edge_index0 = batch.edge_index[:, :e]  # graph 0 uses node ids 0..n-1
-    kinds0 = batch.edge_kind[:e].cpu()
-    key = (tuple(spec.params), n, e, tuple(torch.bincount(kinds0, minlength=8).tolist()))
-    if key not in _CLASSES:
-        template = SimpleNamespace(
-            num_nodes=n, node_layer=batch.node_layer[:n].cpu(), node_role=batch.node_role[:n].cpu(),
-            edge_kind=kinds0, edge_index=edge_index0.cpu(),
-        )
-        _CLASSES[key] = interchangeable_classes(template)
-    perm = torch.arange(n).repeat(b, 1)  # [B, n]: new node k of graph b holds old node perm[b, k]
-    for classes in _CLASSES[key]:  # classes [m, L_g]
-        m = classes.shape[0]
-        sigma = torch.argsort(torch.rand(b, m, generator=generator), dim=1)  # [B, m]
-        perm[:, classes.reshape(-1)] = classes[sigma].reshape(b, -1)
-    # Edge (i -> j) of the new graph carries old edge (perm[i] -> perm[j]).
-    src, dst = edge_index0.cpu()
-    edge_key = src * n + dst  # [e]
-    order = torch.argsort(edge_key)
-    wanted = perm[:, src] * n + perm[:, dst]  # [B, e]
-    old_edge = order[torch.searchsorted(edge_key[order], wanted)]  # [B, e]
-    if not torch.equal(edge_key[old_edge], wanted):
-        raise RuntimeError("permutation does not map edges onto edges; the graph is malformed")
-    node_idx = (perm + torch.arange(b).unsqueeze(1) * n).reshape(-1).to(device)  # [B*n]
-    edge_idx = (old_edge + torch.arange(b).unsqueeze(1) * e).reshape(-1).to(device)  # [B*e]
-    out = batch.clone()
-    for field in ("x", "node_act", "node_norm", "node_eps", "node_hw", "node_layer", "node_pos", "node_role"):
-        if field in batch:
-            out[field] = batch[field][node_idx]
-    for field in ("edge_attr", "edge_kind", "edge_geom"):
-        if field in batch:
-            out[field] = batch[field][edge_idx]
-    return out

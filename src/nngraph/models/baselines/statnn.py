@@ -35,7 +35,8 @@ from torch import nn
 from torch_geometric.data import Batch
 from torch_geometric.utils import scatter
 
-from nngraph.graph.graph import EDGE_CONV, EDGE_FLATTEN, X_BIAS
+from nngraph.graph.graph import EDGE_CONV, EDGE_FLATTEN, X_BIAS, centre, graph_specs
+from nngraph.graph.layout import kernel_mask
 from nngraph.models.baselines.deepsets import PARAM_KINDS, batch_k_max
 from nngraph.models.baselines.mlp import mlp, reset_mlp
 
@@ -83,16 +84,9 @@ def weight_values(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     e, width = attr.shape
     kind = batch.edge_kind
     cols = torch.arange(width, device=attr.device)  # [d_e]
-    r, cc = cols // k, cols % k  # window row/col of each channel (meaningful for cols < k^2)
-    in_window = cols < k * k
     kh, kw = batch.edge_geom[:, 0].clamp(min=1), batch.edge_geom[:, 1].clamp(min=1)  # [E]
-    top, left = (k - kh) // 2, (k - kw) // 2
-    conv_mask = (
-        in_window
-        & (r.unsqueeze(0) >= top.unsqueeze(1)) & (r.unsqueeze(0) < (top + kh).unsqueeze(1))
-        & (cc.unsqueeze(0) >= left.unsqueeze(1)) & (cc.unsqueeze(0) < (left + kw).unsqueeze(1))
-    )  # [E, d_e]
-    lin_mask = (cols == (k * k) // 2).unsqueeze(0).expand(e, width)
+    conv_mask = kernel_mask(k, kh, kw, width)  # [E, d_e]
+    lin_mask = (cols == centre(k)).unsqueeze(0).expand(e, width)
     hw = batch.node_hw[batch.edge_index[0]].prod(1)  # [E]
     flat_mask = cols.unsqueeze(0) < hw.unsqueeze(1)
     mask = torch.where(
@@ -180,7 +174,7 @@ class StatNN(nn.Module):
         """One architecture: first_k = its depth, last_k = 0 (the paper's setting); mixed: 3 and 3.
         With ``normalise``, features standardised with the batch's mean/std (pass training data)."""
         if first_k is None and last_k is None:
-            specs = batch.spec if isinstance(batch.spec, list) else [batch.spec]
+            specs = graph_specs(batch)
             if all(sp.params == specs[0].params for sp in specs):
                 depth = int(stat_depths(batch).max())
                 first_k, last_k = depth, 0

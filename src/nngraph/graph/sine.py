@@ -1,0 +1,21 @@
+"""Sine: the SIREN activation sin(w0 * z) as a module, which ``to_graph`` converts to a
+node activation (ACT_SINE, w0 in the node's X_ACT_PARAM feature)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Sine(nn.Module):
+    """The SIREN activation: sin(w0 * z)."""
+
+    def __init__(self, w0: float = 30.0):
+        super().__init__()
+        self.w0 = float(w0)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.sin(self.w0 * z)
+
+    def extra_repr(self) -> str:
+        return f"w0={self.w0}"
