@@ -24,6 +24,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from common import RESULTS, write_result  # noqa: E402
+from nngraph.io import atomic_write_json  # noqa: E402
 from pool import run_jobs  # noqa: E402
 from protocol import BASELINES, BATCH_SIZE, GRAPH_MODELS, LR, PROTOCOLS, model_settings  # noqa: E402
 
@@ -84,7 +85,7 @@ class Bench:
         record = self.root / "phases.json"
         seconds = json.loads(record.read_text()) if record.exists() else {}
         seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - start
-        record.write_text(json.dumps(seconds, indent=1) + "\n")
+        atomic_write_json(record, seconds, indent=1, allow_nan=True)
         self.phase_seconds = seconds
 
     # ---- the tables --------------------------------------------------------------------

@@ -22,6 +22,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from nngraph.io import atomic_write_json
+from nngraph.schedule import cosine_decay
+
 
 def image_cnn(height: int, width: int, classes: int = 10) -> nn.Module:
     return nn.Sequential(
@@ -64,7 +67,7 @@ def train_image_cnn(out: str, images: str, limit: int | None, epochs: int = 10, 
             t0 = time.perf_counter()
             progress = train_seconds / time_budget if time_budget else step / (steps_per_epoch * epochs)
             for group in optimizer.param_groups:
-                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+                group["lr"] = lr * cosine_decay(progress)
             index = order[start : start + batch_size]
             loss = nn.functional.cross_entropy(model(x["train"][index]), y["train"][index])
             optimizer.zero_grad()
@@ -80,6 +83,5 @@ def train_image_cnn(out: str, images: str, limit: int | None, epochs: int = 10, 
               "train_images": len(y["train"]), "best_epoch": best["epoch"], "train_seconds": train_seconds,
               "val": {"accuracy": best["val_accuracy"]}, "test": {"accuracy": best["test_accuracy"]},
               "history": history}
-    Path(out).mkdir(parents=True, exist_ok=True)
-    (Path(out) / "metrics.json").write_text(json.dumps(result, indent=2))
+    atomic_write_json(Path(out) / "metrics.json", result, indent=2, allow_nan=True)
     return result

@@ -6,14 +6,14 @@ Every result file is JSON with ``title``, ``command``, ``machine``, ``commit``,
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import subprocess
-import tempfile
 from pathlib import Path
 
 import torch
+
+from nngraph.io import atomic_write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -45,8 +45,5 @@ def write_result(name: str, title: str, command: str, wall_s: float, rows: list[
     payload = {"title": title, "command": command, "machine": machine(), "commit": commit(),
                "wall_s": round(wall_s, 1), "rows": rows, **extra}
     path = RESULTS / f"{name}.json"
-    fd, tmp = tempfile.mkstemp(dir=RESULTS, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f, indent=2)
-    os.replace(tmp, path)
+    atomic_write_json(path, payload, indent=2, allow_nan=True)
     return path

@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from common import commit
+from nngraph.io import atomic_write_json
 
 
 def is_done(job: dict) -> bool:
@@ -51,7 +52,7 @@ def run_jobs(jobs: list[dict], workers: int = 2, log=print) -> None:
             failures.append(f"{out} (exit {code}, see {out.name}.log)")
         else:
             record = {"wall_s": round(seconds, 1), "threads": job.get("threads", 1), "commit": commit()}
-            (out / "job.json").write_text(json.dumps(record) + "\n")
+            atomic_write_json(out / "job.json", record, indent=None)
         log(f"  {'FAILED' if code else 'done'} {out.name} in {seconds:.0f} s")
 
     with ThreadPoolExecutor(workers) as executor:

@@ -16,6 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from nngraph.io import atomic_write_bytes
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 
@@ -59,7 +61,7 @@ def render(quick: bool = False) -> Path:
             if key in data:
                 lines += [f"{key}: " + ", ".join(f"{k} {_cell(v)}" for k, v in data[key].items()), ""]
     out = HERE / name
-    out.write_text("\n".join(lines))
+    atomic_write_bytes(out, "\n".join(lines).encode())
     return out
 
 

@@ -6,6 +6,7 @@ Each subcommand is one ``add_<name>(subparsers)`` function, as in ``cli.py``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import subprocess
 import sys
@@ -27,6 +28,9 @@ def _json_dict(text: str) -> dict:
 def add_train(sub, formatter, common) -> None:
     from nngraph.models import model_names
     from nngraph.tasks import TASKS
+    from nngraph.train import TrainConfig
+
+    default = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 
     p = sub.add_parser(
         "train", formatter_class=formatter, parents=[common], help="train a metanetwork on a corpus",
@@ -38,22 +42,25 @@ def add_train(sub, formatter, common) -> None:
     p.add_argument("--data", required=True, metavar="DIR", help="corpus folder built by `nngraph data`; required")
     p.add_argument("--model", required=True, choices=model_names(), help="metanetwork or baseline; required")
     p.add_argument("--out", default=None, metavar="RUN", help="run folder (default: runs/<task>-<model>)")
-    p.add_argument("--epochs", type=int, default=10, help="training epochs")
-    p.add_argument("--batch-size", type=int, default=64, help="networks per batch")
-    p.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate")
-    p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay")
-    p.add_argument("--warmup-steps", type=int, default=50, help="linear warm-up steps before the cosine decay")
-    p.add_argument("--grad-clip", type=float, default=1.0, help="clip the gradient norm to this (0: off)")
-    p.add_argument("--seed", type=int, default=0, help="seed of initialisation, shuffling and augmentation")
+    p.add_argument("--epochs", type=int, default=default["epochs"], help="training epochs")
+    p.add_argument("--batch-size", type=int, default=default["batch_size"], help="networks per batch")
+    p.add_argument("--lr", type=float, default=default["lr"], help="peak AdamW learning rate")
+    p.add_argument("--weight-decay", type=float, default=default["weight_decay"], help="AdamW weight decay")
+    p.add_argument("--warmup-steps", type=int, default=default["warmup_steps"],
+                   help="linear warm-up steps before the cosine decay")
+    p.add_argument("--grad-clip", type=float, default=default["grad_clip"],
+                   help="clip the gradient norm to this (0: off)")
+    p.add_argument("--seed", type=int, default=default["seed"], help="seed of initialisation, shuffling and augmentation")
     p.add_argument("--probes", type=int, default=None, help="probe inputs of NG-GNN / NG-T (default: the model's, 0)")
     p.add_argument("--hidden", type=int, default=None, help="node width of NG-GNN / NG-T (default: the model's, 64)")
     p.add_argument("--layers", type=int, default=None, help="layers of NG-GNN / NG-T (default: the model's, 4)")
     p.add_argument("--model-args", type=_json_dict, default={}, metavar="JSON",
                    help="further model keyword arguments, e.g. '{\"heads\": 4, \"reverse_edges\": true}'")
     p.add_argument("--permute-augment", action="store_true", help="random neuron permutations of training networks")
-    p.add_argument("--weight-noise", type=float, default=0.0, help="std of Gaussian noise on training weights")
-    p.add_argument("--max-train", type=int, default=None, help="use only the first N training networks")
-    p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+    p.add_argument("--weight-noise", type=float, default=default["weight_noise"],
+                   help="std of Gaussian noise on training weights")
+    p.add_argument("--max-train", type=int, default=default["max_train"], help="use only the first N training networks")
+    p.add_argument("--time-budget", type=float, default=default["time_budget"], metavar="SECONDS",
                    help="train for this many seconds (evaluation excluded), --epochs being an upper bound; "
                         "the cosine decay spans the budget")
     p.add_argument("--compile", action="store_true", help="torch.compile the model's layers (needs a C++ compiler)")

@@ -40,9 +40,10 @@ import torch.distributed as dist
 from torch import nn
 
 from nngraph.pipeline.loader import GraphLoader
-from nngraph.data.store import atomic_write_bytes
+from nngraph.io import atomic_write_bytes, atomic_write_json
 from nngraph.errors import NNGraphError
 from nngraph.models import create_model
+from nngraph.schedule import cosine_decay
 
 
 @dataclass
@@ -75,10 +76,6 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     atomic_write_bytes(path, buffer.getvalue())
-
-
-def _atomic_json(obj: Any, path: Path) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
 def open_dataset(kind: str, root: str, split: str):
@@ -144,7 +141,7 @@ class Trainer:
             progress = self.train_seconds / c.time_budget
         else:
             progress = (step - c.warmup_steps) / max(1, self.total_steps - c.warmup_steps)
-        return c.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return c.lr * cosine_decay(progress)
 
     # ---- checkpoints --------------------------------------------------------------
     def state(self) -> dict:
@@ -176,7 +173,7 @@ class Trainer:
         elif resume:
             raise NNGraphError(f"--resume: no checkpoint in {self.out}; start the run without --resume")
         if self.rank == 0:
-            _atomic_json(self.config.to_json(), self.out / "config.json")
+            atomic_write_json(self.out / "config.json", self.config.to_json(), indent=2, allow_nan=True)
         while self.epoch < self.config.epochs and not self.out_of_time():
             start = time.perf_counter()
             train_loss = self.train_epoch(progress)
@@ -305,7 +302,7 @@ class Trainer:
             result["floor_mse"] = dilation_floor(self.loaders["test"].dataset, split="test")
         if self.rank == 0:
             result["plots"] = [str(p) for p in self.write_plots(test, test_predictions)]
-            _atomic_json(result, self.out / "metrics.json")
+            atomic_write_json(self.out / "metrics.json", result, indent=2, allow_nan=True)
         return result
 
     def write_plots(self, test: dict, predictions: dict[str, torch.Tensor]) -> list[Path]:

@@ -49,6 +49,7 @@ import torch
 
 from nngraph.data.inr import VARIANT_OFFSET, VARIANTS, Siren, init_bounds, pixel_grid
 from nngraph.errors import NNGraphError
+from nngraph.schedule import cosine_decay
 
 
 # --------------------------------------------------------------------------- specs
@@ -135,7 +136,7 @@ class FitRecipe:
     def lr_at(self, step: int) -> float:
         if self.schedule == "constant" or self.steps <= 1:
             return self.lr
-        frac = 0.5 * (1.0 + math.cos(math.pi * step / self.steps))
+        frac = cosine_decay(step, self.steps)
         return self.lr * (self.final_lr_ratio + (1.0 - self.final_lr_ratio) * frac)
 
     def to_dict(self) -> dict:

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from nngraph.errors import NNGraphError
-from nngraph.graph.sine import Sine
+from nngraph.graph.activations import Sine
 
 VARIANTS = ("dwsnet", "standard")
 VARIANT_OFFSET = {"dwsnet": 0.5, "standard": 0.0}

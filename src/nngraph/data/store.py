@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -34,40 +33,12 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from nngraph.errors import DataError
+from nngraph.io import atomic_write_bytes, atomic_write_json
 
 FORMAT = "nngraph-corpus"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 ITEM_PREFIX = "item."
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-# --------------------------------------------------------------------------- atomic files
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder + os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file normal permissions
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_json(path: str | os.PathLike, obj) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=1, allow_nan=False) + "\n").encode())
-
-
 def write_shard(path: str | os.PathLike, tensors: dict[str, torch.Tensor], results: dict | None = None) -> dict:
     """Write one shard atomically; ``results`` (per-item JSON columns) go in its header.
 

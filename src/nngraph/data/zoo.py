@@ -53,25 +53,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from nngraph.errors import NNGraphError
+from nngraph.graph.activations import ACTIVATION_MODULES
+from nngraph.schedule import cosine_decay
 
 SPEC_VERSION = 1
 CHANNELS = (4, 8, 16, 32)
 KERNELS = (3, 5)
 MIN_DEPTH, MAX_DEPTH = 2, 5
-ACTIVATIONS = ("relu", "gelu", "silu", "tanh", "leaky_relu")
+ACTIVATIONS = ("relu", "gelu", "silu", "tanh", "leaky_relu")  # the ones sampled (ACTIVATION_MODULES names)
 NUM_CLASSES = 10
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("constant", "cosine")
 GRAD_CLIP = 10.0
 EVAL_BATCH = 1000
-
-_ACTIVATION_MODULES = {
-    "relu": nn.ReLU,
-    "gelu": nn.GELU,
-    "silu": nn.SiLU,
-    "tanh": nn.Tanh,
-    "leaky_relu": nn.LeakyReLU,
-}
 
 FIXED_ARCHITECTURE: dict = {
     "version": SPEC_VERSION,
@@ -139,7 +133,7 @@ def validate_architecture(arch: Mapping) -> None:
         raise bad(f"expected a dict, got {type(arch).__name__}")
     if arch.get("version") != SPEC_VERSION:
         raise bad(f"version {arch.get('version')!r} is not {SPEC_VERSION}")
-    if arch.get("activation") not in _ACTIVATION_MODULES:
+    if arch.get("activation") not in ACTIVATIONS:
         raise bad(f"activation {arch.get('activation')!r} is not one of {ACTIVATIONS}")
     for key in ("in_channels", "num_classes"):
         if not isinstance(arch.get(key), int) or arch[key] < 1:
@@ -179,7 +173,7 @@ class ConvBlock(nn.Module):
             in_channels, out_channels, kernel, stride=stride, padding=kernel // 2, bias=not batchnorm
         )
         self.norm = nn.BatchNorm2d(out_channels) if batchnorm else None
-        self.act = _ACTIVATION_MODULES[activation]()
+        self.act = ACTIVATION_MODULES[activation]()
         self.residual = residual
         needs_projection = residual and (in_channels != out_channels or stride != 1)
         self.skip = nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False) if needs_projection else None
@@ -385,7 +379,7 @@ def _lr_factor(schedule: str, step: int, steps: int) -> float:
     if schedule == "constant":
         return 1.0
     if schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * step / steps))
+        return cosine_decay(step, steps)
     raise NNGraphError(f"training recipe: schedule {schedule!r} is not one of {SCHEDULES}")
 
 

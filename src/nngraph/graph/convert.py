@@ -40,7 +40,7 @@ from nngraph.graph.graph import (
     NeuralGraph,
     ParamEntry,
 )
-from nngraph.graph.sine import Sine
+from nngraph.graph.activations import Sine
 
 SUPPORTED = (
     "Linear, Conv2d (groups=1), BatchNorm1d/2d (eval), LayerNorm (features), ReLU, GELU, SiLU, Tanh, "

@@ -62,6 +62,7 @@ NORMS = ("none", "batchnorm", "layernorm")
 
 # Node roles: inputs and outputs keep their order under permutations; hidden nodes move.
 ROLE_INPUT, ROLE_HIDDEN, ROLE_OUTPUT = range(3)
+ROLES = ("input", "hidden", "output")
 
 def centre(k_max: int) -> int:
     """Channel of edge_attr that holds a scalar weight: the centre of the k_max x k_max window."""

@@ -36,10 +36,12 @@ from nngraph.graph.graph import (
     EDGE_LINEAR,
     NORMS,
     NODE_DIM,
+    ROLES,
     centre,
     graph_specs,
 )
 from nngraph.models.baselines.mlp import mlp, reset_mlp
+from nngraph.models.baselines.standardise import Standardised
 
 PARAM_KINDS = (EDGE_LINEAR, EDGE_CONV, EDGE_FLATTEN)
 
@@ -96,7 +98,7 @@ def node_set_features(batch: Batch, kernel: int) -> torch.Tensor:
         batch.x,  # [N, 7]
         nn.functional.one_hot(batch.node_act, len(ACTIVATIONS)).to(enc.dtype),
         nn.functional.one_hot(batch.node_norm, len(NORMS)).to(enc.dtype),
-        nn.functional.one_hot(batch.node_role, 3).to(enc.dtype),
+        nn.functional.one_hot(batch.node_role, len(ROLES)).to(enc.dtype),
         scatter(enc, dst, 0, dim_size=n, reduce="mean"),  # [N, d] 0 where no incoming edge
         scatter(enc, dst, 0, dim_size=n, reduce="max"),
         scatter(enc, src, 0, dim_size=n, reduce="mean"),
@@ -108,10 +110,10 @@ def node_set_features(batch: Batch, kernel: int) -> torch.Tensor:
 
 
 def node_feature_dim(kernel: int) -> int:
-    return NODE_DIM + len(ACTIVATIONS) + len(NORMS) + 3 + 4 * (kernel * kernel + 2) + 2
+    return NODE_DIM + len(ACTIVATIONS) + len(NORMS) + len(ROLES) + 4 * (kernel * kernel + 2) + 2
 
 
-class DeepSets(nn.Module):
+class DeepSets(Standardised):
     r"""Invariant DeepSets over the neurons of each network.
 
     .. math::
@@ -145,10 +147,9 @@ class DeepSets(nn.Module):
         if in_dim != node_feature_dim(kernel):
             raise ValueError(f"in_dim must be node_feature_dim(kernel) = {node_feature_dim(kernel)}")
         self.kernel = kernel
-        self.register_buffer("feat_mean", torch.zeros(in_dim))  # f_v standardisation (set_normalisation)
-        self.register_buffer("feat_std", torch.ones(in_dim))
+        self.init_standardisation(in_dim)  # f_v standardisation (set_normalisation)
         self.phi = mlp([in_dim] + [hidden] * phi_layers, final_act=True)
-        self.rho = mlp([6 * hidden] + [hidden] * (rho_layers - 1) + [out_dim], dropout)
+        self.rho = mlp([2 * len(ROLES) * hidden] + [hidden] * (rho_layers - 1) + [out_dim], dropout)
 
     @classmethod
     def from_example(
@@ -160,26 +161,20 @@ class DeepSets(nn.Module):
         model = cls(node_feature_dim(kernel), hidden, out_dim, kernel=kernel, **kwargs)
         if normalise:
             with torch.no_grad():
-                f = node_set_features(batch, kernel)  # [N, in_dim]
-                model.set_normalisation(f.mean(0), f.std(0, unbiased=False))
+                model.fit_normalisation(node_set_features(batch, kernel))  # [N, in_dim]
         return model
-
-    @torch.no_grad()
-    def set_normalisation(self, mean: torch.Tensor, std: torch.Tensor) -> None:
-        """f_v -> (f_v - mean) / std, per feature (std ~ 0 -> 1)."""
-        self.feat_mean.copy_(mean)
-        self.feat_std.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
 
     def reset_parameters(self) -> None:
         reset_mlp(self.phi)
         reset_mlp(self.rho)
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        f = (node_set_features(batch, self.kernel) - self.feat_mean) / self.feat_std  # [N, in_dim]
+        f = self.standardise(node_set_features(batch, self.kernel))  # [N, in_dim]
         h = self.phi(f)  # [N, hidden]
         b = int(batch.num_graphs)
-        # Pool per (graph, role): segment id = 3 * graph + role.
-        seg = batch.batch * 3 + batch.node_role  # [N]
-        mean = scatter(h, seg, 0, dim_size=3 * b, reduce="mean").view(b, -1)  # [B, 3 * hidden]
-        mx = scatter(h, seg, 0, dim_size=3 * b, reduce="max").view(b, -1)  # [B, 3 * hidden]
+        r = len(ROLES)
+        # Pool per (graph, role): segment id = r * graph + role.
+        seg = batch.batch * r + batch.node_role  # [N]
+        mean = scatter(h, seg, 0, dim_size=r * b, reduce="mean").view(b, -1)  # [B, r * hidden]
+        mx = scatter(h, seg, 0, dim_size=r * b, reduce="max").view(b, -1)  # [B, r * hidden]
         return self.rho(torch.cat([mean, mx], dim=1))  # [B, out_dim]

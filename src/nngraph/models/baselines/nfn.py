@@ -55,6 +55,7 @@ from torch_geometric.data import Batch
 from nngraph.errors import InputShapeError, UnsupportedModelError
 from nngraph.graph.fast import one_architecture, stacked_params
 from nngraph.graph.graph import (
+    EDGE_KINDS,
     NORM_BATCH,
     ROLE_INPUT,
     ROLE_OUTPUT,
@@ -96,7 +97,7 @@ _LAYOUTS: dict[tuple, list[ChainLayer]] = {}
 def chain_layout(batch: Batch) -> list[ChainLayer]:
     """The chain W_1..W_L of a one-architecture batch (cached per architecture)."""
     spec, b, n, e = one_architecture(batch, "nfn baselines")
-    key = (tuple(spec.params), n, e, tuple(torch.bincount(batch.edge_kind[:e].cpu(), minlength=6).tolist()))
+    key = (tuple(spec.params), n, e, tuple(torch.bincount(batch.edge_kind[:e].cpu(), minlength=len(EDGE_KINDS)).tolist()))
     if key in _LAYOUTS:
         return _LAYOUTS[key]
     ei = batch.edge_index[:, :e].cpu()  # graph 0: node ids 0..n-1, canonical edge order

@@ -39,6 +39,7 @@ from nngraph.graph.graph import EDGE_CONV, EDGE_FLATTEN, X_BIAS, centre, graph_s
 from nngraph.graph.layout import kernel_mask
 from nngraph.models.baselines.deepsets import PARAM_KINDS, batch_k_max
 from nngraph.models.baselines.mlp import mlp, reset_mlp
+from nngraph.models.baselines.standardise import Standardised
 
 N_STATS = 7
 QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -137,7 +138,7 @@ def stat_feature_dim(first_k: int, last_k: int) -> int:
     return (first_k + last_k) * (2 * N_STATS + 1) + 2 * N_STATS + 2
 
 
-class StatNN(nn.Module):
+class StatNN(Standardised):
     """MLP on per-layer weight statistics (Unterthiner et al. 2020).
 
     Args:
@@ -156,8 +157,7 @@ class StatNN(nn.Module):
         self.first_k, self.last_k = first_k, last_k
         dim = stat_feature_dim(first_k, last_k)
         self.in_dim = dim
-        self.register_buffer("feat_mean", torch.zeros(dim))
-        self.register_buffer("feat_std", torch.ones(dim))
+        self.init_standardisation(dim)
         self.net = mlp([dim] + [hidden] * (layers - 1) + [out_dim], dropout)
 
     @classmethod
@@ -183,24 +183,17 @@ class StatNN(nn.Module):
         model = cls(first_k if first_k is not None else 3, last_k if last_k is not None else 3, hidden, out_dim, **kwargs)
         if normalise:
             with torch.no_grad():
-                f = model.features(batch)  # [B, in_dim]
-                model.set_normalisation(f.mean(0), f.std(0, unbiased=False))
+                model.fit_normalisation(model.features(batch))  # [B, in_dim]
         return model
 
     def reset_parameters(self) -> None:
         reset_mlp(self.net)
 
-    @torch.no_grad()
-    def set_normalisation(self, mean: torch.Tensor, std: torch.Tensor) -> None:
-        """Standardise features with training-split statistics (e.g. of ``features`` of the train set)."""
-        self.feat_mean.copy_(mean)
-        self.feat_std.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
-
     def features(self, batch: Batch) -> torch.Tensor:
         return stat_features(batch, self.first_k, self.last_k)  # [B, in_dim]
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        z = (self.features(batch) - self.feat_mean) / self.feat_std  # [B, in_dim]
+        z = self.standardise(self.features(batch))  # [B, in_dim]
         return self.net(z)  # [B, out_dim]
 
 
