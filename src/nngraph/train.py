@@ -42,7 +42,8 @@ from torch import nn
 from nngraph.pipeline.loader import GraphLoader
 from nngraph.io import atomic_write_bytes, atomic_write_json
 from nngraph.errors import NNGraphError
-from nngraph.models import create_model
+from nngraph.models import create_model, model_info, models_with
+from nngraph.models.readout import READOUTS
 from nngraph.schedule import cosine_decay
 
 
@@ -96,24 +97,23 @@ class Trainer:
         self.task = create_task(config.task, train_set)
         if self.task.corpus != kind:
             raise NNGraphError(f"task {config.task!r} needs a {self.task.corpus} corpus, but {config.data} is a {kind} corpus")
-        self.loaders = {"train": GraphLoader(train_set)}
-        for split in ("val", "test"):
-            self.loaders[split] = GraphLoader(open_dataset(kind, config.data, split))
-        k_max = max(loader.layout()[0] for loader in self.loaders.values())
-        width = max(loader.layout()[1] for loader in self.loaders.values())
-        for loader in self.loaders.values():
-            loader.k_max, loader.width = k_max, width
+        self.loaders = GraphLoader.for_splits(
+            {"train": train_set, **{split: open_dataset(kind, config.data, split) for split in ("val", "test")}})
         self.train_index = torch.arange(len(train_set))
         if config.max_train:
             self.train_index = self.train_index[: config.max_train]
         torch.manual_seed(config.seed)
         example, _ = self.loaders["train"].make_batch(self.train_index[: min(512, len(self.train_index))])
         kwargs = dict(config.model_kwargs)
-        if config.model in ("nggnn", "ngt", "nfn-np", "nfn-hnp"):
+        info = model_info(config.model)
+        if self.task.readout not in info.readouts:
+            raise NNGraphError(f"the {config.task} task needs a {READOUTS[self.task.readout]} readout, which "
+                               f"{config.model} does not have; use {', '.join(models_with(self.task.readout))}")
+        if kwargs.get("probes") and not info.probes:
+            raise NNGraphError(f"{config.model} takes no probe features; drop --probes or use "
+                               f"{', '.join(models_with(probes=True))}")
+        if info.chooses_readout:
             kwargs.setdefault("readout", self.task.readout)
-        elif self.task.readout != "invariant":
-            raise NNGraphError(f"the {config.task} task needs a per-parameter readout, which {config.model} does not "
-                               "have; use nggnn, ngt, nfn-np or nfn-hnp")
         self.model = create_model(config.model, example=example, out_dim=self.task.out_dim, **kwargs)
         if config.compile and hasattr(self.model, "layers"):
             for layer in self.model.layers:
@@ -295,34 +295,26 @@ class Trainer:
         result = {"task": self.config.task, "model": self.config.model, "best_epoch": self.best_epoch,
                   "val": val, "test": test, "parameters": sum(p.numel() for p in self.model.parameters()),
                   "train_seconds": self.train_seconds, "history": self.history}
-        if self.task.name == "dilate":
-            from nngraph.tasks.dilate import dilation_floor
-
-            # SIRENs of the same size fitted directly to the dilated test images (same recipe as the corpus)
-            result["floor_mse"] = dilation_floor(self.loaders["test"].dataset, split="test")
         if self.rank == 0:
+            result.update(self.task.reports(self.loaders["test"].dataset))
             result["plots"] = [str(p) for p in self.write_plots(test, test_predictions)]
             atomic_write_json(self.out / "metrics.json", result, indent=2, allow_nan=True)
         return result
 
     def write_plots(self, test: dict, predictions: dict[str, torch.Tensor]) -> list[Path]:
-        """Learning curves, and the task's own figure of the test split."""
+        """Learning curves, and the task's own figures of the test split."""
         from nngraph import plots
 
         paths = [plots.learning_curves(self.history, self.out / "learning_curves.png", self.task.metric)]
-        if "confusion" in test:
-            paths.append(plots.confusion_matrix(test["confusion"], self.out / "confusion_matrix.png"))
-        if self.task.name == "generalize":
-            paths.append(plots.predicted_vs_true(predictions["predicted"], predictions["label"],
-                                                 self.out / "predicted_vs_true.png"))
-        if self.task.name == "dilate":
-            loader = self.loaders["test"]
-            batch, items = loader.make_batch(torch.arange(min(8, len(loader))))
-            targets = self.task.targets(items)
-            with torch.no_grad():
-                edited = self.task.edited_images(self.model(batch), targets, batch)
-            paths.append(plots.dilation_grid(targets["image"], targets["target"], edited, self.out / "dilation.png"))
-        return paths
+        return paths + self.task.figures(self.out, test, predictions, self.test_examples)
+
+    @torch.no_grad()
+    def test_examples(self, n: int) -> tuple[Any, dict[str, torch.Tensor], Any]:
+        """(model output, targets, batch) of the first ``n`` test networks."""
+        loader = self.loaders["test"]
+        batch, items = loader.make_batch(torch.arange(min(n, len(loader))))
+        targets = self.task.targets(items)
+        return self.model(batch), targets, batch
 
 
 def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> dict:

@@ -23,9 +23,10 @@ from torch_geometric.data import Batch
 from torch_geometric.nn.aggr import DegreeScalerAggregation
 from torch_geometric.utils import degree
 
-from nngraph.models.embeddings import GraphEncoder, WeightStatistics
-from nngraph.models.probes import ProbeFeatures
-from nngraph.models.readout import make_readout, mlp
+from nngraph.models.base import GraphMetanetwork
+from nngraph.models.embeddings import WeightStatistics
+from nngraph.models.readout import mlp
+from nngraph.models.registry import register_model
 
 AGGREGATORS = ["mean", "min", "max", "std"]
 SCALERS = ["identity", "amplification", "attenuation"]
@@ -67,7 +68,8 @@ class NGGNNLayer(nn.Module):
         return v, e
 
 
-class NGGNN(nn.Module):
+@register_model("nggnn", readouts=("invariant", "parameters"), probes=True)
+class NGGNN(GraphMetanetwork):
     """NG-GNN metanetwork: encoder (+ probe features) -> L layers -> readout.
 
     Args:
@@ -102,18 +104,19 @@ class NGGNN(nn.Module):
         stats: WeightStatistics | None = None,
         readout: str = "invariant",
     ):
-        super().__init__()
-        self.encoder = GraphEncoder(node_in, edge_in, hidden, edge_hidden, max_positions, stats,
-                                    position_embeddings, fourier_features)
-        self.probes = ProbeFeatures(probes, tuple(input_shape), hidden, probe_domain) if probes else None
+        super().__init__(node_in, edge_in, max_positions, num_outputs, out_dim, hidden, edge_hidden, dropout,
+                         position_embeddings, fourier_features, probes, input_shape, probe_domain, stats, readout)
         self.layers = nn.ModuleList(NGGNNLayer(hidden, edge_hidden, deg, dropout) for _ in range(layers))
         self.direction = nn.Parameter(torch.randn(2, edge_hidden) * 0.1) if reverse_edges else None
-        self.readout = make_readout(readout, hidden, edge_hidden, num_outputs, out_dim, node_in, edge_in, dropout)
+        self.add_readout()
+
+    @classmethod
+    def example_sizes(cls, example: Batch, **kwargs) -> dict:
+        """The base's sizes and the in-degree histogram of the example (PNA scalers)."""
+        return {**super().example_sizes(example), "deg": degree_histogram(example, kwargs.get("reverse_edges", False))}
 
     def forward(self, batch: Batch):
-        v, e = self.encoder(batch)  # [N, d], [E, d_e]
-        if self.probes is not None:
-            v = v + self.probes(batch)
+        v, e = self.encode(batch)  # [N, d], [E, d_e]
         src, dst = batch.edge_index
         if self.direction is not None:
             src, dst = torch.cat([src, dst]), torch.cat([dst, src])

@@ -79,6 +79,10 @@ class ParameterReadout(nn.Module):
         return stacked_params(batch, x=self.node_head(v), edge_attr=self.edge_head(e))
 
 
+# Readout kinds and how messages name them.
+READOUTS = {"invariant": "invariant", "parameters": "per-parameter"}
+
+
 def make_readout(kind: str, hidden: int, edge_hidden: int, num_outputs: int, out_dim: int,
                  node_in: int, edge_in: int, dropout: float = 0.0) -> nn.Module:
     """``"invariant"``: one vector per network; ``"parameters"``: a value per parameter.

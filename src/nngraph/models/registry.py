@@ -1,12 +1,20 @@
-"""create_model(name, **kwargs): every metanetwork and baseline by name.
+"""create_model(name, **kwargs): every metanetwork and baseline by name, and what each can do.
 
-With ``example=batch`` the input sizes (feature channels, positions, output neurons,
-degree histogram, probe input shape) are read off an example batch of training graphs;
-explicit keyword arguments override them.
+A model class registers itself where it is defined, timm-style:
+
+    @register_model("ngt", readouts=("invariant", "parameters"), probes=True)
+    class NGT(GraphMetanetwork): ...
+
+and states its capabilities there (``ModelInfo``), so the training loop asks the
+registry (``model_info(name)``) instead of knowing model names. With ``example=batch``
+the input sizes (feature channels, positions, output neurons, degree histogram, probe
+input shape) are read off an example batch of training graphs by the class's
+``from_example``; explicit keyword arguments override them.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -14,57 +22,67 @@ from torch import nn
 from torch_geometric.data import Batch
 
 from nngraph.errors import NNGraphError
-from nngraph.graph.graph import ROLE_OUTPUT, graph_specs
-from nngraph.models.embeddings import WeightStatistics
-from nngraph.models.gnn import NGGNN, degree_histogram
-from nngraph.models.transformer import NGT
-
-_GRAPH_MODELS: dict[str, type[nn.Module]] = {"nggnn": NGGNN, "ngt": NGT}
 
 
-def graph_model_sizes(example: Batch, reverse_edges: bool = False, with_degrees: bool = False) -> dict[str, Any]:
-    """Constructor sizes of a graph metanetwork read off an example batch."""
-    spec = graph_specs(example)[0]
-    sizes: dict[str, Any] = {
-        "node_in": example.x.shape[1],
-        "edge_in": example.edge_attr.shape[1],
-        "max_positions": int(example.node_pos.max()) + 1 + 16,  # room for deeper networks than the example
-        "num_outputs": int((example.node_role == ROLE_OUTPUT).sum()) // int(example.num_graphs),
-        "input_shape": tuple(spec.input_shape),
-        "stats": WeightStatistics.fit(example),
-    }
-    if with_degrees:
-        sizes["deg"] = degree_histogram(example, reverse_edges)
-    return sizes
+@dataclass(frozen=True)
+class ModelInfo:
+    """A registered model and its capabilities.
+
+    ``readouts``: the heads it can build, ``"invariant"`` (one vector per network) and/or
+    ``"parameters"`` (a value per parameter); a model with more than one takes
+    ``readout=`` as a keyword. ``probes``: takes probe features (``probes=``).
+    ``baseline``: one of the baselines the metanetworks are compared with.
+    """
+
+    name: str
+    cls: type[nn.Module]
+    readouts: tuple[str, ...] = ("invariant",)
+    probes: bool = False
+    baseline: bool = False
+
+    @property
+    def chooses_readout(self) -> bool:
+        return len(self.readouts) > 1
 
 
-def _baselines() -> dict[str, Callable[..., nn.Module]]:
-    try:
-        from nngraph.models.baselines import BASELINES
-    except ImportError:  # the baselines package is optional until it lands
-        return {}
-    return dict(BASELINES)
+_MODELS: dict[str, ModelInfo] = {}
+
+
+def register_model(name: str, *, readouts: tuple[str, ...] = ("invariant",), probes: bool = False,
+                   baseline: bool = False) -> Callable[[type[nn.Module]], type[nn.Module]]:
+    """Class decorator: make ``cls`` available as ``create_model(name, ...)``."""
+
+    def register(cls: type[nn.Module]) -> type[nn.Module]:
+        if name in _MODELS:
+            raise ValueError(f"model {name!r} is registered twice")
+        _MODELS[name] = ModelInfo(name, cls, tuple(readouts), probes, baseline)
+        return cls
+
+    return register
 
 
 def model_names() -> list[str]:
-    return sorted([*_GRAPH_MODELS, *_baselines()])
+    return sorted(_MODELS)
+
+
+def model_info(name: str) -> ModelInfo:
+    if name not in _MODELS:
+        raise NNGraphError(f"unknown model {name!r}; choose one of {', '.join(model_names())}")
+    return _MODELS[name]
+
+
+def models_with(readout: str | None = None, probes: bool | None = None) -> list[str]:
+    """Names of the models that can build ``readout`` / take probe features."""
+    return [name for name, info in sorted(_MODELS.items())
+            if (readout is None or readout in info.readouts) and (probes is None or info.probes == probes)]
 
 
 def create_model(name: str, example: Batch | None = None, **kwargs: Any) -> nn.Module:
     """Build model ``name``; ``example`` fills in input sizes, ``kwargs`` the rest."""
-    if name in _GRAPH_MODELS:
-        cls = _GRAPH_MODELS[name]
-        if example is not None:
-            sizes = graph_model_sizes(example, kwargs.get("reverse_edges", False), with_degrees=cls is NGGNN)
-            kwargs = {**sizes, **kwargs}
-        return cls(**kwargs)
-    baselines = _baselines()
-    if name in baselines:
-        cls = baselines[name]
-        if example is not None:
-            return cls.from_example(example, **kwargs)
-        return cls(**kwargs)
-    raise NNGraphError(f"unknown model {name!r}; choose one of {', '.join(model_names())}")
+    cls = model_info(name).cls
+    if example is not None:
+        return cls.from_example(example, **kwargs)
+    return cls(**kwargs)
 
 
 @torch.no_grad()

@@ -29,9 +29,10 @@ from torch import nn
 from torch_geometric.data import Batch
 from torch_geometric.utils import to_dense_batch
 
-from nngraph.models.embeddings import GraphEncoder, WeightStatistics
-from nngraph.models.probes import ProbeFeatures
-from nngraph.models.readout import make_readout, mlp
+from nngraph.models.base import GraphMetanetwork
+from nngraph.models.embeddings import WeightStatistics
+from nngraph.models.readout import mlp
+from nngraph.models.registry import register_model
 
 
 class NGTLayer(nn.Module):
@@ -100,7 +101,8 @@ class NGTLayer(nn.Module):
         return F.linear(e, self.pair.weight[:d2], self.pair.bias[:d2])
 
 
-class NGT(nn.Module):
+@register_model("ngt", readouts=("invariant", "parameters"), probes=True)
+class NGT(GraphMetanetwork):
     """NG-T metanetwork: encoder (+ probe features) -> dense relational transformer -> readout.
 
     Arguments as for ``NGGNN`` (no degree histogram), plus ``heads``.
@@ -127,22 +129,18 @@ class NGT(nn.Module):
         stats: WeightStatistics | None = None,
         readout: str = "invariant",
     ):
-        super().__init__()
-        self.encoder = GraphEncoder(node_in, edge_in, hidden, edge_hidden, max_positions, stats,
-                                    position_embeddings, fourier_features)
-        self.probes = ProbeFeatures(probes, tuple(input_shape), hidden, probe_domain) if probes else None
+        super().__init__(node_in, edge_in, max_positions, num_outputs, out_dim, hidden, edge_hidden, dropout,
+                         position_embeddings, fourier_features, probes, input_shape, probe_domain, stats, readout)
         self.no_edge = nn.Parameter(torch.randn(edge_hidden) * 0.1)
         self.reverse = nn.Parameter(torch.randn(edge_hidden) * 0.1) if reverse_edges else None
         self.layers = nn.ModuleList(
             NGTLayer(hidden, edge_hidden, heads, dropout, update_edges=readout != "invariant" or i < layers - 1)
             for i in range(layers)
         )
-        self.readout = make_readout(readout, hidden, edge_hidden, num_outputs, out_dim, node_in, edge_in, dropout)
+        self.add_readout()
 
     def forward(self, batch: Batch):
-        v, e = self.encoder(batch)  # [N, d], [E, d_e]
-        if self.probes is not None:
-            v = v + self.probes(batch)
+        v, e = self.encode(batch)  # [N, d], [E, d_e]
         dense_v, node_mask = to_dense_batch(v, batch.batch)  # [B, N_max, d]
         b, n_max, _ = dense_v.shape
         graph = batch.batch[batch.edge_index[0]]

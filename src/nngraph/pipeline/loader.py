@@ -39,6 +39,18 @@ class GraphLoader:
         self.k_max = k_max
         self.width = width
 
+    @classmethod
+    def for_splits(cls, datasets: dict[str, Any]) -> dict[str, "GraphLoader"]:
+        """One loader per split of a corpus, all with the corpus-wide kernel window and edge
+        width (the largest over the splits), so that every batch of the corpus has the same
+        feature sizes whichever split it comes from."""
+        loaders = {split: cls(dataset) for split, dataset in datasets.items()}
+        k_max = max(loader.layout()[0] for loader in loaders.values())
+        width = max(loader.layout()[1] for loader in loaders.values())
+        for loader in loaders.values():
+            loader.k_max, loader.width = k_max, width
+        return loaders
+
     def __len__(self) -> int:
         return len(self.dataset)
 

@@ -1,14 +1,17 @@
-"""The task interface: what a model's head outputs, the loss, and the metrics.
+"""The task interface: what a model's head outputs, the loss, the metrics, reports and figures.
 
-A task turns dataset items into targets, tells the model factory which readout it
-needs ("invariant": one vector per network, "parameters": a value per parameter), and
-scores predictions. The training loop (``nngraph.train``) knows nothing else about tasks.
+A task is built from a corpus (``from_dataset``), turns dataset items into targets,
+tells the model factory which readout it needs ("invariant": one vector per network,
+"parameters": a value per parameter), scores predictions, adds its own entries to a
+run's ``metrics.json`` (``reports``) and draws its own figures (``figures``). The
+training loop (``nngraph.train``) knows nothing else about tasks.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 import torch
 from torch_geometric.data import Batch
@@ -20,6 +23,11 @@ class Task(ABC):
     corpus: str = "inr"  # dataset kind the task reads: "inr" or "zoo"
     metric: str = ""  # validation metric used to pick the best checkpoint
     higher_is_better: bool = True
+
+    @classmethod
+    def from_dataset(cls, dataset, **kwargs: Any) -> "Task":
+        """The task for ``dataset`` (sizes read off the corpus); ``kwargs`` override."""
+        return cls(**kwargs)
 
     @property
     def out_dim(self) -> int:
@@ -41,3 +49,16 @@ class Task(ABC):
     @abstractmethod
     def metrics(self, predictions: dict[str, torch.Tensor]) -> dict[str, Any]:
         """Metrics of a whole split from the concatenated ``predictions``."""
+
+    def reports(self, test_dataset) -> dict[str, Any]:
+        """Entries of ``metrics.json`` beyond the split metrics (e.g. a reference error)."""
+        return {}
+
+    def figures(self, out: Path, test: dict[str, Any], predictions: dict[str, torch.Tensor],
+                examples: Callable[[int], tuple[Any, dict[str, torch.Tensor], Batch]]) -> list[Path]:
+        """The task's figures of the test split, written into folder ``out``; their paths.
+
+        ``test``: the split's metrics; ``predictions``: its per-network predictions;
+        ``examples(n)``: (model output, targets, batch) of the split's first n networks.
+        """
+        return []

@@ -24,7 +24,9 @@ the model's order. ``items["params"]`` is the fallback when no batch is given.
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,6 +35,7 @@ from torch_geometric.data import Batch
 
 from nngraph.data.inr import pixel_grid
 from nngraph.errors import NNGraphError
+from nngraph.io import atomic_write_json
 from nngraph.tasks.base import Task
 from nngraph.tasks.render import render_sirens
 
@@ -74,7 +77,10 @@ class DilateTask(Task):
 
     @classmethod
     def from_dataset(cls, dataset, **kwargs) -> "DilateTask":
-        """Image size from ``dataset.images`` [n, H, W]; w0 and offset from ``dataset.spec``."""
+        """Image size from ``dataset.images`` [n, H, W]; w0 and offset from ``dataset.spec``
+        (without a dataset, all from ``kwargs``)."""
+        if dataset is None:
+            return cls(**kwargs)
         spec = getattr(dataset, "spec", None)
         images = getattr(dataset, "images", None)
         if spec is None or images is None or images.ndim != 3:
@@ -155,6 +161,18 @@ class DilateTask(Task):
         value = float(mse.mean()) if mse.numel() else float("nan")
         return {"mse": value, "loss": value, "psnr": float(psnr.mean()) if mse.numel() else float("nan")}
 
+    def reports(self, test_dataset) -> dict[str, Any]:
+        """The floor (see ``corpus_dilation_floor``): computed once per corpus, then read back."""
+        return {"floor_mse": corpus_dilation_floor(test_dataset)}
+
+    def figures(self, out: Path, test, predictions, examples) -> list[Path]:
+        """Source, dilated target and edited render of the first 8 test INRs."""
+        from nngraph import plots
+
+        output, targets, batch = examples(8)
+        edited = self.edited_images(output, targets, batch)
+        return [plots.dilation_grid(targets["image"], targets["target"], edited, out / "dilation.png")]
+
 
 # --------------------------------------------------------------------------- floor
 
@@ -209,6 +227,32 @@ def dilation_floor(dataset, split: str | None = "test", steps: int | None = None
     if return_fits:
         return mean, mse, fit.params, targets
     return mean
+
+
+FLOOR_FILE = "dilation_floor.json"
+
+
+def corpus_dilation_floor(dataset, split: str = "test") -> float:
+    """``dilation_floor`` of a corpus split with its defaults, computed once per corpus.
+
+    The result is kept in the corpus folder (``dilation_floor.json``: {split: mse} and the
+    SHA-256 of the shards it was computed on, written atomically), so the runs and
+    benchmarks that report it read it back instead of refitting the SIRENs; a rebuilt
+    corpus gets a new one. The corpus's shards and manifest are not touched.
+    """
+    from nngraph.data.store import InrDataset
+
+    if isinstance(dataset, (str, os.PathLike)):
+        dataset = InrDataset(dataset, split)
+    path = Path(dataset.root) / FLOOR_FILE
+    shards = [s.get("sha256") for s in dataset.manifest["shards"]]
+    floors = json.loads(path.read_text()) if path.exists() else {}
+    if floors.get("shards") != shards:
+        floors = {"shards": shards}
+    if split not in floors:
+        floors[split] = dilation_floor(dataset, split=split)
+        atomic_write_json(path, floors)
+    return float(floors[split])
 
 
 def _corpus_recipe(dataset, steps: int | None):

@@ -20,6 +20,7 @@ Metrics over a split (n networks):
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -73,10 +74,6 @@ class GeneralizeTask(Task):
             raise NNGraphError(f"unknown generalize loss {loss!r}; choose one of {', '.join(LOSSES)}")
         self.loss_name = loss
 
-    @classmethod
-    def from_dataset(cls, dataset=None, **kwargs) -> "GeneralizeTask":
-        return cls(**kwargs)
-
     @property
     def out_dim(self) -> int:
         return 1
@@ -117,3 +114,8 @@ class GeneralizeTask(Task):
             "mse": float(np.mean((p - t) ** 2)) if p.size else float("nan"),
             "loss": float(predictions["loss"].double().mean()) if p.size else float("nan"),
         }
+
+    def figures(self, out: Path, test, predictions, examples) -> list[Path]:
+        from nngraph import plots
+
+        return [plots.predicted_vs_true(predictions["predicted"], predictions["label"], out / "predicted_vs_true.png")]

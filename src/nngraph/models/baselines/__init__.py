@@ -23,6 +23,8 @@ from nngraph.models.baselines.mlp import FlatMLP
 from nngraph.models.baselines.nfn import NFNHNP, NFNNP
 from nngraph.models.baselines.statnn import StatNN
 
-BASELINES = {"mlp": FlatMLP, "deepsets": DeepSets, "statnn": StatNN, "nfn-np": NFNNP, "nfn-hnp": NFNHNP}
+from nngraph.models.registry import model_info, model_names  # noqa: E402 - after the classes registered
+
+BASELINES = {name: model_info(name).cls for name in model_names() if model_info(name).baseline}
 
 __all__ = ["BASELINES", "DeepSets", "FlatMLP", "NFNHNP", "NFNNP", "StatNN"]

@@ -42,6 +42,7 @@ from nngraph.graph.graph import (
 )
 from nngraph.models.baselines.mlp import mlp, reset_mlp
 from nngraph.models.baselines.standardise import Standardised
+from nngraph.models.registry import register_model
 
 PARAM_KINDS = (EDGE_LINEAR, EDGE_CONV, EDGE_FLATTEN)
 
@@ -113,6 +114,7 @@ def node_feature_dim(kernel: int) -> int:
     return NODE_DIM + len(ACTIVATIONS) + len(NORMS) + len(ROLES) + 4 * (kernel * kernel + 2) + 2
 
 
+@register_model("deepsets", baseline=True)
 class DeepSets(Standardised):
     r"""Invariant DeepSets over the neurons of each network.
 

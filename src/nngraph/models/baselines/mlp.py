@@ -20,6 +20,7 @@ from torch_geometric.data import Batch
 from nngraph.errors import InputShapeError
 from nngraph.graph.fast import one_architecture, stacked_params
 from nngraph.models.readout import mlp as shared_mlp
+from nngraph.models.registry import register_model
 
 
 def mlp(dims: list[int], dropout: float = 0.0, final_act: bool = False) -> nn.Sequential:
@@ -39,6 +40,7 @@ def flatten_params(batch: Batch) -> torch.Tensor:
     return torch.cat([p.reshape(p.shape[0], -1) for p in params.values()], dim=1)
 
 
+@register_model("mlp", baseline=True)
 class FlatMLP(nn.Module):
     """MLP on the flattened parameter vector of networks of one architecture.
 

@@ -67,6 +67,7 @@ from nngraph.graph.graph import (
 )
 from nngraph.graph.permute import tie_class_of
 from nngraph.models.baselines.mlp import mlp, reset_mlp
+from nngraph.models.registry import register_model
 
 try:  # the optional dependency; the error says how to get it
     from nfn.common import ArraySpec, NetworkSpec, WeightSpaceFeatures
@@ -307,6 +308,7 @@ class _NFN(nn.Module):
         return self.head(self.pool(h).flatten(1))  # pool: [B, C, num_outs] -> [B, out_dim]
 
 
+@register_model("nfn-np", readouts=("invariant", "parameters"), baseline=True)
 class NFNNP(_NFN):
     """NFN with NP layers (all neurons, incl. inputs/outputs, exchangeable).
 
@@ -319,6 +321,7 @@ class NFNNP(_NFN):
     mode = "NP"
 
 
+@register_model("nfn-hnp", readouts=("invariant", "parameters"), baseline=True)
 class NFNHNP(_NFN):
     """NFN with HNP layers (only hidden neurons exchangeable). Same arguments as ``NFNNP``."""
 

@@ -40,6 +40,7 @@ from nngraph.graph.layout import kernel_mask
 from nngraph.models.baselines.deepsets import PARAM_KINDS, batch_k_max
 from nngraph.models.baselines.mlp import mlp, reset_mlp
 from nngraph.models.baselines.standardise import Standardised
+from nngraph.models.registry import register_model
 
 N_STATS = 7
 QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -138,6 +139,7 @@ def stat_feature_dim(first_k: int, last_k: int) -> int:
     return (first_k + last_k) * (2 * N_STATS + 1) + 2 * N_STATS + 2
 
 
+@register_model("statnn", baseline=True)
 class StatNN(Standardised):
     """MLP on per-layer weight statistics (Unterthiner et al. 2020).
 

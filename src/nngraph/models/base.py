@@ -1,0 +1,72 @@
+"""What NG-GNN and NG-T share: encoder (+ probe features) -> layers -> readout, and their
+construction from an example batch.
+
+    V, E = encode(G)            # GraphEncoder: node and edge states [N, d], [E, d_e]
+    V    = V + probes(G)        # with probes: the network's values on learned inputs
+    V, E = layers(V, E)         # the subclass's message passing / attention
+    y    = readout(V, E, G)     # [B, out_dim] (invariant) or {name: [B, *shape]} (per parameter)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+from torch_geometric.data import Batch
+
+from nngraph.graph.graph import ROLE_OUTPUT, graph_specs
+from nngraph.models.embeddings import GraphEncoder, WeightStatistics
+from nngraph.models.probes import ProbeFeatures
+from nngraph.models.readout import make_readout
+
+# Spare position ids above the example's largest: node_pos gives every hidden layer its
+# own id after the input and output ids, so a network with up to this many more hidden
+# layers than the example batch still finds its layers in the position-embedding table.
+POSITION_HEADROOM = 16
+
+
+class GraphMetanetwork(nn.Module):
+    """Base of the graph metanetworks: the encoder and probes here, the readout by ``add_readout``.
+
+    A subclass builds, in this order (the order of initialisation, so seeded models stay
+    the same): ``super().__init__`` (encoder, probes), its own layers, ``add_readout()``.
+    Arguments as documented on ``NGGNN``.
+    """
+
+    def __init__(self, node_in: int, edge_in: int, max_positions: int, num_outputs: int, out_dim: int,
+                 hidden: int, edge_hidden: int, dropout: float, position_embeddings: bool, fourier_features: int,
+                 probes: int, input_shape: tuple[int, ...], probe_domain: tuple[float, float],
+                 stats: WeightStatistics | None, readout: str):
+        super().__init__()
+        self.encoder = GraphEncoder(node_in, edge_in, hidden, edge_hidden, max_positions, stats,
+                                    position_embeddings, fourier_features)
+        self.probes = ProbeFeatures(probes, tuple(input_shape), hidden, probe_domain) if probes else None
+        self._readout_args = (readout, hidden, edge_hidden, num_outputs, out_dim, node_in, edge_in, dropout)
+
+    def add_readout(self) -> None:
+        """The readout, built after the subclass's layers."""
+        self.readout = make_readout(*self._readout_args)
+
+    def encode(self, batch: Batch):
+        """Initial node and edge states: V [N, d] (probe features added), E [E, d_e]."""
+        v, e = self.encoder(batch)  # [N, d], [E, d_e]
+        if self.probes is not None:
+            v = v + self.probes(batch)
+        return v, e
+
+    @classmethod
+    def example_sizes(cls, example: Batch, **kwargs: Any) -> dict[str, Any]:
+        """Constructor sizes read off an example batch of training graphs."""
+        return {
+            "node_in": example.x.shape[1],
+            "edge_in": example.edge_attr.shape[1],
+            "max_positions": int(example.node_pos.max()) + 1 + POSITION_HEADROOM,
+            "num_outputs": int((example.node_role == ROLE_OUTPUT).sum()) // int(example.num_graphs),
+            "input_shape": tuple(graph_specs(example)[0].input_shape),
+            "stats": WeightStatistics.fit(example),
+        }
+
+    @classmethod
+    def from_example(cls, example: Batch, **kwargs: Any) -> "GraphMetanetwork":
+        """The model sized for ``example``; explicit ``kwargs`` override the sizes."""
+        return cls(**{**cls.example_sizes(example, **kwargs), **kwargs})
