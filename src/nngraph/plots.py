@@ -188,10 +188,9 @@ def dilation_grid(sources, targets, edited, path: str | os.PathLike, n: int = 8,
 # --------------------------------------------------------------------------- generalization
 
 
-def predicted_vs_true(predicted, true, path: str | os.PathLike, label: str = "test accuracy") -> Path:
-    """Scatter of predicted vs true values with the diagonal; Kendall τ and R² in the title."""
-    from nngraph.tasks.generalize import kendall_tau, r2_score
-
+def predicted_vs_true(predicted, true, path: str | os.PathLike, label: str = "test accuracy",
+                      scores: str = "") -> Path:
+    """Scatter of predicted vs true values with the diagonal; ``scores`` (e.g. Kendall τ, R²) and n in the title."""
     plt = _pyplot()
     p, t = _numpy(predicted).reshape(-1), _numpy(true).reshape(-1)
     if p.shape != t.shape:
@@ -208,7 +207,7 @@ def predicted_vs_true(predicted, true, path: str | os.PathLike, label: str = "te
         ax.legend(loc="upper left")
     ax.set_aspect("equal")
     ax.set(xlabel=f"true {label}", ylabel=f"predicted {label}")
-    ax.set_title(f"Kendall τ = {kendall_tau(p, t):.3f}   R² = {r2_score(p, t):.3f}   n = {p.size}")
+    ax.set_title(f"{scores}   n = {p.size}" if scores else f"n = {p.size}")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return _save(fig, path)

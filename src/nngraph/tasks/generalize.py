@@ -118,4 +118,6 @@ class GeneralizeTask(Task):
     def figures(self, out: Path, test, predictions, examples) -> list[Path]:
         from nngraph import plots
 
-        return [plots.predicted_vs_true(predictions["predicted"], predictions["label"], out / "predicted_vs_true.png")]
+        scores = f"Kendall τ = {test['kendall_tau']:.3f}   R² = {test['r2']:.3f}"
+        return [plots.predicted_vs_true(predictions["predicted"], predictions["label"], out / "predicted_vs_true.png",
+                                        scores=scores)]
