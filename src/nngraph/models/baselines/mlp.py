@@ -18,7 +18,7 @@ from torch import nn
 from torch_geometric.data import Batch
 
 from nngraph.errors import InputShapeError
-from nngraph.graph.fast import one_architecture, stacked_params
+from nngraph.graph.fast import stacked_params
 from nngraph.models.readout import mlp as shared_mlp
 from nngraph.models.registry import register_model
 
