@@ -28,7 +28,7 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: str | os.PathLike) -> Path:
+def _save(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
     """Write ``fig`` as PNG to ``path`` atomically and close it."""
     plt = _pyplot()
     path = Path(path)
@@ -36,7 +36,7 @@ def _save(fig, path: str | os.PathLike) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=120, bbox_inches="tight")
+            fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight")
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
