@@ -277,8 +277,9 @@ def _inspect_saved(path: Path, table, draw: str | None = None, input_shape: str 
     if isinstance(obj, nn.Module):
         name = type(obj).__name__
         if input_shape:
-            param = next((p for p in obj.parameters() if p.is_floating_point()), torch.zeros(()))
-            example = torch.zeros(1, *_parse_shape(input_shape), dtype=param.dtype, device=param.device)
+            param = next((p for p in obj.parameters() if p.is_floating_point()), None)  # its dtype and device
+            example = torch.zeros(1, *_parse_shape(input_shape), dtype=getattr(param, "dtype", None),
+                                  device=getattr(param, "device", None))
         else:
             try:
                 example = guess_input(obj)
