@@ -1,6 +1,6 @@
 """Regenerate the README's figures: `PYTHONPATH=src python docs/make_figures.py` from the repository root.
 
-The PNG is quantised to 128 colours (Pillow, which matplotlib depends on) to stay small.
+The PNG is quantised to 256 colours (Pillow, which matplotlib depends on) to stay small.
 """
 
 import tempfile
@@ -15,5 +15,5 @@ _, net, x = next(n for n in example_networks() if type(n[1]).__name__ == "Residu
 with tempfile.TemporaryDirectory() as tmp:
     drawing = nngraph.draw_graph(nngraph.to_graph(net, x[:1]), Path(tmp) / "graph.png")
     image = Image.open(drawing.path).convert("RGB")
-    image.quantize(colors=128, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(
+    image.quantize(colors=256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE).save(
         Path(__file__).parent / "residual_cnn_graph.png", optimize=True)

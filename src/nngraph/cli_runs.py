@@ -225,12 +225,12 @@ def _parse_shape(text: str) -> tuple[int, ...]:
 def _load_saved(path: Path, trust: bool):
     """What ``torch.save`` wrote to ``path``: tensors and containers load safely (weights_only);
     anything that needs unpickling code (a whole module) loads only with ``trust``."""
-    import pickle
     import zipfile
 
     import torch
 
-    if zipfile.is_zipfile(path):
+    is_zip = zipfile.is_zipfile(path)  # torch.save's format since torch 1.6, and TorchScript's
+    if is_zip:
         with zipfile.ZipFile(path) as archive:
             if any(name.endswith("constants.pkl") for name in archive.namelist()):
                 raise NNGraphError(f"{path} is a TorchScript archive, which torch.fx cannot trace; "
@@ -239,7 +239,7 @@ def _load_saved(path: Path, trust: bool):
         return torch.load(path, weights_only=True, map_location="cpu")
     except Exception as exc:  # noqa: BLE001 - torch raises many kinds for files it cannot read
         failure = type(exc).__name__
-    if zipfile.is_zipfile(path):  # a torch.save checkpoint: its classes can be listed without unpickling
+    if is_zip:  # a torch.save checkpoint: its classes can be listed without unpickling
         try:
             classes = torch.serialization.get_unsafe_globals_in_checkpoint(path)
         except Exception:  # noqa: BLE001

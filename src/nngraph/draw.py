@@ -88,7 +88,7 @@ class GraphDrawing:
     (summary mode). ``layer_x`` [L]: the x of each layer.
     """
 
-    path: Path | None
+    path: Path
     summary: bool
     node_xy: np.ndarray
     layer_x: np.ndarray
@@ -177,15 +177,17 @@ def _bundle_label(b: _Bundles, i: int) -> str:
 def needs_summary(graph, max_layer_nodes: int = MAX_LAYER_NODES, max_edges: int = MAX_EDGES) -> bool:
     """True when a node-per-node drawing would be unreadable: a layer wider than
     ``max_layer_nodes`` or more than ``max_edges`` edges."""
-    a = _arrays(graph)
+    return _needs_summary(_arrays(graph), max_layer_nodes, max_edges)
+
+
+def _needs_summary(a: _Arrays, max_layer_nodes: int, max_edges: int) -> bool:
     return bool(a.layer_sizes.max() > max_layer_nodes or a.src.size > max_edges)
 
 
-def layout(graph, summary: bool) -> tuple[np.ndarray, np.ndarray]:
+def _layout(a: _Arrays, summary: bool) -> tuple[np.ndarray, np.ndarray]:
     """(node_xy [N, 2], layer_x [L]): layer l at x = l; in nodes mode the nodes of a layer
     stacked top to bottom in index order, one unit apart and centred on y = 0; in
     summary mode every node at its layer block's centre (y = 0)."""
-    a = _arrays(graph)
     sizes = a.layer_sizes
     layer_x = np.arange(sizes.size, dtype=np.float64)
     x = layer_x[a.layer]
@@ -300,8 +302,8 @@ def draw_graph(graph, path: str | os.PathLike, *, summary: bool | None = None,
         raise NNGraphError(f"draw_graph writes PNG files; name the file *.png, not {path.name!r}")
     a = _arrays(graph)
     if summary is None:
-        summary = needs_summary(graph, max_layer_nodes, max_edges)
-    node_xy, layer_x = layout(graph, summary)
+        summary = _needs_summary(a, max_layer_nodes, max_edges)
+    node_xy, layer_x = _layout(a, summary)
     plt = _pyplot()
     fig = _draw_summary(plt, a, layer_x) if summary else _draw_nodes(plt, graph, a, node_xy, layer_x)
     fig.axes[0].set_title(title if title is not None else _title(graph, a, summary), fontsize=10, loc="left")
