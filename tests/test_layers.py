@@ -15,6 +15,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 LAYERS = [
     ("base", ("nngraph.errors", "nngraph.io", "nngraph.schedule", "nngraph.plots")),
     ("graph", ("nngraph.graph",)),
+    ("draw", ("nngraph.draw",)),
     ("data", ("nngraph.data", "nngraph.examples")),
     ("pipeline", ("nngraph.pipeline",)),
     ("models", ("nngraph.models",)),

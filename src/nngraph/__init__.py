@@ -6,8 +6,10 @@
     m2 = nngraph.permute_neurons(model, seed=0)  # same function, hidden units reordered
     batch = nngraph.collate([g1, g2])            # mixed architectures in one batch
     net = nngraph.create_model("ngt", example=batch, out_dim=10)   # metanetworks and baselines
+    nngraph.draw_graph(g, "graph.png")           # the graph as a picture, layers left to right
 """
 
+from nngraph.draw import draw_graph
 from nngraph.errors import NNGraphError
 from nngraph.graph.batch import collate, to_dense
 from nngraph.graph.convert import to_graph, to_params
@@ -22,6 +24,7 @@ __all__ = [
     "NeuralGraph",
     "collate",
     "create_model",
+    "draw_graph",
     "execute",
     "graphs_from_params",
     "permute_neurons",

@@ -135,12 +135,23 @@ def run_eval(args) -> int:
 
 def add_inspect(sub, formatter, common) -> None:
     p = sub.add_parser("inspect", formatter_class=formatter, parents=[common],
-                       help="what a corpus, a run or a saved network holds",
+                       help="what a corpus, a run or a saved network holds; draw a network's graph",
                        description="Describe PATH: a corpus folder (architecture, graph size, splits, fit quality "
                                    "or accuracy spread), a run folder (config, best epoch, metrics) or a saved "
-                                   "network (a .pt file of a whole torch.save'd module: its graph; of a "
-                                   "state_dict: its tensors).")
+                                   "network (a .pt file of a whole torch.save'd module: its graph, drawn with "
+                                   "--draw; of a state_dict: its tensors).\n\n"
+                                   "Trust: a whole module is a pickle, and unpickling runs code from the file. "
+                                   "State_dicts load safely (weights_only); a module is loaded only with --trust, "
+                                   "so pass it only for files you made or whose source you trust.")
     p.add_argument("path", metavar="PATH", help="corpus folder, run folder or .pt file")
+    p.add_argument("--draw", metavar="PNG", default=None,
+                   help="draw the saved network's graph into this PNG: layers left to right, one node per unit "
+                        "or channel; a block per layer for large networks")
+    p.add_argument("--input-shape", metavar="C,H,W", default=None,
+                   help="shape of one input of the saved network, e.g. 3,32,32 or 784 (default: guessed from "
+                        "its first layer: F of a Linear, C x 32 x 32 of a Conv2d)")
+    p.add_argument("--trust", action="store_true",
+                   help="unpickle a whole saved module (runs code from the file: only for files you trust)")
     p.set_defaults(func=run_inspect)
 
 
@@ -153,6 +164,8 @@ def run_inspect(args) -> int:
     table = Table(title=str(path), show_header=False)
     table.add_column("what")
     table.add_column("value")
+    if (args.draw or args.input_shape) and path.is_dir():
+        raise NNGraphError(f"--draw and --input-shape take a saved network (.pt file); {path} is a folder")
     if (path / "manifest.json").exists():
         _inspect_corpus(path, table)
     elif (path / "config.json").exists():
@@ -170,7 +183,9 @@ def run_inspect(args) -> int:
             lines = (path / "metrics.jsonl").read_text().splitlines()
             table.add_row("epochs done", f"{len(lines)} of {config.get('epochs')} (resume with --resume)")
     elif path.is_file():
-        _inspect_saved(path, table)
+        _inspect_saved(path, table, draw=args.draw, input_shape=args.input_shape, trust=args.trust)
+    elif not path.exists():
+        raise NNGraphError(f"{path} does not exist; check the path")
     else:
         raise NNGraphError(f"{path} is neither a corpus (manifest.json), a run (config.json) nor a .pt file; "
                            "check the path")
@@ -202,28 +217,109 @@ def _inspect_corpus(path: Path, table) -> None:
     table.add_row("summary", json.dumps(manifest.get("summary", {})))
 
 
-def _inspect_saved(path: Path, table) -> None:
+def _parse_shape(text: str) -> tuple[int, ...]:
+    """'3,32,32' -> (3, 32, 32): positive integers, comma- or x-separated."""
+    parts = text.replace("x", ",").replace("×", ",").split(",")
+    try:
+        shape = tuple(int(p) for p in parts)
+    except ValueError:
+        shape = ()
+    if not shape or min(shape) < 1:
+        raise NNGraphError(f"--input-shape {text!r} is not a shape; write positive integers such as 3,32,32 or 784")
+    return shape
+
+
+def _load_saved(path: Path, trust: bool):
+    """What ``torch.save`` wrote to ``path``: tensors and containers load safely (weights_only);
+    anything that needs unpickling code (a whole module) loads only with ``trust``."""
+    import zipfile
+
+    import torch
+
+    is_zip = zipfile.is_zipfile(path)  # torch.save's format since torch 1.6, and TorchScript's
+    if is_zip:
+        with zipfile.ZipFile(path) as archive:
+            if any(name.endswith("constants.pkl") for name in archive.namelist()):
+                raise NNGraphError(f"{path} is a TorchScript archive, which torch.fx cannot trace; "
+                                   "save the module itself with torch.save(model)")
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as exc:  # noqa: BLE001 - torch raises many kinds for files it cannot read
+        failure = type(exc).__name__
+    if is_zip:  # a torch.save checkpoint: its classes can be listed without unpickling
+        try:
+            classes = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        except Exception:  # noqa: BLE001
+            classes = []
+        if not classes:
+            raise NNGraphError(f"{path} is not a file torch.load can read ({failure}); "
+                               "pass a .pt file written by torch.save")
+        if not trust:
+            own = sorted(c for c in classes if not c.startswith("torch.")) or sorted(classes)
+            raise NNGraphError(f"{path} is a pickled object ({', '.join(own[:3])}{', ...' if len(own) > 3 else ''}): "
+                               "loading it runs code from the file; rerun with --trust if you made it or trust "
+                               "its source")
+    elif not trust:
+        raise NNGraphError(f"{path} is not a torch.save checkpoint that loads safely ({failure}); if it is an "
+                           "old-format torch.save file you trust, rerun with --trust")
+    try:
+        return torch.load(path, weights_only=False, map_location="cpu")
+    except Exception as exc:  # noqa: BLE001 - e.g. the module's class is not importable here
+        message = " ".join(str(exc).split())[:200]
+        raise NNGraphError(f"cannot unpickle {path} ({type(exc).__name__}: {message}); a saved module's class "
+                           "must be importable here (not defined in a script's __main__)") from None
+
+
+def _inspect_saved(path: Path, table, draw: str | None = None, input_shape: str | None = None,
+                   trust: bool = False) -> None:
     import torch
     from torch import nn
 
+    from nngraph.errors import InputShapeError
     from nngraph.graph.convert import to_graph
     from nngraph.graph.graph import ACTIVATIONS, EDGE_KINDS
     from nngraph.graph.permute import guess_input
 
-    try:
-        obj = torch.load(path, weights_only=False, map_location="cpu")
-    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same advice
-        raise NNGraphError(f"{path} is not a file torch.load can read ({type(exc).__name__}); pass a .pt file") from None
+    obj = _load_saved(path, trust)
     if isinstance(obj, nn.Module):
-        graph = to_graph(obj.eval(), guess_input(obj))
-        table.add_row("network", type(obj).__name__)
+        name = type(obj).__name__
+        if input_shape:
+            param = next((p for p in obj.parameters() if p.is_floating_point()), None)  # its dtype and device
+            example = torch.zeros(1, *_parse_shape(input_shape), dtype=getattr(param, "dtype", None),
+                                  device=getattr(param, "device", None))
+        else:
+            try:
+                example = guess_input(obj)
+            except InputShapeError:
+                raise InputShapeError(f"cannot guess the input of {name} from its first layer; "
+                                      "pass --input-shape C,H,W (or F)") from None
+        try:
+            graph = to_graph(obj.eval(), example)
+        except InputShapeError as exc:
+            if input_shape:
+                raise InputShapeError(f"--input-shape {input_shape} does not fit {name} ({exc})") from None
+            raise InputShapeError(f"the input {list(example.shape[1:])} guessed from {name}'s first layer does "
+                                  f"not fit ({exc}); pass --input-shape C,H,W (or F)") from None
+        table.add_row("network", name)
+        shape = ",".join(map(str, example.shape[1:]))
+        table.add_row("input shape", shape + ("" if input_shape else " (guessed; set it with --input-shape)"))
         table.add_row("graph", f"{graph.num_nodes} nodes in {graph.num_layers} layers, {graph.num_edges} edges")
         kinds = {EDGE_KINDS[k]: int((graph.edge_kind == k).sum()) for k in graph.edge_kind.unique().tolist()}
         table.add_row("edge kinds", json.dumps(kinds))
         acts = sorted({ACTIVATIONS[a] for a in graph.node_act.tolist()})
         table.add_row("activations", ", ".join(acts))
         table.add_row("features", f"d_v={graph.x.shape[1]}, d_e={graph.edge_attr.shape[1]} (k_max={graph.spec.k_max})")
+        if draw:
+            from nngraph.draw import draw_graph
+
+            drawing = draw_graph(graph, draw)
+            style = "one block per layer" if drawing.summary else "one node per unit or channel"
+            table.add_row("drawing", f"{drawing.path} ({style})")
         return
+    if draw or input_shape:
+        raise NNGraphError(f"{path} holds no module (a state_dict or other data): --draw and --input-shape need "
+                           "the whole module saved with torch.save(model); or call "
+                           "nngraph.draw_graph(nngraph.to_graph(model, x), 'graph.png')")
     state = obj.get("model", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise NNGraphError(f"{path} holds neither a module nor a state_dict; save one with torch.save")

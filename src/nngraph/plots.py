@@ -28,13 +28,13 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: str | os.PathLike) -> Path:
+def _save(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
     """Write ``fig`` as PNG to ``path`` atomically and close it."""
     plt = _pyplot()
     path = Path(path)
     try:
         with atomic_open(path) as f:
-            fig.savefig(f, format="png", dpi=120, bbox_inches="tight")
+            fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight")
     finally:
         plt.close(fig)
     return path
