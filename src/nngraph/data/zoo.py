@@ -15,7 +15,10 @@ Architecture spec (a JSON-serialisable dict, see ``sample_architecture``)::
 where ``skip`` is the identity when shape is kept and a bias-free 1x1 conv (with the
 block's stride) otherwise. Then global average pooling, flatten and a linear head.
 Convs use ``padding = kernel // 2`` so stride 1 keeps the spatial size; a stride-2
-conv halves it (rounding up).
+conv halves it (rounding up). A layer may set ``"padding"`` explicitly (imported Small
+CNN Zoo networks use 0, TensorFlow's ``"valid"``). A spec with ``"family":
+"wild-park"`` describes a neural-graphs CNN Wild Park network instead
+(:mod:`nngraph.data.park`).
 
 Training spec (see ``sample_training``)::
 
@@ -71,6 +74,7 @@ _ACTIVATION_MODULES = {
     "silu": nn.SiLU,
     "tanh": nn.Tanh,
     "leaky_relu": nn.LeakyReLU,
+    "sigmoid": nn.Sigmoid,  # not sampled; imported Small CNN Zoo networks use it
 }
 
 FIXED_ARCHITECTURE: dict = {
@@ -155,6 +159,9 @@ def validate_architecture(arch: Mapping) -> None:
             raise bad(f"layer {i} kernel must be a positive odd int, got {k!r}")
         if s not in (1, 2):
             raise bad(f"layer {i} stride must be 1 or 2, got {s!r}")
+        p = layer.get("padding", k // 2)
+        if not isinstance(p, int) or p < 0:
+            raise bad(f"layer {i} padding must be an int >= 0, got {p!r}")
 
 
 class ConvBlock(nn.Module):
@@ -173,10 +180,12 @@ class ConvBlock(nn.Module):
         activation: str,
         batchnorm: bool,
         residual: bool,
+        padding: int | None = None,
     ):
         super().__init__()
+        padding = kernel // 2 if padding is None else padding
         self.conv = nn.Conv2d(
-            in_channels, out_channels, kernel, stride=stride, padding=kernel // 2, bias=not batchnorm
+            in_channels, out_channels, kernel, stride=stride, padding=padding, bias=not batchnorm
         )
         self.norm = nn.BatchNorm2d(out_channels) if batchnorm else None
         self.act = _ACTIVATION_MODULES[activation]()
@@ -213,6 +222,7 @@ class ZooCNN(nn.Module):
                     arch["activation"],
                     bool(arch["batchnorm"]),
                     bool(layer.get("residual", False)),
+                    layer.get("padding"),
                 )
             )
             c_in = layer["channels"]
@@ -230,6 +240,10 @@ class ZooCNN(nn.Module):
 
 def build_cnn(arch: Mapping) -> nn.Module:
     """Build the (untrained, PyTorch-default-initialised) CNN of an architecture spec."""
+    if isinstance(arch, Mapping) and arch.get("family") == "wild-park":
+        from nngraph.data.park import ParkCNN
+
+        return ParkCNN(arch)
     return ZooCNN(arch)
 
 
