@@ -305,3 +305,22 @@ def test_wild_park_bad_input_is_one_line_naming_the_file(tmp_path, capsys, monke
     err = cli_error(capsys, args)
     assert str(first) in err and "unknown parameter name 'layers.0.kernel'" in err
     assert_nothing_written(out)
+
+
+def test_fast_torch_reader_equals_torch_load_or_declines(tmp_path):
+    from nngraph.data.importers.torchfile import read_torch_file
+
+    state = {"w": torch.arange(12.0).reshape(3, 4).t(), "b": torch.arange(10.0)[3:7], "n": torch.arange(3),
+             "label": 7, "empty": torch.zeros(0, 2)}
+    torch.save(state, tmp_path / "new.pth")
+    got = read_torch_file(tmp_path / "new.pth")
+    assert got["label"] == 7
+    for key in ("w", "b", "n", "empty"):
+        assert got[key].dtype == state[key].numpy().dtype and np.array_equal(got[key], state[key].numpy())
+    torch.save(state, tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)
+    assert read_torch_file(tmp_path / "legacy.pth") is None  # the caller falls back to torch.load
+    torch.save({"m": torch.nn.Linear(2, 2)}, tmp_path / "module.pth")
+    assert read_torch_file(tmp_path / "module.pth") is None  # pickled classes are never imported
+    data = (tmp_path / "new.pth").read_bytes()
+    (tmp_path / "cut.pth").write_bytes(data[: len(data) - 100])
+    assert read_torch_file(tmp_path / "cut.pth") is None

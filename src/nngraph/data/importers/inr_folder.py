@@ -44,7 +44,8 @@ from nngraph.data.importers.common import (
     sha256_file,
     staged_output,
 )
-from nngraph.data.inr import pixel_grid
+from nngraph.data.importers.torchfile import read_torch_file
+from nngraph.data.inr import pixel_grid, render_sirens
 from nngraph.data.store import ITEM_PREFIX, CorpusWriter
 from nngraph.errors import DataError
 
@@ -54,21 +55,31 @@ _SEQ = re.compile(r"seq\.(\d+)\.(weight|bias)")
 LOAD_CHUNK = 512  # files per worker task
 
 
-def _load_state(path: Path) -> tuple[dict[str, torch.Tensor], int | None]:
-    """(state dict, label stored in the file or None) of one INR file."""
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many kinds for a bad file
-        raise DataError(f"{path} is not a readable PyTorch file ({str(exc).splitlines()[0][:120]}); "
-                        f"replace it with the release's file") from None
+def _load_state(path: Path) -> tuple[dict[str, np.ndarray], int | None]:
+    """(state dict as arrays, label stored in the file or None) of one INR file.
+
+    Read with :func:`read_torch_file` (fast); files it does not handle go through
+    ``torch.load(weights_only=True)``.
+    """
+    obj = read_torch_file(path)
+    if obj is None:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - torch raises many kinds for a bad file
+            raise DataError(f"{path} is not a readable PyTorch file ({str(exc).splitlines()[0][:120]}); "
+                            f"replace it with the release's file") from None
+        if isinstance(obj, dict):
+            obj = {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in obj.items()}
     if not isinstance(obj, dict):
         raise DataError(f"{path} holds a {type(obj).__name__}, not a state dict; point to the INR .pth files")
     label = obj.get("label")
     state = {k: v for k, v in obj.items() if k != "label"}
     for key, value in state.items():
-        if not _SEQ.fullmatch(key) or not isinstance(value, torch.Tensor):
+        if not isinstance(key, str) or not _SEQ.fullmatch(key) or not isinstance(value, np.ndarray):
             raise DataError(f"{path}: unknown parameter name {key!r}; an official SIREN has only seq.N.weight and "
                             f"seq.N.bias")
+    if label is not None and not isinstance(label, (int, np.integer)):
+        raise DataError(f"{path}: its label {label!r} is not an int")
     return state, (int(label) if label is not None else None)
 
 
@@ -92,7 +103,7 @@ def _load_chunk(task: tuple[list[Path], dict[str, tuple[int, ...]]]) -> tuple[di
             if tuple(value.shape) != shapes[key]:
                 raise DataError(f"{path}: {key} has shape {tuple(value.shape)}, the first INR's has "
                                 f"{shapes[key]}; all INRs of a folder must share one architecture")
-            stacks[key][i] = value.numpy()
+            stacks[key][i] = value
         labels.append(label)
     return stacks, labels
 
@@ -214,13 +225,12 @@ def _check_finite(params: dict[str, torch.Tensor], paths: list[Path]) -> None:
 
 
 @torch.no_grad()
-def _render(params: dict[str, torch.Tensor], spec: SirenSpec, size: int, batch: int = 2048) -> torch.Tensor:
-    """Every INR rendered on the size x size pixel grid with ``Siren.forward`` (vmapped): [n, size, size]."""
+def _render(params: dict[str, torch.Tensor], spec: SirenSpec, size: int, batch: int = 1024) -> torch.Tensor:
+    """Every INR rendered on the size x size pixel grid: [n, size, size]."""
     coords = pixel_grid(size, size)  # [P, 2]
-    net = spec.build()
-    forward = torch.vmap(lambda p: torch.func.functional_call(net, p, (coords,)))
     n = next(iter(params.values())).shape[0]
     out = torch.empty(n, size, size)
     for a, b in chunks(n, batch):
-        out[a:b] = forward({k: v[a:b] for k, v in params.items()}).reshape(b - a, size, size)
+        part = {k: v[a:b] for k, v in params.items()}
+        out[a:b] = render_sirens(part, coords, spec.w0, spec.offset).reshape(b - a, size, size)
     return out
