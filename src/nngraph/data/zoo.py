@@ -252,7 +252,8 @@ def forward_macs(arch: Mapping, height: int, width: int) -> int:
     macs, c_in, h, w = 0, arch["in_channels"], height, width
     for layer in arch["layers"]:
         c, k, s = layer["channels"], layer["kernel"], layer["stride"]
-        h, w = (h - 1) // s + 1, (w - 1) // s + 1
+        p = layer.get("padding", k // 2)
+        h, w = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
         macs += c_in * c * k * k * h * w
         if layer.get("residual") and (c_in != c or s != 1):
             macs += c_in * c * h * w

@@ -217,9 +217,10 @@ def _labels(table: dict, stored: list, paths: list[Path], split_file: Path) -> l
 
 
 def _check_finite(params: dict[str, torch.Tensor], paths: list[Path]) -> None:
-    bad = torch.zeros(len(paths), dtype=torch.bool)
+    bad = None
     for value in params.values():
-        bad |= ~torch.isfinite(value.flatten(1)).all(1)
+        rows = ~torch.isfinite(value.flatten(1)).all(1)  # [n]
+        bad = rows if bad is None else bad | rows
     if bad.any():
         raise DataError(f"{paths[int(bad.nonzero()[0])]} holds NaN or inf parameters; remove it from the split file")
 
@@ -227,9 +228,10 @@ def _check_finite(params: dict[str, torch.Tensor], paths: list[Path]) -> None:
 @torch.no_grad()
 def _render(params: dict[str, torch.Tensor], spec: SirenSpec, size: int, batch: int = 1024) -> torch.Tensor:
     """Every INR rendered on the size x size pixel grid: [n, size, size]."""
-    coords = pixel_grid(size, size)  # [P, 2]
-    n = next(iter(params.values())).shape[0]
-    out = torch.empty(n, size, size)
+    first = next(iter(params.values()))
+    coords = pixel_grid(size, size).to(first.device)  # [P, 2]
+    n = first.shape[0]
+    out = coords.new_empty(n, size, size)
     for a, b in chunks(n, batch):
         part = {k: v[a:b] for k, v in params.items()}
         out[a:b] = render_sirens(part, coords, spec.w0, spec.offset).reshape(b - a, size, size)
