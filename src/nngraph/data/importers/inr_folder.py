@@ -15,9 +15,9 @@ w0 = 30: the import renames ``seq.{i}`` to ``hidden.{i}`` and ``seq.{L-1}`` to `
 and copies the tensors bit for bit (stacked over INRs, no per-INR conversion).
 
 Each INR's ``item.image`` (what the dilate task edits) is the INR rendered on nngraph's
-pixel grid (:func:`nngraph.data.inr.pixel_grid`, coordinates (row, col)). The DWSNets
-INRs were fitted on (x = column, y = row) coordinates, so these renders show the images
-transposed; the dilate task renders on the same grid and a 3x3 dilation commutes with
+pixel grid (:func:`nngraph.data.inr.pixel_grid`, coordinates (row, col)). DWSNets and
+neural-graphs render their INRs on (x = column, y = row) coordinates (``make_coordinates``),
+so these renders show the images transposed; the dilate task renders on the same grid and a 3x3 dilation commutes with
 transposition, so its targets stay consistent. The original images are not part of an
 INR folder; ``psnr`` is therefore unknown (null) and ``seed`` is the row index (a
 deterministic seed for refits such as the dilation floor, not the INR's own).
