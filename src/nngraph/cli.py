@@ -133,15 +133,66 @@ def run_data_zoo(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- data import
+
+# Options of `data import` and the formats they apply to.
+_IMPORT_OPTIONS = {"image_size": ("inr-folder",), "workers": ("inr-folder", "wild-park")}
+
+
+def add_data_import(sub) -> None:
+    p = sub.add_parser(
+        "import", formatter_class=_Formatter, parents=[COMMON],
+        help="import a published INR corpus or CNN zoo into an nngraph corpus",
+        description="Convert a published corpus into DIR (an ordinary nngraph corpus: manifest.json plus shards). "
+                    "Nothing is written unless every network is read and checked.\n\nFormats:\n"
+                    "  inr-folder  DWSNets / neural-graphs SIREN INRs: SRC holds the .pth files and a split JSON\n"
+                    "  cnn-zoo     Small CNN Zoo collection: SRC holds weights.npy, layout.csv, metrics.csv.gz\n"
+                    "  wild-park   neural-graphs CNN Wild Park: SRC holds the checkpoints and cnn_park_splits.json",
+    )
+    p.add_argument("src", metavar="SRC", help="folder of the published corpus (split-file paths are relative to it)")
+    p.add_argument("--format", required=True, choices=["inr-folder", "cnn-zoo", "wild-park"],
+                   help="layout of SRC; required")
+    p.add_argument("--out", required=True, metavar="DIR", help="corpus folder to create (must not exist); required")
+    p.add_argument("--splits", default=None, metavar="FILE",
+                   help="split file: the JSON of inr-folder / wild-park (default: the one *splits*.json in SRC), "
+                        "the row-index CSV of cnn-zoo (default: none, file order)")
+    p.add_argument("--image-size", type=int, default=None, metavar="N",
+                   help="inr-folder: render each INR on an N x N grid as its image (default: 28)")
+    p.add_argument("--shard-size", type=int, default=None,
+                   help="networks per shard (default: 1024 inr-folder, 1000 cnn-zoo, 256 wild-park)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="inr-folder, wild-park: file-reading processes (default: CPU count, at most 8)")
+    p.set_defaults(func=run_data_import)
+
+
+def run_data_import(args) -> int:
+    from nngraph.data.build import command_line
+    from nngraph.data.importers import FORMATS
+
+    options = {"splits": args.splits, "shard_size": args.shard_size}
+    for name, formats in _IMPORT_OPTIONS.items():
+        value = getattr(args, name)
+        if value is not None and args.format not in formats:
+            raise NNGraphError(f"--{name.replace('_', '-')} applies to {', '.join(formats)}, not {args.format}; "
+                               f"drop it")
+        options[name] = value
+    if options["shard_size"] is not None and options["shard_size"] < 1:
+        raise NNGraphError(f"--shard-size must be >= 1, got {options['shard_size']}")
+    FORMATS[args.format](args.src, args.out, command=command_line(),
+                         **{k: v for k, v in options.items() if v is not None})
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 
 
 def add_data(sub) -> None:
-    p = sub.add_parser("data", help="build INR corpora and CNN zoos", formatter_class=_Formatter,
-                       description="Build datasets of networks: INR corpora and CNN zoos.")
-    data_sub = p.add_subparsers(dest="data_command", metavar="{inrs,zoo}", required=True)
+    p = sub.add_parser("data", help="build or import INR corpora and CNN zoos", formatter_class=_Formatter,
+                       description="Build datasets of networks (INR corpora and CNN zoos) or import published ones.")
+    data_sub = p.add_subparsers(dest="data_command", metavar="{inrs,zoo,import}", required=True)
     add_data_inrs(data_sub)
     add_data_zoo(data_sub)
+    add_data_import(data_sub)
 
 
 def _run_side(name: str):

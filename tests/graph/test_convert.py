@@ -166,3 +166,51 @@ def test_random_cnns(case):
 
 def test_make_act_covers_every_activation():
     assert make_act("leaky_relu").negative_slope == 0.2
+
+
+class _PartialResidual(torch.nn.Module):
+    """A residual over the first m channels only (x[:, a:b] slices and torch.cat), as in the CNN Wild Park."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Conv2d(2, 3, 3, padding=1)
+        self.b = torch.nn.Conv2d(3, 5, 3, padding=1)
+        self.head = torch.nn.Linear(5, 2)
+
+    def forward(self, x):
+        h = torch.tanh(self.a(x))  # [B, 3, H, W]
+        z = self.b(h)  # [B, 5, H, W]
+        z = torch.relu(torch.cat([z[:, :3] + h[:, 0:3], z[:, 3:]], dim=1))
+        return self.head(z.mean((2, 3)))
+
+
+def test_channel_slices_select_nodes_exactly():
+    model = randomise(_PartialResidual())
+    x = torch.randn(4, 2, 6, 6)
+    graph = nngraph.to_graph(model, x)
+    y, _ = nngraph.execute(graph, x)
+    with torch.no_grad():
+        assert_rel_close(y, model(x))
+    assert_exact_params(nngraph.to_params(graph), model.state_dict())
+    assert int((graph.edge_kind == EDGE_RESIDUAL).sum()) == 6  # three sums, two residual edges each
+    permuted = nngraph.permute_neurons(model, seed=2, example_input=x)
+    with torch.no_grad():
+        assert_rel_close(permuted(x), model(x))
+
+
+class _Sliced(torch.nn.Module):
+    def __init__(self, index):
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 6)
+        self.index = index
+
+    def forward(self, x):
+        return self.lin(x)[self.index]
+
+
+@pytest.mark.parametrize("index", [(slice(None), slice(0, 4, 2)), (slice(0, 2), slice(None)), 0])
+def test_other_slices_are_refused(index):
+    from nngraph.errors import UnsupportedModelError
+
+    with pytest.raises(UnsupportedModelError):
+        nngraph.to_graph(_Sliced(index), torch.randn(3, 4))

@@ -15,7 +15,10 @@ Architecture spec (a JSON-serialisable dict, see ``sample_architecture``)::
 where ``skip`` is the identity when shape is kept and a bias-free 1x1 conv (with the
 block's stride) otherwise. Then global average pooling, flatten and a linear head.
 Convs use ``padding = kernel // 2`` so stride 1 keeps the spatial size; a stride-2
-conv halves it (rounding up).
+conv halves it (rounding up). A layer may set ``"padding"`` explicitly (imported Small
+CNN Zoo networks use 0, TensorFlow's ``"valid"``). A spec with ``"family":
+"wild-park"`` describes a neural-graphs CNN Wild Park network instead
+(:mod:`nngraph.data.park`).
 
 Training spec (see ``sample_training``)::
 
@@ -133,8 +136,8 @@ def validate_architecture(arch: Mapping) -> None:
         raise bad(f"expected a dict, got {type(arch).__name__}")
     if arch.get("version") != SPEC_VERSION:
         raise bad(f"version {arch.get('version')!r} is not {SPEC_VERSION}")
-    if arch.get("activation") not in ACTIVATIONS:
-        raise bad(f"activation {arch.get('activation')!r} is not one of {ACTIVATIONS}")
+    if arch.get("activation") not in ACTIVATION_MODULES:
+        raise bad(f"activation {arch.get('activation')!r} is not one of {tuple(ACTIVATION_MODULES)}")
     for key in ("in_channels", "num_classes"):
         if not isinstance(arch.get(key), int) or arch[key] < 1:
             raise bad(f"{key} must be a positive int, got {arch.get(key)!r}")
@@ -149,6 +152,9 @@ def validate_architecture(arch: Mapping) -> None:
             raise bad(f"layer {i} kernel must be a positive odd int, got {k!r}")
         if s not in (1, 2):
             raise bad(f"layer {i} stride must be 1 or 2, got {s!r}")
+        p = layer.get("padding", k // 2)
+        if not isinstance(p, int) or p < 0:
+            raise bad(f"layer {i} padding must be an int >= 0, got {p!r}")
 
 
 class ConvBlock(nn.Module):
@@ -167,10 +173,12 @@ class ConvBlock(nn.Module):
         activation: str,
         batchnorm: bool,
         residual: bool,
+        padding: int | None = None,
     ):
         super().__init__()
+        padding = kernel // 2 if padding is None else padding
         self.conv = nn.Conv2d(
-            in_channels, out_channels, kernel, stride=stride, padding=kernel // 2, bias=not batchnorm
+            in_channels, out_channels, kernel, stride=stride, padding=padding, bias=not batchnorm
         )
         self.norm = nn.BatchNorm2d(out_channels) if batchnorm else None
         self.act = ACTIVATION_MODULES[activation]()
@@ -207,6 +215,7 @@ class ZooCNN(nn.Module):
                     arch["activation"],
                     bool(arch["batchnorm"]),
                     bool(layer.get("residual", False)),
+                    layer.get("padding"),
                 )
             )
             c_in = layer["channels"]
@@ -224,6 +233,10 @@ class ZooCNN(nn.Module):
 
 def build_cnn(arch: Mapping) -> nn.Module:
     """Build the (untrained, PyTorch-default-initialised) CNN of an architecture spec."""
+    if isinstance(arch, Mapping) and arch.get("family") == "wild-park":
+        from nngraph.data.park import ParkCNN
+
+        return ParkCNN(arch)
     return ZooCNN(arch)
 
 
@@ -232,7 +245,8 @@ def forward_macs(arch: Mapping, height: int, width: int) -> int:
     macs, c_in, h, w = 0, arch["in_channels"], height, width
     for layer in arch["layers"]:
         c, k, s = layer["channels"], layer["kernel"], layer["stride"]
-        h, w = (h - 1) // s + 1, (w - 1) // s + 1
+        p = layer.get("padding", k // 2)
+        h, w = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
         macs += c_in * c * k * k * h * w
         if layer.get("residual") and (c_in != c or s != 1):
             macs += c_in * c * h * w

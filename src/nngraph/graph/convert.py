@@ -44,7 +44,7 @@ from nngraph.graph.activations import Sine
 
 SUPPORTED = (
     "Linear, Conv2d (groups=1), BatchNorm1d/2d (eval), LayerNorm (features), ReLU, GELU, SiLU, Tanh, "
-    "Sigmoid, LeakyReLU, sin(w0*x)/Sine, residual a+b, x+constant, torch.cat on channels, "
+    "Sigmoid, LeakyReLU, sin(w0*x)/Sine, residual a+b, x+constant, torch.cat on channels, x[:, a:b] on channels, "
     "AdaptiveAvgPool2d(1)/mean over H,W, flatten, Dropout, Identity"
 )
 
@@ -85,7 +85,7 @@ def _is_passthrough(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
         m = modules[node.target]
         return isinstance(m, _PASS_MODULES + (nn.Flatten,))
     if node.op in ("call_function", "call_method"):
-        if node.target in _PASS_FUNCTIONS or node.target in _FLATTEN:
+        if node.target in _PASS_FUNCTIONS or node.target in _FLATTEN or _channel_slice(node) is not None:
             return True
         return node.target in _CAT and len(node.args[0]) == 1
     return False
@@ -263,6 +263,8 @@ def _call_function(ctx: Context, node: fx.Node, env: dict) -> Value:
         return values[0]
     if target in _FLATTEN and values:
         return _flatten(ctx, node, values[0], args, kwargs, where)
+    if target is operator.getitem and values and args[0] is values[0] and _channel_slice(node) is not None:
+        return _slice_channels(ctx, node, values[0], where)
     if target in _CAT and _cat_dim_ok(node, args, kwargs, ctx):
         return ops.concatenate(ctx, node, list(args[0]), where)
     if target in _POOL and values and _is_global_pool(node, args, kwargs, ctx):
@@ -279,6 +281,29 @@ def _flatten(ctx: Context, node: fx.Node, value: Value, args, kwargs, where: str
             f"{where}: only flattening to [batch, features] is supported, got {list(in_shape)} -> {list(out_shape)}"
         )
     return ops.flatten(ctx, node, value, where)
+
+
+def _channel_slice(node: fx.Node) -> slice | None:
+    """The slice of ``x[:, a:b]`` (channels/features, step 1), else None."""
+    if node.op != "call_function" or node.target is not operator.getitem or len(node.args) != 2:
+        return None
+    index = node.args[1]
+    if not isinstance(index, tuple) or len(index) != 2 or index[0] != slice(None) or not isinstance(index[1], slice):
+        return None
+    part = index[1]
+    ok = all(v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in (part.start, part.stop))
+    return part if ok and part.step in (None, 1) else None
+
+
+def _slice_channels(ctx: Context, node: fx.Node, value: Value, where: str) -> Value:
+    """``x[:, a:b]``: the value's nodes a..b-1 (no new nodes; the slice aliases them)."""
+    if value.kind not in ("vector", "map") or value.scale is not None:
+        raise UnsupportedModelError(f"{where}: only units or channels of a [batch, C(, H, W)] tensor can be sliced")
+    start, stop, _ = _channel_slice(node).indices(len(value.nodes))
+    nodes = value.nodes[start:stop]
+    if not nodes:
+        raise UnsupportedModelError(f"{where}: the channel slice selects nothing")
+    return Value(nodes, value.kind, value.hw, value.root)
 
 
 def _cat_dim_ok(node: fx.Node, args, kwargs, ctx: Context) -> bool:

@@ -1,0 +1,130 @@
+"""Shared pieces of the importers: split files, source paths, parallel reading, staged output.
+
+An import either produces a complete corpus at ``--out`` or leaves nothing there: the
+corpus is written into a hidden staging folder next to ``--out`` and moved into place
+with one ``os.replace`` when every network has been read, checked and written; on any
+error the staging folder is removed. An existing non-empty ``--out`` is never touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+from nngraph.errors import DataError
+
+SPLITS = ("train", "val", "test")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def find_split_file(src: Path, splits: str | os.PathLike | None) -> Path:
+    """The split file: ``splits`` if given, else the one ``*splits*.json`` in ``src``."""
+    if splits is not None:
+        path = Path(splits)
+        if not path.is_file():
+            raise DataError(f"split file {path} does not exist; pass the JSON file that lists the networks with --splits")
+        return path
+    found = sorted(src.glob("*splits*.json"))
+    if len(found) != 1:
+        what = "no *splits*.json" if not found else f"{len(found)} split files ({', '.join(p.name for p in found)})"
+        raise DataError(f"{src} holds {what}; name the split file with --splits FILE")
+    return found[0]
+
+
+def read_split_json(path: Path, columns: tuple[str, ...]) -> dict[str, dict[str, list]]:
+    """``{"train": {"path": [...], col: [...]}, "val": ..., "test": ...}`` as written by
+    the DWSNets / neural-graphs split scripts. A split given as a plain list of paths
+    (the Fashion-MNIST INR release) has no other columns.
+    """
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"split file {path} is not valid JSON ({exc}); pass the split file of the release") from None
+    if not isinstance(data, dict) or any(s not in data for s in SPLITS):
+        raise DataError(f"split file {path} must map train, val and test to their networks; got keys "
+                        f"{sorted(data) if isinstance(data, dict) else type(data).__name__}")
+    out = {}
+    for split in SPLITS:
+        entry = data[split]
+        if isinstance(entry, list):
+            entry = {"path": entry}
+        if not isinstance(entry, dict) or not isinstance(entry.get("path"), list):
+            raise DataError(f"split file {path}: {split!r} must be a list of paths or {{\"path\": [...], ...}}")
+        n = len(entry["path"])
+        for col in columns:
+            if col in entry and (not isinstance(entry[col], list) or len(entry[col]) != n):
+                raise DataError(f"split file {path}: {split}.{col} must list one value per path ({n})")
+        out[split] = {k: entry[k] for k in ("path", *columns) if k in entry}
+    return out
+
+
+def resolve_paths(src: Path, listed: Sequence[str], split_file: Path) -> list[Path]:
+    """Paths of the split file: relative ones are under ``src``; every one must exist."""
+    paths = [Path(p) if os.path.isabs(p) else src / p for p in listed]
+    for path in paths:
+        if not path.is_file():
+            raise DataError(f"{path} is listed in {split_file} but missing; restore the file or use the split file "
+                            f"that matches {src}")
+    return paths
+
+
+def chunks(n: int, size: int) -> list[tuple[int, int]]:
+    return [(a, min(a + size, n)) for a in range(0, n, size)]
+
+
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def parallel_map(fn: Callable, tasks: Sequence, workers: int) -> Iterator:
+    """``fn`` over ``tasks`` in order, in ``workers`` forked processes (one torch thread each)."""
+    if workers <= 1 or len(tasks) <= 1:
+        yield from map(fn, tasks)
+        return
+    pool = multiprocessing.get_context("fork").Pool(min(workers, len(tasks)), _init_worker)
+    try:
+        yield from pool.imap(fn, tasks)
+    finally:
+        pool.terminate()
+        pool.join()
+
+
+def default_workers(workers: int | None) -> int:
+    return workers if workers is not None else min(os.cpu_count() or 1, 8)
+
+
+@contextlib.contextmanager
+def staged_output(out: str | os.PathLike) -> Iterator[Path]:
+    """A fresh staging folder that becomes ``out`` when the block succeeds.
+
+    ``out`` must not exist or be an empty folder; otherwise nothing is written.
+    """
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise DataError(f"--out {out} already exists and is not an empty folder; choose a new folder or delete it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = out.parent / f".{out.name}.importing-{os.getpid()}"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir()
+    try:
+        yield stage
+        if out.is_dir():
+            out.rmdir()
+        os.replace(stage, out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
