@@ -9,11 +9,14 @@ status 2; ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 
-from nngraph.errors import NNGraphError
+from nngraph.errors import NNGraphError, storage_error
 
 EXIT_USAGE = 2
+# File-system errors that are the user's to fix: read-only, full, over quota, not permitted.
+_STORAGE_ERRNOS = {errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM}
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
@@ -175,7 +178,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        try:
+            return int(args.func(args) or 0)
+        except OSError as exc:  # a write nngraph does not wrap itself
+            if exc.errno not in _STORAGE_ERRNOS:
+                raise
+            raise storage_error(None, exc) from exc
     except NNGraphError as exc:
         if getattr(args, "debug", False):
             raise

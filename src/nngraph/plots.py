@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from nngraph.errors import NNGraphError
+from nngraph.errors import NNGraphError, storage_error
 
 
 def _pyplot():
@@ -32,16 +32,21 @@ def _save(fig, path: str | os.PathLike) -> Path:
     """Write ``fig`` as PNG to ``path`` atomically and close it."""
     plt = _pyplot()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise storage_error(path, exc) from exc
     try:
         with os.fdopen(fd, "wb") as f:
             fig.savefig(f, format="png", dpi=120, bbox_inches="tight")
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise storage_error(path, exc) from exc
         raise
     finally:
         plt.close(fig)
