@@ -30,6 +30,14 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
         return text + " (default: %(default)s)"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's usage errors (unknown choice, not a number, missing option) as one line
+    ``error: ...`` and exit status 2, like every other error of the command."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"error: {message}; see `{self.prog} --help`\n")
+
+
 # Options every command accepts, before or after the subcommand name.
 COMMON = argparse.ArgumentParser(add_help=False)
 COMMON.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
@@ -163,7 +171,7 @@ SUBCOMMANDS = [add_data, *(_run_side(name) for name in ("train", "eval", "inspec
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="nngraph", formatter_class=_Formatter, parents=[COMMON],
         description="Learning on neural networks as graphs: build corpora of networks, train and evaluate "
                     "metanetworks on them.",
