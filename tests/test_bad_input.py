@@ -146,6 +146,11 @@ def test_an_existing_run_is_never_overwritten_or_resumed_with_other_settings(tmp
     assert [json.loads(line)["epoch"] for line in lines] == [1]  # a fresh record, not appended to the old one
     assert json.loads((run / "config.json").read_text())["lr"] == 0.01
 
+    for path in run.iterdir():  # killed in its first epoch: only config.json, nothing trained to lose
+        if path.name != "config.json":
+            path.unlink()
+    assert main(_train(inr_corpus, run)) == 0
+
 
 def test_resume_without_checkpoint_fails_before_reading_data(tmp_path, capsys):
     code, err = run_cli(["train", "--task", "classify", "--data", str(tmp_path / "none"), "--model", "mlp",

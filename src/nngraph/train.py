@@ -93,8 +93,9 @@ class TrainConfig:
         check_model_args(self.model, self.model_kwargs)
 
 
-# Files of a run folder (cleared by --overwrite); a folder holding any of the first five is a run.
-RUN_FILES = ("config.json", "metrics.jsonl", "metrics.json", "last.pt", "best.pt",
+# Files of a run folder (cleared by --overwrite). A folder holding any of the first four has
+# trained at least one epoch; one with only config.json (killed in its first epoch) has nothing to lose.
+RUN_FILES = ("metrics.jsonl", "metrics.json", "last.pt", "best.pt", "config.json",
              "learning_curves.png", "confusion_matrix.png", "predicted_vs_true.png", "dilation.png")
 # config.json fields that a resumed run may change: they do not alter what is trained.
 _RESUMABLE_CHANGES = ("out", "compile")
@@ -109,7 +110,7 @@ def prepare_run_folder(config: TrainConfig, resume: bool, overwrite: bool, clear
         raise NNGraphError("--resume and --overwrite contradict each other; pass one of them")
     if out.exists() and not out.is_dir():
         raise NNGraphError(f"--out {out} is a file; choose a folder")
-    is_run = any((out / name).exists() for name in RUN_FILES[:5])
+    is_run = any((out / name).exists() for name in RUN_FILES[:4])
     if resume:
         if not (out / "last.pt").exists():
             raise NNGraphError(f"--resume: no checkpoint in {out}; start the run without --resume")
