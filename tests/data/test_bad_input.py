@@ -100,3 +100,13 @@ def test_limit_larger_than_the_dataset_is_refused_with_its_size():
     with pytest.raises(DataError, match="--limit 5000 is larger than digits, which holds 1797 images"):
         load_images("digits", limit=5000)
     assert len(load_images("digits", limit=1797)) == 1797
+
+
+def test_rebuild_hint_replaces_only_the_out_of_a_data_command():
+    from nngraph.data.store import rebuild_hint
+
+    assert rebuild_hint("/new/c", {"command": "nngraph data inrs --out old --limit 3"}) == \
+        "rerun `nngraph data inrs --out /new/c --limit 3`"
+    assert rebuild_hint("/new/c", {"command": "nngraph data zoo --out=old"}) == "rerun `nngraph data zoo --out=/new/c`"
+    # the demo's --out is the folder above the corpus: quoted as it was
+    assert rebuild_hint("/new/c", {"command": "nngraph demo --out runs/demo"}) == "rerun `nngraph demo --out runs/demo`"

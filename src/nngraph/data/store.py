@@ -199,11 +199,14 @@ def _read_checked(path: Path, entry: dict) -> tuple[bytes, str | None]:
 
 
 def rebuild_hint(root: str | os.PathLike, manifest: dict) -> str:
-    """``rerun `COMMAND` ...`` with the corpus' current folder as ``--out`` (it may have moved)."""
+    """``rerun `COMMAND` ...``; the ``--out`` of an ``nngraph data inrs|zoo`` command is
+    replaced by the corpus' current folder (it may have been moved since)."""
     cmd = manifest.get("command")
     if not cmd:
         return f"rerun the `nngraph data` command that built {root}"
     words = shlex.split(cmd)
+    if not any(a == "data" and b in ("inrs", "zoo") for a, b in zip(words, words[1:])):
+        return f"rerun `{cmd}`"  # e.g. `nngraph demo --out DIR`, whose --out is not the corpus
     for i, word in enumerate(words):
         if word == "--out" and i + 1 < len(words):
             words[i + 1] = str(root)
