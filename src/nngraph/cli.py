@@ -9,11 +9,14 @@ status 2; ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 
-from nngraph.errors import NNGraphError
+from nngraph.errors import NNGraphError, storage_error
 
 EXIT_USAGE = 2
+# File-system errors that are the user's to fix: read-only, full, over quota, not permitted.
+_STORAGE_ERRNOS = {errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM}
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
@@ -25,6 +28,14 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
         if "default" in text or action.default in (None, argparse.SUPPRESS) or action.nargs == 0:
             return text
         return text + " (default: %(default)s)"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's usage errors (unknown choice, not a number, missing option) as one line
+    ``error: ...`` and exit status 2, like every other error of the command."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"error: {message}; see `{self.prog} --help`\n")
 
 
 # Options every command accepts, before or after the subcommand name.
@@ -211,7 +222,7 @@ SUBCOMMANDS = [add_data, *(_run_side(name) for name in ("train", "eval", "inspec
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="nngraph", formatter_class=_Formatter, parents=[COMMON],
         description="Learning on neural networks as graphs: build corpora of networks, train and evaluate "
                     "metanetworks on them.",
@@ -226,7 +237,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        try:
+            return int(args.func(args) or 0)
+        except OSError as exc:  # a write nngraph does not wrap itself
+            if exc.errno not in _STORAGE_ERRNOS:
+                raise
+            raise storage_error(None, exc) from exc
     except NNGraphError as exc:
         if getattr(args, "debug", False):
             raise

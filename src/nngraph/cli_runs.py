@@ -64,7 +64,9 @@ def add_train(sub, formatter, common) -> None:
                    help="train for this many seconds (evaluation excluded), --epochs being an upper bound; "
                         "the cosine decay spans the budget")
     p.add_argument("--compile", action="store_true", help="torch.compile the model's layers (needs a C++ compiler)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last checkpoint (with the settings it was started with)")
+    p.add_argument("--overwrite", action="store_true", help="clear the run already in --out and start it again")
     p.add_argument("--no-progress", action="store_true", help="do not print per-epoch lines")
     p.set_defaults(func=run_train)
 
@@ -82,7 +84,7 @@ def run_train(args) -> int:
                          warmup_steps=args.warmup_steps, grad_clip=args.grad_clip, seed=args.seed,
                          permute_augment=args.permute_augment, weight_noise=args.weight_noise, model_kwargs=kwargs,
                          compile=args.compile, max_train=args.max_train, time_budget=args.time_budget)
-    result = train(config, resume=args.resume, progress=not args.no_progress)
+    result = train(config, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite)
     _print_result(result, out)
     return 0
 
@@ -196,7 +198,10 @@ def run_inspect(args) -> int:
 def _inspect_corpus(path: Path, table) -> None:
     import torch
 
-    from nngraph.data.store import read_manifest
+    from rich.console import Console
+
+    from nngraph.data.store import read_manifest, rebuild_hint, shard_problem
+    from nngraph.errors import DataError
     from nngraph.graph.convert import to_graph
 
     manifest = read_manifest(path)
@@ -205,7 +210,18 @@ def _inspect_corpus(path: Path, table) -> None:
     table.add_row("networks", str(len(items["split"])))
     splits = {s: items["split"].count(s) for s in ("train", "val", "test")}
     table.add_row("splits", json.dumps(splits))
-    table.add_row("complete", str(manifest.get("complete", False)))
+    damaged = [(entry["file"], problem) for entry in manifest["shards"] if entry.get("complete")
+               for problem in [shard_problem(path, entry)] if problem]
+    table.add_row("complete", str(manifest.get("complete", False) and not damaged))
+    table.add_row("shards", f"{sum(1 for e in manifest['shards'] if e.get('complete')) - len(damaged)} of "
+                            f"{len(manifest['shards'])} verified (size and SHA-256)"
+                  + "".join(f"; {name} {problem}" for name, problem in damaged))
+    if damaged:
+        Console().print(table)
+        name, problem = damaged[0]
+        raise DataError(f"corpus {path} is damaged: shard {name} {problem}"
+                        + (f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else "")
+                        + f"; {rebuild_hint(path, manifest)} to rebuild the damaged shards")
     if manifest["kind"] == "inr":
         from nngraph.data.fitting import SirenSpec
 
@@ -341,6 +357,10 @@ def add_demo(sub, formatter, common) -> None:
 def run_demo(args) -> int:
     from nngraph.demo import run
 
+    if args.epochs is not None and args.epochs < 1:
+        raise NNGraphError(f"--epochs must be >= 1, got {args.epochs}")
+    if args.seed < 0:
+        raise NNGraphError(f"--seed must be >= 0, got {args.seed}")
     return run(args.out, seed=args.seed, epochs=args.epochs)
 
 

@@ -3,7 +3,8 @@
 Every write goes to a temporary file in the target's folder (same file system), is
 flushed to disk, and is moved into place with ``os.replace``; on any error the temporary
 file is removed and the target is untouched. Files get the usual permissions
-(0666 minus the umask), not ``mkstemp``'s 0600.
+(0666 minus the umask), not ``mkstemp``'s 0600. A file-system error (read-only, full,
+no permission) raises ``StorageError`` in one line naming the path.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Iterator
 
+from nngraph.errors import storage_error
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -23,8 +26,11 @@ os.umask(_UMASK)
 def atomic_open(path: str | os.PathLike) -> Iterator[IO[bytes]]:
     """A binary file to write; it replaces ``path`` when the block ends without error."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise storage_error(path, exc) from exc
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
@@ -32,9 +38,11 @@ def atomic_open(path: str | os.PathLike) -> Iterator[IO[bytes]]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise storage_error(path, exc) from exc
         raise
 
 
@@ -44,6 +52,21 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         f.write(data)
 
 
+def json_text(obj: Any, indent: int = 1, allow_nan: bool = False) -> str:
+    """``obj`` as the JSON text nngraph writes (and a final newline)."""
+    return json.dumps(obj, indent=indent, allow_nan=allow_nan) + "\n"
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int = 1, allow_nan: bool = False) -> None:
     """Write ``obj`` as JSON (and a final newline) to ``path`` atomically."""
-    atomic_write_bytes(path, (json.dumps(obj, indent=indent, allow_nan=allow_nan) + "\n").encode())
+    atomic_write_bytes(path, json_text(obj, indent, allow_nan).encode())
+
+
+def append_line(path: str | os.PathLike, line: str) -> None:
+    """Append one line of text to ``path`` (a log; not atomic: a reader may see the last
+    line half-written); a file-system error raises ``StorageError``."""
+    try:
+        with open(path, "a") as f:
+            f.write(line + "\n")
+    except OSError as exc:
+        raise storage_error(path, exc) from exc

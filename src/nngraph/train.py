@@ -40,8 +40,8 @@ import torch.distributed as dist
 from torch import nn
 
 from nngraph.pipeline.loader import GraphLoader
-from nngraph.io import atomic_write_bytes, atomic_write_json
-from nngraph.errors import NNGraphError
+from nngraph.errors import NNGraphError, storage_error
+from nngraph.io import append_line, atomic_write_bytes, atomic_write_json
 from nngraph.models import create_model, model_info, models_with
 from nngraph.models.readout import READOUTS
 from nngraph.schedule import cosine_decay
@@ -72,6 +72,69 @@ class TrainConfig:
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
 
+    def validate(self) -> None:
+        """Refuse settings no run can use, before any data is read: one line naming the
+        option and its valid range (model arguments through the model registry)."""
+        from nngraph.models.registry import check_model_args
+        from nngraph.tasks import TASKS
+
+        if self.task not in TASKS:
+            raise NNGraphError(f"unknown task {self.task!r}; choose one of {', '.join(sorted(TASKS))}")
+        counts = {"epochs": (self.epochs, 1), "batch_size": (self.batch_size, 1), "max_train": (self.max_train, 1),
+                  "warmup_steps": (self.warmup_steps, 0), "seed": (self.seed, 0)}
+        for name, (value, low) in counts.items():
+            if value is not None and (not isinstance(value, int) or value < low):
+                raise NNGraphError(f"--{name.replace('_', '-')} must be an integer >= {low}, got {value!r}")
+        amounts = {"lr": (self.lr, True), "time_budget": (self.time_budget, True),
+                   "weight_decay": (self.weight_decay, False), "grad_clip": (self.grad_clip, False),
+                   "weight_noise": (self.weight_noise, False)}
+        for name, (value, positive) in amounts.items():
+            if value is not None and not (math.isfinite(value) and (value > 0 if positive else value >= 0)):
+                rule = "> 0" if positive else ">= 0"
+                raise NNGraphError(f"--{name.replace('_', '-')} must be a finite number {rule}, got {value}")
+        check_model_args(self.model, self.model_kwargs)
+
+
+# Files of a run folder (cleared by --overwrite). A folder holding any of the first four has
+# trained at least one epoch; one with only config.json (killed in its first epoch) has nothing to lose.
+RUN_FILES = ("metrics.jsonl", "metrics.json", "last.pt", "best.pt", "config.json",
+             "learning_curves.png", "confusion_matrix.png", "predicted_vs_true.png", "dilation.png")
+# config.json fields that a resumed run may change: they do not alter what is trained.
+_RESUMABLE_CHANGES = ("out", "compile")
+
+
+def prepare_run_folder(config: TrainConfig, resume: bool, overwrite: bool, clear: bool = True) -> None:
+    """Protect a run folder: a run in ``config.out`` is continued only with ``resume`` (and
+    the settings it was started with) or cleared first with ``overwrite`` (by the process
+    with ``clear``, rank 0 of a distributed run); never mixed."""
+    out = Path(config.out)
+    if resume and overwrite:
+        raise NNGraphError("--resume and --overwrite contradict each other; pass one of them")
+    if out.exists() and not out.is_dir():
+        raise NNGraphError(f"--out {out} is a file; choose a folder")
+    is_run = any((out / name).exists() for name in RUN_FILES[:4])
+    if resume:
+        if not (out / "last.pt").exists():
+            raise NNGraphError(f"--resume: no checkpoint in {out}; start the run without --resume")
+        if (out / "config.json").exists():
+            old = json.loads((out / "config.json").read_text())
+            new = config.to_json()
+            changed = [k for k in new if k not in _RESUMABLE_CHANGES and old.get(k) != new[k]
+                       and not (k == "data" and Path(old.get(k, "")).resolve() == Path(new[k]).resolve())]
+            if changed:
+                diff = ", ".join(f"{k} {json.dumps(old.get(k))} -> {json.dumps(new[k])}" for k in changed)
+                raise NNGraphError(f"--resume: {out} was started with other settings ({diff}); resume with its "
+                                   f"settings (see {out / 'config.json'}), or start again with --overwrite")
+    elif is_run and not overwrite:
+        raise NNGraphError(f"{out} already holds a run; continue it with --resume, start it again with "
+                           "--overwrite, or choose another --out")
+    elif is_run and clear:
+        for name in RUN_FILES:
+            try:
+                (out / name).unlink(missing_ok=True)
+            except OSError as exc:
+                raise storage_error(out / name, exc) from exc
+
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
     buffer = io.BytesIO()
@@ -100,7 +163,7 @@ class Trainer:
         self.loaders = GraphLoader.for_splits(
             {"train": train_set, **{split: open_dataset(kind, config.data, split) for split in ("val", "test")}})
         self.train_index = torch.arange(len(train_set))
-        if config.max_train:
+        if config.max_train is not None:
             self.train_index = self.train_index[: config.max_train]
         torch.manual_seed(config.seed)
         example, _ = self.loaders["train"].make_batch(self.train_index[: min(512, len(self.train_index))])
@@ -109,9 +172,6 @@ class Trainer:
         if self.task.readout not in info.readouts:
             raise NNGraphError(f"the {config.task} task needs a {READOUTS[self.task.readout]} readout, which "
                                f"{config.model} does not have; use {', '.join(models_with(self.task.readout))}")
-        if kwargs.get("probes") and not info.probes:
-            raise NNGraphError(f"{config.model} takes no probe features; drop --probes or use "
-                               f"{', '.join(models_with(probes=True))}")
         if info.chooses_readout:
             kwargs.setdefault("readout", self.task.readout)
         self.model = create_model(config.model, example=example, out_dim=self.task.out_dim, **kwargs)
@@ -166,13 +226,16 @@ class Trainer:
 
     # ---- loop ---------------------------------------------------------------------
     def fit(self, resume: bool = False, progress: bool = True) -> dict:
-        self.out.mkdir(parents=True, exist_ok=True)
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise storage_error(self.out, exc) from exc
         last = self.out / "last.pt"
         if resume and last.exists():
             self.load(torch.load(last, weights_only=False))
         elif resume:
             raise NNGraphError(f"--resume: no checkpoint in {self.out}; start the run without --resume")
-        if self.rank == 0:
+        if self.rank == 0 and not resume:  # a resumed run keeps the record it started with
             atomic_write_json(self.out / "config.json", self.config.to_json(), indent=2, allow_nan=True)
         while self.epoch < self.config.epochs and not self.out_of_time():
             start = time.perf_counter()
@@ -197,8 +260,7 @@ class Trainer:
                 if better:
                     _atomic_torch_save({"model": self.model.state_dict(), "epoch": self.epoch}, self.out / "best.pt")
                 _atomic_torch_save(self.state(), last)
-                with open(self.out / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(record) + "\n")
+                append_line(self.out / "metrics.jsonl", json.dumps(record))
             if progress and self.rank == 0:
                 print(f"epoch {self.epoch}/{self.config.epochs}  train loss {train_loss:.4f}  "
                       f"val {self.task.metric} {score:.4f}  ({record['seconds']:.1f} s)", flush=True)
@@ -317,10 +379,19 @@ class Trainer:
         return self.model(batch), targets, batch
 
 
-def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
-    """Run (or resume) a training run; returns the final metrics (also in ``metrics.json``)."""
+def train(config: TrainConfig, resume: bool = False, progress: bool = True, overwrite: bool = False) -> dict:
+    """Run (or resume) a training run; returns the final metrics (also in ``metrics.json``).
+
+    ``config.out`` may hold a run only with ``resume`` (same settings) or ``overwrite``
+    (its files are cleared first); settings are validated before any data is read.
+    """
+    config.validate()
     started_here = _init_distributed()
     try:
+        rank, world = _distributed_rank()
+        prepare_run_folder(config, resume, overwrite, clear=rank == 0)
+        if world > 1:  # no process looks at the folder again before rank 0 has cleared it
+            dist.barrier()
         return Trainer(config).fit(resume=resume, progress=progress)
     finally:
         if started_here:

@@ -56,6 +56,7 @@ def build_inr_corpus(
     log=print,
 ) -> dict:
     """Fit one INR per image of ``images`` into the corpus ``out``; returns the manifest."""
+    _check_counts(limit=limit, seed=seed, shard_size=shard_size, chunk_size=chunk_size, workers=workers)
     spec = SirenSpec(hidden=hidden, depth=depth, w0=w0, variant=variant)
     overrides = dict(steps=steps, lr=lr, schedule=schedule, target_psnr=target_psnr,
                      first_layer_lr_scale=first_layer_lr_scale)
@@ -112,6 +113,14 @@ def build_inr_corpus(
     manifest = writer.finish(summary)
     _print_table(f"{out}: {n} INRs ({variant})", summary, log)
     return manifest
+
+
+def _check_counts(**counts: int | None) -> None:
+    """Every given count is >= 1 (``seed`` >= 0), before any image is read; None means the default."""
+    for name, value in counts.items():
+        low = 0 if name == "seed" else 1
+        if value is not None and value < low:
+            raise NNGraphError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
 
 
 def _print_table(title: str, summary: dict, log) -> None:
@@ -176,8 +185,8 @@ def build_zoo_corpus(
     """
     from nngraph.data import zoo
 
-    if count < 1:
-        raise NNGraphError(f"--count must be >= 1, got {count}")
+    _check_counts(count=count, seed=seed, downsample=downsample, test_limit=test_limit, shard_size=shard_size,
+                  workers=workers)
     data = load_images(images)
     size = data.images.shape[1]
     factor = downsample if downsample is not None else (2 if size >= 16 else 1)

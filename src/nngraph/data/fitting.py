@@ -71,6 +71,8 @@ class SirenSpec:
             raise NNGraphError(f"unknown SIREN variant {self.variant!r}; choose one of {', '.join(VARIANTS)}")
         if self.depth < 1 or self.hidden < 1:
             raise NNGraphError(f"a SIREN needs depth >= 1 and hidden >= 1, got depth={self.depth}, hidden={self.hidden}")
+        if not 0 < self.w0 < math.inf:
+            raise NNGraphError(f"--w0 must be a positive finite number, got {self.w0}")
 
     @property
     def offset(self) -> float:
@@ -128,8 +130,12 @@ class FitRecipe:
     def __post_init__(self):
         if self.steps < 0:
             raise NNGraphError(f"--steps must be >= 0, got {self.steps}")
-        if not self.lr > 0:
-            raise NNGraphError(f"--lr must be > 0, got {self.lr}")
+        if not 0 < self.lr < math.inf:
+            raise NNGraphError(f"--lr must be a positive finite number, got {self.lr}")
+        if not 0 < self.first_layer_lr_scale < math.inf:
+            raise NNGraphError(f"--first-layer-lr-scale must be a positive finite number, got {self.first_layer_lr_scale}")
+        if self.target_psnr is not None and not math.isfinite(self.target_psnr):
+            raise NNGraphError(f"--target-psnr must be a finite number of dB, got {self.target_psnr}")
         if self.schedule not in ("constant", "cosine"):
             raise NNGraphError(f"unknown learning-rate schedule {self.schedule!r}; choose constant or cosine")
 

@@ -147,6 +147,9 @@ def _find_pairs(folder: Path) -> dict[str, tuple[Path, Path]]:
 def load_idx_folder(folder: str | os.PathLike, name: str | None = None) -> ImageSet:
     """All images of a folder of MNIST-format IDX files, with the fixed split (module doc)."""
     folder = Path(folder)
+    if folder.is_file():
+        raise DataError(f"--images {folder} is a file, not a folder; pass the folder that holds the "
+                        f"*-idx3-ubyte / *-idx1-ubyte files, or digits / fashion-mnist")
     if not folder.is_dir():
         raise DataError(f"images folder {folder} does not exist; pass --images digits, fashion-mnist "
                         f"or a folder of *-idx3-ubyte / *-idx1-ubyte files")
@@ -252,7 +255,10 @@ def stratified_limit(data: ImageSet, limit: int) -> ImageSet:
     """Keep ``limit`` images: shared among splits by size, class-stratified in each split."""
     if limit < 1:
         raise DataError(f"--limit must be >= 1, got {limit}")
-    if limit >= len(data):
+    if limit > len(data):
+        raise DataError(f"--limit {limit} is larger than {data.name}, which holds {len(data)} images; "
+                        f"pass --limit {len(data)} or less (or leave it out for all)")
+    if limit == len(data):
         return data
     sizes = np.array([(data.split == s).sum() for s in SPLITS])
     per_split = _largest_remainder(sizes, limit)

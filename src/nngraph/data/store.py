@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -33,12 +34,13 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from nngraph.errors import DataError
-from nngraph.io import atomic_write_bytes, atomic_write_json
+from nngraph.io import atomic_write_bytes, atomic_write_json, json_text
 
 FORMAT = "nngraph-corpus"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 ITEM_PREFIX = "item."
+_MANIFEST_KEYS = ("kind", "layout", "architectures", "config", "items", "shards")
 def write_shard(path: str | os.PathLike, tensors: dict[str, torch.Tensor], results: dict | None = None) -> dict:
     """Write one shard atomically; ``results`` (per-item JSON columns) go in its header.
 
@@ -47,9 +49,24 @@ def write_shard(path: str | os.PathLike, tensors: dict[str, torch.Tensor], resul
     meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION)}
     if results is not None:
         meta["items"] = json.dumps(results, allow_nan=False)
-    data = st_save({k: v.contiguous() for k, v in tensors.items()}, metadata=meta)
+    data = canonical_safetensors(st_save({k: v.contiguous() for k, v in tensors.items()}, metadata=meta))
     atomic_write_bytes(path, data)
     return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def canonical_safetensors(data: bytes) -> bytes:
+    """The same safetensors file with its JSON header in one fixed form.
+
+    safetensors writes ``__metadata__`` from a hash map, so its key order (and so the
+    file's bytes) varies between processes. The header is rewritten with sorted keys,
+    no spaces, padded with spaces to a multiple of 8 bytes; tensor offsets are relative
+    to the end of the header, so the data part is unchanged. Equal tensors and metadata
+    then give byte-identical files (and SHA-256).
+    """
+    n = int.from_bytes(data[:8], "little")
+    header = json.dumps(json.loads(data[8:8 + n]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)
+    return len(header).to_bytes(8, "little") + header + data[8 + n:]
 
 
 def shard_name(index: int) -> str:
@@ -87,6 +104,12 @@ def read_manifest(root: str | os.PathLike, kind: str | None = None) -> dict:
     if version != FORMAT_VERSION:
         raise DataError(f"{path} has format version {version}, this nngraph reads version {FORMAT_VERSION}; "
                         f"rebuild the corpus with this nngraph into a new --out folder")
+    missing = [k for k in _MANIFEST_KEYS if k not in manifest]
+    if not missing and (not isinstance(manifest["items"], dict) or "split" not in manifest["items"]):
+        missing = ["items.split"]
+    if missing:
+        raise DataError(f"{path} lacks the key {missing[0]!r} (damaged or hand-edited); rebuild the corpus "
+                        f"into an empty --out folder")
     if kind is not None and manifest.get("kind") != kind:
         raise DataError(f"{path} describes a {manifest.get('kind')!r} corpus, not {kind!r}; "
                         f"use the matching dataset class")
@@ -97,15 +120,9 @@ def load_shard(root: str | os.PathLike, entry: dict, rebuild_hint: str = "") -> 
     """Read one shard, checking its size and SHA-256 against the manifest entry."""
     path = Path(root) / entry["file"]
     fix = rebuild_hint or "rerun the command that built the corpus (it refits only the bad shard)"
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"shard {path} is missing; {fix}") from None
-    if entry.get("bytes") is not None and len(data) != entry["bytes"]:
-        raise DataError(f"shard {path} has {len(data)} bytes, the manifest says {entry['bytes']} "
-                        f"(truncated or replaced); {fix}")
-    if entry.get("sha256") and hashlib.sha256(data).hexdigest() != entry["sha256"]:
-        raise DataError(f"shard {path} does not match its SHA-256 in the manifest (corrupt); {fix}")
+    data, problem = _read_checked(path, entry)
+    if problem:
+        raise DataError(f"shard {path} {problem}; {fix}")
     try:
         tensors = st_load(data)
     except (SafetensorError, ValueError, RuntimeError) as exc:
@@ -113,12 +130,45 @@ def load_shard(root: str | os.PathLike, entry: dict, rebuild_hint: str = "") -> 
     return tensors
 
 
+def shard_problem(root: str | os.PathLike, entry: dict) -> str | None:
+    """What is wrong with a shard file against its manifest entry ("is missing", ...), or None."""
+    return _read_checked(Path(root) / entry["file"], entry)[1]
+
+
+def _read_checked(path: Path, entry: dict) -> tuple[bytes, str | None]:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return b"", "is missing"
+    if entry.get("bytes") is not None and len(data) != entry["bytes"]:
+        return data, f"has {len(data)} bytes, the manifest says {entry['bytes']} (truncated or replaced)"
+    if entry.get("sha256") and hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        return data, "does not match its SHA-256 in the manifest (corrupt)"
+    return data, None
+
+
+def rebuild_hint(root: str | os.PathLike, manifest: dict) -> str:
+    """``rerun `COMMAND` ...``; the ``--out`` of an ``nngraph data inrs|zoo`` command is
+    replaced by the corpus' current folder (it may have been moved since)."""
+    cmd = manifest.get("command")
+    if not cmd:
+        return f"rerun the `nngraph data` command that built {root}"
+    words = shlex.split(cmd)
+    if not any(a == "data" and b in ("inrs", "zoo") for a, b in zip(words, words[1:])):
+        return f"rerun `{cmd}`"  # e.g. `nngraph demo --out DIR`, whose --out is not the corpus
+    for i, word in enumerate(words):
+        if word == "--out" and i + 1 < len(words):
+            words[i + 1] = str(root)
+        elif word.startswith("--out="):
+            words[i] = f"--out={root}"
+    return f"rerun `{shlex.join(words)}`"
+
+
 def check_complete(root, manifest: dict) -> None:
     if not manifest.get("complete"):
         done = sum(1 for s in manifest["shards"] if s.get("complete"))
-        cmd = manifest.get("command") or "the build command"
         raise DataError(f"corpus {root} is incomplete ({done} of {len(manifest['shards'])} shards); "
-                        f"rerun `{cmd}` to finish it")
+                        f"{rebuild_hint(root, manifest)} to finish it")
 
 
 # --------------------------------------------------------------------------- writing
@@ -140,6 +190,7 @@ class CorpusWriter:
             raise DataError(f"--shard-size must be >= 1, got {shard_size}")
         self.root = Path(root)
         self.result_columns = result_columns
+        self._saved: str | None = None  # the manifest text last read or written
         path = self.root / MANIFEST
         if self.root.exists() and not self.root.is_dir():
             raise DataError(f"--out {self.root} is a file; choose a folder")
@@ -154,7 +205,9 @@ class CorpusWriter:
                 raise DataError(f"{self.root} holds a corpus built with other options (differs in "
                                 f"{', '.join(diff) or 'kind'}); use another --out folder or delete this one")
             self.manifest = old
-            self.manifest["command"] = plan.get("command", old.get("command"))
+            self._saved = json_text(old)
+            if not old.get("complete"):  # a complete corpus is left untouched (it may be read-only)
+                self.manifest["command"] = plan.get("command", old.get("command"))
             self._reconcile()
         else:
             if self.root.exists() and any(p.name.endswith(".safetensors") for p in self.root.iterdir()):
@@ -171,7 +224,11 @@ class CorpusWriter:
             self.save()
 
     def save(self) -> None:
-        atomic_write_json(self.root / MANIFEST, self.manifest)
+        """Write the manifest, unless the file already holds exactly this content."""
+        text = json_text(self.manifest)
+        if text != self._saved:
+            atomic_write_bytes(self.root / MANIFEST, text.encode())
+            self._saved = text
 
     def _reconcile(self) -> None:
         changed = False
@@ -288,9 +345,7 @@ class _Corpus:
         return parts
 
     def _hint(self) -> str:
-        cmd = self.manifest.get("command")
-        return (f"rerun `{cmd}` to rebuild it" if cmd
-                else f"rerun the `nngraph data` command that built {self.root} to rebuild it")
+        return f"{rebuild_hint(self.root, self.manifest)} to rebuild it"
 
 
 class InrDataset(_Corpus):

@@ -14,6 +14,7 @@ import torch
 from torch_geometric.data import Batch
 from torch_geometric.utils import to_dense_adj, to_dense_batch
 
+from nngraph.errors import InputShapeError
 from nngraph.graph import layout
 from nngraph.graph.graph import EDGE_FLATTEN, NeuralGraph
 
@@ -47,7 +48,7 @@ def collate(graphs: list[NeuralGraph], k_max: int | None = None, width: int | No
     batch of a corpus has the same edge feature size.
     """
     if not graphs:
-        raise ValueError("collate needs at least one graph")
+        raise InputShapeError("collate needs at least one graph; pass a non-empty list of NeuralGraphs")
     k_max = max([g.spec.k_max for g in graphs] + ([k_max] if k_max else []))
     width = max([k_max * k_max] + [g.edge_attr.shape[1] for g in graphs] + ([width] if width else []))
     return Batch.from_data_list([relayout(g, k_max, width) for g in graphs])

@@ -124,6 +124,7 @@ def to_graph(model: nn.Module, example_input: torch.Tensor, *, k_max: int | None
     _check_input(example_input, name)
     state = model.state_dict()
     _check_finite(state, name)
+    _check_no_shared_parameters(model, name)
     _check_no_batch_statistics(model)
     try:
         tracer = _Tracer()
@@ -414,6 +415,12 @@ def _unsupported(node: fx.Node, ctx: Context) -> UnsupportedModelError:
     if node.op == "call_module":
         module = ctx.modules[node.target]
         what = f"{node.target} ({type(module).__name__})"
+    elif node.op == "get_attr" and "." not in node.target and isinstance(getattr(nn, ctx.name, None), type):
+        # the model is itself a torch.nn layer (nn.Linear(3, 2)): traced, it reads its own weight
+        return UnsupportedModelError(
+            f"a bare nn.{ctx.name} as the whole model is not supported yet; wrap it in a module, "
+            f"e.g. nn.Sequential(nn.{ctx.name}(...))"
+        )
     elif node.op == "get_attr":
         what = f"direct use of tensor attribute {node.target!r}"
     else:
@@ -430,6 +437,38 @@ def _check_input(example: Any, name: str) -> None:
         )
     if not torch.isfinite(example).all():
         raise NonFiniteError(f"example_input for {name} holds NaN or inf; pass finite values")
+
+
+def _check_no_shared_parameters(model: nn.Module, name: str) -> None:
+    """One Parameter under two names (``b.weight = a.weight``) would become two edge sets
+    that a permutation moves apart; refused, naming both."""
+    first: dict[int, str] = {}
+    for path, tensor in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
+        if id(tensor) in first:
+            raise UnsupportedModelError(
+                f"{name}: {first[id(tensor)]} and {path} are one shared tensor; shared weights are not supported: "
+                "give each module its own copy"
+            )
+        first[id(tensor)] = path
+
+
+def first_unsupported_module(model: nn.Module) -> str | None:
+    """'path (Type)' of the first module ``forward`` calls that no conversion rule knows, or None.
+
+    Needs no input (symbolic trace only), so it can name the layer where a guessed input
+    fails to run through the model.
+    """
+    try:
+        graph = _Tracer().trace(model)
+    except Exception:  # noqa: BLE001 - not traceable: to_graph says so itself
+        return None
+    known = (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.Flatten, nn.AdaptiveAvgPool2d,
+             *_ACT_MODULES, *_PASS_MODULES)
+    modules = dict(model.named_modules())
+    for node in graph.nodes:
+        if node.op == "call_module" and type(modules[node.target]) not in known:
+            return f"{node.target} ({type(modules[node.target]).__name__})"
+    return None
 
 
 def _check_no_batch_statistics(model: nn.Module) -> None:

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch_geometric.data import Batch
 
-from nngraph.errors import InputShapeError
+from nngraph.errors import InputShapeError, NonFiniteError
 from nngraph.graph.layout import decode_kernels
 from nngraph.graph.graph import (
     graph_specs,
@@ -85,6 +85,8 @@ def execute(graph: NeuralGraph | Batch, x: torch.Tensor) -> tuple[torch.Tensor, 
     """
     from nngraph.graph.batch import collate  # batch imports nothing from here; avoids a cycle
 
+    if not torch.isfinite(x).all():
+        raise NonFiniteError("the input of execute holds NaN or inf; pass finite values")
     single = not isinstance(graph, Batch)
     batch = collate([graph]) if single else graph
     plan = plan_for(batch)

@@ -15,8 +15,8 @@ import copy
 import torch
 from torch import nn
 
-from nngraph.errors import InputShapeError
-from nngraph.graph.convert import to_graph, to_params
+from nngraph.errors import InputShapeError, UnsupportedModelError
+from nngraph.graph.convert import SUPPORTED, first_unsupported_module, to_graph, to_params
 from nngraph.graph.graph import EDGE_IDENTITY, EDGE_POOL, EDGE_RESIDUAL, ROLE_HIDDEN, NeuralGraph
 
 _TIE_KINDS = (EDGE_RESIDUAL, EDGE_IDENTITY, EDGE_POOL)
@@ -102,9 +102,16 @@ def permute_neurons(model: nn.Module, seed: int = 0, example_input: torch.Tensor
     channels; inputs and outputs never move. ``example_input`` is needed only when the
     input size cannot be guessed from the first layer (a flatten into a Linear).
     """
-    if example_input is None:
+    guessed = example_input is None
+    if guessed:
         example_input = guess_input(model)
-    graph = to_graph(model, example_input)
+    try:
+        graph = to_graph(model, example_input)
+    except InputShapeError:
+        culprit = first_unsupported_module(model) if guessed else None
+        if culprit is None:
+            raise
+        raise UnsupportedModelError(f"{culprit} is not supported; nngraph converts: {SUPPORTED}") from None
     permuted, _ = permute_graph(graph, seed)
     result = copy.deepcopy(model)
     result.load_state_dict(to_params(permuted))

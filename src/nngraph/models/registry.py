@@ -14,6 +14,8 @@ input shape) are read off an example batch of training graphs by the class's
 
 from __future__ import annotations
 
+import inspect
+import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -83,6 +85,64 @@ def create_model(name: str, example: Batch | None = None, **kwargs: Any) -> nn.M
     if example is not None:
         return cls.from_example(example, **kwargs)
     return cls(**kwargs)
+
+
+# Constructor arguments that create_model / the training loop fill in, not the user.
+_FILLED_IN = {"node_in", "edge_in", "max_positions", "num_outputs", "out_dim", "deg", "input_shape", "stats",
+              "readout", "param_names", "batch", "example"}
+_MAY_BE_ZERO = {"probes", "fourier_features", "first_k", "last_k"}
+
+
+def model_arguments(name: str) -> dict[str, Any]:
+    """{argument: default (None if it has none)} that a user may pass to model ``name``.
+
+    The arguments of the class's ``from_example``, plus the constructor's arguments with
+    defaults when ``from_example`` passes ``**kwargs`` on. Sizes read off the example
+    batch and the readout (the task's choice) are not the user's to pass.
+    """
+    cls = model_info(name).cls
+    params = list(inspect.signature(cls.from_example).parameters.values())
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        params += [p for p in inspect.signature(cls).parameters.values() if p.default is not p.empty]
+    found: dict[str, Any] = {}
+    for p in params:
+        if p.name not in _FILLED_IN and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+            found.setdefault(p.name, None if p.default is p.empty else p.default)
+    return found
+
+
+def check_model_args(name: str, kwargs: dict[str, Any]) -> None:
+    """Refuse, before any data is read, keyword arguments that model ``name`` does not take
+    or cannot be built with (one line naming the argument and its valid values).
+
+    Generic checks by the type of each argument's default; a model class with rules of its
+    own (NG-T: heads divide hidden) states them in a classmethod ``check_args(kwargs)``.
+    """
+    info, valid = model_info(name), model_arguments(name)
+    if kwargs.get("probes") and not info.probes:
+        raise NNGraphError(f"{name} takes no 'probes' (probe features); drop --probes or use "
+                           f"{', '.join(models_with(probes=True))}")
+    unknown = sorted(set(kwargs) - set(valid))
+    if unknown:
+        raise NNGraphError(f"model {name} takes no argument {unknown[0]!r} (from --model-args, --hidden, --layers "
+                           f"or --probes); its arguments are: {', '.join(sorted(valid))}")
+    for arg, value in kwargs.items():
+        default = valid[arg]
+        if isinstance(default, bool) or isinstance(value, bool):
+            if not isinstance(value, bool) or not isinstance(default, bool):
+                raise NNGraphError(f"model argument {arg!r} of {name} must be {type(default).__name__}, got {value!r}")
+        elif isinstance(value, int) or isinstance(default, int):
+            low = 0 if arg in _MAY_BE_ZERO else 1
+            if not isinstance(value, int) or value < low:
+                raise NNGraphError(f"model argument {arg!r} of {name} must be an integer >= {low}, got {value!r}")
+        elif isinstance(default, float):
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise NNGraphError(f"model argument {arg!r} of {name} must be a finite number >= 0, got {value!r}")
+            if arg == "dropout" and value >= 1:
+                raise NNGraphError(f"model argument 'dropout' of {name} must be in [0, 1), got {value!r}")
+    check_args = getattr(info.cls, "check_args", None)
+    if check_args is not None:
+        check_args({**valid, **kwargs})
 
 
 @torch.no_grad()

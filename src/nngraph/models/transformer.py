@@ -22,6 +22,7 @@ does not depend on its batch-mates.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +30,7 @@ from torch import nn
 from torch_geometric.data import Batch
 from torch_geometric.utils import to_dense_batch
 
+from nngraph.errors import NNGraphError
 from nngraph.models.base import GraphMetanetwork
 from nngraph.models.embeddings import WeightStatistics
 from nngraph.models.readout import mlp
@@ -138,6 +140,14 @@ class NGT(GraphMetanetwork):
             for i in range(layers)
         )
         self.add_readout()
+
+    @classmethod
+    def check_args(cls, kwargs: dict[str, Any]) -> None:
+        """One line before any data is read: the attention heads must split ``hidden`` evenly."""
+        hidden, heads = kwargs["hidden"], kwargs["heads"]
+        if hidden % heads:
+            raise NNGraphError(f"ngt: --hidden {hidden} must be divisible by heads={heads}; "
+                               "choose heads among the divisors of hidden")
 
     def forward(self, batch: Batch):
         v, e = self.encode(batch)  # [N, d], [E, d_e]

@@ -22,12 +22,14 @@ does not depend on its batch-mates, whatever their architectures (no padding).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 from torch_geometric.data import Batch
 from torch_geometric.utils import scatter
 
-from nngraph.errors import InputShapeError
+from nngraph.errors import InputShapeError, NNGraphError
 from nngraph.graph import layout
 from nngraph.graph.graph import (
     ACTIVATIONS,
@@ -165,6 +167,12 @@ class DeepSets(Standardised):
             with torch.no_grad():
                 model.fit_normalisation(node_set_features(batch, kernel))  # [N, in_dim]
         return model
+
+    @classmethod
+    def check_args(cls, kwargs: dict[str, Any]) -> None:
+        """One line before any data is read: kernels are centre-padded, so the window is odd."""
+        if kwargs.get("kernel") is not None and kwargs["kernel"] % 2 == 0:
+            raise NNGraphError(f"deepsets: kernel must be odd (kernels are centre-padded), got {kwargs['kernel']}")
 
     def reset_parameters(self) -> None:
         reset_mlp(self.phi)
