@@ -33,7 +33,7 @@ def stacked_features(template: NeuralGraph, params: dict[str, torch.Tensor]) -> 
     edge_attr = template.edge_attr.new_empty(b, n_edges, width) if width == 1 else template.edge_attr.new_zeros(
         b, n_edges, width
     )  # [B, E, d_e]
-    constant = torch.ones(n_edges, dtype=torch.bool)  # edges that carry no parameter (residual, pooling, ...)
+    constant = torch.ones(n_edges, dtype=torch.bool, device=edge_attr.device)  # edges that carry no parameter (residual, pooling, ...)
     for entry in spec.params:
         if entry.name not in params:
             raise InputShapeError(f"stacked parameters lack {entry.name!r}; they must follow the template's state_dict")
@@ -108,14 +108,15 @@ def graphs_from_params(template: NeuralGraph, params: dict[str, torch.Tensor]) -
     x, edge_attr = stacked_features(template, params)
     b, n, _ = x.shape
     e = edge_attr.shape[1]
-    offsets = torch.arange(b) * n  # [B]
+    device = x.device
+    offsets = torch.arange(b, device=device) * n  # [B]
     edge_index = (template.edge_index.unsqueeze(1) + offsets.view(1, b, 1)).reshape(2, b * e)
     fields = {
         "x": x.reshape(b * n, -1),
         "edge_index": edge_index,
         "edge_attr": edge_attr.reshape(b * e, -1),
-        "batch": torch.arange(b).repeat_interleave(n),
-        "ptr": torch.arange(b + 1) * n,
+        "batch": torch.arange(b, device=device).repeat_interleave(n),
+        "ptr": torch.arange(b + 1, device=device) * n,
     }
     for key in ("edge_kind", "edge_geom"):
         t = template[key]
@@ -128,7 +129,7 @@ def graphs_from_params(template: NeuralGraph, params: dict[str, torch.Tensor]) -
     batch._num_graphs = b
     batch._slice_dict = {key: _slices(key, b, n, e) for key in fields if key not in ("batch", "ptr")}
     batch._slice_dict["spec"] = torch.arange(b + 1)
-    batch._inc_dict = {key: (offsets if key == "edge_index" else torch.zeros(b, dtype=torch.long)) for key in batch._slice_dict}
+    batch._inc_dict = {key: (offsets.cpu() if key == "edge_index" else torch.zeros(b, dtype=torch.long)) for key in batch._slice_dict}
     batch._inc_dict["spec"] = None
     return batch
 
