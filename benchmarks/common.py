@@ -38,14 +38,15 @@ def commit() -> str:
 
 
 def write_result(name: str, title: str, command: str, wall_s: float, rows: list[dict], quick: bool = False,
-                 **extra) -> Path:
-    """Write ``results/<name>.json`` (``quick_<name>.json`` for a quick run) atomically; returns its path."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
+                 directory: Path = RESULTS, **extra) -> Path:
+    """Write ``results/<name>.json`` (``quick_<name>.json`` for a quick run; into ``directory`` if
+    given) atomically; returns its path."""
+    directory.mkdir(parents=True, exist_ok=True)
     name = ("quick_" if quick else "") + name
     payload = {"title": title, "command": command, "machine": machine(), "commit": commit(),
                "wall_s": round(wall_s, 1), "rows": rows, **extra}
-    path = RESULTS / f"{name}.json"
-    fd, tmp = tempfile.mkstemp(dir=RESULTS, suffix=".tmp")
+    path = directory / f"{name}.json"
+    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
     with os.fdopen(fd, "w") as f:
         json.dump(payload, f, indent=2)
     os.replace(tmp, path)

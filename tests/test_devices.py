@@ -299,6 +299,42 @@ def test_fitting_kernel_on_device(device, separable):
     assert ref[3][-1] < ref[3][0]
 
 
+@pytest.mark.parametrize("separable", [True, False])
+def test_the_fitting_kernels_torch_sin_cos_match_numpys(separable):
+    """The GPU branch of the kernel (torch.sin/cos into the buffers) on the CPU, against numpy's."""
+    from nngraph.data.fitting import _BatchFit
+
+    spec = SirenSpec(hidden=8, depth=3)
+    theta = pack(spec, init_params(spec, [0, 1]))
+    target = torch.rand(2, 1, 42, generator=torch.Generator().manual_seed(0)) - 0.5
+    results = []
+    for host in (True, False):
+        kern = _BatchFit(spec, 6, 7, 2, separable=separable)
+        if not host:
+            kern.host, kern.sin, kern.cos = False, torch.sin, torch.cos
+        residual = kern.forward(theta, target).clone()
+        results.append((residual, kern.backward(theta, residual).clone()))
+    (r_np, g_np), (r_t, g_t) = results
+    assert torch.allclose(r_np, r_t, atol=1e-5) and torch.allclose(g_np, g_t, atol=1e-4)
+    assert g_np.abs().max() > 0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_zoo_training_on_device(device):
+    from nngraph.data import zoo
+
+    gen = torch.Generator().manual_seed(0)
+    data = zoo.make_zoo_data(torch.rand(64, 8, 8, generator=gen), torch.randint(0, 10, (64,), generator=gen),
+                             torch.rand(32, 8, 8, generator=gen), torch.randint(0, 10, (32,), generator=gen))
+    training = dict(optimizer="adam", lr=1e-2, weight_decay=0.0, momentum=0.0, schedule="cosine", batch_size=16,
+                    steps=5, data_fraction=1.0, label_noise=0.0)
+    ref, acc_ref = zoo.train_and_evaluate(zoo.FIXED_ARCHITECTURE, training, data, seed=0)
+    state, acc = zoo.train_and_evaluate(zoo.FIXED_ARCHITECTURE, training, data, seed=0, device=device)
+    assert all(v.device.type == "cpu" for v in state.values())  # stored as a CPU state dict
+    assert all(_close(state[k].float(), ref[k].float(), device, tol=1e-3) for k in ref)
+    assert device != "cpu" or acc == acc_ref
+
+
 # --------------------------------------------------------------------------- training
 
 
