@@ -139,7 +139,8 @@ def main() -> int:
             runs = [accuracy(data, work, model, precision, s, task_sizes, epochs, str(device)) for s in seeds]
             accs = [r["test_accuracy"] for r in runs]
             per[precision] = (rate, accs)
-            rows.append({"model": model, "precision": precision, "graphs/s": round(rate, 2), "test accuracy per seed": [round(a, 4) for a in accs],
+            rows.append({"model": model, "precision": precision, "graphs/s": round(rate, 2),
+                         "test accuracy per seed": [round(a, 4) for a in accs],
                          "mean test accuracy": round(statistics.mean(accs), 4),
                          "train s per run": round(statistics.mean(r["train_s"] for r in runs), 1)})
             print(rows[-1], flush=True)

@@ -20,7 +20,8 @@ only costs the tests that need it), then:
 
 Writes ``benchmarks/results/gpu_check.json`` (``--out`` elsewhere), rendered into
 RESULTS.md by ``benchmarks/run.py --render``. ``--quick`` shrinks every size (batch 4,
-widths 32/16, 2 layers, 4 heads, probes 0 in fp32 and 4 in bf16, one timed step, 64 INRs) to prove the script works before a GPU visit.
+widths 32/16, 2 layers, 4 heads, probes 0 in fp32 and 4 in bf16, one timed step, 64 INRs)
+to prove the script works before a GPU visit.
 """
 
 from __future__ import annotations
@@ -67,7 +68,8 @@ def check_packages() -> dict[str, bool]:
 
 def run_cuda_tests(timeout: int) -> dict:
     """The device-parametrised tests on cuda; returns a summary row."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    path = os.pathsep.join([str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": path}
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:warnings", "-p", "no:cacheprovider",
                "tests/test_devices.py", "-k", "cuda or gpus"]
     start = time.perf_counter()
