@@ -34,7 +34,7 @@ CONFIGS = {
 }
 
 
-def run_one(model_name: str, config: str, width: int, mode: str, batch: int, steps: int) -> dict:
+def run_one(model_name: str, config: str, width: int, mode: str, batch: int, steps: int, device: str = "cpu") -> dict:
     import torch
 
     import nngraph
@@ -51,12 +51,13 @@ def run_one(model_name: str, config: str, width: int, mode: str, batch: int, ste
     template = nngraph.to_graph(Siren(hidden=width), torch.zeros(1, 2))
     params = {k: torch.randn(batch, *v.shape, generator=gen) * 0.1 for k, v in Siren(hidden=width).state_dict().items()}
     graphs = graphs_from_params(template, params)
-    model = create_model(model_name, example=graphs, out_dim=10, **sizes)
+    model = create_model(model_name, example=graphs, out_dim=10, **sizes).to(device)
+    graphs = graphs.to(device)
     if mode == "compiled":
         for layer in model.layers:
             layer.compile()
     opt = torch.optim.AdamW(model.parameters(), 1e-3)
-    labels = torch.randint(0, 10, (batch,), generator=gen)
+    labels = torch.randint(0, 10, (batch,), generator=gen).to(device)
     times = []
     for step in range(steps + 2):  # two warm-up steps
         start = time.perf_counter()
@@ -64,6 +65,8 @@ def run_one(model_name: str, config: str, width: int, mode: str, batch: int, ste
         opt.zero_grad()
         loss.backward()
         opt.step()
+        if graphs.x.is_cuda:
+            torch.cuda.synchronize()
         if step >= 2:
             times.append(time.perf_counter() - start)
     median = statistics.median(times)
@@ -96,6 +99,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="eager only, widths 32 and 64; quick_ result")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per row (default 3)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one row in this process
     args = parser.parse_args()
     if args.one:
@@ -106,14 +110,14 @@ def main() -> None:
     rows_to_run = []
     for mode in ("eager",) if args.quick else ("eager", "compiled"):
         for model in ("nggnn", "ngt"):
-            rows_to_run.append((model, "published", 32, mode, 128, args.steps))
+            rows_to_run.append((model, "published", 32, mode, 128, args.steps, args.device))
     for model in BASELINES:
-        rows_to_run.append((model, "default", 32, "eager", 32, args.steps))
+        rows_to_run.append((model, "default", 32, "eager", 32, args.steps, args.device))
     widths = (32, 64) if args.quick else WIDTHS
     for model in ("nggnn", "ngt"):
-        rows_to_run.append((model, "cpu", 32, "eager", 32, args.steps))
+        rows_to_run.append((model, "cpu", 32, "eager", 32, args.steps, args.device))
         for width in widths:
-            rows_to_run.append((model, "cpu", width, "eager", 8, args.steps))
+            rows_to_run.append((model, "cpu", width, "eager", 8, args.steps, args.device))
     start = time.perf_counter()
     rows = []
     for spec in rows_to_run:
@@ -126,7 +130,8 @@ def main() -> None:
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(rows[-1], flush=True)
     path = write_result("5_models", "5d. Metanetwork training throughput and peak memory (SIREN graphs)",
-                        "python benchmarks/bench_models.py" + (" --quick" if args.quick else ""),
+                        "python benchmarks/bench_models.py" + (" --quick" if args.quick else "")
+                        + (f" --device {args.device}" if args.device != "cpu" else ""),
                         time.perf_counter() - start, rows, quick=args.quick)
     plot_width_scaling([r for r in rows if r["batch"] == 8 and "graphs_per_s" in r], args.quick)
     print(f"wrote {path}")

@@ -38,12 +38,12 @@ def commit() -> str:
 
 
 def write_result(name: str, title: str, command: str, wall_s: float, rows: list[dict], quick: bool = False,
-                 **extra) -> Path:
-    """Write ``results/<name>.json`` (``quick_<name>.json`` for a quick run) atomically; returns its path."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
+                 directory: Path = RESULTS, **extra) -> Path:
+    """Write ``results/<name>.json`` (``quick_<name>.json`` for a quick run; into ``directory`` if
+    given) atomically; returns its path."""
     name = ("quick_" if quick else "") + name
     payload = {"title": title, "command": command, "machine": machine(), "commit": commit(),
                "wall_s": round(wall_s, 1), "rows": rows, **extra}
-    path = RESULTS / f"{name}.json"
+    path = directory / f"{name}.json"
     atomic_write_json(path, payload, indent=2, allow_nan=True)
     return path

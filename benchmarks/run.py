@@ -3,6 +3,7 @@
     python benchmarks/run.py            # the full protocol (about 2 hours on 2 cores)
     python benchmarks/run.py --quick    # the small protocol (9.4 minutes measured), quick_* results
     python benchmarks/run.py --render   # only render RESULTS.md from results/*.json
+    python benchmarks/run.py --device cuda  # the model-speed and precision rows on a GPU
 
 The task tables first (bench_tables.py: their jobs run two at a time), then the speed
 and memory measurements one after another on the otherwise idle machine.
@@ -80,18 +81,23 @@ SUITE = {
     "bench_inr_fit.py": ([], ["--quick"]),
     "bench_zoo.py": (["--count", "50"], ["--quick"]),
     "bench_models.py": ([], ["--quick"]),
+    "bench_precision.py": ([], ["--quick"]),
 }
+DEVICE_AWARE = ("bench_models.py", "bench_precision.py")  # take --device; the others run on the CPU
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--render", action="store_true", help="only render RESULTS.md from existing results")
     parser.add_argument("--quick", action="store_true", help="the small protocol; writes quick_* results")
+    parser.add_argument("--device", default="cpu",
+                        help=f"device of {' and '.join(DEVICE_AWARE)} (default: cpu)")
     args = parser.parse_args()
     if not args.render:
         for script, (full, quick) in SUITE.items():
             print(f"== {script}", flush=True)
-            code = subprocess.call([sys.executable, str(HERE / script), *(quick if args.quick else full)])
+            device = ["--device", args.device] if script in DEVICE_AWARE else []
+            code = subprocess.call([sys.executable, str(HERE / script), *(quick if args.quick else full), *device])
             if code:
                 print(f"{script} failed with exit code {code}")
                 return code

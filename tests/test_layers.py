@@ -13,7 +13,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 # Lowest first; a module belongs to the first layer one of whose prefixes it matches.
 LAYERS = [
-    ("base", ("nngraph.errors", "nngraph.io", "nngraph.schedule", "nngraph.plots")),
+    ("base", ("nngraph.errors", "nngraph.io", "nngraph.schedule", "nngraph.device", "nngraph.plots")),
     ("graph", ("nngraph.graph",)),
     ("draw", ("nngraph.draw",)),
     ("data", ("nngraph.data", "nngraph.examples")),

@@ -17,6 +17,7 @@ from nngraph.errors import NNGraphError, storage_error
 EXIT_USAGE = 2
 # File-system errors that are the user's to fix: read-only, full, over quota, not permitted.
 _STORAGE_ERRNOS = {errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM}
+DEVICE_METAVAR = "{auto,cpu,cuda,cuda:N}"
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
@@ -89,20 +90,26 @@ def add_data_inrs(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="base seed of the INR initialisations")
     p.add_argument("--shard-size", type=int, default=1024, help="INRs per shard (the unit of resumption)")
     p.add_argument("--workers", type=int, default=None, help="fitting threads (default: torch's thread count)")
-    p.add_argument("--chunk-size", type=int, default=8, help="INRs fitted together per thread")
+    p.add_argument("--chunk-size", type=int, default=None,
+                   help="INRs fitted together per thread (default: 8 on the CPU, a whole shard on a GPU)")
+    p.add_argument("--device", default="auto", metavar=DEVICE_METAVAR,
+                   help="where to fit: auto takes a GPU when there is one")
     p.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
     p.set_defaults(func=run_data_inrs)
 
 
 def run_data_inrs(args) -> int:
     from nngraph.data.build import build_inr_corpus, command_line
+    from nngraph.device import resolve_device
 
+    device = resolve_device(args.device)
+    chunk_size = args.chunk_size if args.chunk_size is not None else (8 if device.type == "cpu" else args.shard_size)
     build_inr_corpus(
         args.out, args.images, args.variant, steps=args.steps, lr=args.lr, schedule=args.schedule,
         target_psnr=args.target_psnr, first_layer_lr_scale=args.first_layer_lr_scale,
         no_early_stop=args.no_early_stop, hidden=args.hidden, depth=args.depth,
-        w0=args.w0, limit=args.limit, seed=args.seed, shard_size=args.shard_size, chunk_size=args.chunk_size,
-        workers=args.workers, progress=not args.no_progress, command=command_line(),
+        w0=args.w0, limit=args.limit, seed=args.seed, shard_size=args.shard_size, chunk_size=chunk_size,
+        workers=args.workers, progress=not args.no_progress, command=command_line(), device=str(device),
     )
     return 0
 
@@ -128,18 +135,22 @@ def add_data_zoo(sub) -> None:
     p.add_argument("--test-limit", type=int, default=2000, help="held-out test images per accuracy label")
     p.add_argument("--seed", type=int, default=0, help="zoo seed (network i depends only on seed and i)")
     p.add_argument("--shard-size", type=int, default=100, help="networks per shard (the unit of resumption)")
-    p.add_argument("--workers", type=int, default=None, help="training processes (default: CPU count)")
+    p.add_argument("--workers", type=int, default=None, help="training processes (default: CPU count; 1 on a GPU)")
+    p.add_argument("--device", default="auto", metavar=DEVICE_METAVAR,
+                   help="where to train the CNNs: auto takes a GPU when there is one")
     p.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
     p.set_defaults(func=run_data_zoo)
 
 
 def run_data_zoo(args) -> int:
     from nngraph.data.build import build_zoo_corpus, command_line
+    from nngraph.device import resolve_device
 
+    device = resolve_device(args.device)
     build_zoo_corpus(
         args.out, args.count, args.images, fixed_arch=args.fixed_arch, seed=args.seed, downsample=args.downsample,
         test_limit=args.test_limit, shard_size=args.shard_size, workers=args.workers,
-        progress=not args.no_progress, command=command_line(),
+        progress=not args.no_progress, command=command_line(), device=str(device),
     )
     return 0
 

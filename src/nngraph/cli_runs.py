@@ -64,11 +64,21 @@ def add_train(sub, formatter, common) -> None:
                    help="train for this many seconds (evaluation excluded), --epochs being an upper bound; "
                         "the cosine decay spans the budget")
     p.add_argument("--compile", action="store_true", help="torch.compile the model's layers (needs a C++ compiler)")
+    _add_device_options(p)
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last checkpoint (with the settings it was started with)")
     p.add_argument("--overwrite", action="store_true", help="clear the run already in --out and start it again")
     p.add_argument("--no-progress", action="store_true", help="do not print per-epoch lines")
     p.set_defaults(func=run_train)
+
+
+def _add_device_options(p, default_precision: str | None = "fp32") -> None:
+    """--device and --precision (of train and eval)."""
+    p.add_argument("--device", default="auto", metavar="{auto,cpu,cuda,cuda:N}",
+                   help="where to run: auto takes a GPU when there is one (default: auto)")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default=default_precision,
+                   help="bf16: bfloat16 autocast of the model (loss, metrics and checkpoints stay fp32)"
+                        + (" (default: fp32)" if default_precision else " (default: the run's)"))
 
 
 def run_train(args) -> int:
@@ -83,7 +93,8 @@ def run_train(args) -> int:
                          batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                          warmup_steps=args.warmup_steps, grad_clip=args.grad_clip, seed=args.seed,
                          permute_augment=args.permute_augment, weight_noise=args.weight_noise, model_kwargs=kwargs,
-                         compile=args.compile, max_train=args.max_train, time_budget=args.time_budget)
+                         compile=args.compile, max_train=args.max_train, time_budget=args.time_budget,
+                         device=args.device, precision=args.precision)
     result = train(config, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite)
     _print_result(result, out)
     return 0
@@ -112,6 +123,7 @@ def add_eval(sub, formatter, common) -> None:
                                    "(or of --data, a corpus of the same kind and architecture layout).")
     p.add_argument("run", metavar="RUN", help="run folder written by `nngraph train`")
     p.add_argument("--data", default=None, metavar="DIR", help="corpus to evaluate on (default: the run's)")
+    _add_device_options(p, default_precision=None)
     p.set_defaults(func=run_eval)
 
 
@@ -127,8 +139,10 @@ def run_eval(args) -> int:
     config = TrainConfig(**json.loads(config_path.read_text()))
     if args.data:
         config.data = args.data
+    config.device = args.device
+    config.precision = args.precision or config.precision
     trainer = Trainer(config)
-    trainer.model.load_state_dict(torch.load(best, weights_only=False)["model"])
+    trainer.model.load_state_dict(torch.load(best, weights_only=False, map_location="cpu")["model"])
     result = {"task": config.task, "model": config.model,
               "val": trainer.evaluate("val"), "test": trainer.evaluate("test")}
     _print_result(result, str(run))
@@ -371,6 +385,8 @@ def add_bench(sub, formatter, common) -> None:
                                    "benchmarks/RESULTS.md from its JSON results.")
     p.add_argument("--quick", action="store_true", help="the small protocol (about 10 minutes; quick_* results)")
     p.add_argument("--render", action="store_true", help="only render RESULTS.md from the existing results")
+    p.add_argument("--device", default="auto", metavar="{auto,cpu,cuda,cuda:N}",
+                   help="device of the model-speed and precision benchmarks (the task tables run on the CPU)")
     p.set_defaults(func=run_bench)
 
 
@@ -378,5 +394,7 @@ def run_bench(args) -> int:
     script = Path(__file__).resolve().parents[2] / "benchmarks" / "run.py"
     if not script.exists():
         raise NNGraphError("the benchmarks live in the source checkout; run `nngraph bench` from a git clone")
+    from nngraph.device import resolve_device
+
     flags = ["--render"] if args.render else ["--quick"] if args.quick else []
-    return subprocess.call([sys.executable, str(script), *flags])
+    return subprocess.call([sys.executable, str(script), *flags, "--device", str(resolve_device(args.device))])

@@ -20,7 +20,15 @@ is the equal-CPU-time comparison of models; its numbers depend on the machine's 
 Distributed: launched by ``torchrun`` (WORLD_SIZE > 1), every global batch is split
 across the processes and gradients are averaged by DistributedDataParallel (gloo on a
 CPU, nccl on GPUs); each process's loss is weighted by its share of the batch, so the
-update equals the single-process one. Off unless launched that way.
+update equals the single-process one. Off unless launched that way. On GPUs each process
+takes the GPU of its LOCAL_RANK and NCCL averages the gradients.
+
+Devices and precision: the model lives on ``config.device`` (``auto``: a GPU when there
+is one); batches are built on the host and moved there once per step (pinned,
+non-blocking). With ``precision="bf16"`` the forward passes run under bfloat16 autocast;
+the loss and metrics are computed in float32 and parameters, optimiser state and
+checkpoints stay float32. Checkpoints load onto the CPU first (``map_location``), so a
+run trained on a GPU resumes or evaluates anywhere.
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ import torch.distributed as dist
 from torch import nn
 
 from nngraph.pipeline.loader import GraphLoader
+from nngraph.device import autocast, float32, resolve_device, resolve_precision, to_device
 from nngraph.errors import NNGraphError, storage_error
 from nngraph.io import append_line, atomic_write_bytes, atomic_write_json
 from nngraph.models import create_model, model_info, models_with
@@ -68,6 +77,8 @@ class TrainConfig:
     compile: bool = False
     max_train: int | None = None  # use only the first N training networks (quick runs)
     time_budget: float | None = None  # seconds of training; then `epochs` is only an upper bound
+    device: str = "auto"  # auto, cpu, cuda or cuda:N (under torchrun on GPUs: the GPU of LOCAL_RANK)
+    precision: str = "fp32"  # fp32, or bf16 autocast of the forward passes
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -155,6 +166,8 @@ class Trainer:
         self.config = config
         self.out = Path(config.out)
         self.rank, self.world = _distributed_rank()
+        self.device = _process_device(config.device, self.world)
+        self.precision = resolve_precision(config.precision)
         kind = _corpus_kind(config.data)
         train_set = open_dataset(kind, config.data, "train")
         self.task = create_task(config.task, train_set)
@@ -174,11 +187,13 @@ class Trainer:
                                f"{config.model} does not have; use {', '.join(models_with(self.task.readout))}")
         if info.chooses_readout:
             kwargs.setdefault("readout", self.task.readout)
-        self.model = create_model(config.model, example=example, out_dim=self.task.out_dim, **kwargs)
+        self.model = create_model(config.model, example=example, out_dim=self.task.out_dim, **kwargs).to(self.device)
         if config.compile and hasattr(self.model, "layers"):
             for layer in self.model.layers:
                 layer.compile(dynamic=True)
-        self.ddp_model = (nn.parallel.DistributedDataParallel(self.model) if self.world > 1 else self.model)
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        self.ddp_model = (nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
+                          if self.world > 1 else self.model)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         steps_per_epoch = math.ceil(len(self.train_index) / config.batch_size)
         self.total_steps = steps_per_epoch * config.epochs
@@ -232,7 +247,7 @@ class Trainer:
             raise storage_error(self.out, exc) from exc
         last = self.out / "last.pt"
         if resume and last.exists():
-            self.load(torch.load(last, weights_only=False))
+            self.load(torch.load(last, weights_only=False, map_location="cpu"))
         elif resume:
             raise NNGraphError(f"--resume: no checkpoint in {self.out}; start the run without --resume")
         if self.rank == 0 and not resume:  # a resumed run keeps the record it started with
@@ -297,9 +312,12 @@ class Trainer:
             step_started = time.perf_counter()
             shard = index.tensor_split(self.world)[self.rank] if self.world > 1 else index
             batch, items = self.loaders["train"].make_batch(shard, c.permute_augment, c.weight_noise, gen)
+            batch, targets = to_device(batch, self.device), to_device(self.task.targets(items), self.device)
             for group in self.optimizer.param_groups:
                 group["lr"] = self.lr_at(self.step)
-            loss = self.task.loss(self.ddp_model(batch), self.task.targets(items), batch)
+            with autocast(self.device, self.precision):
+                output = self.ddp_model(batch)
+            loss = self.task.loss(float32(output), targets, batch)
             weighted = loss * (len(shard) * self.world / len(index))
             self.optimizer.zero_grad(set_to_none=True)
             weighted.backward()
@@ -314,7 +332,7 @@ class Trainer:
                        rate=count * self.world / (time.perf_counter() - started))
         bar.stop()
         if self.world > 1:  # the mean over all processes' networks
-            sums = torch.tensor([total, count], dtype=torch.float64)
+            sums = torch.tensor([total, count], dtype=torch.float64, device=self.device)
             dist.all_reduce(sums)
             total, count = float(sums[0]), int(sums[1])
         return total / max(count, 1)
@@ -323,7 +341,7 @@ class Trainer:
         """One step's time, the same in every process (the slowest one's), so that all
         processes of a distributed time-budget run stop after the same step."""
         if self.world > 1 and self.config.time_budget:
-            t = torch.tensor([seconds], dtype=torch.float64)
+            t = torch.tensor([seconds], dtype=torch.float64, device=self.device)
             dist.all_reduce(t, op=dist.ReduceOp.MAX)
             return float(t)
         return seconds
@@ -341,14 +359,17 @@ class Trainer:
         batches = loader.split_batches(torch.arange(len(loader)), batch_size or self.config.batch_size)
         for index in batches:
             batch, items = loader.make_batch(index)
-            targets = self.task.targets(items)
-            for k, v in self.task.predictions(self.model(batch), targets, batch).items():
-                parts.setdefault(k, []).append(v)
+            batch, targets = to_device(batch, self.device), to_device(self.task.targets(items), self.device)
+            with autocast(self.device, self.precision):
+                output = self.model(batch)
+            for k, v in self.task.predictions(float32(output), targets, batch).items():
+                parts.setdefault(k, []).append(v.cpu())
         item_order = torch.argsort(torch.cat(batches))  # back to the split's order
         return {k: torch.cat(v)[item_order] for k, v in parts.items()}
 
     def finish(self) -> dict:
-        best = torch.load(self.out / "best.pt", weights_only=False) if (self.out / "best.pt").exists() else None
+        best = self.out / "best.pt"
+        best = torch.load(best, weights_only=False, map_location="cpu") if best.exists() else None
         if best is not None:
             self.model.load_state_dict(best["model"])
         test_predictions = self.predict("test")
@@ -372,11 +393,13 @@ class Trainer:
 
     @torch.no_grad()
     def test_examples(self, n: int) -> tuple[Any, dict[str, torch.Tensor], Any]:
-        """(model output, targets, batch) of the first ``n`` test networks."""
+        """(model output in fp32, targets, batch) of the first ``n`` test networks, on the run's device."""
         loader = self.loaders["test"]
         batch, items = loader.make_batch(torch.arange(min(n, len(loader))))
-        targets = self.task.targets(items)
-        return self.model(batch), targets, batch
+        batch, targets = to_device(batch, self.device), to_device(self.task.targets(items), self.device)
+        with autocast(self.device, self.precision):
+            output = self.model(batch)
+        return float32(output), targets, batch
 
 
 def train(config: TrainConfig, resume: bool = False, progress: bool = True, overwrite: bool = False) -> dict:
@@ -386,7 +409,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, over
     (its files are cleared first); settings are validated before any data is read.
     """
     config.validate()
-    started_here = _init_distributed()
+    started_here = _init_distributed(config.device)
     try:
         rank, world = _distributed_rank()
         prepare_run_folder(config, resume, overwrite, clear=rank == 0)
@@ -410,9 +433,22 @@ def _distributed_rank() -> tuple[int, int]:
     return 0, 1
 
 
-def _init_distributed() -> bool:
-    """Join the process group when launched by torchrun; returns whether this call created it."""
+def _process_device(name: str, world: int) -> torch.device:
+    """This process's device: ``name`` resolved; under torchrun on GPUs, the GPU of LOCAL_RANK."""
+    device = resolve_device(name)
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    return device
+
+
+def _init_distributed(device: str = "auto") -> bool:
+    """Join the process group when launched by torchrun; returns whether this call created it.
+
+    NCCL when the run's device is a GPU (each process on the GPU of its LOCAL_RANK), else gloo.
+    """
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
         return False
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    cuda = _process_device(device, int(os.environ["WORLD_SIZE"])).type == "cuda"
+    dist.init_process_group("nccl" if cuda else "gloo")
     return True

@@ -54,8 +54,12 @@ def build_inr_corpus(
     progress: bool = True,
     command: str | None = None,
     log=print,
+    device: str = "cpu",
 ) -> dict:
-    """Fit one INR per image of ``images`` into the corpus ``out``; returns the manifest."""
+    """Fit one INR per image of ``images`` into the corpus ``out``; returns the manifest.
+
+    ``device``: where the INRs are fitted (``fit_inrs``); the corpus is the same kind of file.
+    """
     _check_counts(limit=limit, seed=seed, shard_size=shard_size, chunk_size=chunk_size, workers=workers)
     spec = SirenSpec(hidden=hidden, depth=depth, w0=w0, variant=variant)
     overrides = dict(steps=steps, lr=lr, schedule=schedule, target_psnr=target_psnr,
@@ -98,7 +102,7 @@ def build_inr_corpus(
     try:
         for k, a, b in pending:
             result = fit_inrs(data.images[a:b], spec, recipe, seeds[a:b], chunk_size=chunk_size, workers=workers,
-                              progress=bar)
+                              progress=bar, device=device)
             tensors = dict(result.params)
             tensors[ITEM_PREFIX + "image"] = data.images[a:b]
             writer.write(k, tensors, {"psnr": result.psnr.tolist(), "steps": result.steps.tolist()})
@@ -176,6 +180,7 @@ def build_zoo_corpus(
     progress: bool = True,
     command: str | None = None,
     log=print,
+    device: str = "cpu",
 ) -> dict:
     """Train ``count`` CNNs (``nngraph.data.zoo``) into the corpus ``out``; returns the manifest.
 
@@ -220,7 +225,7 @@ def build_zoo_corpus(
     for run in _contiguous_runs(pending):  # one worker pool and progress bar per run of shards
         start, stop = run[0][1], run[-1][2]
         records_iter = zoo.generate(stop - start, zdata, seed, fixed_arch=fixed_arch, progress=progress,
-                                    start=start, workers=workers)
+                                    start=start, workers=workers, device=device)
         try:
             for k, a, b in run:
                 records = [next(records_iter) for _ in range(b - a)]

@@ -29,6 +29,10 @@ gradient matrices only. Two tricks make it fast on a CPU:
   writing into preallocated buffers; chunks of INRs run on worker threads (torch and
   numpy release the GIL) with one intra-op thread each.
 
+On a GPU (``device="cuda"``) the same kernel runs with torch's sin and cos into the same
+preallocated device buffers, one chunk after another (a chunk should then hold
+thousands of INRs); results come back to the CPU.
+
 Per-INR early stop: at step t the forward pass gives L_i(theta_t); an INR whose PSNR has
 reached the target keeps theta_t (it is frozen and removed from the active batch before
 the update), so its recorded PSNR is exactly that of its stored parameters. The final
@@ -253,33 +257,38 @@ class _BatchFit:
     batch uses their leading rows.
     """
 
-    def __init__(self, spec: SirenSpec, height: int, width: int, capacity: int, separable: bool = True):
+    def __init__(self, spec: SirenSpec, height: int, width: int, capacity: int, separable: bool = True,
+                 device: torch.device | str = "cpu"):
         if spec.in_features != 2:
             raise NNGraphError(f"image INRs need in_features=2, got {spec.in_features}")
         self.spec, self.H, self.W, self.P = spec, height, width, height * width
         self.separable = separable
         self.blocks = _layout(spec)
         h, P, L = spec.hidden, self.P, spec.depth
-        grid = pixel_grid(height, width)  # [P, 2] (row, col)
-        self.rows = torch.linspace(-1.0, 1.0, height)  # [H]
-        self.cols = torch.linspace(-1.0, 1.0, width)  # [W]
-        self.coords_aug = torch.cat([grid.T, torch.ones(1, P)], 0).contiguous()  # [3, P]
+        dev = torch.device(device)
+        # numpy's SIMD sin/cos on CPU buffers (through .numpy() views), torch's elsewhere
+        self.host = dev.type == "cpu"
+        self.sin, self.cos = (np.sin, np.cos) if self.host else (torch.sin, torch.cos)
+        grid = pixel_grid(height, width, device=dev)  # [P, 2] (row, col)
+        self.rows = torch.linspace(-1.0, 1.0, height, device=dev)  # [H]
+        self.cols = torch.linspace(-1.0, 1.0, width, device=dev)  # [W]
+        self.coords_aug = torch.cat([grid.T, torch.ones(1, P, device=dev)], 0).contiguous()  # [3, P]
         # S[l]: sin of hidden layer l plus a constant row of ones  [cap, h+1, P]
-        self.S = [torch.empty(capacity, h + 1, P) for _ in range(L)]
+        self.S = [torch.empty(capacity, h + 1, P, device=dev) for _ in range(L)]
         for s in self.S:
             s[:, h].fill_(1.0)
         # cos of hidden layer l [cap, h, P] (the separable first layer keeps its own in sc1)
-        self.C = [None if (l == 0 and separable) else torch.empty(capacity, h, P) for l in range(L)]
+        self.C = [None if (l == 0 and separable) else torch.empty(capacity, h, P, device=dev) for l in range(L)]
         if separable:  # first layer: sin and cos side by side per pixel row
-            self.ang = torch.empty(capacity, h, height + width)
-            self.lhs = torch.empty(capacity, h, height, 2)
-            self.rhs = torch.empty(capacity, h, 2, 2 * width)
-            self.sc1 = torch.empty(capacity, h, height, 2 * width)
-        self.U = torch.empty(capacity, h, P)  # pre-activation scratch
-        self.E = torch.empty(capacity, h, P)  # dL/dU scratch
-        self.E2 = torch.empty(capacity, h, P)
-        self.Y = torch.empty(capacity, spec.out_features, P)
-        self.grad = torch.empty(capacity, spec.n_params())
+            self.ang = torch.empty(capacity, h, height + width, device=dev)
+            self.lhs = torch.empty(capacity, h, height, 2, device=dev)
+            self.rhs = torch.empty(capacity, h, 2, 2 * width, device=dev)
+            self.sc1 = torch.empty(capacity, h, height, 2 * width, device=dev)
+        self.U = torch.empty(capacity, h, P, device=dev)  # pre-activation scratch
+        self.E = torch.empty(capacity, h, P, device=dev)  # dL/dU scratch
+        self.E2 = torch.empty(capacity, h, P, device=dev)
+        self.Y = torch.empty(capacity, spec.out_features, P, device=dev)
+        self.grad = torch.empty(capacity, spec.n_params(), device=dev)
 
     def _blocks(self, flat: torch.Tensor):
         B = flat.shape[0]
@@ -301,11 +310,12 @@ class _BatchFit:
         v.G = self._blocks(self.grad[:B])
         v.grad = self.grad[:B]
         v.S = [s[:B] for s in self.S]
-        v.S_np = [s[:B, :h].numpy() for s in self.S]
+        host = (lambda t: t.numpy()) if self.host else (lambda t: t)  # what self.sin / self.cos write into
+        v.S_np = [host(s[:B, :h]) for s in self.S]
         v.C = [c[:B] if c is not None else None for c in self.C]
-        v.C_np = [c.numpy() if c is not None else None for c in v.C]
+        v.C_np = [host(c) if c is not None else None for c in v.C]
         v.U = self.U[:B]
-        v.U_np = v.U.numpy()
+        v.U_np = host(v.U)
         v.Y = self.Y[:B]
         v.E = [self.E[:B], self.E2[:B]]
         v.W_t = [a[:, :, :h].transpose(1, 2) for a in v.A]  # W_l^T  [B, in, out]
@@ -345,12 +355,12 @@ class _BatchFit:
             v.S0_4d.copy_(v.sc_sin)
         else:
             torch.matmul(v.A[0], self.coords_aug, out=v.U).mul_(w0)  # [B, h, P]
-            np.sin(v.U_np, out=v.S_np[0])
-            np.cos(v.U_np, out=v.C_np[0])
+            self.sin(v.U_np, out=v.S_np[0])
+            self.cos(v.U_np, out=v.C_np[0])
         for l in range(1, spec.depth):
             torch.baddbmm(v.U, v.A[l], v.S[l - 1], beta=0.0, alpha=w0, out=v.U)  # [B, h, P]
-            np.sin(v.U_np, out=v.S_np[l])
-            np.cos(v.U_np, out=v.C_np[l])
+            self.sin(v.U_np, out=v.S_np[l])
+            self.cos(v.U_np, out=v.C_np[l])
         torch.bmm(v.A[-1], v.S[-1], out=v.Y)  # [B, out, P]
         return v.Y.sub_(target)
 
@@ -424,20 +434,21 @@ def fit_chunk(
     theta: torch.Tensor,
     separable: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[float]]:
-    """Fit the INRs of one chunk. images [B, H, W] in [0, 1], theta [B, n] initial (flat).
+    """Fit the INRs of one chunk on the device of ``images``. images [B, H, W] in [0, 1], theta [B, n] initial (flat).
 
     Returns (theta [B, n] final, psnr [B] float64, steps [B] int64 (updates applied), and
     the mean loss of the still-active INRs at every step).
     """
     B, H, W = images.shape
-    kern = _BatchFit(spec, H, W, B, separable=separable)
+    device = images.device
+    kern = _BatchFit(spec, H, W, B, separable=separable, device=device)
     target = (images.reshape(B, spec.out_features, H * W).float() - spec.offset).contiguous()  # [B, out, P]
-    theta = theta.clone().float().contiguous()
+    theta = theta.to(device).clone().float().contiguous()
     m, v = torch.zeros_like(theta), torch.zeros_like(theta)
     final = torch.empty_like(theta)
-    psnr = torch.full((B,), float("nan"), dtype=torch.float64)
-    steps_done = torch.full((B,), recipe.steps, dtype=torch.int64)
-    active = torch.arange(B)
+    psnr = torch.full((B,), float("nan"), dtype=torch.float64, device=device)
+    steps_done = torch.full((B,), recipe.steps, dtype=torch.int64, device=device)
+    active = torch.arange(B, device=device)
     first_cols = spec.hidden * (spec.in_features + 1)
     losses = []
     for step in range(recipe.steps + 1):
@@ -521,6 +532,7 @@ def fit_inrs(
     progress: "bool | FitProgress" = True,
     description: str = "fitting",
     separable: bool = True,
+    device: torch.device | str = "cpu",
 ) -> FitResult:
     """Fit one INR per image. images [B, H, W] float in [0, 1]; seeds: B ints.
 
@@ -528,6 +540,7 @@ def fit_inrs(
     depend on the other images of the call (chunks only group work). ``workers`` threads
     (default: torch's thread count) each fit one chunk at a time with one intra-op thread.
     ``progress``: show a bar, or a :class:`FitProgress` shared by several calls.
+    ``device``: where the chunks are fitted; on a GPU one after another (``workers`` is 1).
     """
     images = torch.as_tensor(images, dtype=torch.float32)
     if images.ndim != 3:
@@ -540,7 +553,8 @@ def fit_inrs(
         raise NNGraphError(f"need one seed per image: {len(seeds)} seeds for {images.shape[0]} images")
     n = images.shape[0]
     n_threads = torch.get_num_threads()
-    workers = max(1, workers or n_threads)
+    device = torch.device(device)
+    workers = max(1, workers or n_threads) if device.type == "cpu" else 1
     theta0 = pack(spec, init_params(spec, seeds)) if n else torch.empty(0, spec.n_params())
     final = torch.empty_like(theta0)
     psnr = torch.empty(n, dtype=torch.float64)
@@ -562,7 +576,7 @@ def fit_inrs(
             except queue.Empty:
                 return
             try:
-                th, ps, st, _ = fit_chunk(spec, recipe, images[a:b], theta0[a:b], separable=separable)
+                th, ps, st, _ = fit_chunk(spec, recipe, images[a:b].to(device), theta0[a:b], separable=separable)
             except BaseException as exc:  # surfaced in the caller
                 errors.append(exc)
                 return

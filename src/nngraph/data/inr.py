@@ -94,10 +94,10 @@ def init_bounds(variant: str, layer_index: int, fan_in: int, w0: float) -> tuple
     return weight, 1.0 / math.sqrt(fan_in)
 
 
-def pixel_grid(height: int, width: int) -> torch.Tensor:
+def pixel_grid(height: int, width: int, device: torch.device | str | None = None) -> torch.Tensor:
     """Pixel-centre coordinates on [-1, 1]^2, row-major: [H*W, 2] as (row, col)."""
-    rows = torch.linspace(-1.0, 1.0, height)
-    cols = torch.linspace(-1.0, 1.0, width)
+    rows = torch.linspace(-1.0, 1.0, height, device=device)
+    cols = torch.linspace(-1.0, 1.0, width, device=device)
     grid = torch.stack(torch.meshgrid(rows, cols, indexing="ij"), dim=-1)  # [H, W, 2]
     return grid.reshape(-1, 2)
 

@@ -55,6 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nngraph.device import to_device
 from nngraph.errors import NNGraphError
 from nngraph.graph.activations import ACTIVATION_MODULES
 from nngraph.schedule import cosine_decay
@@ -446,7 +447,7 @@ def is_finite_state(state_dict: Mapping[str, torch.Tensor]) -> bool:
 
 
 def train_and_evaluate(
-    arch: Mapping, training: Mapping, data, seed: int
+    arch: Mapping, training: Mapping, data, seed: int, device: torch.device | str = "cpu"
 ) -> tuple[dict[str, torch.Tensor], float]:
     """Train ``build_cnn(arch)`` with a recipe and return its weights and test accuracy.
 
@@ -455,13 +456,16 @@ def train_and_evaluate(
     the model in eval mode (BatchNorm running statistics included); the accuracy is
     measured on ``data.test_x`` in eval mode. If training diverges the weights may be
     non-finite (see ``is_finite_state``) and the accuracy is then chance level or below.
+    On another ``device`` the net is initialised and its data drawn on the CPU as here,
+    then trained there; the state dict comes back on the CPU.
     """
     data = as_zoo_data(data)
+    device = torch.device(device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = build_cnn(arch)
+        model = build_cnn(arch).to(device)
     gen = torch.Generator().manual_seed(seed)
-    x, y = _training_subset(data, training, gen)  # [n, C, H, W], [n]
+    x, y = to_device(_training_subset(data, training, gen), device)  # [n, C, H, W], [n]
     opt = _make_optimizer(model.parameters(), training)
     steps = int(training["steps"])
     model.train()
@@ -475,8 +479,8 @@ def train_and_evaluate(
         opt.step()
         if not torch.isfinite(loss):
             break  # diverged: the caller sees non-finite weights
-    accuracy = evaluate(model, data.test_x, data.test_y)
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    accuracy = evaluate(model, *to_device((data.test_x, data.test_y), device))
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     return state, accuracy
 
 
@@ -498,7 +502,7 @@ def net_rngs(seed: int, index: int) -> tuple[np.random.Generator, np.random.Gene
     return arch_rng, train_rng, torch_seed
 
 
-def make_net(index: int, data, seed: int, fixed_arch: bool = False) -> dict:
+def make_net(index: int, data, seed: int, fixed_arch: bool = False, device: torch.device | str = "cpu") -> dict:
     """Sample, train and evaluate net ``index`` of zoo ``seed``; the record ``generate`` yields.
 
     A recipe whose training diverges (non-finite weights) is replaced by the next
@@ -509,7 +513,7 @@ def make_net(index: int, data, seed: int, fixed_arch: bool = False) -> dict:
     arch = copy.deepcopy(FIXED_ARCHITECTURE) if fixed_arch else sample_architecture(arch_rng)
     for attempt in range(1, MAX_ATTEMPTS + 1):
         training = sample_training(train_rng)
-        state, accuracy = train_and_evaluate(arch, training, data, torch_seed)
+        state, accuracy = train_and_evaluate(arch, training, data, torch_seed, device)
         if is_finite_state(state):
             break
     else:
@@ -528,12 +532,13 @@ def make_net(index: int, data, seed: int, fixed_arch: bool = False) -> dict:
 _WORKER_DATA: ZooData | None = None
 
 
-def _make_net_single_thread(index: int, data: ZooData, seed: int, fixed_arch: bool) -> dict:
+def _make_net_single_thread(index: int, data: ZooData, seed: int, fixed_arch: bool,
+                            device: torch.device | str = "cpu") -> dict:
     """``make_net`` with one torch thread (as in the workers), restoring the thread count."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return make_net(index, data, seed, fixed_arch)
+        return make_net(index, data, seed, fixed_arch, device)
     finally:
         torch.set_num_threads(threads)
 
@@ -559,6 +564,7 @@ def generate(
     progress: bool = True,
     start: int = 0,
     workers: int = 1,
+    device: torch.device | str = "cpu",
 ) -> Iterator[dict]:
     """Yield ``count`` zoo records for nets ``start .. start + count - 1``, in order.
 
@@ -567,13 +573,14 @@ def generate(
     Every net trains with one torch thread, in this process (``workers == 1``) or in
     ``workers`` forked processes, so records are bitwise the same for any ``workers``
     and any shard boundaries. On small CNNs, processes with one thread each beat one
-    process with several threads.
+    process with several threads. On a GPU (``device``) the nets train one after another
+    in this process (``workers`` is ignored: forked processes cannot share CUDA).
     """
     data = as_zoo_data(data)
     indices = range(start, start + count)
     pool = None
-    if workers <= 1:
-        records = (_make_net_single_thread(i, data, seed, fixed_arch) for i in indices)
+    if workers <= 1 or torch.device(device).type != "cpu":
+        records = (_make_net_single_thread(i, data, seed, fixed_arch, device) for i in indices)
     else:
         # fork, as torch's DataLoader workers do: the data is inherited, not pickled, and
         # each worker runs one torch thread (no OpenMP region is entered after the fork).

@@ -90,7 +90,7 @@ def to_dense(batch: Batch) -> DenseGraphs:
     def pairs(field: torch.Tensor) -> torch.Tensor:
         return to_dense_adj(batch.edge_index, batch.batch, field, max_num_nodes=n_max)
 
-    ones = torch.ones(batch.edge_index.shape[1], dtype=batch.x.dtype)
+    ones = torch.ones(batch.edge_index.shape[1], dtype=batch.x.dtype, device=batch.x.device)
     edge_mask = pairs(ones) > 0
     kind = pairs((batch.edge_kind + 1).to(batch.x.dtype)).long() - 1
     return DenseGraphs(

@@ -98,7 +98,7 @@ def plan_for(batch: Batch) -> Plan:
     """The batch's plan; cached when every graph shares one spec object (a template batch)."""
     specs = graph_specs(batch)
     shared = all(s is specs[0] for s in specs)
-    key = (id(specs[0]), len(specs), batch.num_nodes, batch.num_edges)
+    key = (id(specs[0]), len(specs), batch.num_nodes, batch.num_edges, batch.x.device)
     if shared and key in _PLAN_CACHE and _PLAN_CACHE[key][0] is specs[0]:
         _PLAN_CACHE.move_to_end(key)
         return _PLAN_CACHE[key][1]
@@ -165,17 +165,18 @@ class Plan:
         self.inputs = torch.nonzero(batch.node_role == ROLE_INPUT).squeeze(1)  # sorted = (graph, position)
         if self.inputs.numel() % self.num_graphs:
             raise InputShapeError("graphs in one batch have different numbers of inputs; execute them separately")
-        block_of = torch.full((n,), -1, dtype=torch.long)
-        row_of = torch.zeros(n, dtype=torch.long)
+        device = batch.node_role.device
+        block_of = torch.full((n,), -1, dtype=torch.long, device=device)
+        row_of = torch.zeros(n, dtype=torch.long, device=device)
         block_of[self.inputs] = 0
-        row_of[self.inputs] = torch.arange(len(self.inputs))
+        row_of[self.inputs] = torch.arange(len(self.inputs), device=device)
         src, dst = batch.edge_index
         edge_layer = batch.node_layer[dst]
         self.groups: list[_Group] = []
         for layer in range(1, int(batch.node_layer.max()) + 1):
             edges = torch.nonzero(edge_layer == layer).squeeze(1)
             columns = [batch.edge_kind[edges], *batch.edge_geom[edges].t(), *batch.node_hw[src[edges]].t()]
-            key = torch.zeros(len(edges), dtype=torch.long)
+            key = torch.zeros(len(edges), dtype=torch.long, device=device)
             for column in columns:  # mixed-radix code of the signature row
                 values, inverse = torch.unique(column, return_inverse=True)
                 key = key * len(values) + inverse
@@ -193,7 +194,7 @@ class Plan:
                     graphs, which = torch.unique(gid[targets], return_inverse=True)
                     g.ln_graph, g.ln_count = which, torch.bincount(which, minlength=len(graphs))
                 block_of[targets] = len(self.groups) + 1
-                row_of[targets] = torch.arange(len(targets))
+                row_of[targets] = torch.arange(len(targets), device=device)
                 self.groups.append(g)
         outputs = torch.nonzero(batch.node_role == ROLE_OUTPUT).squeeze(1)
         order = torch.argsort(gid[outputs] * (int(batch.node_pos.max()) + 1) + batch.node_pos[outputs])
@@ -241,7 +242,7 @@ class Plan:
         for g in self.groups:
             z = self._dense(batch, g, blocks, p) if g.kind in _DENSE_KINDS else self._copy(batch, g, blocks)
             blocks.append(self._node_pipeline(batch, g, z))
-        acts = torch.zeros(batch.num_nodes, p, dtype=dtype)
+        acts = torch.zeros(batch.num_nodes, p, dtype=dtype, device=x.device)
         for nodes, value in zip(self.block_nodes, blocks):
             acts = acts.index_copy(0, nodes, value.mean(dim=(-2, -1)))
         out = _collect(self.output_gather, blocks)  # [B * n_out, P, h, w]
@@ -335,7 +336,7 @@ def _rank_in_graph(graph_of: torch.Tensor, num_graphs: int) -> tuple[torch.Tenso
     """Rank of each item among the items of its graph (items sorted by graph); and the max count."""
     counts = torch.bincount(graph_of, minlength=num_graphs)
     starts = torch.cumsum(counts, 0) - counts
-    return torch.arange(len(graph_of)) - starts[graph_of], int(counts.max())
+    return torch.arange(len(graph_of), device=graph_of.device) - starts[graph_of], int(counts.max())
 
 
 def _activate(z: torch.Tensor, act: torch.Tensor, param: torch.Tensor) -> torch.Tensor:

@@ -33,7 +33,7 @@ def stacked_features(template: NeuralGraph, params: dict[str, torch.Tensor]) -> 
     x = template.x.unsqueeze(0).expand(b, -1, -1).clone()  # [B, N, d_v]
     n_edges, width = template.edge_attr.shape
     edge_attr = template.edge_attr.new_empty(b, n_edges, width)  # [B, E, d_e]: every row is written below
-    constant = torch.ones(n_edges, dtype=torch.bool)  # edges that carry no parameter (residual, pooling, ...)
+    constant = torch.ones(n_edges, dtype=torch.bool, device=edge_attr.device)  # edges that carry no parameter (residual, pooling, ...)
     for entry in spec.params:
         if entry.name not in params:
             raise InputShapeError(f"stacked parameters lack {entry.name!r}; they must follow the template's state_dict")

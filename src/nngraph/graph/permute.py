@@ -30,7 +30,7 @@ def permute_graph(graph: NeuralGraph, seed: int = 0) -> tuple[NeuralGraph, torch
     ``x_new = x[perm]`` and edge (i -> j) of the new graph carries old edge
     (perm[i] -> perm[j]).
     """
-    perm = _tie_class_permutation(graph, torch.Generator().manual_seed(seed))
+    perm = _tie_class_permutation(graph, torch.Generator().manual_seed(seed)).to(graph.edge_index.device)
     n = graph.num_nodes
     src, dst = graph.edge_index
     old_key = src * n + dst
@@ -57,7 +57,7 @@ def tie_class_of(graph: NeuralGraph) -> list[int]:
             a = parent[a]
         return a
 
-    tie = torch.isin(graph.edge_kind, torch.tensor(_TIE_KINDS))
+    tie = torch.isin(graph.edge_kind, torch.tensor(_TIE_KINDS, device=graph.edge_kind.device))
     for a, b in graph.edge_index[:, tie].t().tolist():
         ra, rb = find(a), find(b)
         if ra != rb:

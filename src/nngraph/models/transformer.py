@@ -154,7 +154,7 @@ class NGT(GraphMetanetwork):
         dense_v, node_mask = to_dense_batch(v, batch.batch)  # [B, N_max, d]
         b, n_max, _ = dense_v.shape
         graph = batch.batch[batch.edge_index[0]]
-        local = torch.arange(batch.num_nodes) - batch.ptr[batch.batch]  # node index within its graph
+        local = torch.arange(batch.num_nodes, device=v.device) - batch.ptr[batch.batch]  # node index within its graph
         src, dst = local[batch.edge_index[0]], local[batch.edge_index[1]]
         pair_mask = node_mask[:, :, None] & node_mask[:, None, :]
         dense_e = self.no_edge.expand(b, n_max, n_max, -1).clone()

@@ -84,7 +84,7 @@ def edge_encoding(batch: Batch, kernel: int) -> torch.Tensor:
     f_mean = attr.sum(1) / hw
     f_std = (attr.pow(2).sum(1) / hw - f_mean.pow(2)).clamp(min=0).add(1e-12).sqrt()
     out = out * (1 - flat).unsqueeze(1)
-    out = out + nn.functional.one_hot(torch.tensor(centre(kernel)), kernel * kernel).to(attr.dtype) * (flat * f_mean).unsqueeze(1)
+    out = out + nn.functional.one_hot(torch.tensor(centre(kernel), device=attr.device), kernel * kernel).to(attr.dtype) * (flat * f_mean).unsqueeze(1)
     return torch.cat([out, (flat * f_std).unsqueeze(1), flat.unsqueeze(1)], dim=1)  # [E, k^2 + 2]
 
 

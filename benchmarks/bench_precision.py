@@ -1,0 +1,167 @@
+"""bf16 against fp32 on this machine: training speed and accuracy of NG-T and NG-GNN.
+
+    python benchmarks/bench_precision.py [--quick] [--device cpu]
+
+Two measurements, fp32 against bf16 autocast (``--precision bf16``: the products in
+bfloat16; loss, metrics, parameters and optimiser state in fp32):
+
+- speed: forward + backward + AdamW at the published size (node width 64, edge width
+  32, 4 layers, NG-T 8 heads, batch 128) on SIREN graphs (2->32->32->1, random weights),
+  graphs/s as the median of the timed steps after 2 warm-up steps;
+- accuracy: the same short training run (the task benchmarks' CPU size: widths 32/16,
+  2 layers, NG-T 4 heads, 16 probes; AdamW lr 3e-3, batch 32, ``EPOCHS`` epochs, seeds
+  ``SEEDS``) on the digits INR corpus (1,797 SIRENs of scikit-learn's 8x8 digits, built
+  once into ``benchmarks/work/precision/``), test accuracy of the best validation epoch.
+
+Writes ``results/5_precision.json`` (``quick_5_precision.json`` with ``--quick``) with
+a verdict per model in its notes: speed-up and accuracy change. Needs a quiet machine:
+about 15 minutes on 2 cores. ``--quick`` (tiny sizes, a 60-INR corpus, one epoch) only
+proves the script works (< 1 minute).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from common import RESULTS, write_result  # noqa: E402
+
+PUBLISHED = {"hidden": 64, "edge_hidden": 32, "layers": 4, "heads": 8}
+TASK_SIZE = {"hidden": 32, "edge_hidden": 16, "layers": 2, "heads": 4, "probes": 16}
+EPOCHS, SEEDS = 10, (0, 1)
+PRECISIONS = ("fp32", "bf16")
+
+
+def speed(model_name: str, precision: str, sizes: dict, batch: int, steps: int, device) -> float:
+    """graphs/s of forward + backward + AdamW, median over ``steps`` after 2 warm-up steps."""
+    import torch
+
+    import nngraph
+    from nngraph.data.inr import Siren
+    from nngraph.device import autocast
+    from nngraph.graph.fast import graphs_from_params
+    from nngraph.models import create_model
+
+    gen = torch.Generator().manual_seed(0)
+    siren = Siren(variant="dwsnet")
+    template = nngraph.to_graph(siren, torch.zeros(1, 2))
+    params = {k: torch.randn(batch, *v.shape, generator=gen) * 0.1 for k, v in siren.state_dict().items()}
+    graphs = graphs_from_params(template, params)
+    kwargs = dict(sizes)
+    if model_name != "ngt":
+        kwargs.pop("heads")
+    torch.manual_seed(0)
+    model = create_model(model_name, example=graphs, out_dim=10, **kwargs).to(device)
+    graphs = graphs.to(device)
+    labels = torch.randint(0, 10, (batch,), generator=gen).to(device)
+    opt = torch.optim.AdamW(model.parameters(), 1e-3)
+    times = []
+    for step in range(steps + 2):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        with autocast(device, precision):
+            out = model(graphs)
+        loss = torch.nn.functional.cross_entropy(out.float(), labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if step >= 2:
+            times.append(time.perf_counter() - start)
+    return batch / statistics.median(times)
+
+
+def corpus(work: Path, quick: bool) -> Path:
+    """The digits INR corpus (built once; a rerun reuses it)."""
+    from nngraph.data.build import build_inr_corpus
+
+    root = work / ("digits-quick" if quick else "digits")
+    small = dict(limit=60, steps=30, hidden=8) if quick else {}
+    build_inr_corpus(root, images="digits", variant="dwsnet", seed=0, progress=False, log=lambda *a: None, **small)
+    return root
+
+
+def accuracy(data: Path, work: Path, model: str, precision: str, seed: int, sizes: dict, epochs: int,
+             device: str) -> dict:
+    """One training run (reused when its metrics.json exists): test accuracy and train seconds."""
+    from nngraph.train import TrainConfig, train
+
+    out = work / "runs" / f"{model}-{precision}-s{seed}"
+    if (out / "metrics.json").exists():
+        result = json.loads((out / "metrics.json").read_text())
+    else:
+        kwargs = dict(sizes)
+        if model != "ngt":
+            kwargs.pop("heads")
+        config = TrainConfig(task="classify", data=str(data), model=model, out=str(out), epochs=epochs,
+                             batch_size=32, lr=3e-3, seed=seed, model_kwargs=kwargs, device=device,
+                             precision=precision)
+        result = train(config, progress=False)
+    return {"test_accuracy": result["test"]["accuracy"], "train_s": result["train_seconds"]}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="tiny sizes, proves the script works; quick_ result")
+    ap.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N (default: cpu, the verdict's machine)")
+    ap.add_argument("--work", default=str(HERE / "work" / "precision"), help="corpus and runs folder")
+    ap.add_argument("--results", default=str(RESULTS), help="folder of the result JSON")
+    args = ap.parse_args()
+    import torch
+
+    from nngraph.device import resolve_device
+
+    torch.set_num_threads(2)
+    device = resolve_device(args.device)
+    work = Path(args.work) / ("quick" if args.quick else "full")
+    start = time.perf_counter()
+    if args.quick:
+        speed_sizes, batch, steps = {"hidden": 16, "edge_hidden": 8, "layers": 1, "heads": 2}, 4, 1
+        task_sizes, epochs, seeds = {"hidden": 8, "edge_hidden": 4, "layers": 1, "heads": 2, "probes": 2}, 1, (0,)
+    else:
+        speed_sizes, batch, steps = PUBLISHED, 128, 3
+        task_sizes, epochs, seeds = TASK_SIZE, EPOCHS, SEEDS
+    data = corpus(work, args.quick)
+    rows, notes = [], []
+    for model in ("ngt", "nggnn"):
+        per = {}
+        for precision in PRECISIONS:
+            rate = speed(model, precision, speed_sizes, batch, steps, device)
+            runs = [accuracy(data, work, model, precision, s, task_sizes, epochs, str(device)) for s in seeds]
+            accs = [r["test_accuracy"] for r in runs]
+            per[precision] = (rate, accs)
+            rows.append({"model": model, "precision": precision, "graphs/s": round(rate, 2),
+                         "test accuracy per seed": [round(a, 4) for a in accs],
+                         "mean test accuracy": round(statistics.mean(accs), 4),
+                         "train s per run": round(statistics.mean(r["train_s"] for r in runs), 1)})
+            print(rows[-1], flush=True)
+        (r32, a32), (r16, a16) = per["fp32"], per["bf16"]
+        change = statistics.mean(a16) - statistics.mean(a32)
+        spread = max(a32) - min(a32) if len(a32) > 1 else float("nan")
+        notes.append(f"{model}: bf16 trains {r16 / r32:.2f}x as fast as fp32 (graphs/s); test accuracy "
+                     f"changes by {change:+.4f} (fp32 spread over seeds {spread:.4f})")
+    notes.append(f"graphs/s: forward + backward + AdamW, batch {batch}, widths {speed_sizes['hidden']}/"
+                 f"{speed_sizes['edge_hidden']}, {speed_sizes['layers']} layers, {speed_sizes['heads']} heads (NG-T)")
+    notes.append(f"device {device}; accuracy runs: widths {task_sizes['hidden']}/{task_sizes['edge_hidden']}, "
+                 f"{task_sizes['layers']} layers, {task_sizes['probes']} probes, {epochs} epochs, seeds {list(seeds)}")
+    command = "python benchmarks/bench_precision.py" + (" --quick" if args.quick else "") + (
+        f" --device {args.device}" if args.device != "cpu" else "")
+    path = write_result("5_precision", "5e. bf16 against fp32: training speed and accuracy (NG-T, NG-GNN)", command,
+                        time.perf_counter() - start, rows, quick=args.quick, notes=notes,
+                        directory=Path(args.results))
+    print("\n".join(notes))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,42 @@
+"""The GPU check and the bf16 benchmark run, in their quick modes, on the CPU.
+
+They are meant for a GPU visit and a quiet machine respectively; these runs (under a
+minute each) make sure neither fails when its time comes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+
+
+def _run(*args: str) -> str:
+    out = subprocess.run([sys.executable, *args], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    return out.stdout
+
+
+def test_gpu_check_quick_on_the_cpu(tmp_path):
+    result = tmp_path / "gpu_check.json"
+    stdout = _run("benchmarks/gpu_check.py", "--device", "cpu", "--quick", "--out", str(result))
+    assert "CUDA tests skipped: the device is not a GPU" in stdout
+    data = json.loads(result.read_text())
+    models = [r for r in data["rows"] if "model" in r]
+    assert {(r["model"], r["precision"]) for r in models} == {(m, p) for m in ("ngt", "nggnn") for p in ("fp32", "bf16")}
+    assert all(r["graphs_per_s"] > 0 and r["finite_loss"] for r in models)
+    assert data["rows"][-1]["inr_steps_per_s"] > 0 and "cpu" in data["machine"]["device"]
+
+
+def test_bench_precision_quick(tmp_path):
+    _run("benchmarks/bench_precision.py", "--quick", "--work", str(tmp_path / "work"), "--results", str(tmp_path))
+    data = json.loads((tmp_path / "quick_5_precision.json").read_text())
+    assert [(r["model"], r["precision"]) for r in data["rows"]] == [
+        ("ngt", "fp32"), ("ngt", "bf16"), ("nggnn", "fp32"), ("nggnn", "bf16")]
+    assert all(r["graphs/s"] > 0 and 0 <= r["mean test accuracy"] <= 1 for r in data["rows"])
+    assert any(note.startswith("ngt: bf16 trains") for note in data["notes"])
