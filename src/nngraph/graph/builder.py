@@ -12,7 +12,9 @@ import torch
 
 from nngraph.graph.graph import (
     EDGE_FLATTEN,
+    GEOM_DIM,
     NEUTRAL_NODE,
+    NO_GEOM,
     NODE_DIM,
     ROLE_HIDDEN,
     ArchSpec,
@@ -91,6 +93,11 @@ class GraphBuilder:
         self.set_feature(nodes, channel, tensor)
         self.params.append(ParamEntry(name, tuple(tensor.shape), "node", nodes[0], channel=channel))
 
+    def record_shared_param(self, name: str, nodes: list[int], channel: int, tensor: torch.Tensor) -> None:
+        """A one-element tensor [1] held by every node of ``nodes`` (consecutive) in feature ``channel``."""
+        self.set_feature(nodes, channel, float(tensor.detach().reshape(())))
+        self.params.append(ParamEntry(name, tuple(tensor.shape), "node", nodes[0], channel=channel, shared=len(nodes)))
+
     def free_slots(self, nodes: list[int], slot: str) -> bool:
         """Whether ``nodes`` are one whole hidden layer whose ``slot`` and later ones are free."""
         layer = self.node_layer[nodes[0]]
@@ -106,20 +113,29 @@ class GraphBuilder:
 
     # ---- edges -------------------------------------------------------------------
     def dense_edges(self, src: list[int], dst: list[int], weights: torch.Tensor, kind: int,
-                    geom: tuple[int, ...] = (0,) * 8) -> int:
-        """Edges i -> j for every (j, i), j-major; ``weights`` [out, in, *w]. Returns the first edge id."""
+                    geom: tuple[int, ...] = NO_GEOM, groups: int = 1) -> int:
+        """Edges i -> j for every (j, i), j-major; ``weights`` [out, in / groups, *w]. Returns the first edge id.
+
+        With ``groups`` > 1 (grouped convolution), output j of group g = j // (out / groups)
+        reads only the sources of that group: src[g * in_g + i] for i < in_g.
+        """
         n_out, n_in = weights.shape[:2]
-        src_t = torch.tensor(src, dtype=torch.long).repeat(n_out)  # [out*in]
+        if groups == 1:
+            src_t = torch.tensor(src, dtype=torch.long).repeat(n_out)  # [out*in]
+        else:
+            group = torch.arange(n_out) // (n_out // groups)  # [out]
+            local = group[:, None] * n_in + torch.arange(n_in)  # [out, in_g] positions in src
+            src_t = torch.tensor(src, dtype=torch.long)[local.reshape(-1)]  # [out*in_g]
         dst_t = torch.tensor(dst, dtype=torch.long).repeat_interleave(n_in)  # [out*in]
         flat = weights.detach().reshape(n_out * n_in, *weights.shape[2:])
         if kind != EDGE_FLATTEN and flat.dim() == 1:
             flat = flat.reshape(-1, 1, 1)
         return self._add(_EdgeChunk(src_t, dst_t, flat.to(self.dtype), kind, geom))
 
-    def pair_edges(self, src: list[int], dst: list[int], kind: int) -> int:
+    def pair_edges(self, src: list[int], dst: list[int], kind: int, geom: tuple[int, ...] = NO_GEOM) -> int:
         """Identity edges src[k] -> dst[k] of weight 1 (residual, identity, pooling)."""
         ones = torch.ones(len(src), 1, 1, dtype=self.dtype)
-        return self._add(_EdgeChunk(torch.tensor(src), torch.tensor(dst), ones, kind, (0,) * 8))
+        return self._add(_EdgeChunk(torch.tensor(src), torch.tensor(dst), ones, kind, geom))
 
     def _add(self, chunk: _EdgeChunk) -> int:
         first = self.num_edges
@@ -150,7 +166,7 @@ class GraphBuilder:
             edge_index=torch.stack([torch.cat([c.src for c in self.chunks]), torch.cat([c.dst for c in self.chunks])]),
             edge_attr=edge_attr,
             edge_kind=torch.cat([torch.full((len(c.src),), c.kind, dtype=torch.long) for c in self.chunks]),
-            edge_geom=torch.cat([torch.tensor(c.geom, dtype=torch.long).expand(len(c.src), 8) for c in self.chunks]),
+            edge_geom=torch.cat([torch.tensor(c.geom, dtype=torch.long).expand(len(c.src), GEOM_DIM) for c in self.chunks]),
             node_layer=torch.tensor(self.node_layer, dtype=torch.long),
             node_pos=torch.zeros(len(self.node_layer), dtype=torch.long),
             node_act=torch.tensor(self.node_act, dtype=torch.long),

@@ -11,8 +11,9 @@ group, over all graphs of the batch at once:
 - Linear / conv / flatten edges are scattered into one dense block per graph,
   W[b, j, i] (a kernel for conv edges, H*W weights for flatten edges), and applied with
   one batched matmul or one grouped convolution: z[b, j] = sum_i W[b, j, i] * h[b, i];
-- residual / identity edges copy their source, pooling edges its spatial mean, times
-  the edge's scalar weight (1 after conversion), summed per target;
+- residual / identity edges copy their source, pooling edges its spatial mean, max-pool
+  and avg-pool edges its local or adaptive pooling (``pooling.apply``), times the edge's
+  scalar weight (1 after conversion), summed per target;
 
 then every target node applies z + bias + offset -> norm -> activation. There is a
 Python loop over layers and signature groups, never over nodes or graphs.
@@ -35,26 +36,38 @@ import torch.nn.functional as F
 from torch_geometric.data import Batch
 
 from nngraph.errors import InputShapeError
+from nngraph.graph import pooling
 from nngraph.graph.builder import window_of
 from nngraph.graph.graph import (
+    ACT_ELU,
     ACT_GELU,
     ACT_GELU_TANH,
+    ACT_HARDSIGMOID,
+    ACT_HARDSWISH,
+    ACT_HARDTANH,
     ACT_LEAKY_RELU,
+    ACT_MISH,
     ACT_NONE,
+    ACT_PRELU,
     ACT_RELU,
+    ACT_SELU,
     ACT_SIGMOID,
     ACT_SILU,
     ACT_SINE,
+    ACT_SOFTPLUS,
     ACT_TANH,
+    EDGE_AVGPOOL,
     EDGE_CONV,
     EDGE_FLATTEN,
     EDGE_LINEAR,
+    EDGE_MAXPOOL,
     EDGE_POOL,
     NORM_BATCH,
     NORM_LAYER,
     ROLE_INPUT,
     ROLE_OUTPUT,
     X_ACT_PARAM,
+    X_ACT_PARAM2,
     X_BIAS,
     X_NORM_BIAS,
     X_NORM_MEAN,
@@ -230,6 +243,8 @@ class Plan:
         dtype = batch.edge_attr.dtype
         if x.dim() == 3:  # [B, P, F] -> per unit [P, 1, 1]
             values = x.permute(0, 2, 1).reshape(-1, p, 1, 1)
+        elif x.dim() == 4:  # [B, P, C, L] -> per channel [P, 1, L]
+            values = x.transpose(1, 2).reshape(-1, p, 1, x.shape[3])
         else:  # [B, P, C, H, W] -> per channel [P, H, W]
             values = x.transpose(1, 2).reshape(-1, p, *x.shape[3:])
         if values.shape[0] != self.inputs.numel():
@@ -263,7 +278,7 @@ class Plan:
             wd[g.e_graph, g.e_j, g.e_i] = attr[:, :hw]
             z = torch.einsum("bjis,bips->bjp", wd, hd.reshape(G, n_in, p, hw))[..., None, None]
         else:
-            kh, kw, sh, sw, ph, pw, dh, dw = g.geom
+            kh, kw, sh, sw, ph, pw, dh, dw = g.geom[:8]
             wd = attr.new_zeros(G, n_out, n_in, kh, kw)
             wd[g.e_graph, g.e_j, g.e_i] = window_of(attr, self.k_max, kh, kw)
             inp = hd.permute(2, 0, 1, 3, 4).reshape(p, G * n_in, *h.shape[2:])
@@ -272,10 +287,12 @@ class Plan:
         return z[g.t_graph, g.t_rank]  # [n_T, P, h, w]
 
     def _copy(self, batch: Batch, g: _Group, blocks: list[torch.Tensor]) -> torch.Tensor:
-        """Residual / identity edges copy h_i, pooling edges its spatial mean, times w_ij."""
+        """Residual / identity edges copy h_i, pooling edges its spatial mean or local pooling, times w_ij."""
         h = _collect(g.gather, blocks)  # [E_g, P, h, w]
         if g.kind == EDGE_POOL:
             h = h.mean(dim=(-2, -1), keepdim=True)
+        elif g.kind in (EDGE_MAXPOOL, EDGE_AVGPOOL):
+            h = pooling.apply(h, g.kind, g.geom)  # [E_g, P, h', w']
         msg = h * batch.edge_attr[g.edges, centre(self.k_max)].view(-1, 1, 1, 1)
         z = msg.new_zeros(len(g.targets), *msg.shape[1:])
         return z.index_add(0, g.e_target, msg)
@@ -294,7 +311,7 @@ class Plan:
             z = torch.where((norm == NORM_BATCH).view(view), normed, z)
         if g.ln_graph is not None:
             z = torch.where((norm == NORM_LAYER).view(view), self._layernorm(batch, g, z, feats), z)
-        return _activate(z, batch.node_act[nodes], feats[:, X_ACT_PARAM])
+        return _activate(z, batch.node_act[nodes], feats[:, X_ACT_PARAM], feats[:, X_ACT_PARAM2])
 
     def _layernorm(self, batch: Batch, g: _Group, z: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
         """Normalise over the target nodes of each graph (one layer): statistics per graph and input."""
@@ -335,14 +352,18 @@ def _rank_in_graph(graph_of: torch.Tensor, num_graphs: int) -> tuple[torch.Tenso
     return torch.arange(len(graph_of)) - starts[graph_of], int(counts.max())
 
 
-def _activate(z: torch.Tensor, act: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
-    """Apply each node's activation; z [n, P, h, w], act [n], param [n] (w0 or slope)."""
+def _activate(z: torch.Tensor, act: torch.Tensor, param: torch.Tensor, param2: torch.Tensor) -> torch.Tensor:
+    """Apply each node's activation; z [n, P, h, w], act [n], param, param2 [n] (see activations.py).
+
+    Branches that are not taken are computed on clamped inputs (ELU, Softplus), so that
+    neither they nor their gradients overflow.
+    """
     out = z
     view = (-1, 1, 1, 1)
     for kind in act.unique().tolist():
         if kind == ACT_NONE:
             continue
-        p = param.view(view)
+        p, p2 = param.view(view), param2.view(view)
         if kind == ACT_RELU:
             a = torch.relu(z)
         elif kind == ACT_GELU:
@@ -355,8 +376,25 @@ def _activate(z: torch.Tensor, act: torch.Tensor, param: torch.Tensor) -> torch.
             a = torch.tanh(z)
         elif kind == ACT_SIGMOID:
             a = torch.sigmoid(z)
-        elif kind == ACT_LEAKY_RELU:
+        elif kind in (ACT_LEAKY_RELU, ACT_PRELU):
             a = torch.where(z >= 0, z, z * p)
+        elif kind == ACT_HARDTANH:
+            a = torch.minimum(torch.maximum(z, p), p2)
+        elif kind == ACT_HARDSWISH:
+            a = F.hardswish(z)
+        elif kind == ACT_HARDSIGMOID:
+            a = F.hardsigmoid(z)
+        elif kind == ACT_ELU:
+            a = torch.where(z > 0, z, p * torch.expm1(z.clamp_max(0)))
+        elif kind == ACT_SELU:
+            a = F.selu(z)
+        elif kind == ACT_SOFTPLUS:
+            beta = torch.where(p == 0, torch.ones_like(p), p)  # 0 only at nodes of other kinds
+            bz = beta * z
+            linear = bz > p2
+            a = torch.where(linear, z, torch.log1p(torch.exp(bz.masked_fill(linear, 0))) / beta)
+        elif kind == ACT_MISH:
+            a = F.mish(z)
         elif kind == ACT_SINE:
             a = torch.sin(p * z)
         else:

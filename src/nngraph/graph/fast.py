@@ -13,7 +13,7 @@ import torch
 from torch_geometric.data import Batch
 
 from nngraph.errors import InputShapeError
-from nngraph.graph.graph import ArchSpec, NeuralGraph
+from nngraph.graph.graph import ArchSpec, NeuralGraph, kernel_hw
 
 
 def stacked_features(template: NeuralGraph, params: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,12 +46,12 @@ def stacked_features(template: NeuralGraph, params: dict[str, torch.Tensor]) -> 
         if entry.source != "node":
             constant[rows] = False
         if entry.source == "node":
-            x[:, rows, entry.channel] = value
+            x[:, rows, entry.channel] = value  # a shared [B, 1] value broadcasts over its nodes
         elif entry.source == "flat":
             hw = entry.shape[1] // entry.sources
             edge_attr[:, rows, :hw] = value.reshape(b, entry.count, hw)
         else:
-            kh, kw = entry.shape[2:] if len(entry.shape) == 4 else (1, 1)
+            kh, kw = kernel_hw(entry.shape)
             top, left = (k - kh) // 2, (k - kw) // 2
             window = edge_attr[:, rows, : k * k].view(b, entry.count, k, k)
             window[:, :, top : top + kh, left : left + kw] = value.reshape(b, entry.count, kh, kw)
@@ -91,12 +91,12 @@ def stacked_params(batch: Batch, x: torch.Tensor | None = None,
     for entry in spec.params:
         rows = slice(entry.offset, entry.offset + entry.count)
         if entry.source == "node":
-            out[entry.name] = x[:, rows, entry.channel]
+            out[entry.name] = x[:, rows, entry.channel][:, : 1 if entry.shared else entry.count]
         elif entry.source == "flat":
             hw = entry.shape[1] // entry.sources
             out[entry.name] = edge_attr[:, rows, :hw].reshape(b, *entry.shape)
         else:
-            kh, kw = entry.shape[2:] if len(entry.shape) == 4 else (1, 1)
+            kh, kw = kernel_hw(entry.shape)
             top, left = (k - kh) // 2, (k - kw) // 2
             window = edge_attr[:, rows, : k * k].reshape(b, entry.count, k, k)
             out[entry.name] = window[:, :, top : top + kh, left : left + kw].reshape(b, *entry.shape)
