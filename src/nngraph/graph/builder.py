@@ -156,17 +156,24 @@ class GraphBuilder:
         elif k_max % 2 == 0:
             raise ValueError(f"k_max={k_max} must be odd (the window needs a centre)")
         width = max([k_max * k_max] + [c.weights.shape[1] for c in flat])
-        attrs = []
+        # Written chunk by chunk into preallocated tensors (a full-width ResNet has ~2 M edges).
+        edge_attr = torch.zeros(self.num_edges, width, dtype=self.dtype)
+        edge_kind = torch.empty(self.num_edges, dtype=torch.long)
+        edge_geom = torch.empty(self.num_edges, GEOM_DIM, dtype=torch.long)
+        start = 0
         for chunk in self.chunks:
-            attrs.append(lay_out(chunk.weights, chunk.kind, k_max, width))
-        edge_attr = torch.cat(attrs) if attrs else torch.zeros(0, width, dtype=self.dtype)
+            rows = slice(start, start + len(chunk.src))
+            lay_out(chunk.weights, chunk.kind, k_max, width, out=edge_attr[rows])
+            edge_kind[rows] = chunk.kind
+            edge_geom[rows] = torch.tensor(chunk.geom, dtype=torch.long)
+            start = rows.stop
         spec.k_max = k_max
         return NeuralGraph(
             x=torch.tensor(self.features, dtype=self.dtype).reshape(-1, NODE_DIM),
             edge_index=torch.stack([torch.cat([c.src for c in self.chunks]), torch.cat([c.dst for c in self.chunks])]),
             edge_attr=edge_attr,
-            edge_kind=torch.cat([torch.full((len(c.src),), c.kind, dtype=torch.long) for c in self.chunks]),
-            edge_geom=torch.cat([torch.tensor(c.geom, dtype=torch.long).expand(len(c.src), GEOM_DIM) for c in self.chunks]),
+            edge_kind=edge_kind,
+            edge_geom=edge_geom,
             node_layer=torch.tensor(self.node_layer, dtype=torch.long),
             node_pos=torch.zeros(len(self.node_layer), dtype=torch.long),
             node_act=torch.tensor(self.node_act, dtype=torch.long),
@@ -178,14 +185,14 @@ class GraphBuilder:
         )
 
 
-def lay_out(weights: torch.Tensor, kind: int, k_max: int, width: int) -> torch.Tensor:
-    """Edge weights -> edge_attr rows [E, width].
+def lay_out(weights: torch.Tensor, kind: int, k_max: int, width: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Edge weights -> edge_attr rows [E, width] (written into ``out``, zeros, when given).
 
     Window kinds: [E, kh, kw] centred in a k_max x k_max window (top/left padding
     (k_max - k) // 2), flattened row-major. Flatten edges: [E, H*W] in the first H*W slots.
     """
     n = weights.shape[0]
-    out = weights.new_zeros(n, width)
+    out = weights.new_zeros(n, width) if out is None else out
     if kind == EDGE_FLATTEN:
         out[:, : weights.shape[1]] = weights
         return out

@@ -242,14 +242,33 @@ def _convert_node(ctx: Context, node: fx.Node, env: dict) -> Any:
     if node.op == "call_function" and node.target is operator.setitem:
         return _setitem(ctx, node, env)
     if "tensor_meta" not in node.meta:  # x.size(0), shape arithmetic: not part of the network
-        if node.op == "get_attr" or any(isinstance(a, Value) for a in _args(node, env)):
-            raise _unsupported(node, ctx)
-        return None
+        return _shape_constant(ctx, node, env)
     if node.op == "call_module":
         return _call_module(ctx, node, env)
     if node.op in ("call_function", "call_method"):
         return _call_function(ctx, node, env)
     raise _unsupported(node, ctx)
+
+
+_SHAPE_ARITHMETIC = {operator.getitem, operator.add, operator.sub, operator.mul, operator.floordiv}
+
+
+def _shape_constant(ctx: Context, node: fx.Node, env: dict) -> Any:
+    """``x.shape``, ``x.size(d)`` and integer arithmetic on them, as seen on the example input
+    (batch size 1), e.g. the c of ``out[:, :x.shape[1]] += x``; None for other non-tensor values."""
+    args = _args(node, env)
+    if node.op == "call_function" and node.target is getattr and args[1:] == ["shape"] and isinstance(args[0], Value):
+        return tuple(ctx.shape(node.args[0]))
+    if node.op == "call_method" and node.target == "size" and isinstance(args[0], Value):
+        shape = tuple(ctx.shape(node.args[0]))
+        return shape[args[1]] if len(args) > 1 else shape
+    if node.op == "get_attr" or any(isinstance(a, (Value, ParamRef)) for a in args):
+        raise _unsupported(node, ctx)
+    if node.op == "call_function" and node.target in _SHAPE_ARITHMETIC and all(
+        isinstance(a, (int, tuple)) and not isinstance(a, bool) for a in args
+    ):
+        return node.target(*args)
+    return None
 
 
 def _call_module(ctx: Context, node: fx.Node, env: dict) -> Value:
@@ -446,6 +465,8 @@ def _resolve(arg: Any, env: dict) -> Any:
         return env.get(arg)
     if isinstance(arg, (list, tuple)):
         return type(arg)(_resolve(a, env) for a in arg)
+    if isinstance(arg, slice):
+        return slice(_resolve(arg.start, env), _resolve(arg.stop, env), _resolve(arg.step, env))
     return arg
 
 

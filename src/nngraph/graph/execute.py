@@ -182,29 +182,24 @@ class Plan:
         src, dst = batch.edge_index
         edge_layer = batch.node_layer[dst]
         self.groups: list[_Group] = []
-        for layer in range(1, int(batch.node_layer.max()) + 1):
-            edges = torch.nonzero(edge_layer == layer).squeeze(1)
-            columns = [batch.edge_kind[edges], *batch.edge_geom[edges].t(), *batch.node_hw[src[edges]].t()]
-            key = torch.zeros(len(edges), dtype=torch.long)
-            for column in columns:  # mixed-radix code of the signature row
-                values, inverse = torch.unique(column, return_inverse=True)
-                key = key * len(values) + inverse
-            for code in torch.unique(key).tolist():
-                group = edges[key == code]
-                kind = int(batch.edge_kind[group[0]])
-                geom = batch.edge_geom[group[0]].tolist()
-                targets = torch.unique(dst[group])
-                if kind in _DENSE_KINDS:
-                    g = self._dense_group(kind, geom, group, targets, src, dst, gid, block_of, row_of)
-                else:
-                    e_target = torch.searchsorted(targets, dst[group])
-                    g = _Group(kind, geom, group, targets, _gather_of(src[group], block_of, row_of), e_target=e_target)
-                if (batch.node_norm[targets] == NORM_LAYER).any():
-                    graphs, which = torch.unique(gid[targets], return_inverse=True)
-                    g.ln_graph, g.ln_count = which, torch.bincount(which, minlength=len(graphs))
-                block_of[targets] = len(self.groups) + 1
-                row_of[targets] = torch.arange(len(targets))
-                self.groups.append(g)
+        columns = [edge_layer, batch.edge_kind, *batch.edge_geom.t().contiguous(), *batch.node_hw[src].t().contiguous()]
+        _, key = torch.unique(_signature_code(columns), return_inverse=True)  # groups sorted by layer first
+        order = torch.argsort(key, stable=True)  # edges of one group stay in ascending order
+        for group in torch.split(order, torch.bincount(key).tolist()):
+            kind = int(batch.edge_kind[group[0]])
+            geom = batch.edge_geom[group[0]].tolist()
+            targets = torch.unique(dst[group])
+            if kind in _DENSE_KINDS:
+                g = self._dense_group(kind, geom, group, targets, src, dst, gid, block_of, row_of)
+            else:
+                e_target = torch.searchsorted(targets, dst[group])
+                g = _Group(kind, geom, group, targets, _gather_of(src[group], block_of, row_of), e_target=e_target)
+            if (batch.node_norm[targets] == NORM_LAYER).any():
+                graphs, which = torch.unique(gid[targets], return_inverse=True)
+                g.ln_graph, g.ln_count = which, torch.bincount(which, minlength=len(graphs))
+            block_of[targets] = len(self.groups) + 1
+            row_of[targets] = torch.arange(len(targets))
+            self.groups.append(g)
         outputs = torch.nonzero(batch.node_role == ROLE_OUTPUT).squeeze(1)
         order = torch.argsort(gid[outputs] * (int(batch.node_pos.max()) + 1) + batch.node_pos[outputs])
         self.output_gather = _gather_of(outputs[order], block_of, row_of)
@@ -322,6 +317,26 @@ class Plan:
         eps = batch.node_eps[g.targets].view(-1, 1, 1, 1)
         gamma, beta = feats[:, X_NORM_WEIGHT].view(-1, 1, 1, 1), feats[:, X_NORM_BIAS].view(-1, 1, 1, 1)
         return centred / torch.sqrt(var[which] + eps) * gamma + beta
+
+
+def _signature_code(columns: list[torch.Tensor]) -> torch.Tensor:
+    """One int64 per row of small non-negative integer columns, equal iff the rows are equal
+    (mixed radix; a column is first compacted with ``unique`` only where the code would overflow)."""
+    code = torch.zeros_like(columns[0])
+    room = 1
+    for column in columns:
+        low = int(column.min()) if column.numel() else 0
+        radix = (int(column.max()) - low + 1) if column.numel() else 1
+        values = column - low
+        if room * radix >= 2**62:
+            _, values = torch.unique(column, return_inverse=True)
+            radix = int(values.max()) + 1 if values.numel() else 1
+            if room * radix >= 2**62:
+                code = torch.unique(code, return_inverse=True)[1]
+                room = int(code.max()) + 1 if code.numel() else 1
+        code = code * radix + values
+        room *= radix
+    return code
 
 
 def _gather_of(nodes: torch.Tensor, block_of: torch.Tensor, row_of: torch.Tensor) -> _Gather:
