@@ -86,7 +86,6 @@ class Context:
         self.buffers: dict[str, torch.Tensor] = {}
         self.called: set[str] = set()
         self.consumers = _count_consumers(gm.graph, self.modules)
-        self.state_names = set(gm.state_dict())
 
     def shape(self, node: fx.Node) -> torch.Size:
         return node.meta["tensor_meta"].shape
@@ -157,6 +156,7 @@ def to_graph(model: nn.Module, example_input: torch.Tensor, *, k_max: int | None
     _propagate_shapes(gm, example_input.detach(), name)
     dtype = _param_dtype(state, name)
     ctx = Context(gm, dtype, name)
+    ctx.state_names = set(state)  # get_attr targets that are parameters or buffers (not plain tensor attributes)
     env: dict[fx.Node, Any] = {}
     output: Value | None = None
     for node in gm.graph.nodes:
@@ -353,11 +353,10 @@ def _call_function(ctx: Context, node: fx.Node, env: dict) -> Value:
 
 def _pool(ctx: Context, node: fx.Node, value: Value, target: Any, arguments: dict, where: str) -> Value:
     """A pooling call: local / adaptive pooling edges, or the global mean for adaptive average to 1."""
-    rank = len(ctx.shape(node))
-    if rank != pooling.FUNCTIONS[target][1] + 2 or value.kind != "map":
-        raise UnsupportedModelError(f"{where}: a {pooling.FUNCTIONS[target][1]}-d pooling needs a "
-                                    f"[batch, C{', L' if rank == 3 else ', H, W'}] input")
     kind, geom = pooling.geometry(target, arguments, value.hw, where)
+    spatial = pooling.FUNCTIONS[target][1]
+    if len(ctx.shape(node)) != spatial + 2 or value.kind != "map":
+        raise UnsupportedModelError(f"{where}: a {spatial}-d pooling needs a [batch, C{', L' if spatial == 1 else ', H, W'}] input")
     if kind is None:
         return ops.global_pool(ctx, node, value, True, where)
     return pooling.pool(ctx, node, value, kind, geom, where)
