@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from torch import nn
 
 import nngraph
-from nngraph.errors import UnsupportedModelError
 from nngraph.graph.fast import graphs_from_params, stacked_params
 from nngraph.graph.graph import EDGE_AVGPOOL, EDGE_CONV, EDGE_MAXPOOL, EDGE_RESIDUAL, X_ACT_PARAM
 from nngraph.graph.permute import permute_graph

@@ -123,9 +123,10 @@ class GraphBuilder:
         if groups == 1:
             src_t = torch.tensor(src, dtype=torch.long).repeat(n_out)  # [out*in]
         else:
-            group = torch.arange(n_out) // (n_out // groups)  # [out]
-            local = group[:, None] * n_in + torch.arange(n_in)  # [out, in_g] positions in src
-            src_t = torch.tensor(src, dtype=torch.long)[local.reshape(-1)]  # [out*in_g]
+            src_all = torch.tensor(src, dtype=torch.long)
+            group = torch.arange(n_out, device=src_all.device) // (n_out // groups)  # [out]
+            local = group[:, None] * n_in + torch.arange(n_in, device=src_all.device)  # [out, in_g] positions in src
+            src_t = src_all[local.reshape(-1)]  # [out*in_g]
         dst_t = torch.tensor(dst, dtype=torch.long).repeat_interleave(n_in)  # [out*in]
         flat = weights.detach().reshape(n_out * n_in, *weights.shape[2:])
         if kind != EDGE_FLATTEN and flat.dim() == 1:
@@ -157,20 +158,22 @@ class GraphBuilder:
             raise ValueError(f"k_max={k_max} must be odd (the window needs a centre)")
         width = max([k_max * k_max] + [c.weights.shape[1] for c in flat])
         # Written chunk by chunk into preallocated tensors (a full-width ResNet has ~2 M edges).
-        edge_attr = torch.zeros(self.num_edges, width, dtype=self.dtype)
-        edge_kind = torch.empty(self.num_edges, dtype=torch.long)
-        edge_geom = torch.empty(self.num_edges, GEOM_DIM, dtype=torch.long)
+        edge_index = torch.stack([torch.cat([c.src for c in self.chunks]), torch.cat([c.dst for c in self.chunks])])
+        weights_device = self.chunks[0].weights.device if self.chunks else edge_index.device
+        edge_attr = torch.zeros(self.num_edges, width, dtype=self.dtype, device=weights_device)
+        edge_kind = torch.empty(self.num_edges, dtype=torch.long, device=edge_index.device)
+        edge_geom = torch.empty(self.num_edges, GEOM_DIM, dtype=torch.long, device=edge_index.device)
         start = 0
         for chunk in self.chunks:
             rows = slice(start, start + len(chunk.src))
             lay_out(chunk.weights, chunk.kind, k_max, width, out=edge_attr[rows])
             edge_kind[rows] = chunk.kind
-            edge_geom[rows] = torch.tensor(chunk.geom, dtype=torch.long)
+            edge_geom[rows] = torch.tensor(chunk.geom, dtype=torch.long, device=edge_index.device)
             start = rows.stop
         spec.k_max = k_max
         return NeuralGraph(
             x=torch.tensor(self.features, dtype=self.dtype).reshape(-1, NODE_DIM),
-            edge_index=torch.stack([torch.cat([c.src for c in self.chunks]), torch.cat([c.dst for c in self.chunks])]),
+            edge_index=edge_index,
             edge_attr=edge_attr,
             edge_kind=edge_kind,
             edge_geom=edge_geom,
