@@ -170,7 +170,7 @@ class FunctionalLayers(nn.Module):
 
 
 class SliceResidual(nn.Module):
-    """``out += identity`` read through an alias, and ``out[:, a:b] += y`` in the middle of the channels."""
+    """``out.add_(identity)`` with its result unused, and ``out[:, a:b] += y`` in the middle of the channels."""
 
     def __init__(self):
         super().__init__()
@@ -180,7 +180,7 @@ class SliceResidual(nn.Module):
     def forward(self, x):
         h = F.relu(self.c1(x))
         out = self.c2(h)
-        out += h
+        out.add_(h)  # later reads of out see the sum
         out = F.relu(out)
         out[:, 1:3] += self.c3(out)
         return self.fc(out.mean((2, 3)))

@@ -89,10 +89,7 @@ _INPLACE: dict[Any, Any] = {
 def parse_function(node: fx.Node, args: list, kwargs: dict) -> Activation | None:
     """``(act, p1, p2)`` of a call_function / call_method activation, None if it is not one."""
     target = _INPLACE.get(node.target, node.target)
-    try:
-        entry = FUNCTIONS.get(target)
-    except TypeError:  # unhashable target
-        return None
+    entry = FUNCTIONS.get(target)
     if entry is None:
         return None
     act, names, _ = entry
@@ -117,7 +114,7 @@ def mutates(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
         return False
     if node.target is operator.setitem or node.target in _INPLACE:
         return True
-    entry = FUNCTIONS.get(node.target) if not isinstance(node.target, str) else None
+    entry = FUNCTIONS.get(node.target)
     if entry is None or not entry[2]:
         return False
     at = 1 + len(entry[1])  # position of the inplace argument
