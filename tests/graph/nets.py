@@ -169,6 +169,23 @@ class FunctionalLayers(nn.Module):
         return F.linear(F.adaptive_avg_pool2d(h, 1).flatten(1), self.fc[0], self.fc[1])
 
 
+class SequenceNet(nn.Module):
+    """Sequences [batch, C, L]: Conv1d (module and F.conv1d on a parameter), global pooling by
+    AdaptiveAvgPool1d(1) and by x.mean(-1), Softplus, Mish."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv1d(3, 6, 3, padding=1)
+        self.w2 = nn.Parameter(torch.randn(6, 6, 5))
+        self.pool = nn.AdaptiveAvgPool1d(1)
+        self.fc = nn.Linear(12, 2)
+
+    def forward(self, x):
+        h = F.softplus(self.c1(x), 2.0, 1.0)
+        g = F.mish(F.conv1d(h, self.w2, None, 2, 2))
+        return self.fc(torch.cat([self.pool(h).flatten(1), g.mean(-1)], dim=1))
+
+
 class SliceResidual(nn.Module):
     """``out.add_(identity)`` with its result unused, and ``out[:, a:b] += y`` in the middle of the channels."""
 
@@ -273,6 +290,7 @@ def op_family_cases():
         ("grouped_conv", GroupedConvNet(), img),
         ("functional_layers", FunctionalLayers(), img),
         ("slice_residual", SliceResidual(), img),
+        ("sequence", SequenceNet(), torch.randn(4, 3, 11, generator=g)),
         ("siren_dwsnet", Siren(variant="dwsnet"), torch.rand(10, 2, generator=g) * 2 - 1),
         ("siren_standard", Siren(hidden=16, depth=3, variant="standard", w0=20.0), torch.rand(10, 2, generator=g) * 2 - 1),
     ]
