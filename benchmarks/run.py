@@ -78,6 +78,7 @@ def _cell(value) -> str:
 SUITE = {
     "bench_tables.py": ([], ["--quick"]),
     "bench_convert.py": ([], ["--quick"]),
+    "bench_arch.py": ([], ["--quick"]),
     "bench_inr_fit.py": ([], ["--quick"]),
     "bench_zoo.py": (["--count", "50"], ["--quick"]),
     "bench_models.py": ([], ["--quick"]),

@@ -6,7 +6,7 @@ import nngraph
 from nngraph.data.inr import Siren
 from nngraph.graph.batch import relayout
 from nngraph.graph.fast import graphs_from_params, stacked_features
-from nngraph.graph.graph import EDGE_CONV
+from nngraph.graph.graph import EDGE_CONV, NODE_DIM
 from tests.graph.helpers import assert_exact_params, assert_rel_close
 from tests.graph.nets import CNN, MLP, randomise
 
@@ -76,7 +76,7 @@ def test_dense_view_masks_padding():
     a = nngraph.to_graph(randomise(MLP([2, 3, 1])), torch.zeros(1, 2))
     b = nngraph.to_graph(randomise(MLP([2, 5, 5, 1])), torch.zeros(1, 2))
     dense = nngraph.to_dense(nngraph.collate([a, b]))
-    assert dense.x.shape == (2, 13, 7) and dense.edge_attr.shape == (2, 13, 13, 1)
+    assert dense.x.shape == (2, 13, NODE_DIM) and dense.edge_attr.shape == (2, 13, 13, 1)
     assert dense.node_mask.sum(1).tolist() == [6, 13]
     assert dense.edge_mask.sum((1, 2)).tolist() == [a.num_edges, b.num_edges]
     assert not dense.pair_mask[0, 6:].any() and not dense.pair_mask[0, :, 6:].any()

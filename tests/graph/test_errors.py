@@ -15,10 +15,10 @@ def one_line(exc_info) -> str:
     return message
 
 
-class WithMaxPool(nn.Module):
+class WithUpsample(nn.Module):
     def __init__(self):
         super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(1, 2, 3), nn.MaxPool2d(2))
+        self.features = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Upsample(scale_factor=2))
         self.fc = nn.Linear(2, 1)
 
     def forward(self, x):
@@ -64,9 +64,9 @@ class Unused(nn.Module):
 
 def test_unsupported_module_names_path_and_type():
     with pytest.raises(UnsupportedModelError) as info:
-        nngraph.to_graph(WithMaxPool(), torch.zeros(1, 1, 8, 8))
+        nngraph.to_graph(WithUpsample(), torch.zeros(1, 1, 8, 8))
     message = one_line(info)
-    assert "features.1" in message and "MaxPool2d" in message and "Conv2d" in message
+    assert "features.1" in message and "Upsample" in message and "Conv2d" in message
 
 
 def test_custom_function_names_enclosing_module():
@@ -96,7 +96,10 @@ def test_wrong_example_input_shape():
         nngraph.to_graph(model, torch.zeros(2, 5))
     assert "[2, 5]" in one_line(info)
     with pytest.raises(InputShapeError):
+        nngraph.to_graph(model, torch.zeros(2, 1, 1, 1, 4))
+    with pytest.raises(UnsupportedModelError) as info:  # a sequence [batch, C, L] is valid input, but not for a Linear
         nngraph.to_graph(model, torch.zeros(2, 1, 4))
+    assert "layers.0 (Linear)" in one_line(info)
     with pytest.raises(InputShapeError):
         nngraph.to_graph(model, torch.zeros(2, 4, dtype=torch.long))
 

@@ -13,7 +13,9 @@ import torch
 from nngraph.graph import layout
 from nngraph.graph.graph import (
     EDGE_FLATTEN,
+    GEOM_DIM,
     NEUTRAL_NODE,
+    NO_GEOM,
     NODE_DIM,
     ROLE_HIDDEN,
     ArchSpec,
@@ -92,6 +94,11 @@ class GraphBuilder:
         self.set_feature(nodes, channel, tensor)
         self.params.append(ParamEntry(name, tuple(tensor.shape), "node", nodes[0], channel=channel))
 
+    def record_shared_param(self, name: str, nodes: list[int], channel: int, tensor: torch.Tensor) -> None:
+        """A one-element tensor [1] held by every node of ``nodes`` (consecutive) in feature ``channel``."""
+        self.set_feature(nodes, channel, float(tensor.detach().reshape(())))
+        self.params.append(ParamEntry(name, tuple(tensor.shape), "node", nodes[0], channel=channel, shared=len(nodes)))
+
     def free_slots(self, nodes: list[int], slot: str) -> bool:
         """Whether ``nodes`` are one whole hidden layer whose ``slot`` and later ones are free."""
         layer = self.node_layer[nodes[0]]
@@ -107,20 +114,30 @@ class GraphBuilder:
 
     # ---- edges -------------------------------------------------------------------
     def dense_edges(self, src: list[int], dst: list[int], weights: torch.Tensor, kind: int,
-                    geom: tuple[int, ...] = (0,) * 8) -> int:
-        """Edges i -> j for every (j, i), j-major; ``weights`` [out, in, *w]. Returns the first edge id."""
+                    geom: tuple[int, ...] = NO_GEOM, groups: int = 1) -> int:
+        """Edges i -> j for every (j, i), j-major; ``weights`` [out, in / groups, *w]. Returns the first edge id.
+
+        With ``groups`` > 1 (grouped convolution), output j of group g = j // (out / groups)
+        reads only the sources of that group: src[g * in_g + i] for i < in_g.
+        """
         n_out, n_in = weights.shape[:2]
-        src_t = torch.tensor(src, dtype=torch.long).repeat(n_out)  # [out*in]
+        if groups == 1:
+            src_t = torch.tensor(src, dtype=torch.long).repeat(n_out)  # [out*in]
+        else:
+            src_all = torch.tensor(src, dtype=torch.long)
+            group = torch.arange(n_out, device=src_all.device) // (n_out // groups)  # [out]
+            local = group[:, None] * n_in + torch.arange(n_in, device=src_all.device)  # [out, in_g] positions in src
+            src_t = src_all[local.reshape(-1)]  # [out*in_g]
         dst_t = torch.tensor(dst, dtype=torch.long).repeat_interleave(n_in)  # [out*in]
         flat = weights.detach().reshape(n_out * n_in, *weights.shape[2:])
         if kind != EDGE_FLATTEN and flat.dim() == 1:
             flat = flat.reshape(-1, 1, 1)
         return self._add(_EdgeChunk(src_t, dst_t, flat.to(self.dtype), kind, geom))
 
-    def pair_edges(self, src: list[int], dst: list[int], kind: int) -> int:
+    def pair_edges(self, src: list[int], dst: list[int], kind: int, geom: tuple[int, ...] = NO_GEOM) -> int:
         """Identity edges src[k] -> dst[k] of weight 1 (residual, identity, pooling)."""
         ones = torch.ones(len(src), 1, 1, dtype=self.dtype)
-        return self._add(_EdgeChunk(torch.tensor(src), torch.tensor(dst), ones, kind, (0,) * 8))
+        return self._add(_EdgeChunk(torch.tensor(src), torch.tensor(dst), ones, kind, geom))
 
     def _add(self, chunk: _EdgeChunk) -> int:
         first = self.num_edges
@@ -141,20 +158,29 @@ class GraphBuilder:
         elif k_max % 2 == 0:
             raise ValueError(f"k_max={k_max} must be odd (the window needs a centre)")
         width = max([k_max * k_max] + [c.weights.shape[1] for c in flat])
-        attrs = []
+        # Written chunk by chunk into preallocated tensors (a full-width ResNet has ~2 M edges).
+        edge_index = torch.stack([torch.cat([c.src for c in self.chunks]), torch.cat([c.dst for c in self.chunks])])
+        weights_device = self.chunks[0].weights.device if self.chunks else edge_index.device
+        edge_attr = torch.empty(self.num_edges, width, dtype=self.dtype, device=weights_device)  # every row written below
+        edge_kind = torch.empty(self.num_edges, dtype=torch.long, device=edge_index.device)
+        edge_geom = torch.empty(self.num_edges, GEOM_DIM, dtype=torch.long, device=edge_index.device)
+        start = 0
         for chunk in self.chunks:
+            rows = slice(start, start + len(chunk.src))
             if chunk.kind == EDGE_FLATTEN:
-                attrs.append(layout.encode_flat(chunk.weights, width))
+                edge_attr[rows] = layout.encode_flat(chunk.weights, width)
             else:
-                attrs.append(layout.encode_kernels(chunk.weights, k_max, width))
-        edge_attr = torch.cat(attrs) if attrs else torch.zeros(0, width, dtype=self.dtype)
+                edge_attr[rows] = layout.encode_kernels(chunk.weights, k_max, width)
+            edge_kind[rows] = chunk.kind
+            edge_geom[rows] = torch.tensor(chunk.geom, dtype=torch.long, device=edge_index.device)
+            start = rows.stop
         spec.k_max = k_max
         return NeuralGraph(
             x=torch.tensor(self.features, dtype=self.dtype).reshape(-1, NODE_DIM),
-            edge_index=torch.stack([torch.cat([c.src for c in self.chunks]), torch.cat([c.dst for c in self.chunks])]),
+            edge_index=edge_index,
             edge_attr=edge_attr,
-            edge_kind=torch.cat([torch.full((len(c.src),), c.kind, dtype=torch.long) for c in self.chunks]),
-            edge_geom=torch.cat([torch.tensor(c.geom, dtype=torch.long).expand(len(c.src), 8) for c in self.chunks]),
+            edge_kind=edge_kind,
+            edge_geom=edge_geom,
             node_layer=torch.tensor(self.node_layer, dtype=torch.long),
             node_pos=torch.zeros(len(self.node_layer), dtype=torch.long),
             node_act=torch.tensor(self.node_act, dtype=torch.long),
@@ -164,4 +190,3 @@ class GraphBuilder:
             node_hw=torch.tensor(self.node_hw, dtype=torch.long).reshape(-1, 2),
             spec=spec,
         )
-

@@ -17,10 +17,13 @@ class Context:
 
     ``consumers[root]``: how many ops read each value's neurons (a pointwise op folds into
     its input's nodes only when it is their one reader); ``sine_targets``: the fx targets
-    that compute ``sin`` (a constant factor is allowed only as their argument).
+    that compute ``sin`` (a constant factor is allowed only as their argument);
+    ``state_names``: the model's state_dict keys (a ``get_attr`` of one of them is a parameter
+    or buffer reference, any other a plain tensor attribute).
     """
 
-    def __init__(self, gm: fx.GraphModule, dtype: torch.dtype, name: str, consumers: Counter, sine_targets: set):
+    def __init__(self, gm: fx.GraphModule, dtype: torch.dtype, name: str, consumers: Counter, sine_targets: set,
+                 state_names: set[str]):
         self.gm = gm
         self.name = name
         self.modules = dict(gm.named_modules())
@@ -29,6 +32,7 @@ class Context:
         self.called: set[str] = set()
         self.consumers = consumers
         self.sine_targets = sine_targets
+        self.state_names = state_names
 
     def shape(self, node: fx.Node) -> torch.Size:
         return node.meta["tensor_meta"].shape

@@ -21,62 +21,54 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from nngraph.errors import InputShapeError, NonFiniteError, UnsupportedModelError
-from nngraph.graph import ops
+from nngraph.graph import activations, functional, ops, pooling
 from nngraph.graph.builder import Value
 from nngraph.graph.context import Context
+from nngraph.graph.functional import ParamRef
 from nngraph.graph.layout import read_params
 from nngraph.graph.graph import (
-    ACT_GELU,
-    ACT_GELU_TANH,
-    ACT_LEAKY_RELU,
-    ACT_RELU,
-    ACT_SIGMOID,
-    ACT_SILU,
     ACT_SINE,
-    ACT_TANH,
     ROLE_INPUT,
     ROLE_OUTPUT,
     ArchSpec,
     NeuralGraph,
     ParamEntry,
+    kernel_hw,
 )
 from nngraph.graph.activations import Sine
 
 SUPPORTED = (
-    "Linear, Conv2d (groups=1), BatchNorm1d/2d (eval), LayerNorm (features), ReLU, GELU, SiLU, Tanh, "
-    "Sigmoid, LeakyReLU, sin(w0*x)/Sine, residual a+b, x+constant, torch.cat on channels, x[:, a:b] on channels, "
-    "AdaptiveAvgPool2d(1)/mean over H,W, flatten, Dropout, Identity"
+    "Linear, Conv1d/Conv2d (any groups, depthwise), F.linear/F.conv1d/F.conv2d on parameters, BatchNorm1d/2d "
+    "(eval), LayerNorm (features), ReLU, ReLU6, GELU, SiLU, Tanh, Sigmoid, LeakyReLU, PReLU, Hardtanh, Hardswish, "
+    "Hardsigmoid, ELU, SELU, Softplus, Mish, sin(w0*x)/Sine (also in place), residual a+b, x+constant, "
+    "x[:, a:b] (+)= y, torch.cat on channels, Max/AvgPool1d/2d, AdaptiveMax/AvgPool1d/2d, mean over H,W, flatten, "
+    "Dropout, Identity"
 )
 
-_ACT_MODULES: dict[type, Callable[[nn.Module], tuple[int, float]]] = {
-    nn.ReLU: lambda m: (ACT_RELU, 0.0),
-    nn.GELU: lambda m: (ACT_GELU_TANH if m.approximate == "tanh" else ACT_GELU, 0.0),
-    nn.SiLU: lambda m: (ACT_SILU, 0.0),
-    nn.Tanh: lambda m: (ACT_TANH, 0.0),
-    nn.Sigmoid: lambda m: (ACT_SIGMOID, 0.0),
-    nn.LeakyReLU: lambda m: (ACT_LEAKY_RELU, float(m.negative_slope)),
-    Sine: lambda m: (ACT_SINE, float(m.w0)),
-}
-_ACT_FUNCTIONS: dict[Any, int] = {
-    torch.relu: ACT_RELU, F.relu: ACT_RELU, "relu": ACT_RELU, "relu_": ACT_RELU,
-    torch.tanh: ACT_TANH, F.tanh: ACT_TANH, "tanh": ACT_TANH,
-    torch.sigmoid: ACT_SIGMOID, F.sigmoid: ACT_SIGMOID, "sigmoid": ACT_SIGMOID,
-    F.silu: ACT_SILU, F.gelu: ACT_GELU, F.leaky_relu: ACT_LEAKY_RELU,
-}
 _SINE = {torch.sin, "sin"}
-_ADD = {operator.add, operator.iadd, torch.add, "add"}
+_ADD = {operator.add, operator.iadd, torch.add, "add", "add_"}
 _PASS_MODULES = (nn.Dropout, nn.Identity)
 _PASS_FUNCTIONS = {F.dropout, "contiguous"}
 _FLATTEN = {torch.flatten, "flatten", "view", "reshape"}
 _CAT = {torch.cat, torch.concat}
-_POOL = {F.adaptive_avg_pool2d, torch.mean, "mean"}
+_POOL = {torch.mean, "mean"}
+
+
+class _Proxy(fx.Proxy):
+    """An fx proxy that records ``x[idx] = y`` (fx's own refuses item assignment)."""
+
+    def __setitem__(self, index: Any, value: Any) -> None:
+        self.tracer.create_proxy("call_function", operator.setitem, (self, index, value), {})
 
 
 class _Tracer(fx.Tracer):
-    """fx tracer that keeps nngraph's own activation modules as leaves."""
+    """fx tracer that keeps nngraph's own activation modules as leaves and records setitem."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return isinstance(m, Sine) or super().is_leaf_module(m, qualname)
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return _Proxy(node, self)
 
 
 def _is_passthrough(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
@@ -137,7 +129,7 @@ def to_graph(model: nn.Module, example_input: torch.Tensor, *, k_max: int | None
     gm = fx.GraphModule(model, graph)
     _propagate_shapes(gm, example_input.detach(), name)
     dtype = _param_dtype(state, name)
-    ctx = Context(gm, dtype, name, _count_consumers(gm.graph, dict(gm.named_modules())), _SINE)
+    ctx = Context(gm, dtype, name, _count_consumers(gm.graph, dict(gm.named_modules())), _SINE, set(state))
     env: dict[fx.Node, Any] = {}
     output: Value | None = None
     for node in gm.graph.nodes:
@@ -147,6 +139,8 @@ def to_graph(model: nn.Module, example_input: torch.Tensor, *, k_max: int | None
             output = _resolve(node.args[0], env)
         else:
             env[node] = _convert_node(ctx, node, env)
+            if activations.mutates(node, ctx.modules):
+                _rebind(env, node, ctx)
     spec = ArchSpec(
         params=[],
         buffers=ctx.buffers,
@@ -160,6 +154,17 @@ def to_graph(model: nn.Module, example_input: torch.Tensor, *, k_max: int | None
     graph_out = ctx.builder.finish(spec, k_max)
     _assign_roles(graph_out, output.nodes)
     return graph_out
+
+
+def _rebind(env: dict, node: fx.Node, ctx: Context) -> None:
+    """An in-place op (``relu_``, ``inplace=True``, ``x[:, a:b] = y``): every later read of the
+    tensor it wrote into, under any alias, sees the result."""
+    old, new = _resolve(node.args[0], env), env[node]
+    if not isinstance(old, Value) or not isinstance(new, Value):
+        raise _unsupported(node, ctx)
+    for key, value in env.items():
+        if value is old:
+            env[key] = new
 
 
 def _propagate_shapes(gm: fx.GraphModule, example: torch.Tensor, name: str) -> None:
@@ -192,15 +197,38 @@ def _copy(t: torch.Tensor) -> torch.Tensor:
 
 
 def _convert_node(ctx: Context, node: fx.Node, env: dict) -> Any:
+    if node.op == "get_attr" and "tensor_meta" in node.meta:
+        return functional.param_ref(ctx, node, ctx.state_names)
+    if node.op == "call_function" and node.target is operator.setitem:
+        return _setitem(ctx, node, env)
     if "tensor_meta" not in node.meta:  # x.size(0), shape arithmetic: not part of the network
-        if node.op == "get_attr" or any(isinstance(a, Value) for a in _args(node, env)):
-            raise _unsupported(node, ctx)
-        return None
+        return _shape_constant(ctx, node, env)
     if node.op == "call_module":
         return _call_module(ctx, node, env)
     if node.op in ("call_function", "call_method"):
         return _call_function(ctx, node, env)
     raise _unsupported(node, ctx)
+
+
+_SHAPE_ARITHMETIC = {operator.getitem, operator.add, operator.sub, operator.mul, operator.floordiv}
+
+
+def _shape_constant(ctx: Context, node: fx.Node, env: dict) -> Any:
+    """``x.shape``, ``x.size(d)`` and integer arithmetic on them, as seen on the example input
+    (batch size 1), e.g. the c of ``out[:, :x.shape[1]] += x``; None for other non-tensor values."""
+    args = _args(node, env)
+    if node.op == "call_function" and node.target is getattr and args[1:] == ["shape"] and isinstance(args[0], Value):
+        return tuple(ctx.shape(node.args[0]))
+    if node.op == "call_method" and node.target == "size" and isinstance(args[0], Value):
+        shape = tuple(ctx.shape(node.args[0]))
+        return shape[args[1]] if len(args) > 1 else shape
+    if node.op == "get_attr" or any(isinstance(a, (Value, ParamRef)) for a in args):
+        raise _unsupported(node, ctx)
+    if node.op == "call_function" and node.target in _SHAPE_ARITHMETIC and all(
+        isinstance(a, (int, tuple)) and not isinstance(a, bool) for a in args
+    ):
+        return node.target(*args)
+    return None
 
 
 def _call_module(ctx: Context, node: fx.Node, env: dict) -> Value:
@@ -215,21 +243,24 @@ def _call_module(ctx: Context, node: fx.Node, env: dict) -> Value:
     where = f"{path} ({type(module).__name__})"
     if type(module) is nn.Linear:
         return ops.linear(ctx, node, module, value, path)
-    if type(module) is nn.Conv2d:
+    if type(module) in (nn.Conv1d, nn.Conv2d):
         return ops.conv2d(ctx, node, module, value, path)
+    if type(module) is nn.PReLU:
+        return ops.prelu(ctx, node, value, (f"{path}.weight", module.weight), where)
     if type(module) in (nn.BatchNorm1d, nn.BatchNorm2d):
         return ops.batchnorm(ctx, node, module, value, path)
     if type(module) is nn.LayerNorm:
         return ops.layernorm(ctx, node, module, value, path)
-    if type(module) in _ACT_MODULES:
-        act, param = _ACT_MODULES[type(module)](module)
-        return ops.activation(ctx, node, value, act, param, where)
+    if type(module) in activations.MODULES:
+        act, param, param2 = activations.MODULES[type(module)](module)
+        return ops.activation(ctx, node, value, act, param, where, param2)
     if isinstance(module, _PASS_MODULES):
         return value
     if type(module) is nn.Flatten and module.start_dim == 1 and module.end_dim == -1:
         return ops.flatten(ctx, node, value, where)
-    if type(module) is nn.AdaptiveAvgPool2d and _is_one(module.output_size):
-        return ops.global_pool(ctx, node, value, True, where)
+    if type(module) in pooling.MODULES:
+        target = pooling.MODULES[type(module)]
+        return _pool(ctx, node, value, target, pooling.module_arguments(module), where)
     raise _unsupported(node, ctx)
 
 
@@ -239,6 +270,16 @@ def _call_function(ctx: Context, node: fx.Node, env: dict) -> Value:
     args = _args(node, env)
     kwargs = {k: _resolve(v, env) for k, v in node.kwargs.items()}
     values = [a for a in args if isinstance(a, Value)]
+    if any(isinstance(a, ParamRef) for a in [*args, *kwargs.values()]):
+        if functional.is_layer(target):
+            return functional.layer(ctx, node, args, kwargs, where)
+        ref = next(a for a in [*args, *kwargs.values()] if isinstance(a, ParamRef))
+        raise UnsupportedModelError(
+            f"{where} uses parameter {ref.name!r} directly; nngraph converts parameters only as the weights of "
+            "F.linear, F.conv1d, F.conv2d and F.prelu"
+        )
+    if target is operator.getitem and len(values) == 1 and args[0] is values[0]:
+        return ops.channel_slice(ctx, node, values[0], _channel_index(args[1], where), where)
     if target in _ADD and len(args) == 2 and not set(kwargs) - {"alpha"} and kwargs.get("alpha", 1) == 1:
         if len(values) == 2:
             return ops.residual(ctx, node, args[0], args[1], where)
@@ -252,14 +293,10 @@ def _call_function(ctx: Context, node: fx.Node, env: dict) -> Value:
             return ops.scale(ctx, node, values[0], float(other), where)
     if target in _SINE and len(values) == 1:
         return ops.sine(ctx, node, values[0], where)
-    if target in _ACT_FUNCTIONS and values and args[0] is values[0]:
-        act = _ACT_FUNCTIONS[target]
-        param = 0.0
-        if act == ACT_GELU and kwargs.get("approximate", "none") == "tanh":
-            act = ACT_GELU_TANH
-        if act == ACT_LEAKY_RELU:
-            param = float(args[1] if len(args) > 1 else kwargs.get("negative_slope", 0.01))
-        return ops.activation(ctx, node, values[0], act, param, where)
+    parsed = activations.parse_function(node, args, kwargs) if values and args[0] is values[0] else None
+    if parsed is not None:
+        act, param, param2 = parsed
+        return ops.activation(ctx, node, values[0], act, param, where, param2)
     if target in _PASS_FUNCTIONS and values:
         return values[0]
     if target in _FLATTEN and values:
@@ -269,9 +306,41 @@ def _call_function(ctx: Context, node: fx.Node, env: dict) -> Value:
     if target in _CAT and _cat_dim_ok(node, args, kwargs, ctx):
         return ops.concatenate(ctx, node, list(args[0]), where)
     if target in _POOL and values and _is_global_pool(node, args, kwargs, ctx):
-        keepdim = kwargs.get("keepdim", args[2] if len(args) > 2 else False) if target != F.adaptive_avg_pool2d else True
+        keepdim = kwargs.get("keepdim", args[2] if len(args) > 2 else False)
         return ops.global_pool(ctx, node, values[0], bool(keepdim), where)
+    if target in pooling.FUNCTIONS and values and args[0] is values[0]:
+        return _pool(ctx, node, values[0], target, pooling.bind(target, args, kwargs), where)
     raise _unsupported(node, ctx)
+
+
+def _pool(ctx: Context, node: fx.Node, value: Value, target: Any, arguments: dict, where: str) -> Value:
+    """A pooling call: local / adaptive pooling edges, or the global mean for adaptive average to 1."""
+    kind, geom = pooling.geometry(target, arguments, value.hw, where)
+    spatial = pooling.FUNCTIONS[target][1]
+    if len(ctx.shape(node)) != spatial + 2 or value.kind != "map":
+        raise UnsupportedModelError(f"{where}: a {spatial}-d pooling needs a [batch, C{', L' if spatial == 1 else ', H, W'}] input")
+    if kind is None:
+        return ops.global_pool(ctx, node, value, True, where)
+    return pooling.pool(ctx, node, value, kind, geom, where)
+
+
+def _channel_index(index: Any, where: str) -> slice:
+    """The channel slice of ``x[:, a:b]`` (trailing full slices allowed); anything else is refused."""
+    parts = index if isinstance(index, tuple) else (index,)
+    full = slice(None, None, None)
+    if len(parts) >= 2 and parts[0] == full and isinstance(parts[1], slice) and all(p == full for p in parts[2:]):
+        if all(v is None or isinstance(v, int) for v in (parts[1].start, parts[1].stop, parts[1].step)):
+            return parts[1]
+    raise UnsupportedModelError(f"{where}: only channel/feature slices x[:, a:b] are supported, got index {index!r}")
+
+
+def _setitem(ctx: Context, node: fx.Node, env: dict) -> Value:
+    """``x[:, a:b] = y`` (what ``x[:, a:b] += y`` ends in): x's neurons a..b-1 become y's."""
+    target, index, new = (_resolve(a, env) for a in node.args)
+    where = _where(node, ctx)
+    if not isinstance(target, Value) or not isinstance(new, Value):
+        raise UnsupportedModelError(f"{where}: only x[:, a:b] = y with tensors computed from the input is supported")
+    return ops.assign_slice(ctx, node, target, _channel_index(index, where), new, where)
 
 
 def _flatten(ctx: Context, node: fx.Node, value: Value, args, kwargs, where: str) -> Value:
@@ -317,14 +386,13 @@ def _cat_dim_ok(node: fx.Node, args, kwargs, ctx: Context) -> bool:
 
 
 def _is_global_pool(node: fx.Node, args, kwargs, ctx: Context) -> bool:
-    if node.target == F.adaptive_avg_pool2d:
-        return _is_one(kwargs.get("output_size", args[1] if len(args) > 1 else None))
+    """``x.mean((2, 3))`` of a map, ``x.mean(2)`` / ``x.mean(-1)`` of a sequence."""
     dims = kwargs.get("dim", args[1] if len(args) > 1 else None)
     rank = len(ctx.shape(node.args[0]))
-    if rank != 4 or dims is None:
+    if rank not in (3, 4) or dims is None:
         return False
     dims = (dims,) if isinstance(dims, int) else tuple(dims)
-    return sorted(d % 4 for d in dims) == [2, 3]
+    return sorted(d % rank for d in dims) == list(range(2, rank))
 
 
 def _placeholder(ctx: Context, node: fx.Node, example: torch.Tensor, env: dict) -> Value | None:
@@ -334,8 +402,9 @@ def _placeholder(ctx: Context, node: fx.Node, example: torch.Tensor, env: dict) 
     if example.dim() == 2:
         nodes = ctx.builder.new_layer(shape[1], (1, 1), ROLE_INPUT)
         return Value(nodes, "vector", (1, 1), node.name)
-    nodes = ctx.builder.new_layer(shape[1], (shape[2], shape[3]), ROLE_INPUT)
-    return Value(nodes, "map", (shape[2], shape[3]), node.name)
+    hw = (shape[2], shape[3]) if example.dim() == 4 else (1, shape[2])  # a sequence [C, L] is a 1 x L map
+    nodes = ctx.builder.new_layer(shape[1], hw, ROLE_INPUT)
+    return Value(nodes, "map", hw, node.name)
 
 
 def _assign_roles(graph: NeuralGraph, output_nodes: list[int]) -> None:
@@ -380,6 +449,8 @@ def _resolve(arg: Any, env: dict) -> Any:
         return env.get(arg)
     if isinstance(arg, (list, tuple)):
         return type(arg)(_resolve(a, env) for a in arg)
+    if isinstance(arg, slice):
+        return slice(_resolve(arg.start, env), _resolve(arg.stop, env), _resolve(arg.step, env))
     return arg
 
 
@@ -389,10 +460,6 @@ def _args(node: fx.Node, env: dict) -> list:
 
 def _is_number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
-def _is_one(size: Any) -> bool:
-    return size == 1 or (isinstance(size, (tuple, list)) and tuple(size) == (1, 1))
 
 
 def _where(node: fx.Node, ctx: Context) -> str:
@@ -415,12 +482,6 @@ def _unsupported(node: fx.Node, ctx: Context) -> UnsupportedModelError:
     if node.op == "call_module":
         module = ctx.modules[node.target]
         what = f"{node.target} ({type(module).__name__})"
-    elif node.op == "get_attr" and "." not in node.target and isinstance(getattr(nn, ctx.name, None), type):
-        # the model is itself a torch.nn layer (nn.Linear(3, 2)): traced, it reads its own weight
-        return UnsupportedModelError(
-            f"a bare nn.{ctx.name} as the whole model is not supported yet; wrap it in a module, "
-            f"e.g. nn.Sequential(nn.{ctx.name}(...))"
-        )
     elif node.op == "get_attr":
         what = f"direct use of tensor attribute {node.target!r}"
     else:
@@ -430,10 +491,12 @@ def _unsupported(node: fx.Node, ctx: Context) -> UnsupportedModelError:
 
 def _check_input(example: Any, name: str) -> None:
     if not isinstance(example, torch.Tensor) or not example.is_floating_point():
-        raise InputShapeError(f"example_input for {name} must be a float tensor shaped [batch, F] or [batch, C, H, W]")
-    if example.dim() not in (2, 4):
         raise InputShapeError(
-            f"example_input for {name} has shape {list(example.shape)}; use [batch, F] or [batch, C, H, W]"
+            f"example_input for {name} must be a float tensor shaped [batch, F], [batch, C, L] or [batch, C, H, W]"
+        )
+    if example.dim() not in (2, 3, 4):
+        raise InputShapeError(
+            f"example_input for {name} has shape {list(example.shape)}; use [batch, F], [batch, C, L] or [batch, C, H, W]"
         )
     if not torch.isfinite(example).all():
         raise NonFiniteError(f"example_input for {name} holds NaN or inf; pass finite values")
@@ -463,7 +526,7 @@ def first_unsupported_module(model: nn.Module) -> str | None:
     except Exception:  # noqa: BLE001 - not traceable: to_graph says so itself
         return None
     known = (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.Flatten, nn.AdaptiveAvgPool2d,
-             *_ACT_MODULES, *_PASS_MODULES)
+             *activations.MODULES, *_PASS_MODULES)
     modules = dict(model.named_modules())
     for node in graph.nodes:
         if node.op == "call_module" and type(modules[node.target]) not in known:

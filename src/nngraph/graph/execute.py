@@ -11,8 +11,9 @@ group, over all graphs of the batch at once:
 - Linear / conv / flatten edges are scattered into one dense block per graph,
   W[b, j, i] (a kernel for conv edges, H*W weights for flatten edges), and applied with
   one batched matmul or one grouped convolution: z[b, j] = sum_i W[b, j, i] * h[b, i];
-- residual / identity edges copy their source, pooling edges its spatial mean, times
-  the edge's scalar weight (1 after conversion), summed per target;
+- residual / identity edges copy their source, pooling edges its spatial mean, max-pool
+  and avg-pool edges its local or adaptive pooling (``pooling.apply``), times the edge's
+  scalar weight (1 after conversion), summed per target;
 
 then every target node applies z + bias + offset -> norm -> activation. There is a
 Python loop over layers and signature groups, never over nodes or graphs.
@@ -35,27 +36,39 @@ import torch.nn.functional as F
 from torch_geometric.data import Batch
 
 from nngraph.errors import InputShapeError, NonFiniteError
+from nngraph.graph import pooling
 from nngraph.graph.layout import decode_kernels
 from nngraph.graph.graph import (
     graph_specs,
+    ACT_ELU,
     ACT_GELU,
     ACT_GELU_TANH,
+    ACT_HARDSIGMOID,
+    ACT_HARDSWISH,
+    ACT_HARDTANH,
     ACT_LEAKY_RELU,
+    ACT_MISH,
     ACT_NONE,
+    ACT_PRELU,
     ACT_RELU,
+    ACT_SELU,
     ACT_SIGMOID,
     ACT_SILU,
     ACT_SINE,
+    ACT_SOFTPLUS,
     ACT_TANH,
+    EDGE_AVGPOOL,
     EDGE_CONV,
     EDGE_FLATTEN,
     EDGE_LINEAR,
+    EDGE_MAXPOOL,
     EDGE_POOL,
     NORM_BATCH,
     NORM_LAYER,
     ROLE_INPUT,
     ROLE_OUTPUT,
     X_ACT_PARAM,
+    X_ACT_PARAM2,
     X_BIAS,
     X_NORM_BIAS,
     X_NORM_MEAN,
@@ -173,29 +186,24 @@ class Plan:
         src, dst = batch.edge_index
         edge_layer = batch.node_layer[dst]
         self.groups: list[_Group] = []
-        for layer in range(1, int(batch.node_layer.max()) + 1):
-            edges = torch.nonzero(edge_layer == layer).squeeze(1)
-            columns = [batch.edge_kind[edges], *batch.edge_geom[edges].t(), *batch.node_hw[src[edges]].t()]
-            key = torch.zeros(len(edges), dtype=torch.long, device=device)
-            for column in columns:  # mixed-radix code of the signature row
-                values, inverse = torch.unique(column, return_inverse=True)
-                key = key * len(values) + inverse
-            for code in torch.unique(key).tolist():
-                group = edges[key == code]
-                kind = int(batch.edge_kind[group[0]])
-                geom = batch.edge_geom[group[0]].tolist()
-                targets = torch.unique(dst[group])
-                if kind in _DENSE_KINDS:
-                    g = self._dense_group(kind, geom, group, targets, src, dst, gid, block_of, row_of)
-                else:
-                    e_target = torch.searchsorted(targets, dst[group])
-                    g = _Group(kind, geom, group, targets, _gather_of(src[group], block_of, row_of), e_target=e_target)
-                if (batch.node_norm[targets] == NORM_LAYER).any():
-                    graphs, which = torch.unique(gid[targets], return_inverse=True)
-                    g.ln_graph, g.ln_count = which, torch.bincount(which, minlength=len(graphs))
-                block_of[targets] = len(self.groups) + 1
-                row_of[targets] = torch.arange(len(targets), device=device)
-                self.groups.append(g)
+        columns = [edge_layer, batch.edge_kind, *batch.edge_geom.t().contiguous(), *batch.node_hw[src].t().contiguous()]
+        _, key = torch.unique(_signature_code(columns), return_inverse=True)  # groups sorted by layer first
+        order = torch.argsort(key, stable=True)  # edges of one group stay in ascending order
+        for group in torch.split(order, torch.bincount(key).tolist()):
+            kind = int(batch.edge_kind[group[0]])
+            geom = batch.edge_geom[group[0]].tolist()
+            targets = torch.unique(dst[group])
+            if kind in _DENSE_KINDS:
+                g = self._dense_group(kind, geom, group, targets, src, dst, gid, block_of, row_of)
+            else:
+                e_target = torch.searchsorted(targets, dst[group])
+                g = _Group(kind, geom, group, targets, _gather_of(src[group], block_of, row_of), e_target=e_target)
+            if (batch.node_norm[targets] == NORM_LAYER).any():
+                graphs, which = torch.unique(gid[targets], return_inverse=True)
+                g.ln_graph, g.ln_count = which, torch.bincount(which, minlength=len(graphs))
+            block_of[targets] = len(self.groups) + 1
+            row_of[targets] = torch.arange(len(targets), device=device)
+            self.groups.append(g)
         outputs = torch.nonzero(batch.node_role == ROLE_OUTPUT).squeeze(1)
         order = torch.argsort(gid[outputs] * (int(batch.node_pos.max()) + 1) + batch.node_pos[outputs])
         self.output_gather = _gather_of(outputs[order], block_of, row_of)
@@ -234,6 +242,8 @@ class Plan:
         dtype = batch.edge_attr.dtype
         if x.dim() == 3:  # [B, P, F] -> per unit [P, 1, 1]
             values = x.permute(0, 2, 1).reshape(-1, p, 1, 1)
+        elif x.dim() == 4:  # [B, P, C, L] -> per channel [P, 1, L]
+            values = x.transpose(1, 2).reshape(-1, p, 1, x.shape[3])
         else:  # [B, P, C, H, W] -> per channel [P, H, W]
             values = x.transpose(1, 2).reshape(-1, p, *x.shape[3:])
         if values.shape[0] != self.inputs.numel():
@@ -267,7 +277,7 @@ class Plan:
             wd[g.e_graph, g.e_j, g.e_i] = attr[:, :hw]
             z = torch.einsum("bjis,bips->bjp", wd, hd.reshape(G, n_in, p, hw))[..., None, None]
         else:
-            kh, kw, sh, sw, ph, pw, dh, dw = g.geom
+            kh, kw, sh, sw, ph, pw, dh, dw = g.geom[:8]
             wd = attr.new_zeros(G, n_out, n_in, kh, kw)
             wd[g.e_graph, g.e_j, g.e_i] = decode_kernels(attr, self.k_max, kh, kw)
             inp = hd.permute(2, 0, 1, 3, 4).reshape(p, G * n_in, *h.shape[2:])
@@ -276,10 +286,12 @@ class Plan:
         return z[g.t_graph, g.t_rank]  # [n_T, P, h, w]
 
     def _copy(self, batch: Batch, g: _Group, blocks: list[torch.Tensor]) -> torch.Tensor:
-        """Residual / identity edges copy h_i, pooling edges its spatial mean, times w_ij."""
+        """Residual / identity edges copy h_i, pooling edges its spatial mean or local pooling, times w_ij."""
         h = _collect(g.gather, blocks)  # [E_g, P, h, w]
         if g.kind == EDGE_POOL:
             h = h.mean(dim=(-2, -1), keepdim=True)
+        elif g.kind in (EDGE_MAXPOOL, EDGE_AVGPOOL):
+            h = pooling.apply(h, g.kind, g.geom)  # [E_g, P, h', w']
         msg = h * batch.edge_attr[g.edges, centre(self.k_max)].view(-1, 1, 1, 1)
         z = msg.new_zeros(len(g.targets), *msg.shape[1:])
         return z.index_add(0, g.e_target, msg)
@@ -298,7 +310,7 @@ class Plan:
             z = torch.where((norm == NORM_BATCH).view(view), normed, z)
         if g.ln_graph is not None:
             z = torch.where((norm == NORM_LAYER).view(view), self._layernorm(batch, g, z, feats), z)
-        return _activate(z, batch.node_act[nodes], feats[:, X_ACT_PARAM])
+        return _activate(z, batch.node_act[nodes], feats[:, X_ACT_PARAM], feats[:, X_ACT_PARAM2])
 
     def _layernorm(self, batch: Batch, g: _Group, z: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
         """Normalise over the target nodes of each graph (one layer): statistics per graph and input."""
@@ -309,6 +321,26 @@ class Plan:
         eps = batch.node_eps[g.targets].view(-1, 1, 1, 1)
         gamma, beta = feats[:, X_NORM_WEIGHT].view(-1, 1, 1, 1), feats[:, X_NORM_BIAS].view(-1, 1, 1, 1)
         return centred / torch.sqrt(var[which] + eps) * gamma + beta
+
+
+def _signature_code(columns: list[torch.Tensor]) -> torch.Tensor:
+    """One int64 per row of small non-negative integer columns, equal iff the rows are equal
+    (mixed radix; a column is first compacted with ``unique`` only where the code would overflow)."""
+    code = torch.zeros_like(columns[0])
+    room = 1
+    for column in columns:
+        low = int(column.min()) if column.numel() else 0
+        radix = (int(column.max()) - low + 1) if column.numel() else 1
+        values = column - low
+        if room * radix >= 2**62:
+            _, values = torch.unique(column, return_inverse=True)
+            radix = int(values.max()) + 1 if values.numel() else 1
+            if room * radix >= 2**62:
+                code = torch.unique(code, return_inverse=True)[1]
+                room = int(code.max()) + 1 if code.numel() else 1
+        code = code * radix + values
+        room *= radix
+    return code
 
 
 def _gather_of(nodes: torch.Tensor, block_of: torch.Tensor, row_of: torch.Tensor) -> _Gather:
@@ -339,14 +371,18 @@ def _rank_in_graph(graph_of: torch.Tensor, num_graphs: int) -> tuple[torch.Tenso
     return torch.arange(len(graph_of), device=graph_of.device) - starts[graph_of], int(counts.max())
 
 
-def _activate(z: torch.Tensor, act: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
-    """Apply each node's activation; z [n, P, h, w], act [n], param [n] (w0 or slope)."""
+def _activate(z: torch.Tensor, act: torch.Tensor, param: torch.Tensor, param2: torch.Tensor) -> torch.Tensor:
+    """Apply each node's activation; z [n, P, h, w], act [n], param, param2 [n] (see activations.py).
+
+    Branches that are not taken are computed on clamped inputs (ELU, Softplus), so that
+    neither they nor their gradients overflow.
+    """
     out = z
     view = (-1, 1, 1, 1)
     for kind in act.unique().tolist():
         if kind == ACT_NONE:
             continue
-        p = param.view(view)
+        p, p2 = param.view(view), param2.view(view)
         if kind == ACT_RELU:
             a = torch.relu(z)
         elif kind == ACT_GELU:
@@ -359,8 +395,25 @@ def _activate(z: torch.Tensor, act: torch.Tensor, param: torch.Tensor) -> torch.
             a = torch.tanh(z)
         elif kind == ACT_SIGMOID:
             a = torch.sigmoid(z)
-        elif kind == ACT_LEAKY_RELU:
+        elif kind in (ACT_LEAKY_RELU, ACT_PRELU):
             a = torch.where(z >= 0, z, z * p)
+        elif kind == ACT_HARDTANH:
+            a = torch.minimum(torch.maximum(z, p), p2)
+        elif kind == ACT_HARDSWISH:
+            a = F.hardswish(z)
+        elif kind == ACT_HARDSIGMOID:
+            a = F.hardsigmoid(z)
+        elif kind == ACT_ELU:
+            a = torch.where(z > 0, z, p * torch.expm1(z.clamp_max(0)))
+        elif kind == ACT_SELU:
+            a = F.selu(z)
+        elif kind == ACT_SOFTPLUS:
+            beta = torch.where(p == 0, torch.ones_like(p), p)  # 0 only at nodes of other kinds
+            bz = beta * z
+            linear = bz > p2
+            a = torch.where(linear, z, torch.log1p(torch.exp(bz.masked_fill(linear, 0))) / beta)
+        elif kind == ACT_MISH:
+            a = F.mish(z)
         elif kind == ACT_SINE:
             a = torch.sin(p * z)
         else:

@@ -11,8 +11,10 @@ Node features ``x`` [N, NODE_DIM] (channels named by the ``X_*`` constants):
     X_NORM_BIAS   normalisation shift beta (0 where none)
     X_NORM_MEAN   BatchNorm running mean (0 elsewhere)
     X_NORM_VAR    BatchNorm running variance (1 elsewhere)
-    X_ACT_PARAM   activation parameter: w0 of sin(w0 z), negative slope of LeakyReLU
+    X_ACT_PARAM   activation parameter: w0 of sin(w0 z), negative slope of LeakyReLU, PReLU weight,
+                  ELU alpha, Hardtanh min, Softplus beta
     X_OFFSET      constant added after the layer (the SIREN output offset), not a parameter
+    X_ACT_PARAM2  second activation parameter: Hardtanh max, Softplus threshold (0 elsewhere)
 
 A node computes, from the values h_i of its sources (edges i -> j of weight/kernel w_ij):
 
@@ -22,8 +24,10 @@ A node computes, from the values h_i of its sources (edges i -> j of weight/kern
 
 where op_k depends on the edge kind (``EDGE_*``): a product for Linear weights, a 2-D
 cross-correlation for conv kernels, the dot product over positions for the weights of a
-flattened C x H x W map, a copy for residual/identity edges and a spatial mean for
-global average pooling.
+flattened C x H x W map, a copy for residual/identity edges, a spatial mean for
+global average pooling, and a local (or adaptive) max / average pooling of the source's
+map for max-pool / avg-pool edges (geometry in ``edge_geom``). A sequence [C, L]
+(Conv1d, 1-d pooling) is the 1-D case of a map: H = 1, W = L, kernels 1 x k.
 
 Edge features ``edge_attr`` [E, d_e] with d_e = max(k_max^2, max flattened H*W, 1),
 k_max the largest kernel size rounded up to an odd number:
@@ -44,17 +48,20 @@ import torch
 from torch_geometric.data import Data
 
 # Node feature channels.
-X_BIAS, X_NORM_WEIGHT, X_NORM_BIAS, X_NORM_MEAN, X_NORM_VAR, X_ACT_PARAM, X_OFFSET = range(7)
-NODE_DIM = 7
-NEUTRAL_NODE = (0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0)
+X_BIAS, X_NORM_WEIGHT, X_NORM_BIAS, X_NORM_MEAN, X_NORM_VAR, X_ACT_PARAM, X_OFFSET, X_ACT_PARAM2 = range(8)
+NODE_DIM = 8
+NEUTRAL_NODE = (0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0)
 
 # Edge kinds.
-EDGE_LINEAR, EDGE_CONV, EDGE_RESIDUAL, EDGE_FLATTEN, EDGE_POOL, EDGE_IDENTITY = range(6)
-EDGE_KINDS = ("linear", "conv", "residual", "flatten", "pool", "identity")
+EDGE_LINEAR, EDGE_CONV, EDGE_RESIDUAL, EDGE_FLATTEN, EDGE_POOL, EDGE_IDENTITY, EDGE_MAXPOOL, EDGE_AVGPOOL = range(8)
+EDGE_KINDS = ("linear", "conv", "residual", "flatten", "pool", "identity", "maxpool", "avgpool")
 
 # Activations applied at a node.
-(ACT_NONE, ACT_RELU, ACT_GELU, ACT_GELU_TANH, ACT_SILU, ACT_TANH, ACT_SIGMOID, ACT_LEAKY_RELU, ACT_SINE) = range(9)
-ACTIVATIONS = ("none", "relu", "gelu", "gelu_tanh", "silu", "tanh", "sigmoid", "leaky_relu", "sine")
+# ReLU6 is Hardtanh(0, 6); PReLU is a LeakyReLU whose slope is a parameter (own id: it varies across networks).
+(ACT_NONE, ACT_RELU, ACT_GELU, ACT_GELU_TANH, ACT_SILU, ACT_TANH, ACT_SIGMOID, ACT_LEAKY_RELU, ACT_SINE,
+ ACT_HARDTANH, ACT_HARDSWISH, ACT_HARDSIGMOID, ACT_ELU, ACT_SELU, ACT_SOFTPLUS, ACT_MISH, ACT_PRELU) = range(17)
+ACTIVATIONS = ("none", "relu", "gelu", "gelu_tanh", "silu", "tanh", "sigmoid", "leaky_relu", "sine",
+               "hardtanh", "hardswish", "hardsigmoid", "elu", "selu", "softplus", "mish", "prelu")
 
 # Normalisations applied at a node.
 NORM_NONE, NORM_BATCH, NORM_LAYER = range(3)
@@ -75,8 +82,20 @@ def graph_specs(data: Data) -> list[ArchSpec]:
     return spec if isinstance(spec, list) else [spec]
 
 
-# Columns of ``edge_geom``: kernel size, stride, padding and dilation of conv edges.
-GEOM_COLUMNS = ("kh", "kw", "stride_h", "stride_w", "pad_h", "pad_w", "dil_h", "dil_w")
+# Columns of ``edge_geom``: kernel size, stride, padding and dilation of conv and local pooling
+# edges; ceil_mode and count_include_pad (0/1) of pooling edges; the output size of adaptive
+# pooling edges (out_h, out_w > 0 marks an adaptive pool, whose other columns are 0).
+GEOM_COLUMNS = ("kh", "kw", "stride_h", "stride_w", "pad_h", "pad_w", "dil_h", "dil_w",
+                "ceil_mode", "count_include_pad", "out_h", "out_w")
+GEOM_DIM = len(GEOM_COLUMNS)
+NO_GEOM = (0,) * GEOM_DIM
+
+
+def kernel_hw(shape: tuple[int, ...]) -> tuple[int, int]:
+    """(kh, kw) of a weight: [out, in, kh, kw] (Conv2d), [out, in, k] (Conv1d: 1 x k), [out, in] (1 x 1)."""
+    if len(shape) == 4:
+        return shape[2], shape[3]
+    return (1, shape[2]) if len(shape) == 3 else (1, 1)
 
 
 @dataclass(frozen=True)
@@ -89,8 +108,11 @@ class ParamEntry:
       - ``"flat"``: weight [out, C*H*W] of a Linear on a flattened C x H x W map; edge
         ``offset + j * C + c`` holds W[j, c*H*W:(c+1)*H*W] in its first H*W entries;
       - ``"node"``: a per-neuron vector [n]; element j is ``x[offset + j, channel]``.
+        With ``shared`` > 0 the tensor is one value [1] held by ``shared`` consecutive
+        nodes (PReLU with one parameter for a whole layer); it is read from the first.
 
-    ``sources`` is the number of source nodes per output unit (in, or C for ``flat``).
+    ``sources`` is the number of source nodes per output unit (in, or C for ``flat``;
+    in / groups for a grouped convolution, whose edges stay within their group).
     """
 
     name: str
@@ -99,11 +121,14 @@ class ParamEntry:
     offset: int
     channel: int = 0
     sources: int = 0
+    shared: int = 0
 
     @property
     def count(self) -> int:
         """Number of edges (kernel/flat) or nodes (node) the tensor occupies."""
-        return self.shape[0] * self.sources if self.source != "node" else self.shape[0]
+        if self.source == "node":
+            return self.shared or self.shape[0]
+        return self.shape[0] * self.sources
 
 
 @dataclass
@@ -131,7 +156,7 @@ class NeuralGraph(Data):
         edge_index [2, E] long           source -> target, forward direction
         edge_attr  [E, d_e] float        weights / kernels (see module docstring)
         edge_kind  [E] long              EDGE_* kind
-        edge_geom  [E, 8] long           GEOM_COLUMNS of conv edges (0 elsewhere)
+        edge_geom  [E, GEOM_DIM] long    GEOM_COLUMNS of conv and pooling edges (0 elsewhere)
         node_layer [N] long              layer index, 0 = inputs, topological order
         node_pos   [N] long              position-embedding id (own id per input/output,
                                          one id per hidden layer)

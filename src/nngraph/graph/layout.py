@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from nngraph.graph.graph import ArchSpec
+from nngraph.graph.graph import ArchSpec, kernel_hw
 
 
 def offsets(k_max: int, kh, kw):
@@ -62,11 +62,6 @@ def kernel_mask(k_max: int, kh: torch.Tensor, kw: torch.Tensor, width: int) -> t
     )  # [E, d_e]
 
 
-def _kernel_size(shape: tuple[int, ...]) -> tuple[int, int]:
-    """(kh, kw) of a kernel-source weight [out, in] or [out, in, kh, kw]."""
-    return tuple(shape[2:]) if len(shape) == 4 else (1, 1)
-
-
 def write_params(spec: ArchSpec, params: dict[str, torch.Tensor], x: torch.Tensor, edge_attr: torch.Tensor) -> None:
     """Lay B networks' parameters {name: [B, *shape]} into x [B, N, d_v] and edge_attr [B, E, d_e] (in place).
 
@@ -78,12 +73,12 @@ def write_params(spec: ArchSpec, params: dict[str, torch.Tensor], x: torch.Tenso
         value = params[entry.name]
         rows = slice(entry.offset, entry.offset + entry.count)
         if entry.source == "node":
-            x[:, rows, entry.channel] = value
+            x[:, rows, entry.channel] = value  # a shared [B, 1] value broadcasts over its nodes
         elif entry.source == "flat":
             hw = entry.shape[1] // entry.sources
             edge_attr[:, rows] = encode_flat(value.reshape(b, entry.count, hw), width)
         else:
-            kh, kw = _kernel_size(entry.shape)
+            kh, kw = kernel_hw(entry.shape)
             edge_attr[:, rows] = encode_kernels(value.reshape(b, entry.count, kh, kw), k, width)
 
 
@@ -94,11 +89,11 @@ def read_params(spec: ArchSpec, x: torch.Tensor, edge_attr: torch.Tensor) -> dic
     for entry in spec.params:
         rows = slice(entry.offset, entry.offset + entry.count)
         if entry.source == "node":
-            out[entry.name] = x[:, rows, entry.channel]
+            out[entry.name] = x[:, rows, entry.channel][:, : 1 if entry.shared else entry.count]
         elif entry.source == "flat":
             hw = entry.shape[1] // entry.sources
             out[entry.name] = edge_attr[:, rows, :hw].reshape(b, *entry.shape)
         else:
-            kh, kw = _kernel_size(entry.shape)
+            kh, kw = kernel_hw(entry.shape)
             out[entry.name] = decode_kernels(edge_attr[:, rows], k, kh, kw).reshape(b, *entry.shape)
     return out

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import torch
 from torch import nn
 
 from nngraph.errors import UnsupportedModelError
 from nngraph.graph.builder import Value
 from nngraph.graph.graph import (
+    ACT_PRELU,
     ACT_SINE,
     EDGE_CONV,
     EDGE_FLATTEN,
@@ -25,14 +27,17 @@ from nngraph.graph.graph import (
     EDGE_POOL,
     EDGE_RESIDUAL,
     NORM_BATCH,
+    NO_GEOM,
     NORM_LAYER,
     X_ACT_PARAM,
+    X_ACT_PARAM2,
     X_BIAS,
     X_NORM_BIAS,
     X_NORM_MEAN,
     X_NORM_VAR,
     X_NORM_WEIGHT,
     X_OFFSET,
+    kernel_hw,
 )
 
 if TYPE_CHECKING:
@@ -59,59 +64,95 @@ def _open(ctx: Context, value: Value, slot: str, where: str) -> list[int]:
 
 
 def linear(ctx: Context, node: Node, module: nn.Linear, value: Value, path: str) -> Value:
-    """Linear: one node per output unit; edge i -> j carries W[j, i]; bias -> X_BIAS."""
+    """nn.Linear: see ``linear_layer``."""
+    return linear_layer(ctx, node, value, (f"{path}.weight", module.weight),
+                        (f"{path}.bias", module.bias) if module.bias is not None else None, f"{path} (Linear)")
+
+
+def linear_layer(ctx: Context, node: Node, value: Value, weight: tuple[str, torch.Tensor],
+                 bias: tuple[str, torch.Tensor] | None, where: str) -> Value:
+    """Linear: one node per output unit; edge i -> j carries W[j, i]; bias -> X_BIAS.
+
+    ``weight`` and ``bias`` are (state_dict name, tensor) of a module or of raw parameters.
+    """
+    name, w = weight
+    if w.dim() != 2:
+        raise UnsupportedModelError(f"{where}: a linear weight must be [out, in], got {list(w.shape)}")
     builder = ctx.builder
-    out_nodes = builder.new_layer(module.out_features, (1, 1))
+    out_nodes = builder.new_layer(w.shape[0], (1, 1))
     if value.kind == "vector":
-        first = builder.dense_edges(value.nodes, out_nodes, module.weight, EDGE_LINEAR)
-        ctx.record_edges(f"{path}.weight", module.weight, "kernel", first, len(value.nodes))
+        first = builder.dense_edges(value.nodes, out_nodes, w, EDGE_LINEAR)
+        ctx.record_edges(name, w, "kernel", first, len(value.nodes))
     elif value.kind == "flat":
         # W [out, C*H*W] -> per (j, c) the H*W weights that read channel c.
-        h, w = value.hw
+        h, wd = value.hw
         channels = len(value.nodes)
-        weights = module.weight.reshape(module.out_features, channels, h * w)
+        weights = w.reshape(w.shape[0], channels, h * wd)
         first = builder.dense_edges(value.nodes, out_nodes, weights, EDGE_FLATTEN)
-        ctx.record_edges(f"{path}.weight", module.weight, "flat", first, channels)
+        ctx.record_edges(name, w, "flat", first, channels)
     else:
         raise UnsupportedModelError(
-            f"{path} ({type(module).__name__}) reads a C x H x W map; flatten it or pool it first"
+            f"{where} reads a [batch, C, H, W] or [batch, C, L] map (a Linear over its last dimension is not "
+            "supported); flatten it or pool it first"
         )
-    if module.bias is not None:
-        builder.record_node_param(f"{path}.bias", out_nodes, X_BIAS, module.bias)
+    if bias is not None:
+        builder.record_node_param(bias[0], out_nodes, X_BIAS, bias[1])
     return Value(out_nodes, "vector", (1, 1), node.name)
 
 
-def conv2d(ctx: Context, node: Node, module: nn.Conv2d, value: Value, path: str) -> Value:
-    """Conv2d: one node per output channel; edge c -> j carries the kernel W[j, c]."""
-    where = f"{path} (Conv2d)"
-    if value.kind != "map":
-        raise UnsupportedModelError(f"{where} needs a [batch, C, H, W] input")
-    if module.groups != 1:
-        raise UnsupportedModelError(f"{where} has groups={module.groups}; only groups=1 is supported")
+def conv2d(ctx: Context, node: Node, module: nn.Conv1d | nn.Conv2d, value: Value, path: str) -> Value:
+    """nn.Conv1d / nn.Conv2d: see ``conv_layer``."""
+    where = f"{path} ({type(module).__name__})"
     if module.padding_mode != "zeros":
         raise UnsupportedModelError(f"{where} has padding_mode={module.padding_mode!r}; only 'zeros' is supported")
-    kh, kw = module.kernel_size
     padding = _conv_padding(module, where)
-    geom = (kh, kw, *module.stride, *padding, *module.dilation)
-    out_hw = tuple(ctx.shape(node)[2:])
+    return conv_layer(ctx, node, value, (f"{path}.weight", module.weight),
+                      (f"{path}.bias", module.bias) if module.bias is not None else None,
+                      (module.stride, padding, module.dilation, module.groups), where)
+
+
+def conv_layer(ctx: Context, node: Node, value: Value, weight: tuple[str, torch.Tensor],
+               bias: tuple[str, torch.Tensor] | None, options: tuple, where: str) -> Value:
+    """Conv1d/Conv2d: one node per output channel; edge c -> j carries the kernel W[j, c].
+
+    ``options`` = (stride, padding, dilation, groups) as the module holds them (1-tuples
+    for Conv1d: its kernel k becomes 1 x k on the 1 x L map of a sequence). With groups
+    g, output j reads only the input channels of its group (in / g edges per output).
+    """
+    stride, padding, dilation, groups = options
+    name, w = weight
+    spatial = w.dim() - 2
+    rank = len(ctx.shape(node))
+    if value.kind != "map" or rank != spatial + 2:
+        raise UnsupportedModelError(f"{where} needs a [batch, C{', L' if spatial == 1 else ', H, W'}] input")
+    lift = (lambda t, fill: (fill, t[0])) if spatial == 1 else (lambda t, fill: tuple(t))
+    kh, kw = kernel_hw(tuple(w.shape))
+    geom = (kh, kw, *lift(stride, 1), *lift(padding, 0), *lift(dilation, 1)) + NO_GEOM[8:]
+    out_hw = tuple(ctx.shape(node)[2:]) if spatial == 2 else (1, int(ctx.shape(node)[2]))
     builder = ctx.builder
-    out_nodes = builder.new_layer(module.out_channels, out_hw)
-    first = builder.dense_edges(value.nodes, out_nodes, module.weight, EDGE_CONV, geom)
-    ctx.record_edges(f"{path}.weight", module.weight, "kernel", first, len(value.nodes))
-    if module.bias is not None:
-        builder.record_node_param(f"{path}.bias", out_nodes, X_BIAS, module.bias)
+    out_nodes = builder.new_layer(w.shape[0], out_hw)
+    kernels = w.reshape(w.shape[0], w.shape[1], kh, kw)  # Conv1d [out, in_g, k] -> [out, in_g, 1, k]
+    first = builder.dense_edges(value.nodes, out_nodes, kernels, EDGE_CONV, geom, groups=groups)
+    ctx.record_edges(name, w, "kernel", first, w.shape[1])
+    if bias is not None:
+        builder.record_node_param(bias[0], out_nodes, X_BIAS, bias[1])
     return Value(out_nodes, "map", out_hw, node.name)
 
 
-def _conv_padding(module: nn.Conv2d, where: str) -> tuple[int, int]:
-    if isinstance(module.padding, str):
-        if module.padding == "valid":
-            return (0, 0)
-        totals = [d * (k - 1) for d, k in zip(module.dilation, module.kernel_size)]
+def _conv_padding(module: nn.Conv1d | nn.Conv2d, where: str) -> tuple[int, ...]:
+    return conv_padding(module.padding, module.kernel_size, module.dilation, where)
+
+
+def conv_padding(padding, kernel: tuple[int, ...], dilation: tuple[int, ...], where: str) -> tuple[int, ...]:
+    """Numeric padding per spatial dim of a conv's padding (numbers, 'valid' or symmetric 'same')."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            return (0,) * len(kernel)
+        totals = [d * (k - 1) for d, k in zip(dilation, kernel)]
         if any(t % 2 for t in totals):
             raise UnsupportedModelError(f"{where}: padding='same' is asymmetric here; use an odd kernel")
-        return (totals[0] // 2, totals[1] // 2)
-    return tuple(module.padding)
+        return tuple(t // 2 for t in totals)
+    return tuple(padding)
 
 
 def batchnorm(ctx: Context, node: Node, module: nn.modules.batchnorm._BatchNorm, value: Value, path: str) -> Value:
@@ -119,9 +160,10 @@ def batchnorm(ctx: Context, node: Node, module: nn.modules.batchnorm._BatchNorm,
     where = f"{path} ({type(module).__name__})"
     if not module.track_running_stats or module.running_mean is None:
         raise UnsupportedModelError(f"{where} has no running statistics; use track_running_stats=True")
-    expected = "map" if isinstance(module, nn.BatchNorm2d) else "vector"
-    if value.kind != expected:
-        raise UnsupportedModelError(f"{where} must follow a {'Conv2d' if expected == 'map' else 'Linear'} output")
+    rank = len(ctx.shape(node))
+    expected = {nn.BatchNorm2d: (4,), nn.BatchNorm1d: (2, 3)}[type(module)]
+    if value.kind != ("vector" if rank == 2 else "map") or rank not in expected:
+        raise UnsupportedModelError(f"{where} must follow a {'Conv2d' if rank == 4 else 'Linear or Conv1d'} output")
     nodes = _open(ctx, value, "norm", where)
     builder = ctx.builder
     for n in nodes:
@@ -153,12 +195,34 @@ def layernorm(ctx: Context, node: Node, module: nn.LayerNorm, value: Value, path
     return Value(nodes, value.kind, value.hw, node.name)
 
 
-def activation(ctx: Context, node: Node, value: Value, act: int, param: float, where: str) -> Value:
-    """Activation ``act`` at every node of the value (``param``: w0 or negative slope)."""
+def activation(ctx: Context, node: Node, value: Value, act: int, param: float, where: str,
+               param2: float = 0.0) -> Value:
+    """Activation ``act`` at every node of the value (``param``, ``param2``: see activations.py)."""
     nodes = _open(ctx, value, "act", where)
     for n in nodes:
         ctx.builder.node_act[n] = act
     ctx.builder.set_feature(nodes, X_ACT_PARAM, param)
+    ctx.builder.set_feature(nodes, X_ACT_PARAM2, param2)
+    return Value(nodes, value.kind, value.hw, node.name)
+
+
+def prelu(ctx: Context, node: Node, value: Value, weight: tuple[str, torch.Tensor], where: str) -> Value:
+    """PReLU: max(z, 0) + a min(z, 0); its weight a sits in X_ACT_PARAM of every node.
+
+    One weight per channel/unit moves with its node under permutations; a single weight
+    for the whole layer is held by every node of the layer (and read back from the first).
+    """
+    name, w = weight
+    if w.numel() not in (1, len(value.nodes)) or w.dim() != 1:
+        raise UnsupportedModelError(f"{where}: PReLU needs 1 or {len(value.nodes)} parameters, got {list(w.shape)}")
+    nodes = _open(ctx, value, "act", where)
+    builder = ctx.builder
+    for n in nodes:
+        builder.node_act[n] = ACT_PRELU
+    if w.numel() == 1 and len(nodes) > 1:
+        builder.record_shared_param(name, nodes, X_ACT_PARAM, w)
+    else:
+        builder.record_node_param(name, nodes, X_ACT_PARAM, w)
     return Value(nodes, value.kind, value.hw, node.name)
 
 
@@ -225,3 +289,22 @@ def global_pool(ctx: Context, node: Node, value: Value, keepdim: bool, where: st
     out = builder.new_layer(len(value.nodes), (1, 1))
     builder.pair_edges(value.nodes, out, EDGE_POOL)
     return Value(out, "map" if keepdim else "vector", (1, 1), node.name)
+
+
+def channel_slice(ctx: Context, node: Node, value: Value, index: slice, where: str) -> Value:
+    """``x[:, a:b]``: the value's neurons a..b-1 (a view: no node is added)."""
+    if value.kind not in ("vector", "map") or index.step not in (None, 1):
+        raise UnsupportedModelError(f"{where}: only x[:, a:b] slices of channels/features are supported")
+    return Value(value.nodes[index], value.kind, value.hw, value.root)
+
+
+def assign_slice(ctx: Context, node: Node, value: Value, index: slice, new: Value, where: str) -> Value:
+    """``x[:, a:b] = y`` (and ``x[:, a:b] += y``): x's neurons a..b-1 are replaced by y's."""
+    if value.kind not in ("vector", "map") or index.step not in (None, 1):
+        raise UnsupportedModelError(f"{where}: only x[:, a:b] = y on channels/features is supported")
+    positions = range(len(value.nodes))[index]
+    if new.kind != value.kind or new.hw != value.hw or len(new.nodes) != len(positions):
+        raise UnsupportedModelError(f"{where}: x[:, a:b] = y needs y of the slice's shape")
+    nodes = list(value.nodes)
+    nodes[index] = new.nodes
+    return Value(nodes, value.kind, value.hw, node.args[0].name)

@@ -3,9 +3,13 @@
 Reordering the units of a hidden layer (and the matching rows and columns of the
 weights around it) leaves a network's function unchanged. On the graph this is a
 relabelling of nodes. Neurons joined by residual, identity or pooling edges carry one
-value forward (z_s = z_a + z_b, a copy, a channel's mean) and must move together: they
-form one *tie class*. Classes that touch the same layers are permuted among each other;
-classes holding an input or output neuron never move.
+value forward (z_s = z_a + z_b, a copy, a channel's mean or pooling) and must move
+together: they form one *tie class*. A grouped convolution (edges only within a group)
+joins the input and output channels of each of its groups into one class as well: whole
+groups move, consistently in the layer it reads and the layer it writes (a depthwise
+conv ties channel c of its input to channel c of its output). Classes that touch the
+same layers are permuted among each other, node k of a layer onto node k of the same
+layer; classes holding an input or output neuron never move.
 """
 
 from __future__ import annotations
@@ -17,9 +21,18 @@ from torch import nn
 
 from nngraph.errors import InputShapeError, UnsupportedModelError
 from nngraph.graph.convert import SUPPORTED, first_unsupported_module, to_graph, to_params
-from nngraph.graph.graph import EDGE_IDENTITY, EDGE_POOL, EDGE_RESIDUAL, ROLE_HIDDEN, NeuralGraph
+from nngraph.graph.graph import (
+    EDGE_AVGPOOL,
+    EDGE_CONV,
+    EDGE_IDENTITY,
+    EDGE_MAXPOOL,
+    EDGE_POOL,
+    EDGE_RESIDUAL,
+    ROLE_HIDDEN,
+    NeuralGraph,
+)
 
-_TIE_KINDS = (EDGE_RESIDUAL, EDGE_IDENTITY, EDGE_POOL)
+_TIE_KINDS = (EDGE_RESIDUAL, EDGE_IDENTITY, EDGE_POOL, EDGE_MAXPOOL, EDGE_AVGPOOL)
 
 
 def permute_graph(graph: NeuralGraph, seed: int = 0) -> tuple[NeuralGraph, torch.Tensor]:
@@ -30,7 +43,10 @@ def permute_graph(graph: NeuralGraph, seed: int = 0) -> tuple[NeuralGraph, torch
     ``x_new = x[perm]`` and edge (i -> j) of the new graph carries old edge
     (perm[i] -> perm[j]).
     """
-    perm = _tie_class_permutation(graph, torch.Generator().manual_seed(seed)).to(graph.edge_index.device)
+    device = graph.edge_index.device
+    perm = _tie_class_permutation(graph, torch.Generator().manual_seed(seed), several=True).to(device)
+    if not _is_automorphism(graph, perm):  # the positional matching does not fit: move classes of one node per layer only
+        perm = _tie_class_permutation(graph, torch.Generator().manual_seed(seed), several=False).to(device)
     n = graph.num_nodes
     src, dst = graph.edge_index
     old_key = src * n + dst
@@ -47,8 +63,42 @@ def permute_graph(graph: NeuralGraph, seed: int = 0) -> tuple[NeuralGraph, torch
     return new, perm
 
 
-def tie_class_of(graph: NeuralGraph) -> list[int]:
-    """Representative node of each node's tie class (union-find over residual/identity/pooling edges)."""
+def _is_automorphism(graph: NeuralGraph, perm: torch.Tensor) -> bool:
+    """Whether relabelling by ``perm`` maps every edge onto an edge of the same kind and geometry,
+    within layers of nodes of the same kind (then the relabelled graph computes the same function)."""
+    for key in ("node_layer", "node_act", "node_norm", "node_hw", "node_role"):
+        if not torch.equal(graph[key][perm], graph[key]):
+            return False
+    n = graph.num_nodes
+    src, dst = graph.edge_index
+    old_key = src * n + dst
+    order = torch.argsort(old_key)
+    wanted = perm[src] * n + perm[dst]
+    found = order[torch.searchsorted(old_key[order], wanted).clamp_max(len(order) - 1)]
+    return (torch.equal(old_key[found], wanted) and torch.equal(graph.edge_kind[found], graph.edge_kind)
+            and torch.equal(graph.edge_geom[found], graph.edge_geom))
+
+
+def _group_pairs(graph: NeuralGraph) -> torch.Tensor:
+    """Edges [2, E'] of grouped convolutions: conv edges into a layer that do not join every
+    source to every target (a groups=1 conv joins all of them and ties nothing)."""
+    conv = torch.nonzero(graph.edge_kind == EDGE_CONV).squeeze(1)
+    if conv.numel() == 0:
+        return graph.edge_index[:, :0]
+    src, dst = graph.edge_index[:, conv]
+    layer = graph.node_layer[dst]
+    pairs = []
+    for target_layer in layer.unique().tolist():
+        mine = layer == target_layer
+        s, d = src[mine], dst[mine]
+        if len(s) < s.unique().numel() * d.unique().numel():
+            pairs.append(torch.stack([s, d]))
+    return torch.cat(pairs, dim=1) if pairs else graph.edge_index[:, :0]
+
+
+def tie_class_of(graph: NeuralGraph, grouped: bool = False) -> list[int]:
+    """Representative node of each node's tie class (union-find over residual/identity/pooling edges;
+    with ``grouped``, also over the edges of grouped convolutions)."""
     parent = list(range(graph.num_nodes))
 
     def find(a: int) -> int:
@@ -58,37 +108,42 @@ def tie_class_of(graph: NeuralGraph) -> list[int]:
         return a
 
     tie = torch.isin(graph.edge_kind, torch.tensor(_TIE_KINDS, device=graph.edge_kind.device))
-    for a, b in graph.edge_index[:, tie].t().tolist():
+    pairs = graph.edge_index[:, tie]
+    if grouped:
+        pairs = torch.cat([pairs, _group_pairs(graph)], dim=1)
+    for a, b in pairs.t().tolist():
         ra, rb = find(a), find(b)
         if ra != rb:
             parent[max(ra, rb)] = min(ra, rb)
     return [find(v) for v in range(graph.num_nodes)]
 
 
-def interchangeable_groups(graph: NeuralGraph) -> list[list[list[int]]]:
-    """Groups of tie classes that may be permuted among each other.
+def interchangeable_groups(graph: NeuralGraph, several: bool = False) -> list[list[list[int]]]:
+    """Groups of tie classes (grouped convolutions included) that may be permuted among each other.
 
-    Classes with an input/output neuron, or with two neurons in one layer, never move;
-    classes with the same set of layers are interchangeable. Each class is listed as its
-    nodes sorted by layer, so class k's node at position l corresponds to class k''s.
+    Classes with an input/output neuron never move, nor, unless ``several``, those with
+    two neurons in one layer (whole groups of a grouped convolution with several channels
+    per group); classes with the same layers are interchangeable. Each class is listed as
+    its nodes sorted by (layer, id), so class k's node at position l corresponds to class k''s.
+    ``permute_graph`` checks that the matching with ``several`` is an automorphism.
     """
     members: dict[int, list[int]] = {}
-    for node, root in enumerate(tie_class_of(graph)):
+    for node, root in enumerate(tie_class_of(graph, grouped=True)):
         members.setdefault(root, []).append(node)
     layer = graph.node_layer.tolist()
     role = graph.node_role.tolist()
     by_signature: dict[tuple[int, ...], list[list[int]]] = {}
     for nodes in members.values():
         layers = [layer[v] for v in nodes]
-        if any(role[v] != ROLE_HIDDEN for v in nodes) or len(set(layers)) != len(layers):
+        if any(role[v] != ROLE_HIDDEN for v in nodes) or (not several and len(set(layers)) != len(layers)):
             continue
-        by_signature.setdefault(tuple(sorted(layers)), []).append(sorted(nodes, key=lambda v: layer[v]))
+        by_signature.setdefault(tuple(sorted(layers)), []).append(sorted(nodes, key=lambda v: (layer[v], v)))
     return [classes for classes in by_signature.values() if len(classes) > 1]
 
 
-def _tie_class_permutation(graph: NeuralGraph, generator: torch.Generator) -> torch.Tensor:
+def _tie_class_permutation(graph: NeuralGraph, generator: torch.Generator, several: bool) -> torch.Tensor:
     perm = torch.arange(graph.num_nodes)
-    for classes in interchangeable_groups(graph):
+    for classes in interchangeable_groups(graph, several):
         shuffled = torch.randperm(len(classes), generator=generator).tolist()
         for target, source in zip(classes, (classes[s] for s in shuffled)):
             perm[torch.tensor(target)] = torch.tensor(source)
@@ -125,4 +180,6 @@ def guess_input(model: nn.Module) -> torch.Tensor:
             return torch.zeros(1, module.in_features)
         if isinstance(module, nn.Conv2d):
             return torch.zeros(1, module.in_channels, 32, 32)
+        if isinstance(module, nn.Conv1d):
+            return torch.zeros(1, module.in_channels, 32)
     raise InputShapeError(f"cannot guess the input of {type(model).__name__}; pass example_input")

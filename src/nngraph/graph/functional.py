@@ -1,0 +1,92 @@
+"""Layers written as functions on raw parameters: ``F.linear(x, self.weight, self.bias)``,
+``F.conv1d/conv2d(x, w, b, ...)``, ``F.prelu(x, w)``, parameters in ``nn.ParameterList``,
+and a bare ``nn.Linear`` / ``nn.Conv2d`` as the whole model (fx traces its forward into
+those functions).
+
+torch.fx records each use of a parameter as a ``get_attr`` node whose target is its
+attribute path; for parameters and buffers that path is the state_dict key. Such a node
+becomes a ``ParamRef``; the layer rules of ``ops.py`` take (name, tensor) pairs, so a
+functional layer gives exactly the graph and ParamEntry names of the module form.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+
+from nngraph.errors import UnsupportedModelError
+from nngraph.graph import ops
+from nngraph.graph.builder import Value
+
+if TYPE_CHECKING:
+    from torch.fx import Node
+
+    from nngraph.graph.context import Context
+
+
+@dataclass
+class ParamRef:
+    """A parameter or buffer read by ``forward`` as a tensor: its state_dict name and value."""
+
+    name: str
+    tensor: torch.Tensor
+
+
+def param_ref(ctx: Context, node: Node, state_names: set[str]) -> ParamRef:
+    """The ``ParamRef`` of a get_attr node; a plain tensor attribute (not in the state_dict) is refused."""
+    if node.target not in state_names:
+        raise UnsupportedModelError(
+            f"{ctx.name}: tensor attribute {node.target!r} is not a parameter or buffer; register it with "
+            "nn.Parameter or register_buffer"
+        )
+    return ParamRef(node.target, functools.reduce(getattr, node.target.split("."), ctx.gm))
+
+
+_CONV = {F.conv1d: 1, F.conv2d: 2}
+_CONV_ARGS = ("weight", "bias", "stride", "padding", "dilation", "groups")
+TARGETS = (F.linear, F.conv1d, F.conv2d, F.prelu)
+
+
+def layer(ctx: Context, node: Node, args: list, kwargs: dict, where: str) -> Value:
+    """F.linear / F.conv1d / F.conv2d / F.prelu of a Value with ParamRef weights."""
+    value = args[0]
+    if not isinstance(value, Value):
+        raise UnsupportedModelError(f"{where}: the input of a functional layer must be computed from the model's input")
+    names = ("weight", "bias") if node.target is F.linear else ("weight",) if node.target is F.prelu else _CONV_ARGS
+    bound = dict(zip(names, args[1:]))
+    bound.update(kwargs)
+    weight, bias = bound.get("weight"), bound.get("bias")
+    for p in (weight, bias):
+        if p is not None and not isinstance(p, ParamRef):
+            raise UnsupportedModelError(f"{where}: weights must be parameters of the model (nn.Parameter), not computed")
+    _use(ctx, [p for p in (weight, bias) if p is not None], where)
+    w = (weight.name, weight.tensor)
+    b = (bias.name, bias.tensor) if bias is not None else None
+    if node.target is F.linear:
+        return ops.linear_layer(ctx, node, value, w, b, where)
+    if node.target is F.prelu:
+        return ops.prelu(ctx, node, value, w, where)
+    spatial = _CONV[node.target]
+    tup = lambda v: tuple(v) if isinstance(v, (list, tuple)) else (v,) * spatial  # noqa: E731
+    kernel = tuple(weight.tensor.shape[2:])
+    dilation = tup(bound.get("dilation", 1))
+    padding = ops.conv_padding(bound.get("padding", 0) if isinstance(bound.get("padding", 0), str)
+                               else tup(bound.get("padding", 0)), kernel, dilation, where)
+    options = (tup(bound.get("stride", 1)), padding, dilation, int(bound.get("groups", 1)))
+    return ops.conv_layer(ctx, node, value, w, b, options, where)
+
+
+def _use(ctx: Context, refs: list[ParamRef], where: str) -> None:
+    """Each parameter may feed one layer (shared weights have no place in the graph)."""
+    for ref in refs:
+        if ref.name in ctx.called:
+            raise UnsupportedModelError(f"{where}: parameter {ref.name!r} is used twice; shared weights are not supported")
+        ctx.called.add(ref.name)
+
+
+def is_layer(target: Any) -> bool:
+    return any(target is t for t in TARGETS)
