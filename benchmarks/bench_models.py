@@ -37,9 +37,7 @@ CONFIGS = {
 def run_one(model_name: str, config: str, width: int, mode: str, batch: int, steps: int, device: str = "cpu") -> dict:
     import torch
 
-    import nngraph
-    from nngraph.data.inr import Siren
-    from nngraph.graph.fast import graphs_from_params
+    from common import siren_graphs, training_step_times
     from nngraph.models import create_model
 
     torch.set_num_threads(2)
@@ -47,28 +45,14 @@ def run_one(model_name: str, config: str, width: int, mode: str, batch: int, ste
     sizes.pop("batch", None)
     if model_name != "ngt":
         sizes.pop("heads", None)
-    gen = torch.Generator().manual_seed(0)
-    template = nngraph.to_graph(Siren(hidden=width), torch.zeros(1, 2))
-    params = {k: torch.randn(batch, *v.shape, generator=gen) * 0.1 for k, v in Siren(hidden=width).state_dict().items()}
-    graphs = graphs_from_params(template, params)
+    template, graphs = siren_graphs(batch, hidden=width)
     model = create_model(model_name, example=graphs, out_dim=10, **sizes).to(device)
     graphs = graphs.to(device)
     if mode == "compiled":
         for layer in model.layers:
             layer.compile()
-    opt = torch.optim.AdamW(model.parameters(), 1e-3)
-    labels = torch.randint(0, 10, (batch,), generator=gen).to(device)
-    times = []
-    for step in range(steps + 2):  # two warm-up steps
-        start = time.perf_counter()
-        loss = torch.nn.functional.cross_entropy(model(graphs), labels)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if graphs.x.is_cuda:
-            torch.cuda.synchronize()
-        if step >= 2:
-            times.append(time.perf_counter() - start)
+    labels = torch.randint(0, 10, (batch,), generator=torch.Generator().manual_seed(1)).to(device)
+    times, _ = training_step_times(model, graphs, labels, steps)
     median = statistics.median(times)
     return {"model": model_name, "config": config, "siren_width": width, "mode": mode, "batch": batch,
             "nodes_per_graph": template.num_nodes, "graphs_per_s": round(batch / median, 1),

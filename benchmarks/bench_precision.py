@@ -31,7 +31,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import RESULTS, write_result  # noqa: E402
+from common import RESULTS, siren_graphs, training_step_times, write_result  # noqa: E402
 
 PUBLISHED = {"hidden": 64, "edge_hidden": 32, "layers": 4, "heads": 8}
 TASK_SIZE = {"hidden": 32, "edge_hidden": 16, "layers": 2, "heads": 4, "probes": 16}
@@ -43,40 +43,16 @@ def speed(model_name: str, precision: str, sizes: dict, batch: int, steps: int, 
     """graphs/s of forward + backward + AdamW, median over ``steps`` after 2 warm-up steps."""
     import torch
 
-    import nngraph
-    from nngraph.data.inr import Siren
-    from nngraph.device import autocast
-    from nngraph.graph.fast import graphs_from_params
     from nngraph.models import create_model
 
-    gen = torch.Generator().manual_seed(0)
-    siren = Siren(variant="dwsnet")
-    template = nngraph.to_graph(siren, torch.zeros(1, 2))
-    params = {k: torch.randn(batch, *v.shape, generator=gen) * 0.1 for k, v in siren.state_dict().items()}
-    graphs = graphs_from_params(template, params)
+    _, graphs = siren_graphs(batch, variant="dwsnet")
     kwargs = dict(sizes)
     if model_name != "ngt":
         kwargs.pop("heads")
     torch.manual_seed(0)
     model = create_model(model_name, example=graphs, out_dim=10, **kwargs).to(device)
-    graphs = graphs.to(device)
-    labels = torch.randint(0, 10, (batch,), generator=gen).to(device)
-    opt = torch.optim.AdamW(model.parameters(), 1e-3)
-    times = []
-    for step in range(steps + 2):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        with autocast(device, precision):
-            out = model(graphs)
-        loss = torch.nn.functional.cross_entropy(out.float(), labels)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if step >= 2:
-            times.append(time.perf_counter() - start)
+    labels = torch.randint(0, 10, (batch,), generator=torch.Generator().manual_seed(1)).to(device)
+    times, _ = training_step_times(model, graphs.to(device), labels, steps, precision=precision)
     return batch / statistics.median(times)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+import time
 from pathlib import Path
 
 import torch
@@ -35,6 +36,47 @@ def commit() -> str:
         return out.stdout.strip() + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def siren_graphs(batch: int, seed: int = 0, **siren_kwargs):
+    """(template graph, fast-path batch) of ``batch`` SIRENs with random weights (std 0.1):
+    the synthetic input of the speed measurements (no corpus needed)."""
+    import nngraph
+    from nngraph.data.inr import Siren
+    from nngraph.graph.fast import graphs_from_params
+
+    gen = torch.Generator().manual_seed(seed)
+    siren = Siren(**siren_kwargs)
+    template = nngraph.to_graph(siren, torch.zeros(1, siren.hidden[0].in_features))
+    params = {k: torch.randn(batch, *v.shape, generator=gen) * 0.1 for k, v in siren.state_dict().items()}
+    return template, graphs_from_params(template, params)
+
+
+def training_step_times(model, graphs, labels, steps: int, warmup: int = 2,
+                        precision: str = "fp32") -> tuple[list[float], torch.Tensor]:
+    """Seconds of each of ``steps`` forward + backward + AdamW steps of ``model`` on one batch
+    (classification into ``labels``), after ``warmup`` untimed ones; a GPU is synchronised
+    around each step. Returns the times and the last loss."""
+    from nngraph.device import autocast
+
+    device = graphs.x.device
+    opt = torch.optim.AdamW(model.parameters(), 1e-3)
+    times = []
+    for step in range(steps + warmup):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        with autocast(device, precision):
+            out = model(graphs)
+        loss = torch.nn.functional.cross_entropy(out.float(), labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if step >= warmup:
+            times.append(time.perf_counter() - start)
+    return times, loss.detach()
 
 
 def write_result(name: str, title: str, command: str, wall_s: float, rows: list[dict], quick: bool = False,

@@ -98,41 +98,20 @@ def model_row(name: str, probes: int, precision: str, batch_size: int, steps: in
     """graphs/s of forward + backward + AdamW and peak memory, one model configuration."""
     import torch
 
-    import nngraph
-    from nngraph.data.inr import Siren
-    from nngraph.device import autocast
-    from nngraph.graph.fast import graphs_from_params
+    from common import siren_graphs, training_step_times
     from nngraph.models import create_model
 
-    gen = torch.Generator().manual_seed(0)
-    siren = Siren(variant="dwsnet")
-    template = nngraph.to_graph(siren, torch.zeros(1, 2))
-    params = {k: torch.randn(batch_size, *v.shape, generator=gen) * 0.1 for k, v in siren.state_dict().items()}
-    host_batch = graphs_from_params(template, params)
+    _, host_batch = siren_graphs(batch_size, variant="dwsnet")
     torch.manual_seed(0)
     kwargs = dict(sizes)
     if name != "ngt":
         kwargs.pop("heads")
     model = create_model(name, example=host_batch, out_dim=10, probes=probes, **kwargs).to(device)
-    batch = host_batch.to(device)
-    labels = torch.randint(0, 10, (batch_size,), generator=gen).to(device)
-    opt = torch.optim.AdamW(model.parameters(), 1e-3)
+    labels = torch.randint(0, 10, (batch_size,), generator=torch.Generator().manual_seed(1)).to(device)
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    times = []
-    for step in range(steps + warmup):
-        _synchronize(device)
-        start = time.perf_counter()
-        with autocast(device, precision):
-            out = model(batch)
-        loss = torch.nn.functional.cross_entropy(out.float(), labels)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        _synchronize(device)
-        if step >= warmup:
-            times.append(time.perf_counter() - start)
+    times, loss = training_step_times(model, host_batch.to(device), labels, steps, warmup, precision)
     median = statistics.median(times)
     row = {"what": f"{name} probes={probes} {precision}", "model": name, "probes": probes, "precision": precision,
            "batch": batch_size, "graphs_per_s": round(batch_size / median, 1), "step_ms": round(1000 * median, 2),

@@ -34,7 +34,7 @@ import torch
 
 from nngraph.errors import NNGraphError
 from nngraph.graph.graph import ACTIVATIONS, EDGE_KINDS, NORMS, ROLE_HIDDEN, ROLE_INPUT, ROLE_OUTPUT
-from nngraph.plots import _pyplot, _save
+from nngraph.plots import pyplot, save_figure
 
 MAX_LAYER_NODES = 64  # above this many nodes in one layer, draw the summary
 MAX_EDGES = 5000  # above this many edges, draw the summary
@@ -304,13 +304,13 @@ def draw_graph(graph, path: str | os.PathLike, *, summary: bool | None = None,
     if summary is None:
         summary = _needs_summary(a, max_layer_nodes, max_edges)
     node_xy, layer_x = _layout(a, summary)
-    plt = _pyplot()
+    plt = pyplot()
     fig = _draw_summary(plt, a, layer_x) if summary else _draw_nodes(plt, graph, a, node_xy, layer_x)
     fig.axes[0].set_title(title if title is not None else _title(graph, a, summary), fontsize=10, loc="left")
     _legend(fig.axes[0], a, summary)
     dpi = int(min(120, MAX_PIXELS_WIDE / (fig.get_size_inches()[0] + 2.5)))  # + 2.5 in: the legend
     try:
-        written = _save(fig, path, dpi=dpi)
+        written = save_figure(fig, path, dpi=dpi)
     except OSError as exc:
         raise NNGraphError(f"cannot write {path}: {exc.strerror or exc}; choose a writable path") from None
     return GraphDrawing(written, summary, node_xy, layer_x)

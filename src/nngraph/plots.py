@@ -17,7 +17,8 @@ from nngraph.errors import NNGraphError
 from nngraph.io import atomic_open
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display needed); shared with ``draw.py``."""
     try:
         import matplotlib
     except ImportError:  # pragma: no cover - depends on the environment
@@ -28,9 +29,9 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
+def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
     """Write ``fig`` as PNG to ``path`` atomically and close it."""
-    plt = _pyplot()
+    plt = pyplot()
     path = Path(path)
     try:
         with atomic_open(path) as f:
@@ -57,7 +58,7 @@ def learning_curves(history: Sequence[dict], path: str | os.PathLike, metric: st
     (default: every numeric ``val_*`` key but ``val_loss``). A loss that stays positive
     is drawn on a log scale.
     """
-    plt = _pyplot()
+    plt = pyplot()
     if not history:
         raise NNGraphError("learning_curves needs at least one epoch of history")
     epochs = [h.get("epoch", i) for i, h in enumerate(history)]
@@ -98,7 +99,7 @@ def learning_curves(history: Sequence[dict], path: str | os.PathLike, metric: st
     else:
         ax_metric.text(0.5, 0.5, "no validation metric", ha="center", va="center", transform=ax_metric.transAxes)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------- classification
@@ -110,7 +111,7 @@ def confusion_matrix(matrix, path: str | os.PathLike, class_names: Sequence[str]
 
     Cell text: the count (and the row share when there are at most 12 classes).
     """
-    plt = _pyplot()
+    plt = pyplot()
     m = _numpy(matrix)
     if m.ndim != 2 or m.shape[0] != m.shape[1]:
         raise NNGraphError(f"a confusion matrix must be square, got shape {m.shape}")
@@ -140,7 +141,7 @@ def confusion_matrix(matrix, path: str | os.PathLike, class_names: Sequence[str]
                 ax.text(j, i, f"{int(m[i, j])}", ha="center", va="center", color=colour,
                         fontsize=8 if c <= 12 else 6)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------- INR editing
@@ -159,7 +160,7 @@ def dilation_grid(sources, targets, edited, path: str | os.PathLike, n: int = 8,
     clipped to it for display); the first ``n`` (at most the shortest stack) are shown. The edited row's titles give
     each INR's MSE to its target; ``labels`` name the three rows.
     """
-    plt = _pyplot()
+    plt = pyplot()
     imgs = [_numpy(x) for x in (sources, targets, edited)]
     if any(x.ndim != 3 for x in imgs) or len({x.shape[1:] for x in imgs}) != 1:
         raise NNGraphError(f"sources, targets and edited must be [n, H, W] images of one size, got "
@@ -182,7 +183,7 @@ def dilation_grid(sources, targets, edited, path: str | os.PathLike, n: int = 8,
     fig.suptitle(f"INR dilation: {' / '.join(labels)} (MSE to the target below; mean {_fmt(float(errors.mean()))})",
                  fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------- generalization
@@ -191,7 +192,7 @@ def dilation_grid(sources, targets, edited, path: str | os.PathLike, n: int = 8,
 def predicted_vs_true(predicted, true, path: str | os.PathLike, label: str = "test accuracy",
                       scores: str = "") -> Path:
     """Scatter of predicted vs true values with the diagonal; ``scores`` (e.g. Kendall τ, R²) and n in the title."""
-    plt = _pyplot()
+    plt = pyplot()
     p, t = _numpy(predicted).reshape(-1), _numpy(true).reshape(-1)
     if p.shape != t.shape:
         raise NNGraphError(f"predicted and true must have the same length, got {p.size} and {t.size}")
@@ -210,7 +211,7 @@ def predicted_vs_true(predicted, true, path: str | os.PathLike, label: str = "te
     ax.set_title(f"{scores}   n = {p.size}" if scores else f"n = {p.size}")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------- several curves
@@ -219,7 +220,7 @@ def predicted_vs_true(predicted, true, path: str | os.PathLike, label: str = "te
 def lines(series: dict[str, tuple[Sequence[float], Sequence[float]]], path: str | os.PathLike, xlabel: str,
           ylabel: str, title: str = "", logx: bool = False, logy: bool = False) -> Path:
     """One line with markers per ``label: (x, y)`` on shared axes (benchmark figures)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for label, (x, y) in series.items():
         ax.plot(_numpy(x), _numpy(y), marker="o", markersize=3, label=label)
@@ -233,4 +234,4 @@ def lines(series: dict[str, tuple[Sequence[float], Sequence[float]]], path: str 
         ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
