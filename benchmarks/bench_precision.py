@@ -131,7 +131,7 @@ def main() -> int:
                  f"{task_sizes['layers']} layers, {task_sizes['probes']} probes, {epochs} epochs, seeds {list(seeds)}")
     command = "python benchmarks/bench_precision.py" + (" --quick" if args.quick else "") + (
         f" --device {args.device}" if args.device != "cpu" else "")
-    path = write_result("5_precision", "5e. bf16 against fp32: training speed and accuracy (NG-T, NG-GNN)", command,
+    path = write_result("5_precision", "5f. bf16 against fp32: training speed and accuracy (NG-T, NG-GNN)", command,
                         time.perf_counter() - start, rows, quick=args.quick, notes=notes,
                         directory=Path(args.results))
     print("\n".join(notes))
