@@ -113,9 +113,12 @@ def test_metanetworks_read_vits_mixed_with_cnns(name):
         for i, graph in enumerate(graphs):
             alone = model(nngraph.collate([graph], k_max=k_max, width=width))
             assert (alone - together[i : i + 1]).abs().max() <= 1e-5
+        moves = set()
         for seed in (3, 7):
             permuted = nngraph.collate([permute_graph(g, seed=seed)[0] for g in graphs])
             assert (model(permuted) - together).abs().max() <= 1e-4
+            moves.update(i for i, moved in enumerate(_moves(graphs[0], permute_graph(graphs[0], seed=seed)[1])) if moved)
+        assert moves == {0, 1}, "the seeds must move whole heads and neurons within heads"
 
 
 def test_probe_features_of_a_token_model_are_permutation_invariant():

@@ -198,8 +198,8 @@ def scaled_dot_product(ctx: Context, node: Node, args: list, kwargs: dict, where
 
 def multihead_attention(ctx: Context, node: Node, module: torch.nn.MultiheadAttention, args: list, kwargs: dict,
                         path: str) -> tuple[Value, None]:
-    """``nn.MultiheadAttention`` (self-attention, eval, no masks): packed in-projection (one Linear to
-    3D nodes: q, k, v), attention, out-projection; returns (output, None)."""
+    """``nn.MultiheadAttention`` (self-attention, no masks; its dropout as in eval mode): packed
+    in-projection (one Linear to 3D nodes: q, k, v), attention, out-projection; returns (output, None)."""
     where = f"{path} (MultiheadAttention)"
     names = ("query", "key", "value", "key_padding_mask", "need_weights", "attn_mask", "average_attn_weights",
              "is_causal")
@@ -215,9 +215,9 @@ def multihead_attention(ctx: Context, node: Node, module: torch.nn.MultiheadAtte
     if any(bound.get(m) is not None for m in ("key_padding_mask", "attn_mask")) or bound.get("is_causal", False) \
             or set(bound) - set(names):
         raise UnsupportedModelError(f"{where}: attention masks are not supported")
-    if module.in_proj_weight is None or module.bias_k is not None or module.add_zero_attn or module.dropout:
+    if module.in_proj_weight is None or module.bias_k is not None or module.add_zero_attn:
         raise UnsupportedModelError(
-            f"{where}: only the packed in-projection without bias_k/bias_v, add_zero_attn or dropout is supported"
+            f"{where}: only the packed in-projection without bias_k/bias_v or add_zero_attn is supported"
         )
     tokens = Value(query.nodes, "tokens", query.hw, query.root)
     bias = (f"{path}.in_proj_bias", module.in_proj_bias) if module.in_proj_bias is not None else None
