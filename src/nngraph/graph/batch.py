@@ -16,7 +16,7 @@ from torch_geometric.utils import to_dense_adj, to_dense_batch
 
 from nngraph.errors import InputShapeError
 from nngraph.graph import layout
-from nngraph.graph.graph import EDGE_FLATTEN, NeuralGraph
+from nngraph.graph.graph import FLAT_KINDS, NeuralGraph
 
 
 def relayout(graph: NeuralGraph, k_max: int, width: int) -> NeuralGraph:
@@ -28,7 +28,7 @@ def relayout(graph: NeuralGraph, k_max: int, width: int) -> NeuralGraph:
         raise ValueError(f"cannot shrink the kernel window from {old_k} to {k_max}")
     attr = graph.edge_attr
     out = attr.new_zeros(attr.shape[0], width)
-    flat = graph.edge_kind == EDGE_FLATTEN
+    flat = torch.isin(graph.edge_kind, torch.tensor(FLAT_KINDS, device=graph.edge_kind.device))
     if flat.any():
         out[flat] = layout.encode_flat(attr[flat], width)
     window = ~flat

@@ -12,7 +12,9 @@ import torch
 
 from nngraph.graph import layout
 from nngraph.graph.graph import (
+    EDGE_CONST,
     EDGE_FLATTEN,
+    FLAT_KINDS,
     GEOM_DIM,
     NEUTRAL_NODE,
     NO_GEOM,
@@ -41,6 +43,7 @@ class Value:
     hw: tuple[int, int]
     root: str
     scale: float | None = None
+    heads: int = 0
 
 
 @dataclass
@@ -139,6 +142,11 @@ class GraphBuilder:
         ones = torch.ones(len(src), 1, 1, dtype=self.dtype)
         return self._add(_EdgeChunk(torch.tensor(src), torch.tensor(dst), ones, kind, geom))
 
+    def const_edges(self, nodes: list[int], values: torch.Tensor, geom: tuple[int, ...]) -> int:
+        """Self-loops j -> j carrying values[k] [L] for nodes[k] (a per-token constant, see graph.py)."""
+        idx = torch.tensor(nodes, dtype=torch.long)
+        return self._add(_EdgeChunk(idx, idx.clone(), values.detach().to(self.dtype), EDGE_CONST, geom))
+
     def _add(self, chunk: _EdgeChunk) -> int:
         first = self.num_edges
         self.chunks.append(chunk)
@@ -147,8 +155,8 @@ class GraphBuilder:
 
     # ---- result ------------------------------------------------------------------
     def finish(self, spec: ArchSpec, k_max: int | None = None) -> NeuralGraph:
-        window = [c for c in self.chunks if c.kind != EDGE_FLATTEN]
-        flat = [c for c in self.chunks if c.kind == EDGE_FLATTEN]
+        window = [c for c in self.chunks if c.kind not in FLAT_KINDS]
+        flat = [c for c in self.chunks if c.kind in FLAT_KINDS]
         needed = max([max(c.weights.shape[1:]) for c in window] + [1])
         needed += 1 - needed % 2  # odd, so that the window has one centre
         if k_max is None:
@@ -167,7 +175,7 @@ class GraphBuilder:
         start = 0
         for chunk in self.chunks:
             rows = slice(start, start + len(chunk.src))
-            if chunk.kind == EDGE_FLATTEN:
+            if chunk.kind in FLAT_KINDS:
                 edge_attr[rows] = layout.encode_flat(chunk.weights, width)
             else:
                 edge_attr[rows] = layout.encode_kernels(chunk.weights, k_max, width)

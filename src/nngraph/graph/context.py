@@ -33,6 +33,7 @@ class Context:
         self.consumers = consumers
         self.sine_targets = sine_targets
         self.state_names = state_names
+        self.vocab = 0  # size of the vocabulary of a token-id input (set by an Embedding)
 
     def shape(self, node: fx.Node) -> torch.Size:
         return node.meta["tensor_meta"].shape

@@ -21,7 +21,7 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from nngraph.errors import InputShapeError, NonFiniteError, UnsupportedModelError
-from nngraph.graph import activations, functional, ops, pooling
+from nngraph.graph import activations, functional, ops, pooling, tokens
 from nngraph.graph.builder import Value
 from nngraph.graph.context import Context
 from nngraph.graph.functional import ParamRef
@@ -42,7 +42,9 @@ SUPPORTED = (
     "(eval), LayerNorm (features), ReLU, ReLU6, GELU, SiLU, Tanh, Sigmoid, LeakyReLU, PReLU, Hardtanh, Hardswish, "
     "Hardsigmoid, ELU, SELU, Softplus, Mish, sin(w0*x)/Sine (also in place), residual a+b, x+constant, "
     "x[:, a:b] (+)= y, torch.cat on channels, Max/AvgPool1d/2d, AdaptiveMax/AvgPool1d/2d, mean over H,W, flatten, "
-    "Dropout, Identity"
+    "Dropout, Identity; tokens [B, T, D]: flatten(2).transpose(1, 2), class token cat, + position embedding, "
+    "Linear/LayerNorm/activations per token, x[:, t], x.mean(1), MultiheadAttention (self-attention), "
+    "F.scaled_dot_product_attention, Embedding"
 )
 
 _SINE = {torch.sin, "sin"}
@@ -52,6 +54,7 @@ _PASS_FUNCTIONS = {F.dropout, "contiguous"}
 _FLATTEN = {torch.flatten, "flatten", "view", "reshape"}
 _CAT = {torch.cat, torch.concat}
 _POOL = {torch.mean, "mean"}
+_TRANSPOSE = {torch.transpose, "transpose"}
 
 
 class _Proxy(fx.Proxy):
@@ -77,7 +80,8 @@ def _is_passthrough(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
         m = modules[node.target]
         return isinstance(m, _PASS_MODULES + (nn.Flatten,))
     if node.op in ("call_function", "call_method"):
-        if node.target in _PASS_FUNCTIONS or node.target in _FLATTEN or _channel_slice(node) is not None:
+        if node.target in _PASS_FUNCTIONS or node.target in _FLATTEN or node.target in _TRANSPOSE \
+                or _channel_slice(node) is not None:
             return True
         return node.target in _CAT and len(node.args[0]) == 1
     return False
@@ -148,6 +152,7 @@ def to_graph(model: nn.Module, example_input: torch.Tensor, *, k_max: int | None
         input_shape=tuple(example_input.shape[1:]),
         output_shape=tuple(ctx.shape(next(n for n in gm.graph.nodes if n.op == "output").args[0])[1:]),
         model_name=name,
+        vocab=ctx.vocab,
     )
     _check_output(output, ctx, name)
     spec.params = _in_state_order(ctx.builder.params, state, ctx.buffers, name)
@@ -237,6 +242,9 @@ def _call_module(ctx: Context, node: fx.Node, env: dict) -> Value:
     if path in ctx.called and any(True for _ in module.parameters(recurse=False)):
         raise UnsupportedModelError(f"{path} ({type(module).__name__}) is called twice; shared weights are not supported")
     ctx.called.add(path)
+    if type(module) is nn.MultiheadAttention:
+        kwargs = {k: _resolve(v, env) for k, v in node.kwargs.items()}
+        return tokens.multihead_attention(ctx, node, module, _args(node, env), kwargs, path)
     value = _resolve(node.args[0], env)
     if not isinstance(value, Value) or len(node.args) != 1 or node.kwargs:
         raise _unsupported(node, ctx)
@@ -249,6 +257,8 @@ def _call_module(ctx: Context, node: fx.Node, env: dict) -> Value:
         return ops.prelu(ctx, node, value, (f"{path}.weight", module.weight), where)
     if type(module) in (nn.BatchNorm1d, nn.BatchNorm2d):
         return ops.batchnorm(ctx, node, module, value, path)
+    if type(module) is nn.Embedding:
+        return tokens.embedding(ctx, node, module, value, path)
     if type(module) is nn.LayerNorm:
         return ops.layernorm(ctx, node, module, value, path)
     if type(module) in activations.MODULES:
@@ -270,6 +280,9 @@ def _call_function(ctx: Context, node: fx.Node, env: dict) -> Value:
     args = _args(node, env)
     kwargs = {k: _resolve(v, env) for k, v in node.kwargs.items()}
     values = [a for a in args if isinstance(a, Value)]
+    token_value = _token_op(ctx, node, args, kwargs, values, where)
+    if token_value is not None:
+        return token_value
     if any(isinstance(a, ParamRef) for a in [*args, *kwargs.values()]):
         if functional.is_layer(target):
             return functional.layer(ctx, node, args, kwargs, where)
@@ -311,6 +324,56 @@ def _call_function(ctx: Context, node: fx.Node, env: dict) -> Value:
     if target in pooling.FUNCTIONS and values and args[0] is values[0]:
         return _pool(ctx, node, values[0], target, pooling.bind(target, args, kwargs), where)
     raise _unsupported(node, ctx)
+
+
+_TOKEN_KINDS = ("tokens", "split", "heads", "tbd")
+
+
+def _token_op(ctx: Context, node: fx.Node, args: list, kwargs: dict, values: list, where: str) -> Any:
+    """The transformer rules of ``tokens.py``, or None when ``node`` is not a token op."""
+    target = node.target
+    if target is operator.getitem and isinstance(args[0], tuple):  # attn(x, x, x)[0]
+        return args[0][args[1]]
+    if target is F.scaled_dot_product_attention:
+        return tokens.scaled_dot_product(ctx, node, args, kwargs, where)
+    if target == "expand" and isinstance(args[0], ParamRef):  # cls_token.expand(B, -1, -1): one value for all
+        return args[0]
+    if target in _CAT and isinstance(args[0], (list, tuple)) and len(ctx.shape(node)) == 3:
+        dim = kwargs.get("dim", args[1] if len(args) > 1 else 0)
+        parts = args[0]
+        if dim % 3 == 1 and any(isinstance(p, ParamRef) or (isinstance(p, Value) and p.kind == "tokens") for p in parts):
+            if not all(isinstance(p, (Value, ParamRef)) for p in parts):
+                raise UnsupportedModelError(f"{where}: torch.cat along tokens takes tokens and [1, L, D] parameters")
+            return tokens.concatenate_tokens(ctx, node, list(parts), where)
+    if target in _ADD and len(args) == 2 and len(values) == 1 and any(isinstance(a, ParamRef) for a in args):
+        ref = next(a for a in args if isinstance(a, ParamRef))
+        return tokens.add_token_param(ctx, node, values[0], ref, where)
+    if len(values) != 1 or args[0] is not values[0]:
+        return None
+    value = values[0]
+    if target in _TRANSPOSE:
+        dims = tuple(kwargs.get(k, args[i] if len(args) > i else 0) for i, k in ((1, "dim0"), (2, "dim1")))
+        return tokens.transpose(value, dims, len(ctx.shape(node)), where)
+    if target in _FLATTEN:
+        in_shape, out_shape = tuple(ctx.shape(node.args[0])), tuple(ctx.shape(node))
+        if value.kind == "map" and len(in_shape) == 4 and len(out_shape) == 3:
+            return tokens.flatten_positions(ctx, node, value, where)
+        return tokens.reshape(value, in_shape, out_shape, where)
+    if value.kind in _TOKEN_KINDS and target is operator.getitem:
+        index = args[1]
+        if value.kind == "tokens" and isinstance(index, tuple) and len(index) == 2 and index[0] == slice(None) \
+                and isinstance(index[1], int):
+            return tokens.select_token(ctx, node, value, index[1], where)
+        raise UnsupportedModelError(f"{where}: only x[:, t] (one token) of a [batch, T, D] tensor is supported")
+    if value.kind == "tokens" and target in _POOL:
+        dims = kwargs.get("dim", args[1] if len(args) > 1 else None)
+        keepdim = kwargs.get("keepdim", args[2] if len(args) > 2 else False)
+        if dims not in (1, -2, (1,), (-2,), [1], [-2]) or keepdim:
+            raise UnsupportedModelError(f"{where}: only x.mean(1) (the mean over tokens) of a [batch, T, D] tensor is supported")
+        return ops.global_pool(ctx, node, value, False, where)
+    if value.kind in ("split", "heads"):
+        raise UnsupportedModelError(f"{where}: only reshapes, transposes and attention are supported on attention heads")
+    return None
 
 
 def _pool(ctx: Context, node: fx.Node, value: Value, target: Any, arguments: dict, where: str) -> Value:
@@ -399,6 +462,8 @@ def _placeholder(ctx: Context, node: fx.Node, example: torch.Tensor, env: dict) 
     if any(isinstance(v, Value) for v in env.values()):
         raise UnsupportedModelError(f"{ctx.name}.forward takes several inputs; only one is supported")
     shape = example.shape
+    if not example.is_floating_point():  # token ids [B, T]: the Embedding makes the input nodes
+        return Value([], "ids", (1, shape[1]), node.name)
     if example.dim() == 2:
         nodes = ctx.builder.new_layer(shape[1], (1, 1), ROLE_INPUT)
         return Value(nodes, "vector", (1, 1), node.name)
@@ -423,6 +488,8 @@ def _assign_roles(graph: NeuralGraph, output_nodes: list[int]) -> None:
 def _check_output(output: Any, ctx: Context, name: str) -> None:
     if not isinstance(output, Value):
         raise UnsupportedModelError(f"{name}.forward must return one tensor computed from its input")
+    if output.kind not in ("vector", "map", "flat"):
+        raise UnsupportedModelError(f"{name}: the output is a [batch, T, D] token tensor; take x[:, 0] or x.mean(1)")
     if output.scale is not None:
         raise UnsupportedModelError(f"{name}: the output is multiplied by a constant; fold it into the last layer")
     layer = ctx.builder.node_layer
@@ -490,9 +557,16 @@ def _unsupported(node: fx.Node, ctx: Context) -> UnsupportedModelError:
 
 
 def _check_input(example: Any, name: str) -> None:
+    ids = isinstance(example, torch.Tensor) and not example.is_floating_point() and not example.is_complex() \
+        and example.dtype != torch.bool
+    if ids and (example.dim() != 2 or (example < 0).any()):
+        raise InputShapeError(f"example_input for {name}: token ids must be non-negative integers shaped [batch, T]")
+    if ids:
+        return
     if not isinstance(example, torch.Tensor) or not example.is_floating_point():
         raise InputShapeError(
-            f"example_input for {name} must be a float tensor shaped [batch, F], [batch, C, L] or [batch, C, H, W]"
+            f"example_input for {name} must be a float tensor shaped [batch, F], [batch, C, L] or [batch, C, H, W] "
+            "(or integer token ids [batch, T])"
         )
     if example.dim() not in (2, 3, 4):
         raise InputShapeError(
@@ -526,6 +600,7 @@ def first_unsupported_module(model: nn.Module) -> str | None:
     except Exception:  # noqa: BLE001 - not traceable: to_graph says so itself
         return None
     known = (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.Flatten, nn.AdaptiveAvgPool2d,
+             nn.MultiheadAttention, nn.Embedding,
              *activations.MODULES, *_PASS_MODULES)
     modules = dict(model.named_modules())
     for node in graph.nodes:

@@ -15,8 +15,14 @@ group, over all graphs of the batch at once:
   and avg-pool edges its local or adaptive pooling (``pooling.apply``), times the edge's
   scalar weight (1 after conversion), summed per target;
 
-then every target node applies z + bias + offset -> norm -> activation. There is a
-Python loop over layers and signature groups, never over nodes or graphs.
+- place edges put the source's flattened value at an offset of a token sequence; const
+  self-loops add their learned per-token values;
+
+the groups into one value block (the targets of one layer with one value size, over all
+graphs) are summed; attention blocks combine two groups instead (q-k products, and the
+mixing of values by the softmax scores, see ``tokens.py``). Then every target node
+applies z + bias + offset -> norm -> activation. There is a Python loop over blocks and
+signature groups, never over nodes or graphs.
 
 The index bookkeeping (groups, ranks, block layouts) depends only on the batch's
 structure; it is computed once per batch as a ``Plan``, and reused for batches built by
@@ -55,13 +61,20 @@ from nngraph.graph.graph import (
     ACT_SIGMOID,
     ACT_SILU,
     ACT_SINE,
+    ACT_SOFTMAX,
     ACT_SOFTPLUS,
     ACT_TANH,
+    EDGE_ATTN_K,
+    EDGE_ATTN_MIX,
+    EDGE_ATTN_Q,
+    EDGE_ATTN_V,
     EDGE_AVGPOOL,
+    EDGE_CONST,
     EDGE_CONV,
     EDGE_FLATTEN,
     EDGE_LINEAR,
     EDGE_MAXPOOL,
+    EDGE_PLACE,
     EDGE_POOL,
     NORM_BATCH,
     NORM_LAYER,
@@ -139,7 +152,7 @@ class _Group:
     geom: list[int]
     edges: torch.Tensor  # [E_g] edge ids
     targets: torch.Tensor  # [n_T] node ids, sorted
-    gather: _Gather  # sources (dense kinds) or edge sources (copy kinds)
+    gather: _Gather | None  # sources (dense kinds) or edge sources (copy kinds); None for const self-loops
     # dense kinds: block layout
     graphs: int = 0
     n_out: int = 0
@@ -153,6 +166,16 @@ class _Group:
     e_i: torch.Tensor | None = None
     # copy kinds: target position of each edge
     e_target: torch.Tensor | None = None
+    # position of each target among its layer's targets
+    slot: torch.Tensor | None = None
+
+
+@dataclass
+class _Layer:
+    """The targets of one layer (one value block) and the signature groups of the edges into it."""
+
+    targets: torch.Tensor  # [n_T] node ids, sorted
+    groups: list[_Group]
     # layernorm statistics groups (graph of each target) if any target has a LayerNorm
     ln_graph: torch.Tensor | None = None
     ln_count: torch.Tensor | None = None
@@ -169,6 +192,10 @@ class Plan:
         if len(shapes) != 1:
             raise InputShapeError("graphs in one batch take inputs of different shapes; execute them separately")
         self.input_shape = shapes.pop()
+        vocabs = {s.vocab for s in specs}
+        if len(vocabs) != 1:
+            raise InputShapeError("graphs in one batch take different vocabularies; execute them separately")
+        self.vocab = vocabs.pop()
         shapes = {s.output_shape for s in specs}
         if len(shapes) != 1:
             raise InputShapeError("graphs in one batch give outputs of different shapes; execute them separately")
@@ -185,11 +212,22 @@ class Plan:
         row_of[self.inputs] = torch.arange(len(self.inputs), device=device)
         src, dst = batch.edge_index
         edge_layer = batch.node_layer[dst]
-        self.groups: list[_Group] = []
-        columns = [edge_layer, batch.edge_kind, *batch.edge_geom.t().contiguous(), *batch.node_hw[src].t().contiguous()]
-        _, key = torch.unique(_signature_code(columns), return_inverse=True)  # groups sorted by layer first
+        self.layers: list[_Layer] = []
+        pending: list[_Group] = []
+        # A value block: the targets of one layer with one value size and one way of combining their
+        # inputs (a sum; attention's q-k products; attention's mixing), over all graphs of the batch.
+        combine = torch.zeros_like(batch.edge_kind)
+        combine[torch.isin(batch.edge_kind, torch.tensor((EDGE_ATTN_Q, EDGE_ATTN_K), device=device))] = 1
+        combine[torch.isin(batch.edge_kind, torch.tensor((EDGE_ATTN_MIX, EDGE_ATTN_V), device=device))] = 2
+        block = [edge_layer, *batch.node_hw[dst].t().contiguous(), combine]
+        block_code = _signature_code(block)
+        columns = [*block, batch.edge_kind, *batch.edge_geom.t().contiguous(), *batch.node_hw[src].t().contiguous()]
+        _, key = torch.unique(_signature_code(columns), return_inverse=True)  # groups sorted by block first
         order = torch.argsort(key, stable=True)  # edges of one group stay in ascending order
         for group in torch.split(order, torch.bincount(key).tolist()):
+            if pending and int(block_code[group[0]]) != int(block_code[pending[0].edges[0]]):
+                self._close_layer(batch, pending, block_of, row_of)
+                pending = []
             kind = int(batch.edge_kind[group[0]])
             geom = batch.edge_geom[group[0]].tolist()
             targets = torch.unique(dst[group])
@@ -197,17 +235,28 @@ class Plan:
                 g = self._dense_group(kind, geom, group, targets, src, dst, gid, block_of, row_of)
             else:
                 e_target = torch.searchsorted(targets, dst[group])
-                g = _Group(kind, geom, group, targets, _gather_of(src[group], block_of, row_of), e_target=e_target)
-            if (batch.node_norm[targets] == NORM_LAYER).any():
-                graphs, which = torch.unique(gid[targets], return_inverse=True)
-                g.ln_graph, g.ln_count = which, torch.bincount(which, minlength=len(graphs))
-            block_of[targets] = len(self.groups) + 1
-            row_of[targets] = torch.arange(len(targets), device=device)
-            self.groups.append(g)
+                gather = None if kind == EDGE_CONST else _gather_of(src[group], block_of, row_of)
+                g = _Group(kind, geom, group, targets, gather, e_target=e_target)
+            pending.append(g)
+        if pending:
+            self._close_layer(batch, pending, block_of, row_of)
         outputs = torch.nonzero(batch.node_role == ROLE_OUTPUT).squeeze(1)
         order = torch.argsort(gid[outputs] * (int(batch.node_pos.max()) + 1) + batch.node_pos[outputs])
         self.output_gather = _gather_of(outputs[order], block_of, row_of)
-        self.block_nodes = [self.inputs] + [g.targets for g in self.groups]
+        self.block_nodes = [self.inputs] + [layer.targets for layer in self.layers]
+
+    def _close_layer(self, batch: Batch, groups: list[_Group], block_of: torch.Tensor, row_of: torch.Tensor) -> None:
+        """The groups of one layer become one value block over the union of their targets."""
+        targets = torch.unique(torch.cat([g.targets for g in groups]))
+        for g in groups:
+            g.slot = torch.searchsorted(targets, g.targets)
+        layer = _Layer(targets, groups)
+        if (batch.node_norm[targets] == NORM_LAYER).any():
+            graphs, which = torch.unique(batch.batch[targets], return_inverse=True)
+            layer.ln_graph, layer.ln_count = which, torch.bincount(which, minlength=len(graphs))
+        block_of[targets] = len(self.layers) + 1
+        row_of[targets] = torch.arange(len(targets), device=targets.device)
+        self.layers.append(layer)
 
     def _dense_group(self, kind, geom, group, targets, src, dst, gid, block_of, row_of) -> _Group:
         s, d = src[group], dst[group]
@@ -224,8 +273,11 @@ class Plan:
         )
 
     def inputs_of(self, x: torch.Tensor) -> torch.Tensor:
-        """Inputs as [B, P, *input_shape]."""
+        """Inputs as [B, P, *input_shape] (token models: ids [B, P, T], or weights over the vocabulary
+        [B, P, T, V] such as probes; a one-hot row is a real token)."""
         shape = self.input_shape
+        if self.vocab and x.is_floating_point():
+            shape = (*shape, self.vocab)
         if tuple(x.shape[1:]) == shape:
             return x.unsqueeze(0).expand(self.num_graphs, *x.shape)
         if x.dim() == len(shape) + 2 and tuple(x.shape[2:]) == shape and x.shape[0] == self.num_graphs:
@@ -240,7 +292,10 @@ class Plan:
         """x [B, P, *input_shape] -> (y [B, P, *output_shape], acts [N, P])."""
         p = x.shape[1]
         dtype = batch.edge_attr.dtype
-        if x.dim() == 3:  # [B, P, F] -> per unit [P, 1, 1]
+        if self.vocab:  # ids [B, P, T] (one-hot) or weights [B, P, T, V] -> per vocabulary entry [P, 1, T]
+            weights = x if x.is_floating_point() else F.one_hot(x.long(), self.vocab)
+            values = weights.permute(0, 3, 1, 2).reshape(-1, p, 1, x.shape[2])
+        elif x.dim() == 3:  # [B, P, F] -> per unit [P, 1, 1]
             values = x.permute(0, 2, 1).reshape(-1, p, 1, 1)
         elif x.dim() == 4:  # [B, P, C, L] -> per channel [P, 1, L]
             values = x.transpose(1, 2).reshape(-1, p, 1, x.shape[3])
@@ -249,9 +304,8 @@ class Plan:
         if values.shape[0] != self.inputs.numel():
             raise InputShapeError("input size does not match the graphs' input nodes")
         blocks = [values.to(dtype)]  # values [n, P, h, w] per block
-        for g in self.groups:
-            z = self._dense(batch, g, blocks, p) if g.kind in _DENSE_KINDS else self._copy(batch, g, blocks)
-            blocks.append(self._node_pipeline(batch, g, z))
+        for layer in self.layers:
+            blocks.append(self._node_pipeline(batch, layer, self._layer_input(batch, layer, blocks, p)))
         acts = torch.zeros(batch.num_nodes, p, dtype=dtype, device=x.device)
         for nodes, value in zip(self.block_nodes, blocks):
             acts = acts.index_copy(0, nodes, value.mean(dim=(-2, -1)))
@@ -260,6 +314,24 @@ class Plan:
         out = out.reshape(b, -1, *out.shape[1:]).transpose(1, 2)  # [B, P, n_out, h, w]
         return out.reshape(b, p, *self.output_shape), acts
 
+    def _layer_input(self, batch: Batch, layer: _Layer, blocks: list[torch.Tensor], p: int) -> torch.Tensor:
+        """z of the layer's targets: the sum of its groups' messages; attention combines two of them
+        (product nodes: q(t) k(t') over their attn_q / attn_k edges; outputs: a @ v over attn_mix / attn_v)."""
+        n = len(layer.targets)
+        parts = {}
+        for g in layer.groups:
+            zg = self._dense(batch, g, blocks, p) if g.kind in _DENSE_KINDS else self._copy(batch, g, blocks)
+            full = zg if len(g.targets) == n else zg.new_zeros(n, *zg.shape[1:]).index_add(0, g.slot, zg)
+            parts[g.kind] = parts[g.kind] + full if g.kind in parts else full
+        if EDGE_ATTN_Q in parts:  # [n, P, 1, Tq] x [n, P, 1, Tk] -> [n, P, Tq, Tk]
+            return parts[EDGE_ATTN_Q].transpose(-1, -2) * parts[EDGE_ATTN_K]
+        if EDGE_ATTN_MIX in parts:  # [n, P, Tq, Tk] @ [n, P, Tk, 1] -> [n, P, 1, Tq]
+            return (parts[EDGE_ATTN_MIX] @ parts[EDGE_ATTN_V].transpose(-1, -2)).transpose(-1, -2)
+        z = None
+        for part in parts.values():
+            z = part if z is None else z + part
+        return z
+
     def _dense(self, batch: Batch, g: _Group, blocks: list[torch.Tensor], p: int) -> torch.Tensor:
         """z[t] = sum_i W[b, j, i] (*) h[b, i] as one batched matmul / grouped conv."""
         h = _collect(g.gather, blocks)  # [n_S, P, hs, ws]
@@ -267,10 +339,10 @@ class Plan:
         hd = h.new_zeros(G, n_in, p, *h.shape[2:])
         hd[g.s_graph, g.s_rank] = h  # [G, Cin, P, hs, ws]
         attr = batch.edge_attr[g.edges]
-        if g.kind == EDGE_LINEAR:
+        if g.kind == EDGE_LINEAR:  # the same weights at every position of a token sequence
             wd = attr.new_zeros(G, n_out, n_in)
             wd[g.e_graph, g.e_j, g.e_i] = attr[:, centre(self.k_max)]
-            z = torch.bmm(wd, hd.reshape(G, n_in, p))[..., None, None]  # [G, Cout, P, 1, 1]
+            z = torch.bmm(wd, hd.reshape(G, n_in, -1)).reshape(G, n_out, p, *h.shape[2:])  # [G, Cout, P, hs, ws]
         elif g.kind == EDGE_FLATTEN:
             hw = h.shape[2] * h.shape[3]
             wd = attr.new_zeros(G, n_out, n_in, hw)
@@ -286,9 +358,19 @@ class Plan:
         return z[g.t_graph, g.t_rank]  # [n_T, P, h, w]
 
     def _copy(self, batch: Batch, g: _Group, blocks: list[torch.Tensor]) -> torch.Tensor:
-        """Residual / identity edges copy h_i, pooling edges its spatial mean or local pooling, times w_ij."""
+        """Residual / identity / attention edges copy h_i, pooling edges its spatial mean or local pooling,
+        place edges put it at an offset of a sequence, times w_ij; const self-loops add their values."""
+        if g.kind == EDGE_CONST:
+            length, offset, out_len = g.geom[1], g.geom[5], g.geom[11]
+            values = batch.edge_attr[g.edges, :length]  # [E_g, L]
+            msg = F.pad(values, (offset, out_len - offset - length))[:, None, None, :]  # [E_g, 1, 1, T]
+            return msg.new_zeros(len(g.targets), *msg.shape[1:]).index_add(0, g.e_target, msg)
         h = _collect(g.gather, blocks)  # [E_g, P, h, w]
-        if g.kind == EDGE_POOL:
+        if g.kind == EDGE_PLACE:  # flattened source at positions [o, o + S) of a 1 x T_out target
+            flat = h.reshape(*h.shape[:2], 1, -1)
+            offset, out_len = g.geom[5], g.geom[11]
+            h = F.pad(flat, (offset, out_len - offset - flat.shape[-1]))
+        elif g.kind == EDGE_POOL:
             h = h.mean(dim=(-2, -1), keepdim=True)
         elif g.kind in (EDGE_MAXPOOL, EDGE_AVGPOOL):
             h = pooling.apply(h, g.kind, g.geom)  # [E_g, P, h', w']
@@ -296,7 +378,7 @@ class Plan:
         z = msg.new_zeros(len(g.targets), *msg.shape[1:])
         return z.index_add(0, g.e_target, msg)
 
-    def _node_pipeline(self, batch: Batch, g: _Group, z: torch.Tensor) -> torch.Tensor:
+    def _node_pipeline(self, batch: Batch, g: _Layer, z: torch.Tensor) -> torch.Tensor:
         """z + bias + offset -> norm -> activation, per node; z [n, P, h, w]."""
         nodes = g.targets
         feats = batch.x[nodes]  # [n, d_v]
@@ -312,8 +394,8 @@ class Plan:
             z = torch.where((norm == NORM_LAYER).view(view), self._layernorm(batch, g, z, feats), z)
         return _activate(z, batch.node_act[nodes], feats[:, X_ACT_PARAM], feats[:, X_ACT_PARAM2])
 
-    def _layernorm(self, batch: Batch, g: _Group, z: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
-        """Normalise over the target nodes of each graph (one layer): statistics per graph and input."""
+    def _layernorm(self, batch: Batch, g: _Layer, z: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+        """Normalise over the target nodes of each graph (one layer): statistics per graph, input and position."""
         which, count = g.ln_graph, g.ln_count.to(z.dtype).view(-1, 1, 1, 1)
         mean = z.new_zeros(len(count), *z.shape[1:]).index_add(0, which, z) / count
         centred = z - mean[which]
@@ -416,6 +498,8 @@ def _activate(z: torch.Tensor, act: torch.Tensor, param: torch.Tensor, param2: t
             a = F.mish(z)
         elif kind == ACT_SINE:
             a = torch.sin(p * z)
+        elif kind == ACT_SOFTMAX:
+            a = torch.softmax(p * z, dim=-1)
         else:
             raise ValueError(f"unknown activation id {kind}")
         out = torch.where((act == kind).view(view), a, out)

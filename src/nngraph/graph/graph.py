@@ -29,7 +29,22 @@ global average pooling, and a local (or adaptive) max / average pooling of the s
 map for max-pool / avg-pool edges (geometry in ``edge_geom``). A sequence [C, L]
 (Conv1d, 1-d pooling) is the 1-D case of a map: H = 1, W = L, kernels 1 x k.
 
-Edge features ``edge_attr`` [E, d_e] with d_e = max(k_max^2, max flattened H*W, 1),
+Tokens [B, T, D] are D nodes whose value is a 1 x T sequence (a Linear per token is a
+linear edge applied at every position). Token edges:
+
+- ``place`` copies the source's flattened value into positions [o, o + S) of the target's
+  1 x T_out sequence (o = ``pad_w`` column of ``edge_geom``, may be negative to select:
+  ``x[:, t]`` is o = -t into a 1 x 1 target); patch flatten, class-token concat;
+- ``const`` is a self-loop carrying a learned per-token constant (class token, position
+  embedding): its first L channels are added at positions [o, o + L) of the node's
+  sequence (``kw`` = L, ``pad_w`` = o); the source value is not read;
+- attention (per head h of d_h neurons, see ``ops.attention``): ``attn_q`` / ``attn_k``
+  join q_c and k_c to a product node s_c whose value is the T x T map q_c(t) k_c(t');
+  ``attn_sum`` sums a head's s_c into its score node a_h (act softmax, param 1/sqrt(d_h)
+  over the last axis); ``attn_mix`` (from a_h) and ``attn_v`` (from v_c) give the head's
+  output o_c(t) = sum_t' a_h(t, t') v_c(t').
+
+Edge features ``edge_attr`` [E, d_e] with d_e = max(k_max^2, max flattened H*W, max token constant L, 1),
 k_max the largest kernel size rounded up to an odd number:
 
 - a conv kernel (kh x kw) is centre-padded into a k_max x k_max window (top and left
@@ -38,6 +53,7 @@ k_max the largest kernel size rounded up to an odd number:
   at the centre of that window (index k_max^2 // 2);
 - the H*W weights from one channel of a flattened map to one Linear unit fill the first
   H*W entries, in the row-major order of ``torch.flatten``.
+- the L values of a const self-loop (a token constant) fill the first L entries.
 """
 
 from __future__ import annotations
@@ -53,15 +69,20 @@ NODE_DIM = 8
 NEUTRAL_NODE = (0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0)
 
 # Edge kinds.
-EDGE_LINEAR, EDGE_CONV, EDGE_RESIDUAL, EDGE_FLATTEN, EDGE_POOL, EDGE_IDENTITY, EDGE_MAXPOOL, EDGE_AVGPOOL = range(8)
-EDGE_KINDS = ("linear", "conv", "residual", "flatten", "pool", "identity", "maxpool", "avgpool")
+(EDGE_LINEAR, EDGE_CONV, EDGE_RESIDUAL, EDGE_FLATTEN, EDGE_POOL, EDGE_IDENTITY, EDGE_MAXPOOL, EDGE_AVGPOOL,
+ EDGE_PLACE, EDGE_CONST, EDGE_ATTN_Q, EDGE_ATTN_K, EDGE_ATTN_SUM, EDGE_ATTN_MIX, EDGE_ATTN_V) = range(15)
+EDGE_KINDS = ("linear", "conv", "residual", "flatten", "pool", "identity", "maxpool", "avgpool",
+              "place", "const", "attn_q", "attn_k", "attn_sum", "attn_mix", "attn_v")
+# Kinds whose values fill the first channels of edge_attr (not the centred kernel window).
+FLAT_KINDS = (EDGE_FLATTEN, EDGE_CONST)
 
 # Activations applied at a node.
 # ReLU6 is Hardtanh(0, 6); PReLU is a LeakyReLU whose slope is a parameter (own id: it varies across networks).
+# Softmax (attention scores) normalises over the last axis of the node's value: softmax(param * z, -1).
 (ACT_NONE, ACT_RELU, ACT_GELU, ACT_GELU_TANH, ACT_SILU, ACT_TANH, ACT_SIGMOID, ACT_LEAKY_RELU, ACT_SINE,
- ACT_HARDTANH, ACT_HARDSWISH, ACT_HARDSIGMOID, ACT_ELU, ACT_SELU, ACT_SOFTPLUS, ACT_MISH, ACT_PRELU) = range(17)
+ ACT_HARDTANH, ACT_HARDSWISH, ACT_HARDSIGMOID, ACT_ELU, ACT_SELU, ACT_SOFTPLUS, ACT_MISH, ACT_PRELU, ACT_SOFTMAX) = range(18)
 ACTIVATIONS = ("none", "relu", "gelu", "gelu_tanh", "silu", "tanh", "sigmoid", "leaky_relu", "sine",
-               "hardtanh", "hardswish", "hardsigmoid", "elu", "selu", "softplus", "mish", "prelu")
+               "hardtanh", "hardswish", "hardsigmoid", "elu", "selu", "softplus", "mish", "prelu", "softmax")
 
 # Normalisations applied at a node.
 NORM_NONE, NORM_BATCH, NORM_LAYER = range(3)
@@ -110,6 +131,10 @@ class ParamEntry:
       - ``"node"``: a per-neuron vector [n]; element j is ``x[offset + j, channel]``.
         With ``shared`` > 0 the tensor is one value [1] held by ``shared`` consecutive
         nodes (PReLU with one parameter for a whole layer); it is read from the first.
+      - ``"tokens"``: a per-token constant [1, L, D] (class token, position embedding);
+        edge ``offset + j`` (a ``const`` self-loop of node j) holds W[0, :, j] in its first L entries;
+      - ``"kernel_t"``: an embedding table [V, D], the transpose of a kernel [D, V]
+        (edge ``offset + j * V + v`` holds W[v, j]).
 
     ``sources`` is the number of source nodes per output unit (in, or C for ``flat``;
     in / groups for a grouped convolution, whose edges stay within their group).
@@ -128,6 +153,8 @@ class ParamEntry:
         """Number of edges (kernel/flat) or nodes (node) the tensor occupies."""
         if self.source == "node":
             return self.shared or self.shape[0]
+        if self.source in ("tokens", "kernel_t"):
+            return self.shape[-1] * self.sources
         return self.shape[0] * self.sources
 
 
@@ -146,6 +173,12 @@ class ArchSpec:
     output_shape: tuple[int, ...] = ()
     k_max: int = 1
     model_name: str = ""
+    vocab: int = 0  # > 0: the input is token ids [T] (integers < vocab), one-hot over the vocab input nodes
+
+    @property
+    def probe_shape(self) -> tuple[int, ...]:
+        """Shape of one real-valued input: ``input_shape``, or [T, vocab] weights over the vocabulary for token ids."""
+        return (*self.input_shape, self.vocab) if self.vocab else tuple(self.input_shape)
 
 
 class NeuralGraph(Data):

@@ -77,6 +77,10 @@ def write_params(spec: ArchSpec, params: dict[str, torch.Tensor], x: torch.Tenso
         elif entry.source == "flat":
             hw = entry.shape[1] // entry.sources
             edge_attr[:, rows] = encode_flat(value.reshape(b, entry.count, hw), width)
+        elif entry.source == "tokens":  # [B, 1, L, D] -> edge j holds [L]
+            edge_attr[:, rows] = encode_flat(value.reshape(b, entry.shape[1], entry.count).transpose(1, 2), width)
+        elif entry.source == "kernel_t":  # [B, V, D] -> kernel [B, D, V]
+            edge_attr[:, rows] = encode_kernels(value.transpose(1, 2).reshape(b, entry.count, 1, 1), k, width)
         else:
             kh, kw = kernel_hw(entry.shape)
             edge_attr[:, rows] = encode_kernels(value.reshape(b, entry.count, kh, kw), k, width)
@@ -93,6 +97,11 @@ def read_params(spec: ArchSpec, x: torch.Tensor, edge_attr: torch.Tensor) -> dic
         elif entry.source == "flat":
             hw = entry.shape[1] // entry.sources
             out[entry.name] = edge_attr[:, rows, :hw].reshape(b, *entry.shape)
+        elif entry.source == "tokens":
+            out[entry.name] = edge_attr[:, rows, : entry.shape[1]].transpose(1, 2).reshape(b, *entry.shape)
+        elif entry.source == "kernel_t":
+            kernel = decode_kernels(edge_attr[:, rows], k, 1, 1).reshape(b, entry.shape[1], entry.shape[0])
+            out[entry.name] = kernel.transpose(1, 2)
         else:
             kh, kw = kernel_hw(entry.shape)
             out[entry.name] = decode_kernels(edge_attr[:, rows], k, kh, kw).reshape(b, *entry.shape)

@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 
 def _open(ctx: Context, value: Value, slot: str, where: str) -> list[int]:
     """Nodes that may take pointwise ``slot``: the value's own, or a fresh identity layer."""
-    if value.kind not in ("vector", "map"):
+    if value.kind not in ("vector", "map", "tokens", "tbd"):
         raise UnsupportedModelError(
             f"{where}: a pointwise op on a flattened C x H x W map is not supported; "
             "flatten right before a Linear, or pool first"
@@ -63,6 +63,11 @@ def _open(ctx: Context, value: Value, slot: str, where: str) -> list[int]:
     return fresh
 
 
+def _kept(value: Value, nodes: list[int], root: str) -> Value:
+    """``value``'s layout on other nodes."""
+    return Value(nodes, value.kind, value.hw, root, heads=value.heads)
+
+
 def linear(ctx: Context, node: Node, module: nn.Linear, value: Value, path: str) -> Value:
     """nn.Linear: see ``linear_layer``."""
     return linear_layer(ctx, node, value, (f"{path}.weight", module.weight),
@@ -73,14 +78,16 @@ def linear_layer(ctx: Context, node: Node, value: Value, weight: tuple[str, torc
                  bias: tuple[str, torch.Tensor] | None, where: str) -> Value:
     """Linear: one node per output unit; edge i -> j carries W[j, i]; bias -> X_BIAS.
 
+    On tokens [P, T, D] the same edges act at every token (a node's value is a 1 x T sequence).
     ``weight`` and ``bias`` are (state_dict name, tensor) of a module or of raw parameters.
     """
     name, w = weight
     if w.dim() != 2:
         raise UnsupportedModelError(f"{where}: a linear weight must be [out, in], got {list(w.shape)}")
     builder = ctx.builder
-    out_nodes = builder.new_layer(w.shape[0], (1, 1))
-    if value.kind == "vector":
+    tokens = value.kind == "tokens"
+    out_nodes = builder.new_layer(w.shape[0], value.hw if tokens else (1, 1))
+    if value.kind == "vector" or tokens:
         first = builder.dense_edges(value.nodes, out_nodes, w, EDGE_LINEAR)
         ctx.record_edges(name, w, "kernel", first, len(value.nodes))
     elif value.kind == "flat":
@@ -97,6 +104,8 @@ def linear_layer(ctx: Context, node: Node, value: Value, weight: tuple[str, torc
         )
     if bias is not None:
         builder.record_node_param(bias[0], out_nodes, X_BIAS, bias[1])
+    if tokens:
+        return Value(out_nodes, "tokens", value.hw, node.name)
     return Value(out_nodes, "vector", (1, 1), node.name)
 
 
@@ -179,9 +188,12 @@ def batchnorm(ctx: Context, node: Node, module: nn.modules.batchnorm._BatchNorm,
 
 
 def layernorm(ctx: Context, node: Node, module: nn.LayerNorm, value: Value, path: str) -> Value:
-    """LayerNorm over the units of one layer: z <- (z - mean_layer) / sqrt(var_layer + eps) * gamma + beta."""
+    """LayerNorm over the units of one layer: z <- (z - mean_layer) / sqrt(var_layer + eps) * gamma + beta.
+
+    On tokens the statistics are taken over the D nodes at each token position.
+    """
     where = f"{path} (LayerNorm)"
-    if value.kind != "vector" or tuple(module.normalized_shape) != (len(value.nodes),):
+    if value.kind not in ("vector", "tokens") or tuple(module.normalized_shape) != (len(value.nodes),):
         raise UnsupportedModelError(f"{where}: only LayerNorm over the features of a [batch, F] tensor is supported")
     nodes = _open(ctx, value, "norm", where)
     builder = ctx.builder
@@ -251,7 +263,7 @@ def add_constant(ctx: Context, node: Node, value: Value, constant: float, where:
 
 def residual(ctx: Context, node: Node, a: Value, b: Value, where: str) -> Value:
     """``a + b``: a new layer s with residual edges a_k -> s_k and b_k -> s_k."""
-    if a.kind != b.kind or len(a.nodes) != len(b.nodes) or a.hw != b.hw or a.kind not in ("vector", "map"):
+    if a.kind != b.kind or len(a.nodes) != len(b.nodes) or a.hw != b.hw or a.kind not in ("vector", "map", "tokens", "tbd"):
         raise UnsupportedModelError(
             f"{where}: residual addition needs two tensors of the same shape (no broadcasting, no flattened maps)"
         )
@@ -259,7 +271,7 @@ def residual(ctx: Context, node: Node, a: Value, b: Value, where: str) -> Value:
     out = builder.new_layer(len(a.nodes), a.hw)
     builder.pair_edges(a.nodes, out, EDGE_RESIDUAL)
     builder.pair_edges(b.nodes, out, EDGE_RESIDUAL)
-    return Value(out, a.kind, a.hw, node.name)
+    return _kept(a, out, node.name)
 
 
 def concatenate(ctx: Context, node: Node, values: list[Value], where: str) -> Value:
@@ -282,8 +294,9 @@ def flatten(ctx: Context, node: Node, value: Value, where: str) -> Value:
 
 
 def global_pool(ctx: Context, node: Node, value: Value, keepdim: bool, where: str) -> Value:
-    """Global average pooling: a new node per channel, fed by a pooling edge (spatial mean)."""
-    if value.kind != "map":
+    """Global average pooling: a new node per channel, fed by a pooling edge (spatial mean); on tokens
+    ``x.mean(1)``, the mean over tokens."""
+    if value.kind not in ("map", "tokens"):
         raise UnsupportedModelError(f"{where}: global average pooling needs a [batch, C, H, W] input")
     builder = ctx.builder
     out = builder.new_layer(len(value.nodes), (1, 1))

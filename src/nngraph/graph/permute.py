@@ -10,6 +10,12 @@ groups move, consistently in the layer it reads and the layer it writes (a depth
 conv ties channel c of its input to channel c of its output). Classes that touch the
 same layers are permuted among each other, node k of a layer onto node k of the same
 layer; classes holding an input or output neuron never move.
+
+Attention (see ``tokens.py``) ties q_c, k_c and their product node s_c (a q/k pair), and
+v_c with the head's output o_c (a v/o pair); place edges tie a token channel to its copy.
+The classes of one attention are permuted head-aware: whole heads (score node a_h with
+its pairs) move to other heads, and the q/k pairs and the v/o pairs within each head are
+shuffled, each among themselves.
 """
 
 from __future__ import annotations
@@ -22,17 +28,25 @@ from torch import nn
 from nngraph.errors import InputShapeError, UnsupportedModelError
 from nngraph.graph.convert import SUPPORTED, first_unsupported_module, to_graph, to_params
 from nngraph.graph.graph import (
+    EDGE_ATTN_K,
+    EDGE_ATTN_MIX,
+    EDGE_ATTN_Q,
+    EDGE_ATTN_SUM,
+    EDGE_ATTN_V,
     EDGE_AVGPOOL,
     EDGE_CONV,
     EDGE_IDENTITY,
     EDGE_MAXPOOL,
+    EDGE_PLACE,
     EDGE_POOL,
     EDGE_RESIDUAL,
     ROLE_HIDDEN,
     NeuralGraph,
 )
 
-_TIE_KINDS = (EDGE_RESIDUAL, EDGE_IDENTITY, EDGE_POOL, EDGE_MAXPOOL, EDGE_AVGPOOL)
+_TIE_KINDS = (EDGE_RESIDUAL, EDGE_IDENTITY, EDGE_POOL, EDGE_MAXPOOL, EDGE_AVGPOOL, EDGE_PLACE, EDGE_ATTN_Q, EDGE_ATTN_K,
+              EDGE_ATTN_V)
+_ATTENTION_KINDS = (EDGE_ATTN_Q, EDGE_ATTN_K, EDGE_ATTN_SUM, EDGE_ATTN_MIX, EDGE_ATTN_V)
 
 
 def permute_graph(graph: NeuralGraph, seed: int = 0) -> tuple[NeuralGraph, torch.Tensor]:
@@ -127,18 +141,74 @@ def interchangeable_groups(graph: NeuralGraph, several: bool = False) -> list[li
     its nodes sorted by (layer, id), so class k's node at position l corresponds to class k''s.
     ``permute_graph`` checks that the matching with ``several`` is an automorphism.
     """
-    members: dict[int, list[int]] = {}
-    for node, root in enumerate(tie_class_of(graph, grouped=True)):
-        members.setdefault(root, []).append(node)
+    members = _members(graph)
     layer = graph.node_layer.tolist()
     role = graph.node_role.tolist()
+    attention = set(graph.edge_index[1, torch.isin(graph.edge_kind, _kinds(graph, _ATTENTION_KINDS))].tolist())
     by_signature: dict[tuple[int, ...], list[list[int]]] = {}
     for nodes in members.values():
         layers = [layer[v] for v in nodes]
         if any(role[v] != ROLE_HIDDEN for v in nodes) or (not several and len(set(layers)) != len(layers)):
             continue
+        if attention.intersection(nodes):  # moved head-aware by _attention_permutation
+            continue
         by_signature.setdefault(tuple(sorted(layers)), []).append(sorted(nodes, key=lambda v: (layer[v], v)))
     return [classes for classes in by_signature.values() if len(classes) > 1]
+
+
+def _kinds(graph: NeuralGraph, kinds: tuple[int, ...]) -> torch.Tensor:
+    return torch.tensor(kinds, device=graph.edge_kind.device)
+
+
+def _members(graph: NeuralGraph) -> dict[int, list[int]]:
+    """Nodes of each tie class (grouped convolutions included), keyed by representative."""
+    members: dict[int, list[int]] = {}
+    for node, root in enumerate(tie_class_of(graph, grouped=True)):
+        members.setdefault(root, []).append(node)
+    return members
+
+
+def attention_heads(graph: NeuralGraph) -> list[list[tuple[int, list[int], list[int]]]]:
+    """Per attention (one layer of score nodes): per head (a_h, its product nodes s_c, its output nodes o_c)."""
+    src, dst = graph.edge_index.tolist()
+    kind = graph.edge_kind.tolist()
+    qk: dict[int, list[int]] = {}
+    vo: dict[int, list[int]] = {}
+    for s, d, k in zip(src, dst, kind):
+        if k == EDGE_ATTN_SUM:
+            qk.setdefault(d, []).append(s)
+        elif k == EDGE_ATTN_MIX:
+            vo.setdefault(s, []).append(d)
+    layer = graph.node_layer.tolist()
+    by_layer: dict[int, list[tuple[int, list[int], list[int]]]] = {}
+    for a in sorted(qk):
+        by_layer.setdefault(layer[a], []).append((a, sorted(qk[a]), sorted(vo.get(a, []))))
+    return list(by_layer.values())
+
+
+def _attention_permutation(graph: NeuralGraph, perm: torch.Tensor, generator: torch.Generator) -> None:
+    """Head-aware moves (in place on ``perm``): heads onto heads, pairs within each head shuffled."""
+    attentions = attention_heads(graph)
+    if not attentions:
+        return
+    members = _members(graph)
+    root = {v: r for r, nodes in members.items() for v in nodes}
+    layer = graph.node_layer.tolist()
+
+    def move(target: int, source: int) -> None:  # the class of node ``target`` takes the class of ``source``
+        t = sorted(members[root[target]], key=lambda v: (layer[v], v))
+        s = sorted(members[root[source]], key=lambda v: (layer[v], v))
+        perm[torch.tensor(t, device=perm.device)] = torch.tensor(s, device=perm.device)
+
+    for heads in attentions:
+        order = torch.randperm(len(heads), generator=generator, device=generator.device).tolist()
+        for (a, qk, vo), h in zip(heads, order):
+            a_src, qk_src, vo_src = heads[h]  # every head of one attention has the same sizes
+            move(a, a_src)
+            for c, c_src in enumerate(torch.randperm(len(qk), generator=generator, device=generator.device).tolist()):
+                move(qk[c], qk_src[c_src])
+            for c, c_src in enumerate(torch.randperm(len(vo), generator=generator, device=generator.device).tolist()):
+                move(vo[c], vo_src[c_src])
 
 
 def _tie_class_permutation(graph: NeuralGraph, generator: torch.Generator, several: bool) -> torch.Tensor:
@@ -147,6 +217,7 @@ def _tie_class_permutation(graph: NeuralGraph, generator: torch.Generator, sever
         shuffled = torch.randperm(len(classes), generator=generator).tolist()
         for target, source in zip(classes, (classes[s] for s in shuffled)):
             perm[torch.tensor(target)] = torch.tensor(source)
+    _attention_permutation(graph, perm, generator)
     return perm
 
 

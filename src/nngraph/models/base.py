@@ -62,7 +62,7 @@ class GraphMetanetwork(nn.Module):
             "edge_in": example.edge_attr.shape[1],
             "max_positions": int(example.node_pos.max()) + 1 + POSITION_HEADROOM,
             "num_outputs": int((example.node_role == ROLE_OUTPUT).sum()) // int(example.num_graphs),
-            "input_shape": tuple(graph_specs(example)[0].input_shape),
+            "input_shape": graph_specs(example)[0].probe_shape,
             "stats": WeightStatistics.fit(example),
         }
 

@@ -5,6 +5,10 @@ INRs, [0, 1] pixels for CNNs) are executed by every network of the batch with th
 executor (batched over networks, differentiable in the probes). Node i's activation
 a_i(p_k) for each probe (a conv channel: its spatial mean) gives K numbers, mapped to the
 node state by a Linear layer and LayerNorm:  V_i += LN(W [a_i(p_1) .. a_i(p_K)]).
+
+A token model (an ``nn.Embedding`` on integer ids [T]) takes real-valued probes of shape
+``spec.probe_shape`` = [T, V]: weights over the vocabulary at each token (a one-hot row
+is a real token; the embedding is linear in them, so any weights give a defined input).
 """
 
 from __future__ import annotations

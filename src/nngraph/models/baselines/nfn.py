@@ -110,6 +110,10 @@ def chain_layout(batch: Batch) -> list[ChainLayer]:
         raise UnsupportedModelError(
             "nfn baselines cannot read a Linear on a flattened feature map; use global pooling, or the deepsets/statnn/graph models"
         )
+    if any(p.source in ("tokens", "kernel_t") for p in weights):
+        raise UnsupportedModelError(
+            "nfn baselines cannot read transformers (token constants, embeddings); use the deepsets/statnn/graph models"
+        )
     if not weights:
         raise UnsupportedModelError("nfn baselines need at least one Linear or Conv2d layer")
     # Tie classes: neurons joined by residual / identity / pooling edges carry one value.
