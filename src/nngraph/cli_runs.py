@@ -402,6 +402,11 @@ def add_bench(sub, formatter, common) -> None:
                                    "benchmarks/RESULTS.md from its JSON results.")
     p.add_argument("--quick", action="store_true", help="the small protocol (about 10 minutes; quick_* results)")
     p.add_argument("--render", action="store_true", help="only render RESULTS.md from the existing results")
+    p.add_argument("--paper", action="store_true",
+                   help="the paper protocol: the whole Fashion-MNIST INR corpus, every row to its plateau (at most "
+                        "60 minutes a row), row by row over several sittings; a rerun skips finished rows")
+    p.add_argument("--rows", default=None, metavar="NAME[,NAME]", help="with --paper: run only these rows")
+    p.add_argument("--dry-run", action="store_true", help="with --paper: list the rows, budgets and state")
     p.add_argument("--device", default="auto", metavar="{auto,cpu,cuda,cuda:N}",
                    help="device of the model-speed and precision benchmarks (the task tables run on the CPU)")
     p.set_defaults(func=run_bench)
@@ -413,5 +418,10 @@ def run_bench(args) -> int:
         raise NNGraphError("the benchmarks live in the source checkout; run `nngraph bench` from a git clone")
     from nngraph.device import resolve_device
 
+    if (args.rows or args.dry_run) and not args.paper:
+        raise NNGraphError("--rows and --dry-run go with --paper; e.g. `nngraph bench --paper --dry-run`")
+    if args.paper:
+        flags = ["--paper"] + (["--rows", args.rows] if args.rows else []) + (["--dry-run"] if args.dry_run else [])
+        return subprocess.call([sys.executable, str(script), *flags])
     flags = ["--render"] if args.render else ["--quick"] if args.quick else []
     return subprocess.call([sys.executable, str(script), *flags, "--device", str(resolve_device(args.device))])
