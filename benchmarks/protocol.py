@@ -1,4 +1,5 @@
-"""The fixed protocol of the task benchmarks (tables 1-4 and 6), full and quick.
+"""The fixed protocol of the task benchmarks (tables 1-4 and 6), full and quick, and the
+paper protocol (``PAPER``, run by bench_paper.py: whole corpus, rows to their plateau).
 
 Corpora (Fashion-MNIST from Debian's dataset-fashion-mnist):
 - INRs: ``limit`` images class-stratified over the dataset's own train/val/test split
@@ -65,7 +66,6 @@ PAPER = {
     "seeds": (0, 1, 2),
     "patience": 5,  # epochs without a better validation metric before a run stops
     "epoch_cap": 1000,  # only an upper bound: runs end on patience or their time budget
-    "cnn_epochs": 30,
     "threads": 2,  # one run at a time, both cores
     # the weight-space augmentations of the published INR-classification runs (neural-graphs
     # experiments/data.py); its "noise" is a fixed shift without a random draw, so no noise here

@@ -40,7 +40,7 @@ def test_the_real_plan_keeps_the_time_rules(tmp_path):
 def test_rows_run_one_by_one_write_results_and_skip_when_done(tmp_path):
     paper = Paper(root=tmp_path / "work", results=tmp_path / "results", images="digits", render=False,
                   settings={"inr_limit": 60, "row_limit_s": 2.0, "epoch_cap": 2, "patience": 1, "seeds": (0, 1),
-                            "cnn_epochs": 1, "threads": 1},
+                            "threads": 1},
                   corpus_options={"steps": 20, "hidden": 8},
                   model_kwargs={"hidden": 8, "edge_hidden": 4, "layers": 1})
     assert all(line.endswith("not run") for line in paper.listing()[1:])
