@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench gpu-check clean
+.PHONY: demo test bench bench-paper gpu-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
+
+# The paper protocol, row by row (rerun to continue; ROWS=name,name for some rows; see --dry-run).
+bench-paper: $(STAMP)
+	$(BIN)/python benchmarks/run.py --paper $(if $(ROWS),--rows $(ROWS))
 
 # On a GPU machine, with its own Python's CUDA torch (nothing installed; README "GPUs, bf16, several GPUs").
 gpu-check:

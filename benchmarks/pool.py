@@ -1,6 +1,6 @@
 """Run benchmark jobs (corpus builds, training runs) in parallel worker processes.
 
-A job is a JSON-able dict with a ``kind`` ("inrs", "zoo", "train", "cnn") and an ``out``
+A job is a JSON-able dict with a ``kind`` ("inrs", "zoo", "train", "cnn", "floor") and an ``out``
 folder. Each job runs in a fresh process with ``threads`` torch threads (default 1), at
 most ``workers`` at a time, so two one-thread jobs share the 2-core machine. A finished
 job leaves ``out/metrics.json`` (training) or a complete manifest (corpora) and is not
@@ -27,7 +27,7 @@ from nngraph.io import atomic_write_json
 
 def is_done(job: dict) -> bool:
     out = Path(job["out"])
-    if job["kind"] in ("train", "cnn"):
+    if job["kind"] in ("train", "cnn", "floor"):
         return (out / "metrics.json").exists()
     manifest = out / "manifest.json"
     return manifest.exists() and json.loads(manifest.read_text()).get("complete", False)
@@ -71,7 +71,7 @@ def _run_here(job: dict) -> None:
         from nngraph.data.build import build_inr_corpus
 
         build_inr_corpus(job["out"], job["images"], job["variant"], limit=job["limit"], workers=1, progress=False,
-                         command="benchmarks/pool.py")
+                         command="benchmarks/pool.py", **job.get("options", {}))
     elif kind == "zoo":
         from nngraph.data.build import build_zoo_corpus
 
@@ -82,6 +82,11 @@ def _run_here(job: dict) -> None:
 
         config = TrainConfig(out=job["out"], **job["config"])
         train(config, resume=(Path(job["out"]) / "last.pt").exists(), progress=True)
+    elif kind == "floor":  # the dilation floor of a corpus's test split (computed once, kept in the corpus)
+        from nngraph.io import atomic_write_json
+        from nngraph.tasks.dilate import corpus_dilation_floor
+
+        atomic_write_json(Path(job["out"]) / "metrics.json", {"test": {"mse": corpus_dilation_floor(job["corpus"])}})
     elif kind == "cnn":
         from ceiling import train_image_cnn
 

@@ -1,4 +1,5 @@
-"""The fixed protocol of the task benchmarks (tables 1-4 and 6), full and quick.
+"""The fixed protocol of the task benchmarks (tables 1-4 and 6), full and quick, and the
+paper protocol (``PAPER``, run by bench_paper.py: whole corpus, rows to their plateau).
 
 Corpora (Fashion-MNIST from Debian's dataset-fashion-mnist):
 - INRs: ``limit`` images class-stratified over the dataset's own train/val/test split
@@ -52,6 +53,23 @@ PROTOCOLS = {
         "budget_s": 30.0,
         "budget_probes": 16,
     },
+}
+
+
+# The paper protocol (benchmarks/bench_paper.py): the whole Fashion-MNIST INR corpus, every row trained to its
+# plateau (early stopping on validation, a training-time cap), run row by row over several sittings.
+PAPER = {
+    "inr_limit": None,  # all 70,000 images: 55,000 train / 5,000 val / 10,000 test
+    "row_limit_s": 3600.0,  # every row (all its seeds, evaluation included) within 60 minutes on 2 cores
+    "long_row_s": 1200.0,  # a row whose run is longer than 20 minutes gets one seed, the others three
+    "train_share": 0.8,  # of a run's share of the row: training; the rest loads data and evaluates every epoch
+    "seeds": (0, 1, 2),
+    "patience": 5,  # epochs without a better validation metric before a run stops
+    "epoch_cap": 1000,  # only an upper bound: runs end on patience or their time budget
+    "threads": 2,  # one run at a time, both cores
+    # the weight-space augmentations of the published INR-classification runs (neural-graphs
+    # experiments/data.py); its "noise" is a fixed shift without a random draw, so no noise here
+    "augment": {"rotate_augment": 45.0, "translate_augment": 0.25, "scale_augment": 0.2, "weight_dropout": 0.01},
 }
 
 

@@ -4,6 +4,7 @@
     python benchmarks/run.py --quick    # the small protocol (9.4 minutes measured), quick_* results
     python benchmarks/run.py --render   # only render RESULTS.md from results/*.json
     python benchmarks/run.py --device cuda  # the model-speed and precision rows on a GPU
+    python benchmarks/run.py --paper [--rows A,B] [--dry-run]  # the paper protocol, row by row (bench_paper.py)
 
 The task tables first (bench_tables.py: their jobs run two at a time), then the speed
 and memory measurements one after another on the otherwise idle machine.
@@ -93,7 +94,16 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="the small protocol; writes quick_* results")
     parser.add_argument("--device", default="cpu",
                         help=f"device of {' and '.join(DEVICE_AWARE)} (default: cpu)")
+    parser.add_argument("--paper", action="store_true",
+                        help="the paper protocol (bench_paper.py): whole corpus, rows to their plateau, row by row")
+    parser.add_argument("--rows", default=None, metavar="NAME[,NAME]", help="with --paper: only these rows")
+    parser.add_argument("--dry-run", action="store_true", help="with --paper: list the rows and their state")
     args = parser.parse_args()
+    if (args.rows or args.dry_run) and not args.paper:
+        parser.error("--rows and --dry-run go with --paper")
+    if args.paper:
+        flags = (["--rows", args.rows] if args.rows else []) + (["--dry-run"] if args.dry_run else [])
+        return subprocess.call([sys.executable, str(HERE / "bench_paper.py"), *flags])
     if not args.render:
         for script, (full, quick) in SUITE.items():
             print(f"== {script}", flush=True)

@@ -175,3 +175,36 @@ def test_two_processes_match_one(tmp_path, inr_corpus):
         assert abs(a["train_loss"] - b["train_loss"]) <= 1e-4
     assert abs(single["test"]["loss"] - two["test"]["loss"]) <= 1e-4
     assert single["test"]["accuracy"] == two["test"]["accuracy"]
+
+
+def test_early_stopping_on_patience_tests_the_best_epoch_and_resumes(tmp_path, inr_corpus, monkeypatch):
+    """Validation accuracy 0.1, 0.3, 0.2, 0.25, ... : best at epoch 2, patience 2 stops after epoch 4."""
+    scores = {1: 0.1, 2: 0.3, 3: 0.2, 4: 0.25, 5: 0.9}
+    original = Trainer.evaluate
+
+    def scripted(self, split, batch_size=None):
+        real = original(self, split, batch_size)
+        return {**real, "accuracy": scores.get(self.epoch, 0.0)} if split == "val" else real
+
+    monkeypatch.setattr(Trainer, "evaluate", scripted)
+    result = train(config(tmp_path, inr_corpus, epochs=50, patience=2), progress=False)
+    assert (result["epochs_run"], result["best_epoch"], result["stop"]) == (4, 2, "patience")
+    assert torch.load(tmp_path / "run" / "best.pt", weights_only=False)["epoch"] == 2
+    # a run killed after epoch 3 resumes with its patience count and stops at the same place
+    original_epoch = Trainer.train_epoch
+
+    def dies_in_epoch_four(self, progress):
+        if self.epoch == 3:
+            raise KeyboardInterrupt("killed")
+        return original_epoch(self, progress)
+
+    killed = config(tmp_path / "killed", inr_corpus, epochs=50, patience=2)
+    monkeypatch.setattr(Trainer, "train_epoch", dies_in_epoch_four)
+    with pytest.raises(KeyboardInterrupt):
+        train(killed, progress=False)
+    monkeypatch.setattr(Trainer, "train_epoch", original_epoch)
+    resumed = train(killed, resume=True, progress=False)
+    assert (resumed["epochs_run"], resumed["best_epoch"], resumed["stop"]) == (4, 2, "patience")
+    assert resumed["test"] == result["test"]
+    with pytest.raises(NNGraphError, match="patience 2 -> 3"):
+        train(config(tmp_path / "killed", inr_corpus, epochs=50, patience=3), resume=True, progress=False)

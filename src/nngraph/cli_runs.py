@@ -58,7 +58,21 @@ def add_train(sub, formatter, common) -> None:
                    help="further model keyword arguments, e.g. '{\"heads\": 4, \"reverse_edges\": true}'")
     p.add_argument("--permute-augment", action="store_true", help="random neuron permutations of training networks")
     p.add_argument("--weight-noise", type=float, default=default["weight_noise"],
-                   help="std of Gaussian noise on training weights")
+                   help="std of Gaussian noise added to every training parameter")
+    p.add_argument("--rotate-augment", type=float, default=default["rotate_augment"], metavar="DEGREES",
+                   help="rotate each training INR's input coordinates by U(-D, D) degrees, folded exactly into "
+                        "its first layer (classify; the published runs: 45)")
+    p.add_argument("--translate-augment", type=float, default=default["translate_augment"], metavar="T",
+                   help="shift each training INR's coordinates by U(-T, T) per axis, image on [-1, 1] "
+                        "(classify; the published runs: 0.25)")
+    p.add_argument("--scale-augment", type=float, default=default["scale_augment"], metavar="S",
+                   help="scale each training INR's coordinates by U(1-S, 1+S) (classify; the published runs: 0.2)")
+    p.add_argument("--weight-dropout", type=float, default=default["weight_dropout"], metavar="P",
+                   help="zero each training parameter with probability P, the rest rescaled by 1/(1-P) "
+                        "(INR corpora; the published runs: 0.01)")
+    p.add_argument("--patience", type=int, default=default["patience"], metavar="N",
+                   help="early stopping: stop when the validation metric has not improved for N epochs "
+                        "(the best checkpoint is tested; default: off)")
     p.add_argument("--max-train", type=int, default=default["max_train"], help="use only the first N training networks")
     p.add_argument("--time-budget", type=float, default=default["time_budget"], metavar="SECONDS",
                    help="train for this many seconds (evaluation excluded), --epochs being an upper bound; "
@@ -92,7 +106,10 @@ def run_train(args) -> int:
     config = TrainConfig(task=args.task, data=args.data, model=args.model, out=out, epochs=args.epochs,
                          batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                          warmup_steps=args.warmup_steps, grad_clip=args.grad_clip, seed=args.seed,
-                         permute_augment=args.permute_augment, weight_noise=args.weight_noise, model_kwargs=kwargs,
+                         permute_augment=args.permute_augment, weight_noise=args.weight_noise,
+                         rotate_augment=args.rotate_augment, translate_augment=args.translate_augment,
+                         scale_augment=args.scale_augment, weight_dropout=args.weight_dropout,
+                         patience=args.patience, model_kwargs=kwargs,
                          compile=args.compile, max_train=args.max_train, time_budget=args.time_budget,
                          device=args.device, precision=args.precision)
     result = train(config, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite)
@@ -385,6 +402,11 @@ def add_bench(sub, formatter, common) -> None:
                                    "benchmarks/RESULTS.md from its JSON results.")
     p.add_argument("--quick", action="store_true", help="the small protocol (about 10 minutes; quick_* results)")
     p.add_argument("--render", action="store_true", help="only render RESULTS.md from the existing results")
+    p.add_argument("--paper", action="store_true",
+                   help="the paper protocol: the whole Fashion-MNIST INR corpus, every row to its plateau (at most "
+                        "60 minutes a row), row by row over several sittings; a rerun skips finished rows")
+    p.add_argument("--rows", default=None, metavar="NAME[,NAME]", help="with --paper: run only these rows")
+    p.add_argument("--dry-run", action="store_true", help="with --paper: list the rows, budgets and state")
     p.add_argument("--device", default="auto", metavar="{auto,cpu,cuda,cuda:N}",
                    help="device of the model-speed and precision benchmarks (the task tables run on the CPU)")
     p.set_defaults(func=run_bench)
@@ -396,5 +418,10 @@ def run_bench(args) -> int:
         raise NNGraphError("the benchmarks live in the source checkout; run `nngraph bench` from a git clone")
     from nngraph.device import resolve_device
 
+    if (args.rows or args.dry_run) and not args.paper:
+        raise NNGraphError("--rows and --dry-run go with --paper; e.g. `nngraph bench --paper --dry-run`")
+    if args.paper:
+        flags = ["--paper"] + (["--rows", args.rows] if args.rows else []) + (["--dry-run"] if args.dry_run else [])
+        return subprocess.call([sys.executable, str(script), *flags])
     flags = ["--render"] if args.render else ["--quick"] if args.quick else []
     return subprocess.call([sys.executable, str(script), *flags, "--device", str(resolve_device(args.device))])

@@ -5,6 +5,15 @@ evaluation on the validation split every epoch, the best checkpoint chosen on th
 task's validation metric, and a final test evaluation of that checkpoint. Metrics are
 written as JSON lines per epoch (``metrics.jsonl``) and ``metrics.json`` at the end.
 
+Early stopping: with ``patience=N`` the run stops once the validation metric has not
+improved for N epochs (every epoch is then evaluated, also under a time budget); the best
+checkpoint is tested, as always, and ``metrics.json`` says what ended the run (``stop``:
+patience, time budget or epochs).
+
+Augmentations (training batches only): neuron permutations and the weight-space
+augmentations of ``nngraph.pipeline.param_augment`` (coordinate rotation, translation
+and scaling folded into an INR's first layer, Gaussian weight noise, weight dropout).
+
 Reproducible: the model is initialised from the seed, each epoch's shuffling and
 augmentation use a generator seeded by (seed, epoch), and the global RNG state is saved
 with every checkpoint, so ``resume=True`` after a kill continues from the last finished
@@ -48,6 +57,7 @@ import torch.distributed as dist
 from torch import nn
 
 from nngraph.pipeline.loader import GraphLoader
+from nngraph.pipeline.param_augment import ParamAugment
 from nngraph.device import autocast, float32, resolve_device, resolve_precision, to_device
 from nngraph.errors import NNGraphError, storage_error
 from nngraph.io import append_line, atomic_write_bytes, atomic_write_json
@@ -72,7 +82,12 @@ class TrainConfig:
     grad_clip: float = 1.0
     seed: int = 0
     permute_augment: bool = False
-    weight_noise: float = 0.0
+    weight_noise: float = 0.0  # std of Gaussian noise on every training parameter
+    rotate_augment: float = 0.0  # degrees: INR coordinates rotated by U(-r, r) (folded into the first layer)
+    translate_augment: float = 0.0  # INR coordinates shifted by U(-t, t) per axis (the image spans [-1, 1])
+    scale_augment: float = 0.0  # INR coordinates scaled by U(1 - s, 1 + s)
+    weight_dropout: float = 0.0  # each training parameter zeroed with this probability, the rest / (1 - p)
+    patience: int | None = None  # stop when the validation metric has not improved for this many epochs
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     compile: bool = False
     max_train: int | None = None  # use only the first N training networks (quick runs)
@@ -92,18 +107,32 @@ class TrainConfig:
         if self.task not in TASKS:
             raise NNGraphError(f"unknown task {self.task!r}; choose one of {', '.join(sorted(TASKS))}")
         counts = {"epochs": (self.epochs, 1), "batch_size": (self.batch_size, 1), "max_train": (self.max_train, 1),
-                  "warmup_steps": (self.warmup_steps, 0), "seed": (self.seed, 0)}
+                  "warmup_steps": (self.warmup_steps, 0), "seed": (self.seed, 0), "patience": (self.patience, 1)}
         for name, (value, low) in counts.items():
             if value is not None and (not isinstance(value, int) or value < low):
                 raise NNGraphError(f"--{name.replace('_', '-')} must be an integer >= {low}, got {value!r}")
         amounts = {"lr": (self.lr, True), "time_budget": (self.time_budget, True),
                    "weight_decay": (self.weight_decay, False), "grad_clip": (self.grad_clip, False),
-                   "weight_noise": (self.weight_noise, False)}
+                   "weight_noise": (self.weight_noise, False), "rotate_augment": (self.rotate_augment, False),
+                   "translate_augment": (self.translate_augment, False), "scale_augment": (self.scale_augment, False),
+                   "weight_dropout": (self.weight_dropout, False)}
         for name, (value, positive) in amounts.items():
             if value is not None and not (math.isfinite(value) and (value > 0 if positive else value >= 0)):
                 rule = "> 0" if positive else ">= 0"
                 raise NNGraphError(f"--{name.replace('_', '-')} must be a finite number {rule}, got {value}")
+        for name, value in (("scale_augment", self.scale_augment), ("weight_dropout", self.weight_dropout)):
+            if value >= 1:
+                raise NNGraphError(f"--{name.replace('_', '-')} must be below 1, got {value}")
+        if self.augment.maps_coordinates and self.task != "classify":
+            raise NNGraphError("--rotate-augment, --translate-augment and --scale-augment change the image an INR "
+                               "renders and keep only its class: use them with --task classify")
         check_model_args(self.model, self.model_kwargs)
+
+    @property
+    def augment(self) -> ParamAugment:
+        """The weight-space augmentations of training batches."""
+        return ParamAugment(rotation=self.rotate_augment, translation=self.translate_augment,
+                            scale=self.scale_augment, noise=self.weight_noise, dropout=self.weight_dropout)
 
 
 # Files of a run folder (cleared by --overwrite). A folder holding any of the first four has
@@ -130,6 +159,9 @@ def prepare_run_folder(config: TrainConfig, resume: bool, overwrite: bool, clear
         if (out / "config.json").exists():
             old = json.loads((out / "config.json").read_text())
             new = config.to_json()
+            defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)
+                        if f.default is not dataclasses.MISSING}
+            old = {**defaults, **old}  # a run started before a field existed had its default
             changed = [k for k in new if k not in _RESUMABLE_CHANGES and old.get(k) != new[k]
                        and not (k == "data" and Path(old.get(k, "")).resolve() == Path(new[k]).resolve())]
             if changed:
@@ -173,6 +205,9 @@ class Trainer:
         self.task = create_task(config.task, train_set)
         if self.task.corpus != kind:
             raise NNGraphError(f"task {config.task!r} needs a {self.task.corpus} corpus, but {config.data} is a {kind} corpus")
+        if kind != "inr" and config.augment not in (ParamAugment(), ParamAugment(noise=config.weight_noise)):
+            raise NNGraphError("coordinate augmentations and --weight-dropout need an INR corpus; "
+                               f"{config.data} is a {kind} corpus")
         self.loaders = GraphLoader.for_splits(
             {"train": train_set, **{split: open_dataset(kind, config.data, split) for split in ("val", "test")}})
         self.train_index = torch.arange(len(train_set))
@@ -194,6 +229,7 @@ class Trainer:
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         self.ddp_model = (nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
                           if self.world > 1 else self.model)
+        self.augment = config.augment
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         steps_per_epoch = math.ceil(len(self.train_index) / config.batch_size)
         self.total_steps = steps_per_epoch * config.epochs
@@ -252,7 +288,7 @@ class Trainer:
             raise NNGraphError(f"--resume: no checkpoint in {self.out}; start the run without --resume")
         if self.rank == 0 and not resume:  # a resumed run keeps the record it started with
             atomic_write_json(self.out / "config.json", self.config.to_json(), indent=2, allow_nan=True)
-        while self.epoch < self.config.epochs and not self.out_of_time():
+        while self.epoch < self.config.epochs and not self.out_of_time() and not self.plateaued():
             start = time.perf_counter()
             train_loss = self.train_epoch(progress)
             self.epoch += 1
@@ -284,10 +320,18 @@ class Trainer:
     def out_of_time(self) -> bool:
         return bool(self.config.time_budget) and self.train_seconds >= self.config.time_budget
 
+    def plateaued(self) -> bool:
+        """Early stopping: the last ``patience`` epochs brought no better validation metric."""
+        patience = self.config.patience
+        return patience is not None and self.best_epoch >= 0 and self.epoch - self.best_epoch >= patience
+
+    def stop_reason(self) -> str:
+        return "patience" if self.plateaued() else "time budget" if self.out_of_time() else "epochs"
+
     def evaluation_due(self) -> bool:
-        """Every epoch; with a time budget, after each 1/10 of it and when it runs out."""
+        """Every epoch; with a time budget (and no patience), after each 1/10 of it and when it runs out."""
         budget = self.config.time_budget
-        if not budget:
+        if not budget or self.config.patience is not None:
             return True
         return (self.out_of_time() or self.epoch >= self.config.epochs
                 or self.train_seconds - self.evaluated_at >= budget / 10)
@@ -311,7 +355,7 @@ class Trainer:
                 break
             step_started = time.perf_counter()
             shard = index.tensor_split(self.world)[self.rank] if self.world > 1 else index
-            batch, items = self.loaders["train"].make_batch(shard, c.permute_augment, c.weight_noise, gen)
+            batch, items = self.loaders["train"].make_batch(shard, c.permute_augment, self.augment, gen)
             batch, targets = to_device(batch, self.device), to_device(self.task.targets(items), self.device)
             for group in self.optimizer.param_groups:
                 group["lr"] = self.lr_at(self.step)
@@ -377,7 +421,8 @@ class Trainer:
         val = self.evaluate("val")
         result = {"task": self.config.task, "model": self.config.model, "best_epoch": self.best_epoch,
                   "val": val, "test": test, "parameters": sum(p.numel() for p in self.model.parameters()),
-                  "train_seconds": self.train_seconds, "history": self.history}
+                  "train_seconds": self.train_seconds, "epochs_run": self.epoch, "stop": self.stop_reason(),
+                  "history": self.history}
         if self.rank == 0:
             result.update(self.task.reports(self.loaders["test"].dataset))
             result["plots"] = [str(p) for p in self.write_plots(test, test_predictions)]

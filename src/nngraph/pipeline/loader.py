@@ -4,7 +4,10 @@
 batches of NeuralGraphs on demand: INR corpora (one architecture) through the fast path
 from stacked parameters, zoos by converting every network once and collating with a
 corpus-wide kernel window, so that every batch has the same feature sizes.
-Augmentations (training only): random neuron permutations, Gaussian weight noise.
+Augmentations (training only): random neuron permutations, and the weight-space
+augmentations of ``param_augment`` (on an INR corpus's stacked parameters, before the
+graphs are built: only real parameters change). On a zoo only Gaussian noise applies,
+to the graph features (edge features and biases).
 """
 
 from __future__ import annotations
@@ -14,11 +17,13 @@ from typing import Any
 import torch
 from torch_geometric.data import Batch
 
+from nngraph.errors import NNGraphError
 from nngraph.graph.augment import random_permutation_augment
 from nngraph.graph.batch import collate
 from nngraph.graph.convert import to_graph
 from nngraph.graph.fast import graphs_from_params
 from nngraph.graph.permute import permute_graph
+from nngraph.pipeline.param_augment import ParamAugment
 
 
 BUCKET_WINDOW = 16  # batches whose networks are sorted by size together (mixed architectures)
@@ -89,22 +94,29 @@ class GraphLoader:
             batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
         return batches
 
-    def make_batch(self, index: torch.Tensor, permute: bool = False, weight_noise: float = 0.0,
+    def make_batch(self, index: torch.Tensor, permute: bool = False, augment: ParamAugment | None = None,
                    generator: torch.Generator | None = None) -> tuple[Batch, dict[str, Any]]:
-        """(graphs, dataset columns) of the networks ``index``."""
+        """(graphs, dataset columns) of the networks ``index``; ``augment`` and ``permute``
+        (training) draw from ``generator``. ``items["params"]`` stay the stored ones."""
         items = self.columns(index)
+        augment = augment if augment is not None and augment.active else None
         if self.kind == "inr":
-            batch = graphs_from_params(self.template, items["params"])
+            params = augment(items["params"], generator) if augment else items["params"]
+            batch = graphs_from_params(self.template, params)
             if permute:
                 batch = random_permutation_augment(batch, generator)
-        else:
-            graphs = [self.graphs[i] for i in index.tolist()]
-            if permute:
-                graphs = [permute_graph(g, _draw(generator))[0] for g in graphs]
-            batch = collate(graphs, self.k_max, self.width)
-        if weight_noise > 0:
-            batch.edge_attr = batch.edge_attr + weight_noise * torch.randn(batch.edge_attr.shape, generator=generator)
-            noisy_bias = batch.x[:, 0] + weight_noise * torch.randn(batch.x.shape[0], generator=generator)
+            return batch, items
+        if augment and augment != ParamAugment(noise=augment.noise):
+            raise NNGraphError("coordinate augmentations and weight dropout need an INR corpus; on a CNN zoo "
+                               "use --weight-noise (and --permute-augment) only")
+        graphs = [self.graphs[i] for i in index.tolist()]
+        if permute:
+            graphs = [permute_graph(g, _draw(generator))[0] for g in graphs]
+        batch = collate(graphs, self.k_max, self.width)
+        if augment:
+            noise = augment.noise
+            batch.edge_attr = batch.edge_attr + noise * torch.randn(batch.edge_attr.shape, generator=generator)
+            noisy_bias = batch.x[:, 0] + noise * torch.randn(batch.x.shape[0], generator=generator)
             batch.x = torch.cat([noisy_bias[:, None], batch.x[:, 1:]], dim=1)
         return batch, items
 

@@ -1,0 +1,85 @@
+"""The paper protocol's machinery (benchmarks/bench_paper.py) on a toy digits corpus: the plan
+keeps the 60-minute and 20-minute rules, rows run one at a time, results are written as rows
+end, reruns skip finished rows, and rows not run show as "not run"."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from bench_paper import LABEL, Paper  # noqa: E402
+from nngraph.errors import NNGraphError  # noqa: E402
+
+
+def test_the_real_plan_keeps_the_time_rules(tmp_path):
+    paper = Paper(root=tmp_path, results=tmp_path, render=False)
+    runs = {r.name: r for r in paper.rows}
+    assert set(runs) >= {"corpus", "ngt-p64", "nggnn-p64", "ngt-p0", "nggnn-p0", "ngt-p0-nopos", "nggnn-p0-nopos",
+                         "nfn-np", "nfn-hnp", "deepsets", "statnn", "cnn", "dilate-nfn-np", "dilate-nggnn-p64",
+                         "dilate-ngt-p64", "floor"}
+    for row in paper.rows:
+        if row.budget_s is None:
+            continue
+        assert row.seeds * row.budget_s <= 3600 * 0.8  # every row within 60 minutes, evaluation reserve included
+        assert row.seeds == (1 if row.budget_s > 1200 else 3)  # one seed for rows longer than 20 minutes
+    config = runs["ngt-p64"].jobs[0]["config"]
+    assert config["patience"] >= 1 and config["time_budget"] == runs["ngt-p64"].budget_s
+    assert config["rotate_augment"] == 45.0 and config["weight_dropout"] == 0.01  # the published augmentations
+    assert config["model_kwargs"]["probes"] == 64 and runs["ngt-p0-nopos"].jobs[0]["config"]["model_kwargs"][
+        "position_embeddings"] is False
+    assert "rotate_augment" not in runs["dilate-ngt-p64"].jobs[0]["config"]  # label-preserving only
+    assert runs["corpus"].jobs[0]["limit"] is None and runs["corpus"].jobs[0]["images"] == "fashion-mnist"
+
+
+def test_rows_run_one_by_one_write_results_and_skip_when_done(tmp_path):
+    paper = Paper(root=tmp_path / "work", results=tmp_path / "results", images="digits", render=False,
+                  settings={"inr_limit": 60, "row_limit_s": 2.0, "epoch_cap": 2, "patience": 1, "seeds": (0, 1),
+                            "threads": 1},
+                  corpus_options={"steps": 20, "hidden": 8},
+                  model_kwargs={"hidden": 8, "edge_hidden": 4, "layers": 1})
+    assert all(line.endswith("not run") for line in paper.listing()[1:])
+    with pytest.raises(NNGraphError, match="--rows corpus"):
+        paper.run(["statnn"], log=lambda *a: None)
+    with pytest.raises(NNGraphError, match="no paper row 'nope'"):
+        paper.run(["nope"])
+    paper.run(["statnn", "corpus"], log=lambda *a: None)  # plan order: the corpus first
+    states = {line.split()[0]: line.split()[-1] for line in paper.listing()[1:]}
+    assert states["corpus"] == "done" and states["statnn"] == "done" and states["ngt-p64"] == "run"  # "not run"
+    table = json.loads((tmp_path / "results" / "7_paper_classify.json").read_text())
+    rows = {r["model"]: r for r in table["rows"]}
+    statnn = rows["StatNN"]
+    assert "±" in statnn["nngraph (this CPU)"] and statnn["seeds"] == 2 and statnn["stop"]
+    assert rows["NG-T, 64 probes"]["nngraph (this CPU)"] == "not run" and rows["NG-T, 64 probes"][LABEL] == 74.8
+    assert rows["ProbeGen-128"]["nngraph (this CPU)"] == "not in nngraph" and rows["ProbeGen-128"][LABEL] == 87.7
+    assert any("ngt-p64 >= 85 %: not run" in note for note in table["notes"])
+    dilate = json.loads((tmp_path / "results" / "7_paper_dilate.json").read_text())
+    assert {r["model"]: r[LABEL + " (MNIST INRs)"] for r in dilate["rows"]}["NG-T, 64 probes"] == 1.75
+    # a rerun skips the finished rows: nothing is trained again
+    record = Path(paper.row("statnn").jobs[0]["out"]) / "job.json"
+    before = record.stat().st_mtime_ns
+    said = []
+    paper.run(["corpus", "statnn"], log=said.append)
+    assert record.stat().st_mtime_ns == before and said == ["== corpus: done, skipped", "== statnn: done, skipped"]
+    # a row with a run that wrote something but did not finish is partial (it resumes from last.pt)
+    out = Path(paper.row("deepsets").jobs[0]["out"])
+    out.mkdir(parents=True)
+    (out / "last.pt").write_bytes(b"")
+    assert paper.state(paper.row("deepsets")) == "partial"
+    cells = paper.cells(paper.row("deepsets"), "accuracy", 100, 1)
+    assert cells["nngraph (this CPU)"] == "partial (0 of 2 runs)"
+
+
+def test_bench_flags(capfd):
+    from nngraph.cli import main
+
+    assert main(["bench", "--rows", "ngt-p64"]) == 2
+    assert "--rows and --dry-run go with --paper" in capfd.readouterr().err
+    assert main(["bench", "--paper", "--dry-run", "--rows", "ngt-p64"]) == 0  # lists, runs nothing
+    listing = capfd.readouterr().out
+    assert "ngt-p64" in listing and "48 min" in listing and "dilate-ngt-p64" in listing
