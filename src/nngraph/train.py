@@ -123,9 +123,10 @@ class TrainConfig:
         for name, value in (("scale_augment", self.scale_augment), ("weight_dropout", self.weight_dropout)):
             if value >= 1:
                 raise NNGraphError(f"--{name.replace('_', '-')} must be below 1, got {value}")
-        if self.augment.maps_coordinates and self.task != "classify":
+        if self.augment.maps_coordinates and not TASKS[self.task].coordinate_invariant:
+            keep = ", ".join(name for name, cls in sorted(TASKS.items()) if cls.coordinate_invariant)
             raise NNGraphError("--rotate-augment, --translate-augment and --scale-augment change the image an INR "
-                               "renders and keep only its class: use them with --task classify")
+                               f"renders, which --task {self.task} depends on; use them with --task {keep}")
         check_model_args(self.model, self.model_kwargs)
 
     @property

@@ -23,6 +23,9 @@ class Task(ABC):
     corpus: str = "inr"  # dataset kind the task reads: "inr" or "zoo"
     metric: str = ""  # validation metric used to pick the best checkpoint
     higher_is_better: bool = True
+    # Whether the target survives a change of an INR's input coordinates (rotation,
+    # translation, scaling of the image it renders): then coordinate augmentations apply.
+    coordinate_invariant: bool = False
 
     @classmethod
     def from_dataset(cls, dataset, **kwargs: Any) -> "Task":

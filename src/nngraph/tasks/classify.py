@@ -35,6 +35,7 @@ class ClassifyTask(Task):
     name = "classify"
     corpus = "inr"
     metric = "accuracy"
+    coordinate_invariant = True  # a rotated or shifted digit keeps its class
 
     def __init__(self, num_classes: int):
         self.num_classes = num_classes
