@@ -86,24 +86,15 @@ def model_row(name: str, width: int, threads: int) -> dict:
     import torch
 
     import nngraph
-    from nngraph.models import create_model
+    from common import forward_backward_seconds
     from tests.graph.archs import ResNet
     from tests.graph.nets import randomise
 
     torch.set_num_threads(threads)
     graph = nngraph.to_graph(randomise(ResNet(width=width, num_classes=10), 0), torch.zeros(1, 3, 32, 32))
-    batch = nngraph.collate([graph])
-    torch.manual_seed(0)
-    sizes = {"hidden": 32, "edge_hidden": 16, "layers": 2, **({"heads": 4} if name == "ngt" else {})}
-    model = create_model(name, example=batch, out_dim=10, **sizes)
-    times = []
-    for step in range(3):
-        start = time.perf_counter()
-        model(batch).sum().backward()
-        if step:
-            times.append(time.perf_counter() - start)
+    seconds = forward_backward_seconds(name, nngraph.collate([graph]))
     return {"row": name, "resnet18_width": width, "nodes": graph.num_nodes, "edges": graph.num_edges,
-            "step_s": round(statistics.median(times), 2), "peak_rss_mb": _peak_mb()}
+            "step_s": round(seconds, 2), "peak_rss_mb": _peak_mb()}
 
 
 def main() -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -69,21 +68,12 @@ def model_row(name: str, arch: str, threads: int) -> dict:
     import torch
 
     import nngraph
-    from nngraph.models import create_model
+    from common import forward_backward_seconds
 
     torch.set_num_threads(threads)
     batch = nngraph.collate([nngraph.to_graph(_model(arch), torch.zeros(1, 3, 32, 32))])
-    torch.manual_seed(0)
-    sizes = {"hidden": 32, "edge_hidden": 16, "layers": 2, **({"heads": 4} if name == "ngt" else {})}
-    model = create_model(name, example=batch, out_dim=10, **sizes)
-    times = []
-    for step in range(3):
-        start = time.perf_counter()
-        model(batch).sum().backward()
-        if step:
-            times.append(time.perf_counter() - start)
     return {"row": name, "arch": arch, "nodes": batch.num_nodes, "edges": batch.num_edges,
-            "step_s": round(statistics.median(times), 3),
+            "step_s": round(forward_backward_seconds(name, batch), 3),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 
 

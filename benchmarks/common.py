@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import platform
+import statistics
 import subprocess
 import time
 from pathlib import Path
@@ -77,6 +78,23 @@ def training_step_times(model, graphs, labels, steps: int, warmup: int = 2,
         if step >= warmup:
             times.append(time.perf_counter() - start)
     return times, loss.detach()
+
+
+def forward_backward_seconds(name: str, batch, steps: int = 2) -> float:
+    """Median seconds of forward + backward of metanetwork ``name`` at the task tables' CPU
+    size (widths 32/16, 2 layers, NG-T 4 heads) on ``batch``, after one untimed step."""
+    from nngraph.models import create_model
+
+    torch.manual_seed(0)
+    sizes = {"hidden": 32, "edge_hidden": 16, "layers": 2, **({"heads": 4} if name == "ngt" else {})}
+    model = create_model(name, example=batch, out_dim=10, **sizes)
+    times = []
+    for step in range(steps + 1):
+        start = time.perf_counter()
+        model(batch).sum().backward()
+        if step:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def write_result(name: str, title: str, command: str, wall_s: float, rows: list[dict], quick: bool = False,
