@@ -1,5 +1,6 @@
 import torch
 
+import nngraph
 from nngraph.graph.graph import ROLE_HIDDEN
 
 
@@ -37,3 +38,15 @@ def assert_relabelled(new, old, perm: torch.Tensor) -> None:
     p = perm.tolist()
     for (s, d), a, k in zip(new.edge_index.t().tolist(), new.edge_attr.tolist(), new.edge_kind.tolist()):
         assert old_edges[(p[s], p[d])] == (a, k)
+
+
+def assert_batch_independent(model, graphs: list, atol: float = 1e-5) -> torch.Tensor:
+    """Each graph's prediction alone (in the mixed batch's kernel window and width) equals
+    its row of the mixed batch's prediction; returns the mixed batch's prediction."""
+    batch = nngraph.collate(graphs)
+    k_max, width = batch[0].spec.k_max, batch.edge_attr.shape[1]
+    together = model(batch)
+    for i, graph in enumerate(graphs):
+        alone = model(nngraph.collate([graph], k_max=k_max, width=width))
+        assert (alone - together[i : i + 1]).abs().max() <= atol, f"graph {i} depends on its batch-mates"
+    return together

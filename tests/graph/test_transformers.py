@@ -13,7 +13,7 @@ from nngraph.graph.graph import EDGE_ATTN_SUM, EDGE_CONST
 from nngraph.graph.permute import attention_heads, permute_graph, permute_neurons
 from nngraph.models import create_model
 from tests.graph.archs import ResNet
-from tests.graph.helpers import assert_exact_params, assert_rel_close, assert_relabelled
+from tests.graph.helpers import assert_batch_independent, assert_exact_params, assert_rel_close, assert_relabelled
 from tests.graph.nets import randomise
 from tests.graph.transformers import TokenClassifier, ViT
 
@@ -105,14 +105,10 @@ def _metanet_graphs():
 def test_metanetworks_read_vits_mixed_with_cnns(name):
     graphs = _metanet_graphs()
     batch = nngraph.collate(graphs)
-    k_max, width = batch[0].spec.k_max, batch.edge_attr.shape[1]
     torch.manual_seed(0)
     model = create_model(name, example=batch, out_dim=3, probes=1, hidden=16, edge_hidden=8, layers=2).eval()
     with torch.no_grad():
-        together = model(batch)
-        for i, graph in enumerate(graphs):
-            alone = model(nngraph.collate([graph], k_max=k_max, width=width))
-            assert (alone - together[i : i + 1]).abs().max() <= 1e-5
+        together = assert_batch_independent(model, graphs)
         moves = set()
         for seed in (3, 7):
             permuted = nngraph.collate([permute_graph(g, seed=seed)[0] for g in graphs])

@@ -8,6 +8,7 @@ import nngraph
 from nngraph.graph.permute import permute_graph
 from nngraph.models import create_model
 from tests.graph.archs import VGG, MobileNetV2, ResNet
+from tests.graph.helpers import assert_batch_independent
 from tests.graph.nets import randomise
 
 
@@ -25,13 +26,9 @@ def mixed_graphs():
 def test_mixed_architecture_batch_is_batch_independent(name):
     graphs = mixed_graphs()
     batch = nngraph.collate(graphs)
-    k_max, width = batch[0].spec.k_max, batch.edge_attr.shape[1]
     torch.manual_seed(0)
     model = create_model(name, example=batch, out_dim=3, probes=1, hidden=16, edge_hidden=8, layers=2).eval()
     with torch.no_grad():
-        together = model(batch)
-        for i, graph in enumerate(graphs):
-            alone = model(nngraph.collate([graph], k_max=k_max, width=width))
-            assert (alone - together[i : i + 1]).abs().max() <= 1e-5
+        together = assert_batch_independent(model, graphs)
         permuted = nngraph.collate([permute_graph(g, seed=3)[0] for g in graphs])
         assert (model(permuted) - together).abs().max() <= 1e-4
