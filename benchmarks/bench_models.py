@@ -49,8 +49,7 @@ def run_one(model_name: str, config: str, width: int, mode: str, batch: int, ste
     model = create_model(model_name, example=graphs, out_dim=10, **sizes).to(device)
     graphs = graphs.to(device)
     if mode == "compiled":
-        for layer in model.layers:
-            layer.compile()
+        model.compile_layers()
     labels = torch.randint(0, 10, (batch,), generator=torch.Generator().manual_seed(1)).to(device)
     times, _ = training_step_times(model, graphs, labels, steps)
     median = statistics.median(times)

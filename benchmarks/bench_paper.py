@@ -15,7 +15,8 @@ per-epoch evaluations) ends within 60 minutes on the 2-core machine: a row longe
 minutes has one seed and a 48-minute cap, the others three seeds of 16 minutes each. The
 image CNN (the ceiling) has no early stopping: it trains for its cap, cosine decay over
 it, and reports its best validation epoch. Runs go one at a time with two threads. INR classification rows train with the published
-weight-space augmentations (``PAPER["augment"]``).
+weight-space augmentations (``PAPER["augment"]``); graph models with compiled layers and
+bf16 autocast (``PAPER["graph_speed"]``).
 
 Sittings: a row's result is written (``results/7_paper_*.json`` and RESULTS.md) the moment
 it ends; a rerun skips finished rows, and an interrupted run resumes from its last
@@ -128,6 +129,7 @@ class Paper:
             config = {"task": task, "data": str(self.corpus), "model": registry_name, "epochs": self.p["epoch_cap"],
                       "batch_size": BATCH_SIZE, "lr": LR, "seed": s, "permute_augment": augment,
                       "model_kwargs": kwargs, "time_budget": budget, "patience": self.p["patience"],
+                      **(self.p["graph_speed"] if model in GRAPH_MODELS else {}),
                       **(self.p["augment"] if task == "classify" else {})}
             row.jobs.append({"kind": "train", "out": str(self.root / "runs" / task / f"{name}-s{s}"),
                              "config": config, "threads": self.p["threads"]})

@@ -1,14 +1,17 @@
-"""bf16 against fp32 on this machine: training speed and accuracy of NG-T and NG-GNN.
+"""bf16 and torch.compile against fp32 eager on this machine: training speed and accuracy of NG-T and NG-GNN.
 
     python benchmarks/bench_precision.py [--quick] [--device cpu]
 
-Two measurements, fp32 against bf16 autocast (``--precision bf16``: the products in
-bfloat16; loss, metrics, parameters and optimiser state in fp32):
+Four modes: eager or compiled layers (``--compile``: each layer through torch.compile,
+compilation in the warm-up steps) times fp32 or bf16 autocast (``--precision bf16``: the
+products in bfloat16; loss, metrics, parameters and optimiser state in fp32). Two
+measurements:
 
 - speed: forward + backward + AdamW at the published size (node width 64, edge width
   32, 4 layers, NG-T 8 heads, batch 128) on SIREN graphs (2->32->32->1, random weights),
   graphs/s as the median of the timed steps after 2 warm-up steps;
-- accuracy: the same short training run (the task benchmarks' CPU size: widths 32/16,
+- accuracy (eager fp32, eager bf16, compiled bf16; compiling an fp32 model changes its
+  arithmetic only by rounding): the same short training run (the task benchmarks' CPU size: widths 32/16,
   2 layers, NG-T 4 heads, 16 probes; AdamW lr 3e-3, batch 32, ``EPOCHS`` epochs, seeds
   ``SEEDS``) on the digits INR corpus (1,797 SIRENs of scikit-learn's 8x8 digits, built
   once into ``benchmarks/work/precision/``), test accuracy of the best validation epoch.
@@ -36,11 +39,13 @@ from common import RESULTS, siren_graphs, training_step_times, write_result  # n
 PUBLISHED = {"hidden": 64, "edge_hidden": 32, "layers": 4, "heads": 8}
 TASK_SIZE = {"hidden": 32, "edge_hidden": 16, "layers": 2, "heads": 4, "probes": 16}
 EPOCHS, SEEDS = 10, (0, 1)
-PRECISIONS = ("fp32", "bf16")
+MODES = (("eager", "fp32"), ("eager", "bf16"), ("compiled", "fp32"), ("compiled", "bf16"))
+ACCURACY_MODES = (("eager", "fp32"), ("eager", "bf16"), ("compiled", "bf16"))
 
 
-def speed(model_name: str, precision: str, sizes: dict, batch: int, steps: int, device) -> float:
-    """graphs/s of forward + backward + AdamW, median over ``steps`` after 2 warm-up steps."""
+def speed(model_name: str, compiled: bool, precision: str, sizes: dict, batch: int, steps: int, device) -> float:
+    """graphs/s of forward + backward + AdamW, median over ``steps`` after 2 warm-up steps
+    (which compile a compiled model)."""
     import torch
 
     from nngraph.models import create_model
@@ -51,6 +56,8 @@ def speed(model_name: str, precision: str, sizes: dict, batch: int, steps: int, 
         kwargs.pop("heads")
     torch.manual_seed(0)
     model = create_model(model_name, example=graphs, out_dim=10, **kwargs).to(device)
+    if compiled:
+        model.compile_layers()
     labels = torch.randint(0, 10, (batch,), generator=torch.Generator().manual_seed(1)).to(device)
     times, _ = training_step_times(model, graphs.to(device), labels, steps, precision=precision)
     return batch / statistics.median(times)
@@ -66,12 +73,12 @@ def corpus(work: Path, quick: bool) -> Path:
     return root
 
 
-def accuracy(data: Path, work: Path, model: str, precision: str, seed: int, sizes: dict, epochs: int,
-             device: str) -> dict:
+def accuracy(data: Path, work: Path, model: str, compiled: bool, precision: str, seed: int, sizes: dict,
+             epochs: int, device: str) -> dict:
     """One training run (reused when its metrics.json exists): test accuracy and train seconds."""
     from nngraph.train import TrainConfig, train
 
-    out = work / "runs" / f"{model}-{precision}-s{seed}"
+    out = work / "runs" / f"{model}-{'compiled-' if compiled else ''}{precision}-s{seed}"
     if (out / "metrics.json").exists():
         result = json.loads((out / "metrics.json").read_text())
     else:
@@ -80,7 +87,7 @@ def accuracy(data: Path, work: Path, model: str, precision: str, seed: int, size
             kwargs.pop("heads")
         config = TrainConfig(task="classify", data=str(data), model=model, out=str(out), epochs=epochs,
                              batch_size=32, lr=3e-3, seed=seed, model_kwargs=kwargs, device=device,
-                             precision=precision)
+                             precision=precision, compile=compiled)
         result = train(config, progress=False)
     return {"test_accuracy": result["test"]["accuracy"], "train_s": result["train_seconds"]}
 
@@ -109,29 +116,36 @@ def main() -> int:
     data = corpus(work, args.quick)
     rows, notes = [], []
     for model in ("ngt", "nggnn"):
-        per = {}
-        for precision in PRECISIONS:
-            rate = speed(model, precision, speed_sizes, batch, steps, device)
-            runs = [accuracy(data, work, model, precision, s, task_sizes, epochs, str(device)) for s in seeds]
-            accs = [r["test_accuracy"] for r in runs]
-            per[precision] = (rate, accs)
-            rows.append({"model": model, "precision": precision, "graphs/s": round(rate, 2),
-                         "test accuracy per seed": [round(a, 4) for a in accs],
-                         "mean test accuracy": round(statistics.mean(accs), 4),
-                         "train s per run": round(statistics.mean(r["train_s"] for r in runs), 1)})
-            print(rows[-1], flush=True)
-        (r32, a32), (r16, a16) = per["fp32"], per["bf16"]
-        change = statistics.mean(a16) - statistics.mean(a32)
-        spread = max(a32) - min(a32) if len(a32) > 1 else float("nan")
-        notes.append(f"{model}: bf16 trains {r16 / r32:.2f}x as fast as fp32 (graphs/s); test accuracy "
-                     f"changes by {change:+.4f} (fp32 spread over seeds {spread:.4f})")
+        rates, accs = {}, {}
+        for mode, precision in MODES:
+            compiled = mode == "compiled"
+            rates[mode, precision] = speed(model, compiled, precision, speed_sizes, batch, steps, device)
+            row = {"model": model, "layers": mode, "precision": precision,
+                   "graphs/s": round(rates[mode, precision], 2),
+                   "speed-up": round(rates[mode, precision] / rates["eager", "fp32"], 2)}
+            if (mode, precision) in ACCURACY_MODES:
+                runs = [accuracy(data, work, model, compiled, precision, s, task_sizes, epochs, str(device))
+                        for s in seeds]
+                accs[mode, precision] = [r["test_accuracy"] for r in runs]
+                row.update({"test accuracy per seed": [round(a, 4) for a in accs[mode, precision]],
+                            "mean test accuracy": round(statistics.mean(accs[mode, precision]), 4),
+                            "train s per run": round(statistics.mean(r["train_s"] for r in runs), 1)})
+            rows.append(row)
+            print(row, flush=True)
+        base = accs["eager", "fp32"]
+        spread = max(base) - min(base) if len(base) > 1 else float("nan")
+        for mode, precision in ACCURACY_MODES[1:]:
+            change = statistics.mean(accs[mode, precision]) - statistics.mean(base)
+            notes.append(f"{model}: {mode} {precision} trains {rates[mode, precision] / rates['eager', 'fp32']:.2f}x as "
+                         f"fast as eager fp32 (graphs/s); test accuracy changes by {change:+.4f} (eager fp32 spread "
+                         f"over seeds {spread:.4f})")
     notes.append(f"graphs/s: forward + backward + AdamW, batch {batch}, widths {speed_sizes['hidden']}/"
                  f"{speed_sizes['edge_hidden']}, {speed_sizes['layers']} layers, {speed_sizes['heads']} heads (NG-T)")
     notes.append(f"device {device}; accuracy runs: widths {task_sizes['hidden']}/{task_sizes['edge_hidden']}, "
                  f"{task_sizes['layers']} layers, {task_sizes['probes']} probes, {epochs} epochs, seeds {list(seeds)}")
     command = "python benchmarks/bench_precision.py" + (" --quick" if args.quick else "") + (
         f" --device {args.device}" if args.device != "cpu" else "")
-    path = write_result("5_precision", "5f. bf16 against fp32: training speed and accuracy (NG-T, NG-GNN)", command,
+    path = write_result("5_precision", "5f. bf16 and compiled layers against fp32 eager: training speed and accuracy (NG-T, NG-GNN)", command,
                         time.perf_counter() - start, rows, quick=args.quick, notes=notes,
                         directory=Path(args.results))
     print("\n".join(notes))

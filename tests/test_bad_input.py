@@ -68,6 +68,7 @@ INVALID = [
     ([a if a != "ngt" else "deepsets" for a in TRAIN] + ["--probes", "4"], "'probes'"),
     ([a if a != "ngt" else "deepsets" for a in TRAIN] + ["--model-args", '{"kernel": 2}'], "kernel must be odd"),
     ([a if a != "ngt" else "bogus" for a in TRAIN], "--model"),
+    ([a if a != "ngt" else "statnn" for a in TRAIN] + ["--compile"], "--compile"),
     ([a if a != "classify" else "bogus" for a in TRAIN], "--task"),
     (TRAIN + ["--resume", "--overwrite"], "contradict"),
     (INRS + ["--steps", "-1"], "--steps"),

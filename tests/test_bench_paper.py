@@ -34,6 +34,8 @@ def test_the_real_plan_keeps_the_time_rules(tmp_path):
     assert config["model_kwargs"]["probes"] == 64 and runs["ngt-p0-nopos"].jobs[0]["config"]["model_kwargs"][
         "position_embeddings"] is False
     assert "rotate_augment" not in runs["dilate-ngt-p64"].jobs[0]["config"]  # label-preserving only
+    assert config["compile"] and config["precision"] == "bf16"  # graph models: compiled, bf16
+    assert "compile" not in runs["nfn-np"].jobs[0]["config"]
     assert runs["corpus"].jobs[0]["limit"] is None and runs["corpus"].jobs[0]["images"] == "fashion-mnist"
 
 

@@ -101,7 +101,7 @@ class TrainConfig:
     def validate(self) -> None:
         """Refuse settings no run can use, before any data is read: one line naming the
         option and its valid range (model arguments through the model registry)."""
-        from nngraph.models.registry import check_model_args
+        from nngraph.models.registry import check_model_args, model_names
         from nngraph.tasks import TASKS
 
         if self.task not in TASKS:
@@ -128,6 +128,10 @@ class TrainConfig:
             raise NNGraphError("--rotate-augment, --translate-augment and --scale-augment change the image an INR "
                                f"renders, which --task {self.task} depends on; use them with --task {keep}")
         check_model_args(self.model, self.model_kwargs)
+        if self.compile and not hasattr(model_info(self.model).cls, "compile_layers"):
+            compilable = [name for name in model_names() if hasattr(model_info(name).cls, "compile_layers")]
+            raise NNGraphError(f"--compile compiles the layers of {', '.join(compilable)}; {self.model} has none "
+                               "to compile: drop --compile")
 
     @property
     def augment(self) -> ParamAugment:
@@ -224,9 +228,8 @@ class Trainer:
         if info.chooses_readout:
             kwargs.setdefault("readout", self.task.readout)
         self.model = create_model(config.model, example=example, out_dim=self.task.out_dim, **kwargs).to(self.device)
-        if config.compile and hasattr(self.model, "layers"):
-            for layer in self.model.layers:
-                layer.compile(dynamic=True)
+        if config.compile:
+            self.model.compile_layers()
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         self.ddp_model = (nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
                           if self.world > 1 else self.model)

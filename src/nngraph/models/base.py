@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 from torch_geometric.data import Batch
 
@@ -46,6 +47,19 @@ class GraphMetanetwork(nn.Module):
     def add_readout(self) -> None:
         """The readout, built after the subclass's layers."""
         self.readout = make_readout(*self._readout_args)
+
+    def compile_layers(self) -> None:
+        """torch.compile each layer in place (``nn.Module.compile``: parameter names unchanged),
+        with shapes free to vary between batches; compilation happens on the first batches.
+
+        Compiled code is cached per layer class, up to torch's recompile limit, and a model
+        needs several versions (training and evaluation, layers with and without edge
+        updates, fp32 and bf16): the cache is emptied first, so the models compiled earlier
+        in this process do not use up this model's share (theirs compile again if called).
+        """
+        torch._dynamo.reset()
+        for layer in self.layers:
+            layer.compile(dynamic=True)
 
     def encode(self, batch: Batch):
         """Initial node and edge states: V [N, d] (probe features added), E [E, d_e]."""

@@ -9,6 +9,10 @@ direction vector added to the edge state):
                   s in (identity, amplification, attenuation) ]          PNA
     V_j  <- LN(V_j + Dropout(phi_u([V_j, a_j])))                         node update
 
+The aggregation runs as dense reductions over groups of nodes with the same in-degree
+(``models/aggregation.py``): the layers keep the edges ordered by (in-degree of the
+target, target), so the target terms are broadcasts and no scatter is needed.
+
 Everything is a function of node and edge states only, so relabelling the nodes of a
 graph relabels the outputs: the model is equivariant to neuron permutations, and a
 graph's output does not depend on the other graphs of its batch.
@@ -16,28 +20,26 @@ graph's output does not depend on the other graphs of its batch.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch_geometric.data import Batch
-from torch_geometric.nn.aggr import DegreeScalerAggregation
 from torch_geometric.utils import degree
 
+from nngraph.models.aggregation import InDegreeBuckets, PNAAggregation, gather_rows
 from nngraph.models.base import GraphMetanetwork
 from nngraph.models.embeddings import WeightStatistics
 from nngraph.models.readout import mlp
 from nngraph.models.registry import register_model
-
-AGGREGATORS = ["mean", "min", "max", "std"]
-SCALERS = ["identity", "amplification", "attenuation"]
-
 
 class NGGNNLayer(nn.Module):
     def __init__(self, hidden: int, edge_hidden: int, deg: torch.Tensor, dropout: float = 0.0):
         super().__init__()
         # phi_e = Linear -> GELU -> Linear on [V_i, E_ij, V_j]; its first Linear is split
         # into a source, an edge and a target projection, so the node terms are computed
-        # once per node (N rows) and gathered, instead of once per edge on a concatenation.
+        # once per node (N rows) and then spread over the edges.
         self.edge_in_src = nn.Linear(hidden, edge_hidden, bias=False)
         self.edge_in_self = nn.Linear(edge_hidden, edge_hidden)
         self.edge_in_dst = nn.Linear(hidden, edge_hidden, bias=False)
@@ -47,25 +49,69 @@ class NGGNNLayer(nn.Module):
         self.message_src = nn.Linear(hidden, hidden)
         self.message_dst = nn.Linear(hidden, hidden, bias=False)
         self.film = nn.Linear(edge_hidden, 2 * hidden)  # scale and shift
-        self.aggregate = DegreeScalerAggregation(AGGREGATORS, SCALERS, deg)
-        self.post = nn.Linear(len(AGGREGATORS) * len(SCALERS) * hidden, hidden)
+        self.aggregate = PNAAggregation(hidden, deg)  # PNA + its output projection
         self.update = mlp([2 * hidden, hidden, hidden], dropout)
         self.node_norm = nn.LayerNorm(hidden)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, v: torch.Tensor, e: torch.Tensor, src: torch.Tensor, dst: torch.Tensor,
-                direction: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """v [N, d]; e [E, d_e] forward edges; src/dst [E'] message edges (E' = E or 2E)."""
-        n_forward = e.shape[0]
-        fwd_src, fwd_dst = src[:n_forward], dst[:n_forward]
-        pre = self.edge_in_src(v)[fwd_src] + self.edge_in_self(e) + self.edge_in_dst(v)[fwd_dst]  # [E, d_e]
-        e = self.edge_norm(e + self.edge_out(F.gelu(pre)))
-        e_msg = e if direction is None else torch.cat([e + direction[0], e + direction[1]], dim=0)  # [E', d_e]
+    def forward(self, v: torch.Tensor, e: torch.Tensor, edges: MessageEdges) -> tuple[torch.Tensor, torch.Tensor]:
+        """v [N, d]; e [E, d_e] edge states in ``edges``' order -> updated (v, e)."""
+        layout, de = edges.layout, e.shape[1]
+        if edges.direction is None:  # the edges are the messages, in layout order: targets broadcast
+            edge_src, msg_src = gather_rows(torch.cat([self.edge_in_src(v), self.message_src(v)], dim=1),
+                                            edges.src).split([de, v.shape[1]], dim=1)  # [E, d_e], [E, d]
+            edge_dst, msg_dst = layout.broadcast_targets(
+                torch.cat([self.edge_in_dst(v), self.message_dst(v)], dim=1)).split([de, v.shape[1]], dim=1)
+            e = self.edge_norm(e + self.edge_out(F.gelu(edge_src + self.edge_in_self(e) + edge_dst)))
+            e_msg, nodes = e, msg_src + msg_dst  # [E, d_e], [E, d]
+        else:  # forward edges in batch order; messages both ways, in layout order
+            pre = (gather_rows(self.edge_in_src(v), edges.edge_src) + self.edge_in_self(e)
+                   + gather_rows(self.edge_in_dst(v), edges.edge_dst))
+            e = self.edge_norm(e + self.edge_out(F.gelu(pre)))
+            e_msg = torch.cat([e + edges.direction[0], e + edges.direction[1]], dim=0)[layout.order]  # [2E, d_e]
+            nodes = gather_rows(self.message_src(v), edges.src) + layout.broadcast_targets(self.message_dst(v))
         scale, shift = self.film(e_msg).chunk(2, dim=1)
-        m = scale * (self.message_src(v)[src] + self.message_dst(v)[dst]) + shift  # [E', d]
-        a = self.post(self.aggregate(m, dst, dim_size=v.shape[0]))  # [N, d]
+        a = self.aggregate(scale * nodes + shift, layout)  # [N, d]
         v = self.node_norm(v + self.dropout(self.update(torch.cat([v, a], dim=1))))
         return v, e
+
+
+@dataclass
+class MessageEdges:
+    """The message edges of a batch, built once and shared by the layers.
+
+    Without reverse edges (``direction`` None) the messages are the edges: ``layout``
+    groups them by their target's in-degree, the edge states are kept in ``layout.order``
+    and ``src`` [E] is their sources in that order. With reverse edges every edge i -> j
+    also sends j -> i: the edge states stay in batch order with ends ``edge_src`` and
+    ``edge_dst`` [E], and the 2E messages (forward edges, then reversed) are taken in
+    ``layout.order``, ``src`` [2E] being their sources in that order.
+    """
+
+    layout: InDegreeBuckets
+    src: torch.Tensor
+    direction: torch.Tensor | None = None  # [2, d_e]
+    edge_src: torch.Tensor | None = None
+    edge_dst: torch.Tensor | None = None
+
+    @classmethod
+    def of(cls, edge_index: torch.Tensor, num_nodes: int, direction: torch.Tensor | None) -> MessageEdges:
+        src, dst = edge_index  # [E] each
+        if direction is None:
+            layout = InDegreeBuckets(dst, num_nodes)
+            return cls(layout, src[layout.order])
+        layout = InDegreeBuckets(torch.cat([dst, src]), num_nodes)
+        return cls(layout, torch.cat([src, dst])[layout.order], direction, src, dst)
+
+    def sort_edges(self, e: torch.Tensor) -> torch.Tensor:
+        """Edge states [E, d_e] in batch order -> the order the layers keep them in."""
+        return e if self.direction is not None else e[self.layout.order]
+
+    def unsort_edges(self, e: torch.Tensor) -> torch.Tensor:
+        """The inverse of ``sort_edges``."""
+        if self.direction is not None:
+            return e
+        return torch.empty_like(e).index_copy(0, self.layout.order, e)
 
 
 @register_model("nggnn", readouts=("invariant", "parameters"), probes=True)
@@ -117,12 +163,11 @@ class NGGNN(GraphMetanetwork):
 
     def forward(self, batch: Batch):
         v, e = self.encode(batch)  # [N, d], [E, d_e]
-        src, dst = batch.edge_index
-        if self.direction is not None:
-            src, dst = torch.cat([src, dst]), torch.cat([dst, src])
+        edges = MessageEdges.of(batch.edge_index, v.shape[0], self.direction)
+        e = edges.sort_edges(e)
         for layer in self.layers:
-            v, e = layer(v, e, src, dst, self.direction)
-        return self.readout(v, e, batch)  # [B, out_dim] or {name: [B, *shape]}
+            v, e = layer(v, e, edges)
+        return self.readout(v, edges.unsort_edges(e), batch)  # [B, out_dim] or {name: [B, *shape]}
 
 
 def degree_histogram(batch: Batch, reverse_edges: bool = False) -> torch.Tensor:

@@ -11,12 +11,12 @@ edge's encoding plus a learned direction vector). One layer, with heads h of siz
     V_i <- LN(V_i + W_o sum_j a_ij v_ij),   V_i <- LN(V_i + FFN(V_i))
     E_ij <- LN(E_ij + FFN_e([E_ij, E_ji, V_i, V_j]))
 
-The score <q_ij, k_ij> is expanded as q_i.k_j + q_i.ek_ij + eq_ij.k_j + eq_ij.ek_ij; the
-two mixed terms are computed through E_ij (d_e wide) as E_ij . (W_ek^T q_i), and the
-shift term as (sum_j a_ij E_ij) W_shift, so only eq, ek and the value scale are ever
-materialised per pair. Padded nodes are masked out of the
-attention, the edge updates (states kept at zero) and the pooling, so a graph's output
-does not depend on its batch-mates.
+The pair projections eq, ek and the value scale come from one matmul of E; the score
+<q_i + eq_ij, k_j + ek_ij> and the modulated values are elementwise products summed over
+a head's channels or over j (each one fused kernel when the layer is compiled), and the
+shift term is (sum_j a_ij E_ij) W_shift, so the shift is never materialised per pair.
+Padded nodes are masked out of the attention, the edge updates (states kept at zero) and
+the pooling, so a graph's output does not depend on its batch-mates.
 """
 
 from __future__ import annotations
@@ -67,23 +67,16 @@ class NGTLayer(nn.Module):
         h, dh = self.heads, self.head_dim
         de = e.shape[-1]
         q, k, val = self.qkv(v).view(b, n, 3, h, dh).unbind(2)  # each [B, N, H, dh]
-        w_eq, w_ek, w_scale, w_shift = self.pair.weight.view(4, h, dh, de).unbind(0)  # [H, dh, d_e]
-        b_eq, b_ek, b_scale, b_shift = self.pair.bias.view(4, h, dh).unbind(0)  # [H, dh]
-        # q_i . ek_ij and eq_ij . k_j through E (d_e wide) instead of the d-wide projections.
-        q_e = torch.einsum("bihc,hce->bihe", q, w_ek)  # [B, N, H, d_e]
-        k_e = torch.einsum("bjhc,hce->bjhe", k, w_eq)  # [B, N, H, d_e]
-        e_t = e.transpose(1, 2)  # [B, N(j), N(i), d_e]
-        score = torch.einsum("bihc,bjhc->bijh", q, k)
-        score = score + torch.matmul(e, q_e.transpose(-1, -2)) + (q * b_ek).sum(-1)[:, :, None, :]
-        score = score + torch.matmul(e_t, k_e.transpose(-1, -2)).transpose(1, 2) + (k * b_eq).sum(-1)[:, None, :, :]
-        eq_ek = self.pair_qk(e).view(b, n, n, 2, h, dh)  # [B, N, N, 2, H, dh]
-        score = (score + (eq_ek[:, :, :, 0] * eq_ek[:, :, :, 1]).sum(-1)) / math.sqrt(dh)  # [B, N, N, H]
+        eq, ek, scale = F.linear(e, self.pair.weight[:3 * d], self.pair.bias[:3 * d]).view(
+            b, n, n, 3, h, dh).unbind(3)  # each [B, N, N, H, dh]
+        # <q_i + eq_ij, k_j + ek_ij>: one elementwise product and sum (fused when compiled)
+        score = ((q[:, :, None] + eq) * (k[:, None] + ek)).sum(-1) / math.sqrt(dh)  # [B, N, N, H]
         score = score.masked_fill(~node_mask[:, None, :, None], float("-inf"))
         attn = torch.softmax(score, dim=2)
         attn = attn.masked_fill(~node_mask[:, :, None, None], 0.0)  # padded queries: no NaN rows
         attn = self.dropout(attn)
-        # sum_j a_ij (E_ij W_scale) * v_j  and  sum_j a_ij E_ij W_shift = (sum_j a_ij E_ij) W_shift
-        scale = F.linear(e, w_scale.reshape(d, de), b_scale.reshape(d)).view(b, n, n, h, dh)
+        # sum_j a_ij (E_ij W_scale + b) * v_j  and  sum_j a_ij (E_ij W_shift + b) = (sum_j a_ij E_ij) W_shift + ...
+        w_shift, b_shift = self.pair.weight[3 * d:].view(h, dh, de), self.pair.bias[3 * d:].view(h, dh)
         agg = (attn.unsqueeze(-1) * scale * val[:, None]).sum(2)  # [B, N, H, dh]
         pooled_e = torch.matmul(attn.permute(0, 1, 3, 2), e)  # [B, N, H, d_e]
         agg = agg + torch.einsum("bihe,hce->bihc", pooled_e, w_shift) + b_shift * attn.sum(2).unsqueeze(-1)
@@ -92,15 +85,10 @@ class NGTLayer(nn.Module):
         v = v * node_mask[..., None]
         if not self.update_edges:
             return v, e
-        pre = (self.e_self(e) + self.e_transpose(e_t)
+        pre = (self.e_self(e) + self.e_transpose(e.transpose(1, 2))
                + self.e_source(v)[:, :, None, :] + self.e_target(v)[:, None, :, :])
         e = self.e_norm(e + self.dropout(self.e_out(F.gelu(pre))))
         return v, e * pair_mask[..., None]
-
-    def pair_qk(self, e: torch.Tensor) -> torch.Tensor:
-        """[eq_ij, ek_ij] = E_ij [W_eq, W_ek] + b: [B, N, N, 2d]."""
-        d2 = 2 * self.heads * self.head_dim
-        return F.linear(e, self.pair.weight[:d2], self.pair.bias[:d2])
 
 
 @register_model("ngt", readouts=("invariant", "parameters"), probes=True)
