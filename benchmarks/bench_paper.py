@@ -207,6 +207,7 @@ class Paper:
             out["train min / run"] = round(statistics.mean(m["train_seconds"] for m in metrics) / 60, 1)
             if metric == "accuracy":
                 out["min to 70 %"] = "/".join(_minutes_to(m, 0.70) for m in metrics)
+            out["min to plateau"] = "/".join(_minutes_to_best(m) for m in metrics)
         wall = self.walls().get(row.name)
         out["row wall min"] = round(wall / 60, 1) if wall is not None else ""
         if wall is not None and row.budget_s and wall > self.p["row_limit_s"]:
@@ -287,6 +288,14 @@ def _minutes_to(metrics: dict, accuracy: float) -> str:
         if h.get("test_accuracy", 0.0) >= accuracy:
             return f"{h['train_seconds'] / 60:.1f}"
     return "never"
+
+
+def _minutes_to_best(metrics: dict) -> str:
+    """Training minutes until the best validation epoch (the one tested): the plateau's start."""
+    for h in metrics.get("history", []):
+        if h["epoch"] == metrics.get("best_epoch"):
+            return f"{h['train_seconds'] / 60:.1f}"
+    return "?"
 
 
 def main(argv: list[str] | None = None) -> int:

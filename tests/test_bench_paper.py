@@ -57,6 +57,7 @@ def test_rows_run_one_by_one_write_results_and_skip_when_done(tmp_path):
     rows = {r["model"]: r for r in table["rows"]}
     statnn = rows["StatNN"]
     assert "±" in statnn["nngraph (this CPU)"] and statnn["seeds"] == 2 and statnn["stop"]
+    assert all(float(m) >= 0 for m in statnn["min to plateau"].split("/"))
     assert rows["NG-T, 64 probes"]["nngraph (this CPU)"] == "not run" and rows["NG-T, 64 probes"][LABEL] == 74.8
     assert rows["ProbeGen-128"]["nngraph (this CPU)"] == "not in nngraph" and rows["ProbeGen-128"][LABEL] == 87.7
     assert any("ngt-p64 >= 85 %: not run" in note for note in table["notes"])
