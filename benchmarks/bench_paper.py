@@ -8,13 +8,13 @@ Corpus: all 70,000 Fashion-MNIST images (Debian's dataset-fashion-mnist), one ``
 SIREN each with the default recipe: 55,000 train / 5,000 val / 10,000 test. The build is
 the ``corpus`` row; it resumes shard by shard, so it may span sittings.
 
-Rows (``protocol.PAPER``): every run trains on the whole training split with early
-stopping (``patience`` epochs without a better validation metric; the best checkpoint is
-tested) and a training-time cap, so that a row (all its seeds, with setup and the
-per-epoch evaluations) ends within 60 minutes on the 2-core machine: a row longer than 20
-minutes has one seed and a 48-minute cap, the others three seeds of 16 minutes each. The
-image CNN (the ceiling) has no early stopping: it trains for its cap, cosine decay over
-it, and reports its best validation epoch. Runs go one at a time with two threads. INR classification rows train with the published
+Rows (``protocol.PAPER``): every run trains on the whole training split for a
+training-time cap, the cosine learning-rate decay spanning the cap, is evaluated every
+epoch, and its best validation epoch is tested (``patience`` N would also stop a run after
+N epochs without a better validation metric; the protocol sets none, see protocol.py).
+The caps keep a row (all its seeds, with setup and the per-epoch evaluations) within 60
+minutes on the 2-core machine: a row longer than 20 minutes has one seed and a 48-minute
+cap, the others three seeds of 16 minutes each. Runs go one at a time with two threads. INR classification rows train with the published
 weight-space augmentations (``PAPER["augment"]``); graph models with compiled layers and
 bf16 autocast (``PAPER["graph_speed"]``).
 
@@ -232,9 +232,11 @@ class Paper:
             dilate.append({"model": row.title if row else NOT_IN_NNGRAPH[key], **cells,
                            LABEL + " (MNIST INRs)": PUBLISHED_DILATE.get(key, "")})
         protocol = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.p.items()}
+        stop = (f"stops after {self.p['patience']} epochs without a better validation accuracy or at its "
+                "training-time cap" if self.p["patience"] else "trains to its training-time cap (cosine decay "
+                "over the cap)")
         notes = [f"nngraph: the whole Fashion-MNIST INR corpus built here (dwsnet SIRENs, default recipe), trained on "
-                 f"this 2-core CPU; each run stops after {self.p['patience']} epochs without a better validation "
-                 "accuracy or at its training-time cap, and its best validation epoch is tested",
+                 f"this 2-core CPU; each run {stop}, and its best validation epoch is tested",
                  "published: the papers' numbers on the DWSNets INR corpus, trained on GPUs; not run here",
                  *self.aims()]
         a = write_result("7_paper_classify", "7. Paper scale: INR classification on Fashion-MNIST INRs "

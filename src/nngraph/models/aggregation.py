@@ -67,7 +67,6 @@ class InDegreeBuckets:
     def __init__(self, dst: torch.Tensor, num_nodes: int):
         n = num_nodes
         deg = torch.bincount(dst, minlength=n)  # [N]
-        self.num_nodes = n
         self.order = torch.argsort(deg[dst] * n + dst, stable=True)  # [E']
         self.node_order = torch.argsort(deg, stable=True)  # [N]
         degrees, counts = torch.unique_consecutive(deg[self.node_order], return_counts=True)
