@@ -156,7 +156,8 @@ class PNAAggregation(nn.Module):
         deg = deg.to(torch.float)
         bins = torch.arange(deg.numel(), dtype=torch.float, device=deg.device)
         total = float(deg.sum())
-        self.register_buffer("avg_deg_log", torch.tensor([float(((bins + 1).log() * deg).sum()) / total]))
+        avg_deg_log = float(((bins + 1).log() * deg).sum()) / total  # delta
+        self.register_buffer("avg_deg_log", torch.tensor([avg_deg_log], device=deg.device))
         self.post = nn.Linear(len(AGGREGATORS) * len(SCALERS) * hidden, hidden)
 
     def forward(self, messages: torch.Tensor, layout: InDegreeBuckets) -> torch.Tensor:
