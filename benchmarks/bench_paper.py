@@ -18,9 +18,12 @@ cap, the others three seeds of 16 minutes each. Runs go one at a time with two t
 weight-space augmentations (``PAPER["augment"]``); graph models with compiled layers and
 bf16 autocast (``PAPER["graph_speed"]``).
 
-Sittings: a row's result is written (``results/7_paper_*.json`` and RESULTS.md) the moment
-it ends; a rerun skips finished rows, and an interrupted run resumes from its last
-checkpoint. Work folders: ``benchmarks/work/paper/``.
+Sittings: a row's result is written the moment it ends: its runs' metrics go to
+``results/paper_rows/<row>.json`` (committed, so a finished row counts on any machine; the
+work folders are not) and the tables to ``results/7_paper_*.json`` and RESULTS.md. A rerun
+skips finished rows, and an interrupted run resumes from its last checkpoint. Work folders
+(the corpus, checkpoints): ``benchmarks/work/paper/``; on a new machine the corpus row
+builds the corpus again before the next training row.
 """
 
 from __future__ import annotations
@@ -74,6 +77,7 @@ class Paper:
                  settings: dict | None = None, corpus_options: dict | None = None, model_kwargs: dict | None = None,
                  render: bool = True):
         self.root, self.results, self.images = Path(root), Path(results), images
+        self.records = self.results / "paper_rows"  # one committed record per finished row
         self.p = {**PAPER, **(settings or {})}
         self.corpus = self.root / "inrs-dwsnet"
         self.corpus_options = corpus_options or {}
@@ -143,7 +147,10 @@ class Paper:
 
     # ---- state -------------------------------------------------------------------------
     def state(self, row: Row) -> str:
-        """done (every run finished), partial (something written: resumes) or not run."""
+        """done (a committed record, or every run finished here), partial (something written:
+        resumes) or not run. The corpus is done only when it is on this machine's disk."""
+        if row.name != "corpus" and self.record_path(row).exists():
+            return "done"
         if all(is_done(j) for j in row.jobs):
             return "done"
         started = any(Path(j["out"]).exists() and any(Path(j["out"]).iterdir()) for j in row.jobs)
@@ -165,6 +172,9 @@ class Paper:
         for row in rows:
             if self.state(row) == "done":
                 log(f"== {row.name}: done, skipped")
+                if row.name != "corpus" and not self.record_path(row).exists():
+                    self.save_record(row)  # finished here before its record was written
+                    self.write_results()
                 continue
             if row.name != "corpus" and self.state(self.row("corpus")) != "done":
                 raise NNGraphError(f"row {row.name} needs the corpus; build it first with --rows corpus "
@@ -176,18 +186,55 @@ class Paper:
             self.write_results()
 
     def record(self, row: Row, seconds: float) -> None:
-        """The row's wall seconds, summed over sittings (``rows.json``)."""
+        """The row's wall seconds, summed over sittings on this machine (``rows.json``); once
+        its runs are done, its committed record."""
+        from nngraph.io import atomic_write_json
+
         path = self.root / "rows.json"
         walls = json.loads(path.read_text()) if path.exists() else {}
         walls[row.name] = walls.get(row.name, 0.0) + seconds
+        atomic_write_json(path, walls, indent=1)
+        if row.name != "corpus" and all(is_done(j) for j in row.jobs):
+            self.save_record(row)
+
+    def record_path(self, row: Row) -> Path:
+        return self.records / f"{row.name}.json"
+
+    def save_record(self, row: Row) -> None:
+        """``results/paper_rows/<row>.json``: the row's wall seconds and, per run, its config,
+        its job record (commit, wall) and its ``metrics.json`` (test metrics, per-epoch curve)."""
         from nngraph.io import atomic_write_json
 
-        atomic_write_json(path, walls, indent=1)
+        local = json.loads((self.root / "rows.json").read_text()) if (self.root / "rows.json").exists() else {}
+        runs = []
+        for job in row.jobs:
+            out = Path(job["out"])
+            job_record = out / "job.json"
+            runs.append({"run": out.name, "config": job.get("config"),
+                         "job": json.loads(job_record.read_text()) if job_record.exists() else None,
+                         "metrics": json.loads((out / "metrics.json").read_text())})
+        self.records.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.record_path(row), {"row": row.name, "title": row.title,
+                                                  "wall_s": round(local.get(row.name, 0.0), 1), "runs": runs},
+                          indent=1, allow_nan=True)
+
+    def run_metrics(self, row: Row) -> list[dict]:
+        """The ``metrics.json`` of each run of a done row: from its record, else from disk."""
+        path = self.record_path(row)
+        if path.exists():
+            return [r["metrics"] for r in json.loads(path.read_text())["runs"]]
+        return [json.loads((Path(j["out"]) / "metrics.json").read_text()) for j in row.jobs]
 
     # ---- results -----------------------------------------------------------------------
     def walls(self) -> dict[str, float]:
+        """Wall seconds per row: the committed records' first, then this machine's ``rows.json``."""
         path = self.root / "rows.json"
-        return json.loads(path.read_text()) if path.exists() else {}
+        walls = json.loads(path.read_text()) if path.exists() else {}
+        for row in self.rows:
+            record = self.record_path(row)
+            if row.name != "corpus" and record.exists():
+                walls[row.name] = json.loads(record.read_text())["wall_s"]
+        return walls
 
     def cells(self, row: Row, metric: str, scale: float, digits: int) -> dict:
         """The measured cells of a row: the test metric (mean ± std over seeds) and how the runs ended."""
@@ -196,7 +243,7 @@ class Paper:
             done = sum(is_done(j) for j in row.jobs)
             text = "not run" if state == "not run" else f"partial ({done} of {len(row.jobs)} runs)"
             return {"nngraph (this CPU)": text}
-        metrics = [json.loads((Path(j["out"]) / "metrics.json").read_text()) for j in row.jobs]
+        metrics = self.run_metrics(row)
         values = [scale * m["test"][metric] for m in metrics]
         text = f"{values[0]:.{digits}f}" if len(values) == 1 else \
             f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
@@ -257,8 +304,7 @@ class Paper:
         row = self.row(name)
         if self.state(row) != "done":
             return None
-        return statistics.mean(json.loads((Path(j["out"]) / "metrics.json").read_text())["test"][metric]
-                               for j in row.jobs)
+        return statistics.mean(m["test"][metric] for m in self.run_metrics(row))
 
     def aims(self, dilate: bool = False) -> list[str]:
         """The issue's aims, met or missed by how much; "not run" while a row is missing."""

@@ -70,7 +70,9 @@ def _run_here(job: dict) -> None:
     if kind == "inrs":
         from nngraph.data.build import build_inr_corpus
 
-        build_inr_corpus(job["out"], job["images"], job["variant"], limit=job["limit"], workers=1, progress=False,
+        # one fitting thread per core the job was given (the fits do not depend on how chunks are shared)
+        build_inr_corpus(job["out"], job["images"], job["variant"], limit=job["limit"],
+                         workers=job.get("threads", 1), progress=False,
                          command="benchmarks/pool.py", **job.get("options", {}))
     elif kind == "zoo":
         from nngraph.data.build import build_zoo_corpus

@@ -5,6 +5,7 @@ end, reruns skip finished rows, and rows not run show as "not run"."""
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -76,6 +77,20 @@ def test_rows_run_one_by_one_write_results_and_skip_when_done(tmp_path):
     assert paper.state(paper.row("deepsets")) == "partial"
     cells = paper.cells(paper.row("deepsets"), "accuracy", 100, 1)
     assert cells["nngraph (this CPU)"] == "partial (0 of 2 runs)"
+    # a new machine (no work folder): the finished row counts from its committed record
+    record = json.loads((tmp_path / "results" / "paper_rows" / "statnn.json").read_text())
+    assert [r["run"] for r in record["runs"]] == ["statnn-s0", "statnn-s1"] and record["wall_s"] > 0
+    shutil.rmtree(tmp_path / "work")
+    fresh = Paper(root=tmp_path / "work", results=tmp_path / "results", images="digits", render=False,
+                  settings=paper.p)
+    states = {line.split()[0]: line.split()[-1] for line in fresh.listing()[1:]}
+    assert states["corpus"] == "run" and states["statnn"] == "done"  # the corpus is built again, statnn is not
+    said = []
+    fresh.run(["statnn"], log=said.append)
+    assert said == ["== statnn: done, skipped"] and not (tmp_path / "work").exists()
+    fresh.write_results()
+    again = {r["model"]: r for r in json.loads((tmp_path / "results" / "7_paper_classify.json").read_text())["rows"]}
+    assert again["StatNN"] == statnn
 
 
 def test_bench_flags(capfd):
