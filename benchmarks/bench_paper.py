@@ -200,6 +200,23 @@ class Paper:
     def record_path(self, row: Row) -> Path:
         return self.records / f"{row.name}.json"
 
+    def load_record(self, row: Row) -> dict | None:
+        """The committed record of a finished row, or None; a damaged one is refused in one line."""
+        path = self.record_path(row)
+        if row.name == "corpus" or not path.exists():
+            return None
+        try:
+            record = json.loads(path.read_text())
+            problem = None if isinstance(record.get("wall_s"), (int, float)) and record.get("runs") and all(
+                isinstance(run.get("metrics", {}).get("test"), dict) for run in record["runs"]) else \
+                "no wall_s, or a run without test metrics"
+        except (OSError, ValueError, AttributeError) as exc:
+            problem = f"{type(exc).__name__}: {exc}"
+        if problem:
+            raise NNGraphError(f"paper row record {path} is damaged ({problem}); restore it with git "
+                               f"(`git checkout -- {path}`) or delete it to run the row again")
+        return record
+
     def save_record(self, row: Row) -> None:
         """``results/paper_rows/<row>.json``: the row's wall seconds and, per run, its config,
         its job record (commit, wall) and its ``metrics.json`` (test metrics, per-epoch curve)."""
@@ -220,9 +237,9 @@ class Paper:
 
     def run_metrics(self, row: Row) -> list[dict]:
         """The ``metrics.json`` of each run of a done row: from its record, else from disk."""
-        path = self.record_path(row)
-        if path.exists():
-            return [r["metrics"] for r in json.loads(path.read_text())["runs"]]
+        record = self.load_record(row)
+        if record is not None:
+            return [r["metrics"] for r in record["runs"]]
         return [json.loads((Path(j["out"]) / "metrics.json").read_text()) for j in row.jobs]
 
     # ---- results -----------------------------------------------------------------------
@@ -231,9 +248,9 @@ class Paper:
         path = self.root / "rows.json"
         walls = json.loads(path.read_text()) if path.exists() else {}
         for row in self.rows:
-            record = self.record_path(row)
-            if row.name != "corpus" and record.exists():
-                walls[row.name] = json.loads(record.read_text())["wall_s"]
+            record = self.load_record(row)
+            if record is not None:
+                walls[row.name] = record["wall_s"]
         return walls
 
     def cells(self, row: Row, metric: str, scale: float, digits: int) -> dict:

@@ -91,6 +91,10 @@ def test_rows_run_one_by_one_write_results_and_skip_when_done(tmp_path):
     fresh.write_results()
     again = {r["model"]: r for r in json.loads((tmp_path / "results" / "7_paper_classify.json").read_text())["rows"]}
     assert again["StatNN"] == statnn
+    # a damaged record is refused in one line naming it and the fix
+    (tmp_path / "results" / "paper_rows" / "statnn.json").write_text('{"row": "statnn", "runs": [')
+    with pytest.raises(NNGraphError, match=r"statnn.json is damaged .*git checkout"):
+        fresh.write_results()
 
 
 def test_bench_flags(capfd):
