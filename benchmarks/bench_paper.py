@@ -65,6 +65,11 @@ class Row:
     jobs: list[dict] = field(default_factory=list)
 
     @property
+    def committed(self) -> bool:
+        """A finished row's runs are committed as a record; the corpus is data, rebuilt per machine."""
+        return self.table != "corpus"
+
+    @property
     def seeds(self) -> int:
         return sum(1 for j in self.jobs if j["kind"] in ("train", "cnn"))
 
@@ -149,7 +154,7 @@ class Paper:
     def state(self, row: Row) -> str:
         """done (a committed record, or every run finished here), partial (something written:
         resumes) or not run. The corpus is done only when it is on this machine's disk."""
-        if row.name != "corpus" and self.record_path(row).exists():
+        if row.committed and self.record_path(row).exists():
             return "done"
         if all(is_done(j) for j in row.jobs):
             return "done"
@@ -172,7 +177,7 @@ class Paper:
         for row in rows:
             if self.state(row) == "done":
                 log(f"== {row.name}: done, skipped")
-                if row.name != "corpus" and not self.record_path(row).exists():
+                if row.committed and not self.record_path(row).exists():
                     self.save_record(row)  # finished here before its record was written
                     self.write_results()
                 continue
@@ -194,7 +199,7 @@ class Paper:
         walls = json.loads(path.read_text()) if path.exists() else {}
         walls[row.name] = walls.get(row.name, 0.0) + seconds
         atomic_write_json(path, walls, indent=1)
-        if row.name != "corpus" and all(is_done(j) for j in row.jobs):
+        if row.committed and all(is_done(j) for j in row.jobs):
             self.save_record(row)
 
     def record_path(self, row: Row) -> Path:
@@ -203,7 +208,7 @@ class Paper:
     def load_record(self, row: Row) -> dict | None:
         """The committed record of a finished row, or None; a damaged one is refused in one line."""
         path = self.record_path(row)
-        if row.name == "corpus" or not path.exists():
+        if not row.committed or not path.exists():
             return None
         try:
             record = json.loads(path.read_text())
