@@ -37,6 +37,7 @@ def test_the_real_plan_keeps_the_time_rules(tmp_path):
     assert "rotate_augment" not in runs["dilate-ngt-p64"].jobs[0]["config"]  # label-preserving only
     assert config["compile"] and config["precision"] == "bf16"  # graph models: compiled, bf16
     assert "compile" not in runs["nfn-np"].jobs[0]["config"]
+    assert runs["nfn-hnp"].seeds == runs["nfn-np"].seeds == 1 and runs["statnn"].seeds == 3  # NFNs: long rows
     assert runs["corpus"].jobs[0]["limit"] is None and runs["corpus"].jobs[0]["images"] == "fashion-mnist"
 
 
