@@ -55,6 +55,14 @@ PUBLISHED_DILATE = {"nfn-np": 2.55, "ngt-p64": 1.75, "gmn-oce": 1.06}
 # The NFNs measured it: NFN-HNP's 16-minute runs (3 seeds, 54.9 %) gained validation accuracy at
 # every epoch until the cosine schedule ran the learning rate out; NFN-NP trains at the same speed.
 LONG_MODELS = (*GRAPH_MODELS, "nfn-np", "nfn-hnp")
+# The paper's comparisons, measured here: (what, row, the row it is compared against); the
+# published difference is added where both rows have a published number.
+CLAIMS = (("64 probes against none, NG-T", "ngt-p64", "ngt-p0"),
+          ("64 probes against none, NG-GNN", "nggnn-p64", "nggnn-p0"),
+          ("position embeddings, NG-T without probes", "ngt-p0", "ngt-p0-nopos"),
+          ("position embeddings, NG-GNN without probes", "nggnn-p0", "nggnn-p0-nopos"),
+          ("NG-T (64 probes) against NFN-HNP", "ngt-p64", "nfn-hnp"),
+          ("NG-GNN (64 probes) against NFN-HNP", "nggnn-p64", "nfn-hnp"))
 NOT_IN_NNGRAPH = {"dwsnet": "DWSNet", "scalegmn-b": "ScaleGMN-B", "probegen-128": "ProbeGen-128",
                   "gmn-oce": "GMN + OCE"}
 
@@ -312,7 +320,7 @@ class Paper:
         notes = [f"nngraph: the whole Fashion-MNIST INR corpus built here (dwsnet SIRENs, default recipe), trained on "
                  f"this 2-core CPU; each run {stop}, and its best validation epoch is tested",
                  "published: the papers' numbers on the DWSNets INR corpus, trained on GPUs; not run here",
-                 *self.aims()]
+                 *self.aims(), *self.claims()]
         a = write_result("7_paper_classify", "7. Paper scale: INR classification on Fashion-MNIST INRs "
                          "(test accuracy %)", command, wall, classify, directory=self.results, notes=notes,
                          protocol=protocol)
@@ -349,11 +357,21 @@ class Paper:
             else:
                 out.append(f"aim: {name} >= {aim} %: {100 * value:.1f} -> "
                            f"{'met' if 100 * value >= aim else f'MISSED by {aim - 100 * value:.1f} points'}")
-        for model in ("ngt", "nggnn"):
-            on, off = self.mean(f"{model}-p0", "accuracy"), self.mean(f"{model}-p0-nopos", "accuracy")
-            if on is not None and off is not None:
-                out.append(f"position embeddings ({model}, no probes): {100 * on:.1f} with, {100 * off:.1f} without "
-                           f"({100 * (on - off):+.1f} points)")
+        return out
+
+    def claims(self) -> list[str]:
+        """Each of ``CLAIMS``: both rows' test accuracy and the difference in points (published beside
+        it where known); "not run" while a row is missing."""
+        out = []
+        for what, name, other in CLAIMS:
+            a, b = self.mean(name, "accuracy"), self.mean(other, "accuracy")
+            published = (f"; published {PUBLISHED_CLASSIFY[name] - PUBLISHED_CLASSIFY[other]:+.1f}"
+                         if name in PUBLISHED_CLASSIFY and other in PUBLISHED_CLASSIFY else "")
+            if a is None or b is None:
+                out.append(f"claim: {what}: not run")
+            else:
+                out.append(f"claim: {what}: {100 * a:.1f} against {100 * b:.1f} % "
+                           f"({100 * (a - b):+.1f} points{published})")
         return out
 
 

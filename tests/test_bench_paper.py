@@ -98,6 +98,25 @@ def test_rows_run_one_by_one_write_results_and_skip_when_done(tmp_path):
         fresh.write_results()
 
 
+def test_claims_compare_rows_from_their_committed_records(tmp_path):
+    paper = Paper(root=tmp_path / "work", results=tmp_path / "results", render=False)
+
+    def record(name: str, accuracies: list[float]) -> None:
+        runs = [{"run": f"{name}-s{i}", "metrics": {"test": {"accuracy": a}}} for i, a in enumerate(accuracies)]
+        path = tmp_path / "results" / "paper_rows" / f"{name}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"row": name, "title": name, "wall_s": 60.0, "runs": runs}))
+
+    record("ngt-p64", [0.80])
+    record("ngt-p0", [0.70])
+    record("nfn-hnp", [0.69, 0.71])  # mean over seeds: 70 %
+    claims = paper.claims()
+    assert "claim: NG-T (64 probes) against NFN-HNP: 80.0 against 70.0 % (+10.0 points; published +5.9)" in claims
+    assert "claim: 64 probes against none, NG-T: 80.0 against 70.0 % (+10.0 points)" in claims
+    assert "claim: 64 probes against none, NG-GNN: not run" in claims
+    assert len(claims) == 6
+
+
 def test_bench_flags(capfd):
     from nngraph.cli import main
 
