@@ -6,7 +6,7 @@ most ``workers`` at a time, so two one-thread jobs share the 2-core machine. A f
 job leaves ``out/metrics.json`` (training) or a complete manifest (corpora) and is not
 run again; an interrupted one resumes from its last checkpoint or finished shard. Job
 output goes to ``out.log`` beside the folder; a finished job's wall time, thread count
-and commit go to ``out/job.json``.
+and commit (taken when it starts) go to ``out/job.json``.
 
 Fixed-epoch training results do not depend on timing, so they are the same whether jobs
 run alone or side by side; only their wall time changes.
@@ -44,6 +44,7 @@ def run_jobs(jobs: list[dict], workers: int = 2, log=print) -> None:
     def run_one(job: dict) -> None:
         out = Path(job["out"])
         out.parent.mkdir(parents=True, exist_ok=True)
+        code_version = commit()  # the code the job runs: commits made while it runs are not its code
         start = time.perf_counter()
         with open(out.with_name(out.name + ".log"), "a") as logfile:
             code = subprocess.call([sys.executable, __file__, json.dumps(job)], stdout=logfile, stderr=logfile)
@@ -51,7 +52,7 @@ def run_jobs(jobs: list[dict], workers: int = 2, log=print) -> None:
         if code:
             failures.append(f"{out} (exit {code}, see {out.name}.log)")
         else:
-            record = {"wall_s": round(seconds, 1), "threads": job.get("threads", 1), "commit": commit()}
+            record = {"wall_s": round(seconds, 1), "threads": job.get("threads", 1), "commit": code_version}
             atomic_write_json(out / "job.json", record, indent=None)
         log(f"  {'FAILED' if code else 'done'} {out.name} in {seconds:.0f} s")
 
