@@ -366,11 +366,11 @@ class Paper:
         out = []
         for what, name, other in CLAIMS:
             a, b = self.mean(name, "accuracy"), self.mean(other, "accuracy")
-            published = (f"; published {PUBLISHED_CLASSIFY[name] - PUBLISHED_CLASSIFY[other]:+.1f}"
-                         if name in PUBLISHED_CLASSIFY and other in PUBLISHED_CLASSIFY else "")
             if a is None or b is None:
                 out.append(f"claim: {what}: not run")
             else:
+                published = (f"; published {PUBLISHED_CLASSIFY[name] - PUBLISHED_CLASSIFY[other]:+.1f}"
+                             if name in PUBLISHED_CLASSIFY and other in PUBLISHED_CLASSIFY else "")
                 out.append(f"claim: {what}: {100 * a:.1f} against {100 * b:.1f} % "
                            f"({100 * (a - b):+.1f} points{published})")
         return out
