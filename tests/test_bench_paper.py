@@ -110,9 +110,13 @@ def test_claims_compare_rows_from_their_committed_records(tmp_path):
     record("ngt-p64", [0.80])
     record("ngt-p0", [0.70])
     record("nfn-hnp", [0.69, 0.71])  # mean over seeds: 70 %
+    record("nggnn-p64", [0.65])
     claims = paper.claims()
-    assert "claim: NG-T (64 probes) against NFN-HNP: 80.0 against 70.0 % (+10.0 points; published +5.9)" in claims
-    assert "claim: 64 probes against none, NG-T: 80.0 against 70.0 % (+10.0 points)" in claims
+    assert ("claim: NG-T (64 probes) against NFN-HNP: 80.0 against 70.0 % (+10.0 points; published +5.9) -> holds"
+            in claims)
+    assert "claim: 64 probes against none, NG-T: 80.0 against 70.0 % (+10.0 points) -> holds" in claims
+    assert ("claim: NG-GNN (64 probes) against NFN-HNP: 65.0 against 70.0 % (-5.0 points; published +5.3) "
+            "-> does not hold" in claims)
     assert "claim: 64 probes against none, NG-GNN: not run" in claims
     assert len(claims) == 6
 
