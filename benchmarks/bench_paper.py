@@ -9,9 +9,11 @@ SIREN each with the default recipe: 55,000 train / 5,000 val / 10,000 test. The 
 the ``corpus`` row; it resumes shard by shard, so it may span sittings.
 
 Rows (``protocol.PAPER``): every run trains on the whole training split for a
-training-time cap, the cosine learning-rate decay spanning the cap, is evaluated every
-epoch, and its best validation epoch is tested (``patience`` N would also stop a run after
-N epochs without a better validation metric; the protocol sets none, see protocol.py).
+training-time cap, the cosine learning-rate decay spanning the cap, is evaluated (validation
+and test: the accuracy-against-time curve) at the first epoch end after each tenth of the
+cap and at the cap, and its best validation evaluation is tested (``patience`` N would
+evaluate every epoch and stop a run after N epochs without a better validation metric; the
+protocol sets none, see protocol.py).
 The caps keep a row (all its seeds, with setup and the per-epoch evaluations) within 60
 minutes on the 2-core machine: a row longer than 20 minutes has one seed and a 48-minute
 cap, the others three seeds of 16 minutes each. Long rows: the graph models, the NFNs
