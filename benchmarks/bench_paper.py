@@ -14,7 +14,7 @@ and test: the accuracy-against-time curve) at the first epoch end after each ten
 cap and at the cap, and its best validation evaluation is tested (``patience`` N would
 evaluate every epoch and stop a run after N epochs without a better validation metric; the
 protocol sets none, see protocol.py).
-The caps keep a row (all its seeds, with setup and the per-epoch evaluations) within 60
+The caps keep a row (all its seeds, with setup and the evaluations) within 60
 minutes on the 2-core machine: a row longer than 20 minutes has one seed and a 48-minute
 cap, the others three seeds of 16 minutes each. Long rows: the graph models, the NFNs
 (``LONG_MODELS``) and every dilation row. Runs go one at a time with two threads. INR
