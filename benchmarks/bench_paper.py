@@ -45,6 +45,7 @@ sys.path.insert(0, str(HERE))
 
 from common import RESULTS, write_result  # noqa: E402
 from nngraph.errors import NNGraphError  # noqa: E402
+from nngraph.tasks.dilate import FLOOR_IMAGES  # noqa: E402
 from pool import is_done, run_jobs  # noqa: E402
 from protocol import BATCH_SIZE, GRAPH_MODELS, LR, PAPER, model_settings  # noqa: E402
 
@@ -136,7 +137,7 @@ class Paper:
         rows.append(cnn)
         for model, probes in (("nfn-np", 0), ("nggnn", 64), ("ngt", 64)):
             rows.append(self.train_row("dilate", model, probes, True, long=True))
-        rows.append(Row("floor", "dilate", "floor: SIRENs fitted to the dilated test images", None,
+        rows.append(Row("floor", "dilate", f"floor: SIRENs fitted to the first {FLOOR_IMAGES} dilated test images", None,
                         [{"kind": "floor", "out": str(self.root / "runs" / "dilate" / "floor"),
                           "corpus": str(self.corpus), "threads": self.p["threads"]}]))
         return rows

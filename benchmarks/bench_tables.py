@@ -25,7 +25,7 @@ sys.path.insert(0, str(HERE))
 
 from common import RESULTS, write_result  # noqa: E402
 from nngraph.io import atomic_write_json  # noqa: E402
-from nngraph.tasks.dilate import corpus_dilation_floor  # noqa: E402
+from nngraph.tasks.dilate import FLOOR_IMAGES, corpus_dilation_floor  # noqa: E402
 from pool import run_jobs  # noqa: E402
 from protocol import BASELINES, BATCH_SIZE, GRAPH_MODELS, LR, PROTOCOLS, model_settings  # noqa: E402
 
@@ -162,7 +162,7 @@ class Bench:
         floor = corpus_dilation_floor(self.corpus["dwsnet"])
         rows.append({"corpus": "dwsnet", "model": "no edit: the source INRs", "probes": "", "seeds": "",
                      "test mse": f"{100 * no_edit_mse(self.corpus['dwsnet']):.3f}"})
-        rows.append({"corpus": "dwsnet", "model": "floor: SIRENs fitted to the dilated images", "probes": "",
+        rows.append({"corpus": "dwsnet", "model": f"floor: SIRENs fitted to the first {FLOOR_IMAGES} dilated test images", "probes": "",
                      "seeds": "", "test mse": f"{100 * floor:.3f}"})
         nfn = _mean_of([j for j in jobs if j["model"] == "nfn-np"], "mse")
         ngt = min(_mean_of([j], "mse") for j in jobs if j["model"] == "ngt")

@@ -177,7 +177,10 @@ class DilateTask(Task):
 # --------------------------------------------------------------------------- floor
 
 
-def dilation_floor(dataset, split: str | None = "test", steps: int | None = None, limit: int | None = 256,
+FLOOR_IMAGES = 256  # the floor fits this many images of a split: its sampling error is far below the models' MSE
+
+
+def dilation_floor(dataset, split: str | None = "test", steps: int | None = None, limit: int | None = FLOOR_IMAGES,
                    recipe=None, progress: bool = False, return_fits: bool = False):
     """Mean MSE of SIRENs of the corpus's architecture fitted directly to dilated images.
 
@@ -233,7 +236,8 @@ FLOOR_FILE = "dilation_floor.json"
 
 
 def corpus_dilation_floor(dataset, split: str = "test") -> float:
-    """``dilation_floor`` of a corpus split with its defaults, computed once per corpus.
+    """``dilation_floor`` of a corpus split with its defaults (its first ``FLOOR_IMAGES``
+    images), computed once per corpus.
 
     The result is kept in the corpus folder (``dilation_floor.json``: {split: mse} and the
     SHA-256 of the shards it was computed on, written atomically), so the runs and
