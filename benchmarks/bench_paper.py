@@ -137,7 +137,8 @@ class Paper:
         rows.append(cnn)
         for model, probes in (("nfn-np", 0), ("nggnn", 64), ("ngt", 64)):
             rows.append(self.train_row("dilate", model, probes, True, long=True))
-        rows.append(Row("floor", "dilate", f"floor: SIRENs fitted to the first {FLOOR_IMAGES} dilated test images", None,
+        floor_title = f"floor: SIRENs fitted to the first {FLOOR_IMAGES} dilated test images"
+        rows.append(Row("floor", "dilate", floor_title, None,
                         [{"kind": "floor", "out": str(self.root / "runs" / "dilate" / "floor"),
                           "corpus": str(self.corpus), "threads": self.p["threads"]}]))
         return rows
