@@ -45,9 +45,8 @@ sys.path.insert(0, str(HERE))
 
 from common import RESULTS, write_result  # noqa: E402
 from nngraph.errors import NNGraphError  # noqa: E402
-from nngraph.tasks.dilate import FLOOR_IMAGES  # noqa: E402
 from pool import is_done, run_jobs  # noqa: E402
-from protocol import BATCH_SIZE, GRAPH_MODELS, LR, PAPER, model_settings  # noqa: E402
+from protocol import BATCH_SIZE, FLOOR_TITLE, GRAPH_MODELS, LR, PAPER, model_settings  # noqa: E402
 
 LABEL = "published, DWSNets corpus, GPU"
 # Fashion-MNIST INR classification, test accuracy % (the papers' tables)
@@ -137,8 +136,7 @@ class Paper:
         rows.append(cnn)
         for model, probes in (("nfn-np", 0), ("nggnn", 64), ("ngt", 64)):
             rows.append(self.train_row("dilate", model, probes, True, long=True))
-        floor_title = f"floor: SIRENs fitted to the first {FLOOR_IMAGES} dilated test images"
-        rows.append(Row("floor", "dilate", floor_title, None,
+        rows.append(Row("floor", "dilate", FLOOR_TITLE, None,
                         [{"kind": "floor", "out": str(self.root / "runs" / "dilate" / "floor"),
                           "corpus": str(self.corpus), "threads": self.p["threads"]}]))
         return rows

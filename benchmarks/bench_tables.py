@@ -25,9 +25,9 @@ sys.path.insert(0, str(HERE))
 
 from common import RESULTS, write_result  # noqa: E402
 from nngraph.io import atomic_write_json  # noqa: E402
-from nngraph.tasks.dilate import FLOOR_IMAGES, corpus_dilation_floor  # noqa: E402
+from nngraph.tasks.dilate import corpus_dilation_floor  # noqa: E402
 from pool import run_jobs  # noqa: E402
-from protocol import BASELINES, BATCH_SIZE, GRAPH_MODELS, LR, PROTOCOLS, model_settings  # noqa: E402
+from protocol import BASELINES, BATCH_SIZE, FLOOR_TITLE, GRAPH_MODELS, LR, PROTOCOLS, model_settings  # noqa: E402
 
 BUDGET_EPOCH_CAP = 100_000  # time-budget runs stop on time, not on epochs
 
@@ -162,8 +162,7 @@ class Bench:
         floor = corpus_dilation_floor(self.corpus["dwsnet"])
         rows.append({"corpus": "dwsnet", "model": "no edit: the source INRs", "probes": "", "seeds": "",
                      "test mse": f"{100 * no_edit_mse(self.corpus['dwsnet']):.3f}"})
-        floor_title = f"floor: SIRENs fitted to the first {FLOOR_IMAGES} dilated test images"
-        rows.append({"corpus": "dwsnet", "model": floor_title, "probes": "", "seeds": "",
+        rows.append({"corpus": "dwsnet", "model": FLOOR_TITLE, "probes": "", "seeds": "",
                      "test mse": f"{100 * floor:.3f}"})
         nfn = _mean_of([j for j in jobs if j["model"] == "nfn-np"], "mse")
         ngt = min(_mean_of([j], "mse") for j in jobs if j["model"] == "ngt")
