@@ -327,7 +327,7 @@ class Paper:
                  *self.aims(), *self.claims()]
         a = write_result("7_paper_classify", "7. Paper scale: INR classification on Fashion-MNIST INRs "
                          "(test accuracy %)", command, wall, classify, directory=self.results, notes=notes,
-                         protocol=protocol)
+                         protocol=protocol, summary=self.summary())
         b = write_result("7_paper_dilate", "7. Paper scale: INR dilation (test MSE x 1e-2)", command, wall, dilate,
                          directory=self.results, notes=[
                              "nngraph on Fashion-MNIST INRs; the published numbers are on MNIST INRs (another "
@@ -378,6 +378,61 @@ class Paper:
                 out.append(f"claim: {what}: {100 * a:.1f} against {100 * b:.1f} % "
                            f"({100 * (a - b):+.1f} points{published}) -> {'holds' if a > b else 'does not hold'}")
         return out
+
+
+    def summary(self) -> str:
+        """The paragraph under the paper tables, built from the row records so that it cannot
+        disagree with them: which of the paper's comparisons (``CLAIMS`` and the dilation ratio)
+        hold here and which do not, where each measured row stands against its published number,
+        the issue's aims, and how much training and how many seeds stand behind the numbers."""
+        held, failed, pending = [], [], []
+        for what, name, other in CLAIMS:
+            a, b = self.mean(name, "accuracy"), self.mean(other, "accuracy")
+            if a is None or b is None:
+                pending.append(what)
+            else:
+                (held if a > b else failed).append(f"{what} ({100 * (a - b):+.1f} points)")
+        ngt, nfn = self.mean("dilate-ngt-p64", "mse"), self.mean("dilate-nfn-np", "mse")
+        published_ratio = PUBLISHED_DILATE["ngt-p64"] / PUBLISHED_DILATE["nfn-np"]
+        if ngt is None or nfn is None:
+            pending.append("NG-T's dilation MSE against NFN-NP's")
+        else:
+            what = f"NG-T's dilation MSE against NFN-NP's ({ngt / nfn:.2f}x; published {published_ratio:.2f}x)"
+            (held if ngt < nfn else failed).append(what)
+        measured = len(held) + len(failed)
+        out = [f"Which of the paper's claims hold here: of its {measured + len(pending)} comparisons, "
+               f"{measured} are measured, and {len(held)} hold"
+               + (f": {'; '.join(held)}" if held else "") + "."]
+        if failed:
+            out.append(f"{len(failed)} {'does' if len(failed) == 1 else 'do'} not: {'; '.join(failed)}.")
+        if pending:
+            out.append(f"Still to run: {'; '.join(pending)}.")
+        against = []
+        for key in ("ngt-p64", "nggnn-p64", "nfn-hnp", "nfn-np"):
+            value = self.mean(key, "accuracy")
+            if value is not None:
+                against.append(f"{self.row(key).title} {100 * value:.1f} against {PUBLISHED_CLASSIFY[key]} "
+                               f"({100 * value - PUBLISHED_CLASSIFY[key]:+.1f})")
+        if against:
+            out.append("Against the published numbers (another corpus built from the same images, trained on "
+                       f"GPUs): {'; '.join(against)}.")
+        aims = [a.removeprefix("aim: ") for a in self.aims() if not a.endswith("not run")]
+        if aims:
+            out.append(f"The issue's aims: {'; '.join(aims)} (the published NG-T and NG-GNN with 64 probes: "
+                       f"{PUBLISHED_CLASSIFY['ngt-p64']} and {PUBLISHED_CLASSIFY['nggnn-p64']}).")
+        epochs, spread = [], []
+        for row in self.rows:
+            if row.table == "classify" and self.state(row) == "done":
+                metrics = self.run_metrics(row)
+                epochs += [m.get("epochs_run", len(m.get("history", []))) for m in metrics]
+                if len(metrics) > 1:
+                    spread.append(100 * statistics.stdev(m["test"]["accuracy"] for m in metrics))
+        if epochs:
+            out.append(f"Behind each classification number: {min(epochs)} to {max(epochs)} epochs on this 2-core "
+                       "CPU, one seed for the long rows"
+                       + (f"; the rows with three seeds spread by at most {max(spread):.1f} points (std)"
+                          if spread else "") + ".")
+        return " ".join(out)
 
 
 def _minutes_to(metrics: dict, accuracy: float) -> str:

@@ -26,7 +26,7 @@ RESULTS = HERE / "results"
 
 def render(quick: bool = False) -> Path:
     """RESULTS.md (or RESULTS-quick.md from the quick_* files): one section per result file,
-    its rows as a table, its notes and figures, with machine, commit and wall time."""
+    its rows as a table, its summary paragraph, notes and figures, with machine, commit and wall time."""
     name = "RESULTS-quick.md" if quick else "RESULTS.md"
     command = "python benchmarks/run.py --render"
     lines = [f"# Benchmark results{' (quick protocol)' if quick else ''}", "",
@@ -58,6 +58,8 @@ def render(quick: bool = False) -> Path:
             for row in rows:
                 lines.append("| " + " | ".join(_cell(row.get(c, "")) for c in columns) + " |")
             lines.append("")
+        if data.get("summary"):
+            lines += [data["summary"], ""]
         lines += [f"- {note}" for note in data.get("notes", [])] + ([""] if data.get("notes") else [])
         for key in ("protocol", "phase_seconds"):
             if key in data:

@@ -119,6 +119,14 @@ def test_claims_compare_rows_from_their_committed_records(tmp_path):
             "-> does not hold" in claims)
     assert "claim: 64 probes against none, NG-GNN: not run" in claims
     assert len(claims) == 6
+    summary = paper.summary()  # the paragraph under the tables says the same
+    assert summary.startswith("Which of the paper's claims hold here: of its 7 comparisons, 3 are measured, "
+                              "and 2 hold: 64 probes against none, NG-T (+10.0 points); NG-T (64 probes) against "
+                              "NFN-HNP (+10.0 points). 1 does not: NG-GNN (64 probes) against NFN-HNP (-5.0 points).")
+    assert "NG-T's dilation MSE against NFN-NP's" in summary.split("Still to run:")[1]
+    assert "NG-T, 64 probes 80.0 against 74.8 (-5.2)" not in summary and "80.0 against 74.8 (+5.2)" in summary
+    assert "ngt-p64 >= 85 %: 80.0 -> MISSED by 5.0 points" in summary and "ngt-p0 >= 70 %: 70.0 -> met" in summary
+    assert "spread by at most 1.4 points" in summary  # NFN-HNP's two seeds, 69 and 71 %
 
 
 def test_bench_flags(capfd):

@@ -43,3 +43,24 @@ def test_bench_precision_quick(tmp_path):
     measured = [r for r in data["rows"] if (r["layers"], r["precision"]) != ("compiled", "fp32")]
     assert all(0 <= r["mean test accuracy"] <= 1 for r in measured)
     assert any(note.startswith("ngt: compiled bf16 trains") for note in data["notes"])
+
+
+def test_render_writes_table_summary_and_notes_in_order(tmp_path, monkeypatch):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import run
+
+    (tmp_path / "results").mkdir()
+    result = {"title": "7. A table", "command": "python x.py", "wall_s": 1.0,
+              "rows": [{"model": "A", "accuracy": 0.5}], "summary": "Two of three claims hold.",
+              "notes": ["aim: met"], "protocol": {"seeds": [0, 1]}}
+    (tmp_path / "results" / "7_table.json").write_text(json.dumps(result))
+    (tmp_path / "results" / "quick_7_table.json").write_text(json.dumps({**result, "title": "quick"}))
+    monkeypatch.setattr(run, "HERE", tmp_path)
+    monkeypatch.setattr(run, "RESULTS", tmp_path / "results")
+    lines = run.render().read_text().splitlines()
+    assert "## quick" not in lines  # the quick protocol renders into RESULTS-quick.md
+    start = lines.index("## 7. A table")
+    body = [line for line in lines[start + 1:] if line]
+    assert body[0].startswith("command `python x.py`")
+    assert body[1:4] == ["| model | accuracy |", "|---|---|", "| A | 0.5 |"]
+    assert body[4:] == ["Two of three claims hold.", "- aim: met", "protocol: seeds [0, 1]"]
