@@ -178,6 +178,10 @@ class Paper:
         started = any(Path(j["out"]).exists() and any(Path(j["out"]).iterdir()) for j in row.jobs)
         return "partial" if started else "not run"
 
+    def needs_corpus(self, row: Row) -> bool:
+        """Whether a row's runs read the INR corpus (every row but the corpus and the CNN on images)."""
+        return any(str(self.corpus) in (j.get("corpus"), j.get("config", {}).get("data")) for j in row.jobs)
+
     def listing(self) -> list[str]:
         lines = [f"{'row':<16} {'table':<9} {'seeds':>5} {'cap / run':>10} {'row limit':>9}  state"]
         for row in self.rows:
@@ -198,7 +202,7 @@ class Paper:
                     self.save_record(row)  # finished here before its record was written
                     self.write_results()
                 continue
-            if row.name != "corpus" and self.state(self.row("corpus")) != "done":
+            if self.needs_corpus(row) and self.state(self.row("corpus")) != "done":
                 raise NNGraphError(f"row {row.name} needs the corpus; build it first with --rows corpus "
                                    "(it resumes shard by shard)")
             log(f"== {row.name}: {row.title}")
