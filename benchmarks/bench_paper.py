@@ -355,7 +355,8 @@ class Paper:
             ngt, nfn = self.mean("dilate-ngt-p64", "mse"), self.mean("dilate-nfn-np", "mse")
             if ngt is None or nfn is None:
                 return ["aim: NG-T dilation MSE <= 0.7x NFN-NP's: not run"]
-            return [f"aim: NG-T dilation MSE <= 0.7x NFN-NP's: {ngt / nfn:.2f}x -> "
+            published = PUBLISHED_DILATE["ngt-p64"] / PUBLISHED_DILATE["nfn-np"]
+            return [f"aim: NG-T dilation MSE <= 0.7x NFN-NP's: {ngt / nfn:.2f}x (published {published:.2f}x) -> "
                     f"{'met' if ngt <= 0.7 * nfn else 'MISSED'}"]
         out = []
         for name, aim in (("ngt-p64", 85), ("nggnn-p64", 80), ("ngt-p0", 70), ("nggnn-p0", 70)):

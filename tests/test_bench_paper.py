@@ -103,8 +103,8 @@ def test_rows_run_one_by_one_write_results_and_skip_when_done(tmp_path):
 def test_claims_compare_rows_from_their_committed_records(tmp_path):
     paper = Paper(root=tmp_path / "work", results=tmp_path / "results", render=False)
 
-    def record(name: str, accuracies: list[float]) -> None:
-        runs = [{"run": f"{name}-s{i}", "metrics": {"test": {"accuracy": a}}} for i, a in enumerate(accuracies)]
+    def record(name: str, values: list[float], metric: str = "accuracy") -> None:
+        runs = [{"run": f"{name}-s{i}", "metrics": {"test": {metric: v}}} for i, v in enumerate(values)]
         path = tmp_path / "results" / "paper_rows" / f"{name}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"row": name, "title": name, "wall_s": 60.0, "runs": runs}))
@@ -129,6 +129,12 @@ def test_claims_compare_rows_from_their_committed_records(tmp_path):
     assert "NG-T, 64 probes 80.0 against 74.8 (-5.2)" not in summary and "80.0 against 74.8 (+5.2)" in summary
     assert "ngt-p64 >= 85 %: 80.0 -> MISSED by 5.0 points" in summary and "ngt-p0 >= 70 %: 70.0 -> met" in summary
     assert "spread by at most 1.4 points" in summary  # NFN-HNP's two seeds, 69 and 71 %
+    assert paper.aims(dilate=True) == ["aim: NG-T dilation MSE <= 0.7x NFN-NP's: not run"]
+    record("dilate-ngt-p64", [0.012], "mse")
+    record("dilate-nfn-np", [0.020], "mse")
+    assert paper.aims(dilate=True) == ["aim: NG-T dilation MSE <= 0.7x NFN-NP's: 0.60x (published 0.69x) -> met"]
+    assert "of its 7 comparisons, 4 are measured, and 3 hold" in paper.summary()
+    assert "NG-T's dilation MSE against NFN-NP's (0.60x; published 0.69x)" in paper.summary()
 
 
 def test_bench_flags(capfd):
