@@ -49,6 +49,7 @@ from pool import is_done, run_jobs  # noqa: E402
 from protocol import BATCH_SIZE, FLOOR_TITLE, GRAPH_MODELS, LR, PAPER, model_settings  # noqa: E402
 
 LABEL = "published, DWSNets corpus, GPU"
+MEASURED = "nngraph (this CPU)"
 # Fashion-MNIST INR classification, test accuracy % (the papers' tables)
 PUBLISHED_CLASSIFY = {"dwsnet": 67.06, "nfn-np": 68.19, "nfn-hnp": 68.94, "nggnn-p64": 74.2, "ngt-p64": 74.8,
                       "scalegmn-b": 80.78, "probegen-128": 87.7}
@@ -285,12 +286,12 @@ class Paper:
         if state != "done":
             done = sum(is_done(j) for j in row.jobs)
             text = "not run" if state == "not run" else f"partial ({done} of {len(row.jobs)} runs)"
-            return {"nngraph (this CPU)": text}
+            return {MEASURED: text}
         metrics = self.run_metrics(row)
         values = [scale * m["test"][metric] for m in metrics]
         text = f"{values[0]:.{digits}f}" if len(values) == 1 else \
             f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
-        out = {"nngraph (this CPU)": text, "seeds": len(values)}
+        out = {MEASURED: text, "seeds": len(values)}
         if row.budget_s:
             out["epochs"] = "/".join(str(m.get("epochs_run", len(m.get("history", [])))) for m in metrics)
             out["stop"] = "/".join(sorted({m.get("stop", "epochs") for m in metrics}))
@@ -312,15 +313,15 @@ class Paper:
         for key in ("dwsnet", "nfn-np", "nfn-hnp", "deepsets", "statnn", "nggnn-p0", "nggnn-p64", "ngt-p0", "ngt-p64",
                     "nggnn-p0-nopos", "ngt-p0-nopos", "scalegmn-b", "probegen-128", "cnn"):
             row = by_name.get(key)
-            cells = self.cells(row, "accuracy", 100, 1) if row else {"nngraph (this CPU)": "not in nngraph"}
-            classify.append({"model": row.title if row else NOT_IN_NNGRAPH[key], **cells,
-                             LABEL: PUBLISHED_CLASSIFY.get(key, "")})
+            cells = self.cells(row, "accuracy", 100, 1) if row else {MEASURED: "not in nngraph"}
+            classify.append({"model": row.title if row else NOT_IN_NNGRAPH[key], MEASURED: cells[MEASURED],
+                             LABEL: PUBLISHED_CLASSIFY.get(key, ""), **cells})  # the two values side by side
         dilate = []
         for key in ("nfn-np", "nggnn-p64", "ngt-p64", "gmn-oce", "floor"):
             row = by_name.get(key if key == "floor" else f"dilate-{key}")
-            cells = self.cells(row, "mse", 100, 3) if row else {"nngraph (this CPU)": "not in nngraph"}
-            dilate.append({"model": row.title if row else NOT_IN_NNGRAPH[key], **cells,
-                           LABEL + " (MNIST INRs)": PUBLISHED_DILATE.get(key, "")})
+            cells = self.cells(row, "mse", 100, 3) if row else {MEASURED: "not in nngraph"}
+            dilate.append({"model": row.title if row else NOT_IN_NNGRAPH[key], MEASURED: cells[MEASURED],
+                           LABEL + " (MNIST INRs)": PUBLISHED_DILATE.get(key, ""), **cells})
         protocol = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.p.items()}
         stop = (f"stops after {self.p['patience']} epochs without a better validation accuracy or at its "
                 "training-time cap" if self.p["patience"] else "trains to its training-time cap (cosine decay "
@@ -423,8 +424,11 @@ class Paper:
                        f"GPUs): {'; '.join(against)}.")
         aims = [a.removeprefix("aim: ") for a in self.aims() if not a.endswith("not run")]
         if aims:
-            out.append(f"The issue's aims: {'; '.join(aims)} (the published NG-T and NG-GNN with 64 probes: "
-                       f"{PUBLISHED_CLASSIFY['ngt-p64']} and {PUBLISHED_CLASSIFY['nggnn-p64']}).")
+            aims[-1] += (f" (the published NG-T and NG-GNN with 64 probes: {PUBLISHED_CLASSIFY['ngt-p64']} and "
+                         f"{PUBLISHED_CLASSIFY['nggnn-p64']})")
+        aims += [a.removeprefix("aim: ") for a in self.aims(dilate=True) if not a.endswith("not run")]
+        if aims:
+            out.append(f"The issue's aims: {'; '.join(aims)}.")
         epochs, spread = [], []
         for row in self.rows:
             if row.table == "classify" and self.state(row) == "done":

@@ -135,6 +135,7 @@ def test_claims_compare_rows_from_their_committed_records(tmp_path):
     assert paper.aims(dilate=True) == ["aim: NG-T dilation MSE <= 0.7x NFN-NP's: 0.60x (published 0.69x) -> met"]
     assert "of its 7 comparisons, 4 are measured, and 3 hold" in paper.summary()
     assert "NG-T's dilation MSE against NFN-NP's (0.60x; published 0.69x)" in paper.summary()
+    assert "74.2); NG-T dilation MSE <= 0.7x NFN-NP's: 0.60x (published 0.69x) -> met." in paper.summary()
 
 
 def test_bench_flags(capfd):
