@@ -385,7 +385,6 @@ class Paper:
                            f"({100 * (a - b):+.1f} points{published}) -> {'holds' if a > b else 'does not hold'}")
         return out
 
-
     def summary(self) -> str:
         """The paragraph under the paper tables, built from the row records so that it cannot
         disagree with them: which of the paper's comparisons (``CLAIMS`` and the dilation ratio)
