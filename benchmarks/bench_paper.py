@@ -370,13 +370,17 @@ class Paper:
                            f"{'met' if 100 * value >= aim else f'MISSED by {aim - 100 * value:.1f} points'}")
         return out
 
+    def comparisons(self) -> list[tuple[str, str, str, float | None, float | None]]:
+        """Each of ``CLAIMS`` with both rows' mean test accuracy (None while a row is not done)."""
+        return [(what, name, other, self.mean(name, "accuracy"), self.mean(other, "accuracy"))
+                for what, name, other in CLAIMS]
+
     def claims(self) -> list[str]:
         """Each of ``CLAIMS``: both rows' test accuracy, the difference in points (published beside
         it where known) and whether the paper's ordering holds here (the first row better);
         "not run" while a row is missing."""
         out = []
-        for what, name, other in CLAIMS:
-            a, b = self.mean(name, "accuracy"), self.mean(other, "accuracy")
+        for what, name, other, a, b in self.comparisons():
             if a is None or b is None:
                 out.append(f"claim: {what}: not run")
             else:
@@ -392,8 +396,7 @@ class Paper:
         hold here and which do not, where each measured row stands against its published number,
         the issue's aims, and how much training and how many seeds stand behind the numbers."""
         held, failed, pending = [], [], []
-        for what, name, other in CLAIMS:
-            a, b = self.mean(name, "accuracy"), self.mean(other, "accuracy")
+        for what, _, _, a, b in self.comparisons():
             if a is None or b is None:
                 pending.append(what)
             else:
