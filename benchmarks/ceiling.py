@@ -14,7 +14,6 @@ best validation accuracy.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path

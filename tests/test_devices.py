@@ -36,7 +36,6 @@ from nngraph.data.inr import Siren
 from nngraph.device import DeviceError, autocast, resolve_device, resolve_precision, to_device
 from nngraph.graph.fast import graphs_from_params
 from nngraph.models import create_model
-from nngraph.models.baselines import BASELINES
 from nngraph.train import TrainConfig, Trainer
 from tests.graph.nets import randomise
 

@@ -19,7 +19,6 @@ from nngraph import cli
 from nngraph.data.importers import import_cnn_zoo, import_inr_folder, import_wild_park
 from nngraph.data.inr import pixel_grid
 from nngraph.data.store import InrDataset, ZooDataset
-from nngraph.errors import DataError
 from nngraph.train import TrainConfig, train
 from tests.data import originals
 

@@ -34,7 +34,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from nngraph.errors import DataError
-from nngraph.io import atomic_write_bytes, atomic_write_json, json_text
+from nngraph.io import atomic_write_bytes, json_text
 
 FORMAT = "nngraph-corpus"
 FORMAT_VERSION = 1

@@ -12,7 +12,7 @@ import contextlib
 import io
 import operator
 from collections import Counter, OrderedDict
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.fx as fx
@@ -27,13 +27,11 @@ from nngraph.graph.context import Context
 from nngraph.graph.functional import ParamRef
 from nngraph.graph.layout import read_params
 from nngraph.graph.graph import (
-    ACT_SINE,
     ROLE_INPUT,
     ROLE_OUTPUT,
     ArchSpec,
     NeuralGraph,
     ParamEntry,
-    kernel_hw,
 )
 from nngraph.graph.activations import Sine
 

@@ -19,7 +19,6 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import torch
 from torch import nn
 from torch_geometric.data import Batch
 
@@ -143,8 +142,3 @@ def check_model_args(name: str, kwargs: dict[str, Any]) -> None:
     check_args = getattr(info.cls, "check_args", None)
     if check_args is not None:
         check_args({**valid, **kwargs})
-
-
-@torch.no_grad()
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)

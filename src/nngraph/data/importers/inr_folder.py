@@ -50,7 +50,6 @@ from nngraph.data.store import ITEM_PREFIX, CorpusWriter
 from nngraph.errors import DataError
 
 W0 = 30.0
-OFFSET = 0.5
 _SEQ = re.compile(r"seq\.(\d+)\.(weight|bias)")
 LOAD_CHUNK = 512  # files per worker task
 

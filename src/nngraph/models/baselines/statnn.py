@@ -31,7 +31,6 @@ are not part of the paper's statistics and are left out.
 from __future__ import annotations
 
 import torch
-from torch import nn
 from torch_geometric.data import Batch
 from torch_geometric.utils import scatter
 
