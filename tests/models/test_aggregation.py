@@ -57,18 +57,31 @@ def test_gather_rows_and_its_gradient():
     torch.autograd.gradcheck(lambda t: gather_rows(t, index), (x,))
 
 
+def mlp_edges(sizes=(4, 6, 6, 2), seed=0) -> torch.Tensor:
+    """edge_index [2, E] of a fully connected MLP's graph, node ids shuffled: a few distinct
+    in-degrees (here 0, 4 and 6; with reverse edges 6, 8 and 10), as in real batches."""
+    starts = torch.tensor((0, *sizes)).cumsum(0)
+    src, dst = zip(*[torch.cartesian_prod(torch.arange(starts[k], starts[k + 1]),
+                                          torch.arange(starts[k + 1], starts[k + 2])).T
+                     for k in range(len(sizes) - 1)])
+    relabel = torch.randperm(int(starts[-1]), generator=torch.Generator().manual_seed(seed))
+    return relabel[torch.stack([torch.cat(src), torch.cat(dst)])]
+
+
 @pytest.mark.skipif(shutil.which("g++") is None and shutil.which("cc") is None, reason="torch.compile needs a C++ compiler")
 @pytest.mark.parametrize("reverse", [False, True])
 def test_compiled_layer_equals_eager(reverse):
     """The custom gather operator and the bucket loop compile; outputs and gradients match eager."""
     torch.manual_seed(0)
-    dst, _ = random_messages(num_edges=120)
-    src = torch.randint(0, 40, (120,))
-    histogram = torch.bincount(torch.bincount(dst, minlength=40))
+    edge_index = mlp_edges()  # [2, 72], 18 nodes
+    num_nodes, num_edges = int(edge_index.max()) + 1, edge_index.shape[1]
+    degree_of = torch.cat([edge_index[1], edge_index[0]]) if reverse else edge_index[1]
+    histogram = torch.bincount(torch.bincount(degree_of, minlength=num_nodes))
     layer = NGGNNLayer(8, 4, histogram)
     direction = torch.randn(2, 4) if reverse else None
-    edges = MessageEdges.of(torch.stack([src, dst]), 40, direction)
-    v, e = torch.randn(40, 8), edges.sort_edges(torch.randn(120, 4))
+    edges = MessageEdges.of(edge_index, num_nodes, direction)
+    assert len(edges.layout.buckets) == 3
+    v, e = torch.randn(num_nodes, 8), edges.sort_edges(torch.randn(num_edges, 4))
     compiled = torch.compile(layer, dynamic=False)
     outputs = [f(v, e, edges) for f in (layer, compiled)]
     for a, b in zip(*outputs):
