@@ -16,8 +16,8 @@ evaluate every epoch and stop a run after N epochs without a better validation m
 protocol sets none, see protocol.py).
 The caps keep a row (all its seeds, with setup and the evaluations) within 60
 minutes on the 2-core machine: a row longer than 20 minutes has one seed and a 48-minute
-cap, the others three seeds of 16 minutes each. Long rows: the graph models, the NFNs
-(``LONG_MODELS``) and every dilation row. Runs go one at a time with two threads. INR
+cap, the others three seeds of 16 minutes each (the image CNN 14: ``cnn_train_share``).
+Long rows: the graph models, the NFNs (``LONG_MODELS``) and every dilation row. Runs go one at a time with two threads. INR
 classification rows train with the published weight-space augmentations
 (``PAPER["augment"]``); graph models with compiled layers and bf16 autocast
 (``PAPER["graph_speed"]``).
@@ -110,14 +110,14 @@ class Paper:
         self.rows = self.plan()
 
     # ---- the plan --------------------------------------------------------------------
-    def run_seconds(self, long: bool) -> tuple[tuple[int, ...], float]:
+    def run_seconds(self, long: bool, train_share: float | None = None) -> tuple[tuple[int, ...], float]:
         """(seeds, training-time cap per run) of a row that needs the whole row limit (``long``) or
         not: a run longer than ``long_row_s`` gets one seed, the others all; the row's seeds share
-        ``row_limit_s``, of which ``train_share`` is training."""
+        ``row_limit_s``, of which ``train_share`` (default: the protocol's) is training."""
         p = self.p
         run_s = p["row_limit_s"] if long else min(p["long_row_s"], p["row_limit_s"] / len(p["seeds"]))
         seeds = p["seeds"][:1] if run_s > p["long_row_s"] else p["seeds"]
-        return seeds, p["row_limit_s"] / len(seeds) * p["train_share"]
+        return seeds, p["row_limit_s"] / len(seeds) * (train_share or p["train_share"])
 
     def plan(self) -> list[Row]:
         corpus = Row("corpus", "corpus", "Fashion-MNIST INR corpus (dwsnet, all 70,000 images)", None,
@@ -129,7 +129,7 @@ class Paper:
                     ("statnn", 0, True)]
         for model, probes, positions in classify:
             rows.append(self.train_row("classify", model, probes, positions, long=model in LONG_MODELS))
-        seeds, budget = self.run_seconds(long=False)
+        seeds, budget = self.run_seconds(long=False, train_share=self.p["cnn_train_share"])
         cnn = Row("cnn", "classify", "CNN on the source images (ceiling)", budget)
         for s in seeds:
             config = {"images": self.images, "limit": self.p["inr_limit"], "time_budget": budget, "seed": s}

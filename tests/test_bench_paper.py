@@ -38,6 +38,7 @@ def test_the_real_plan_keeps_the_time_rules(tmp_path):
     assert config["compile"] and config["precision"] == "bf16"  # graph models: compiled, bf16
     assert "compile" not in runs["nfn-np"].jobs[0]["config"]
     assert runs["nfn-hnp"].seeds == runs["nfn-np"].seeds == 1 and runs["statnn"].seeds == 3  # NFNs: long rows
+    assert runs["cnn"].seeds == 3 and runs["cnn"].budget_s == 3600 / 3 * 0.7  # its evaluations cost more
     assert runs["corpus"].jobs[0]["limit"] is None and runs["corpus"].jobs[0]["images"] == "fashion-mnist"
     # every row reads the INR corpus but the corpus build and the CNN on the images (it may run before the corpus)
     assert {r.name for r in paper.rows if not paper.needs_corpus(r)} == {"corpus", "cnn"}

@@ -34,6 +34,7 @@ from nngraph.models.embeddings import WeightStatistics
 from nngraph.models.readout import mlp
 from nngraph.models.registry import register_model
 
+
 class NGGNNLayer(nn.Module):
     def __init__(self, hidden: int, edge_hidden: int, deg: torch.Tensor, dropout: float = 0.0):
         super().__init__()
