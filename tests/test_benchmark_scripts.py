@@ -1,7 +1,7 @@
 """The GPU check and the bf16 benchmark run, in their quick modes, on the CPU.
 
-They are meant for a GPU visit and a quiet machine respectively; these runs (under a
-minute each) make sure neither fails when its time comes.
+They are meant for a GPU visit and a quiet machine respectively; these runs (about one
+and two minutes, most of it compiling) make sure neither fails when its time comes.
 """
 
 from __future__ import annotations
@@ -36,12 +36,10 @@ def test_gpu_check_quick_on_the_cpu(tmp_path):
 def test_bench_precision_quick(tmp_path):
     _run("benchmarks/bench_precision.py", "--quick", "--work", str(tmp_path / "work"), "--results", str(tmp_path))
     data = json.loads((tmp_path / "quick_5_precision.json").read_text())
-    modes = [("eager", "fp32"), ("eager", "bf16"), ("compiled", "fp32"), ("compiled", "bf16")]
+    modes = [("eager", "fp32"), ("eager", "bf16"), ("compiled", "bf16")]  # quick: the modes with an accuracy
     assert [(r["model"], r["layers"], r["precision"]) for r in data["rows"]] == [
         (model, *mode) for model in ("ngt", "nggnn") for mode in modes]
-    assert all(r["graphs/s"] > 0 for r in data["rows"])
-    measured = [r for r in data["rows"] if (r["layers"], r["precision"]) != ("compiled", "fp32")]
-    assert all(0 <= r["mean test accuracy"] <= 1 for r in measured)
+    assert all(r["graphs/s"] > 0 and 0 <= r["mean test accuracy"] <= 1 for r in data["rows"])
     assert any(note.startswith("ngt: compiled bf16 trains") for note in data["notes"])
 
 
