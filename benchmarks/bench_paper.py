@@ -17,10 +17,10 @@ protocol sets none, see protocol.py).
 The caps keep a row (all its seeds, with setup and the evaluations) within 60
 minutes on the 2-core machine: a row longer than 20 minutes has one seed and a 48-minute
 cap, the others three seeds of 16 minutes each (the image CNN 14: ``cnn_train_share``).
-Long rows: the graph models, the NFNs (``LONG_MODELS``) and every dilation row. Runs go one at a time with two threads. INR
-classification rows train with the published weight-space augmentations
-(``PAPER["augment"]``); graph models with compiled layers and bf16 autocast
-(``PAPER["graph_speed"]``).
+Long rows: the graph models, the NFNs (``LONG_MODELS``) and every dilation row. Runs go
+one at a time with two threads. INR classification rows train with the published
+weight-space augmentations (``PAPER["augment"]``); graph models with compiled layers and
+bf16 autocast (``PAPER["graph_speed"]``).
 
 Sittings: a row's result is written the moment it ends: its runs' metrics go to
 ``results/paper_rows/<row>.json`` (committed, so a finished row counts on any machine; the

@@ -80,8 +80,8 @@ def train_image_cnn(out: str, images: str, limit: int | None, epochs: int = 10, 
     best = max(history, key=lambda h: h["val_accuracy"])
     stop = "time budget" if time_budget and train_seconds >= time_budget else "epochs"
     result = {"model": "cnn on images", "parameters": sum(p.numel() for p in model.parameters()),
-              "train_images": len(y["train"]), "best_epoch": best["epoch"], "train_seconds": train_seconds, "stop": stop,
-              "val": {"accuracy": best["val_accuracy"]}, "test": {"accuracy": best["test_accuracy"]},
+              "train_images": len(y["train"]), "best_epoch": best["epoch"], "train_seconds": train_seconds,
+              "stop": stop, "val": {"accuracy": best["val_accuracy"]}, "test": {"accuracy": best["test_accuracy"]},
               "history": history}
     atomic_write_json(Path(out) / "metrics.json", result, indent=2, allow_nan=True)
     return result

@@ -1,7 +1,7 @@
 """The GPU check and the bf16 benchmark run, in their quick modes, on the CPU.
 
-They are meant for a GPU visit and a quiet machine respectively; these runs (about one
-and two minutes, most of it compiling) make sure neither fails when its time comes.
+They are meant for a GPU visit and a quiet machine respectively; these runs (a few
+minutes together, most of it compiling) make sure neither fails when its time comes.
 """
 
 from __future__ import annotations
