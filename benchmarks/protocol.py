@@ -68,7 +68,7 @@ PAPER = {
     "long_row_s": 1200.0,  # a row whose run is longer than 20 minutes gets one seed, the others three
     "train_share": 0.8,  # of a run's share of the row: training; the rest loads data and evaluates every epoch
     # the image CNN's epochs are short (20 s), so evaluating 15,000 images after each costs a fifth
-    # of its training time: at 0.8 its row took 60.1 minutes, at 0.7 it leaves a margin
+    # of its training time: at 0.8 its row took 60.1 minutes (a test run shared the CPU), at 0.7 51.9
     "cnn_train_share": 0.7,
     "seeds": (0, 1, 2),
     # no early stopping: every run trains to its cap with the cosine decay spanning it, and its
