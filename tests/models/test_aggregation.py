@@ -6,7 +6,10 @@ import pytest
 import torch
 from torch_geometric.nn.aggr import DegreeScalerAggregation
 
-from nngraph.models.aggregation import AGGREGATORS, SCALERS, InDegreeBuckets, PNAAggregation, gather_rows
+import math
+
+from nngraph.models.aggregation import (AGGREGATORS, SCALERS, BucketAggregates, InDegreeBuckets, PNAAggregation,
+                                        gather_rows)
 from nngraph.models.gnn import NGGNNLayer, MessageEdges
 
 
@@ -50,6 +53,30 @@ def test_pna_equals_torch_geometric_with_gradients():
         assert torch.allclose(a, b, atol=1e-12)
 
 
+def autograd_aggregates(block: torch.Tensor) -> torch.Tensor:
+    """[mean, min, max, std] of [n, D, d] by torch's own ops, differentiated by autograd."""
+    mean = block.mean(1)
+    std = ((block * block).mean(1) - mean * mean).clamp(min=1e-5).sqrt()  # PyG's variance floor
+    std = std.masked_fill(std <= math.sqrt(1e-5), 0.0)
+    return torch.cat([mean, block.min(1).values, block.max(1).values, std], dim=1)
+
+
+def test_bucket_aggregates_backward_equals_autograd_with_ties_and_constant_rows():
+    gen = torch.Generator().manual_seed(1)
+    block = torch.randint(-2, 3, (6, 5, 4), generator=gen).double()  # 5 values over 5 slots: many ties
+    block[0, :, 1] = 0.5  # a constant row: std set to 0, no std gradient
+    block[1] += torch.randn(5, 4, generator=gen, dtype=torch.float64)  # no ties
+    block.requires_grad_(True)
+    seed = torch.randn(6, 16, generator=gen, dtype=torch.float64)
+    got, expected = BucketAggregates.apply(block), autograd_aggregates(block)
+    assert torch.equal(got, expected)
+    assert got[0, 12 + 1] == 0
+    (grad_got,), (grad_expected,) = (torch.autograd.grad(y, [block], seed) for y in (got, expected))
+    assert torch.allclose(grad_got, grad_expected, atol=1e-12)
+    first_tied_only = seed[0, 1] / 5 + (torch.arange(5) == 0) * (seed[0, 5] + seed[0, 9])  # min and max tied
+    assert torch.allclose(grad_got[0, :, 1], first_tied_only, atol=1e-12)
+
+
 def test_gather_rows_and_its_gradient():
     x = torch.randn(7, 3, dtype=torch.float64, requires_grad=True)
     index = torch.tensor([0, 6, 6, 2, 0, 0])
@@ -81,7 +108,7 @@ def test_compiled_layer_equals_eager(reverse):
     direction = torch.randn(2, 4) if reverse else None
     edges = MessageEdges.of(edge_index, num_nodes, direction)
     assert len(edges.layout.buckets) == 3
-    v, e = torch.randn(num_nodes, 8), edges.sort_edges(torch.randn(num_edges, 4))
+    v, e = torch.randn(num_nodes, 8), torch.randn(num_edges, 4)  # e: edge states in the layers' order
     compiled = torch.compile(layer, dynamic=False)
     outputs = [f(v, e, edges) for f in (layer, compiled)]
     for a, b in zip(*outputs):

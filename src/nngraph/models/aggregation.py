@@ -37,7 +37,6 @@ from torch import nn
 
 AGGREGATORS = ("mean", "min", "max", "std")
 SCALERS = ("identity", "amplification", "attenuation")
-STD_FLOOR = 1e-5  # variance floor of the std aggregator (gradient defined at 0)
 
 
 @dataclass(frozen=True)
@@ -134,15 +133,42 @@ def degree_scalers(degree: int, avg_deg_log: torch.Tensor) -> tuple[torch.Tensor
     return amplification, attenuation
 
 
-def bucket_aggregates(block: torch.Tensor) -> torch.Tensor:
-    """Messages of n nodes of in-degree D, [n, D, d] -> [mean, min, max, std] [n, 4d]."""
-    mean = block.mean(1)
-    var = (block * block).mean(1) - mean * mean
-    std = var.clamp(min=STD_FLOOR).sqrt()
-    std = std.masked_fill(std <= math.sqrt(STD_FLOOR), 0.0)
-    # min / max with indices: their backward writes one gradient per node and channel (at a tie
-    # the first tied message gets it, where amin / amax would split it; ties have measure zero)
-    return torch.cat([mean, block.min(1).values, block.max(1).values, std], dim=1)
+class BucketAggregates(torch.autograd.Function):
+    """Messages of n nodes of in-degree D, [n, D, d] -> [mean, min, max, std] [n, 4d], with
+    a backward that is one elementwise expression over the block (no scatter):
+
+        dL/dm_k = g_mean / D + [k = argmin] g_min + [k = argmax] g_max
+                  + g_std (m_k - mean) / (D std)        (g_std := 0 where std was set to 0)
+
+    At a tie the first tied message gets the min / max gradient (as ``min(1)`` with indices).
+    Written out because autograd's min / max backward scatters into a zero [n, D, d] tensor,
+    which compiled code keeps as a pass of its own; this form fuses with the message's backward.
+    """
+
+    @staticmethod
+    def forward(ctx, block: torch.Tensor) -> torch.Tensor:
+        mean = block.mean(1)  # [n, d]
+        var = (block * block).mean(1) - mean * mean
+        # the variance floor 1e-5 (as PyG's std aggregator) is written as a literal: dynamo makes a
+        # global float a graph input, which it cannot pass into an autograd.Function (torch 2.13)
+        std = var.clamp(min=1e-5).sqrt()
+        kept = std > math.sqrt(1e-5)
+        low, low_at = block.min(1)
+        high, high_at = block.max(1)
+        ctx.save_for_backward(block, mean, std, kept, low_at, high_at)
+        return torch.cat([mean, low, high, std * kept], dim=1)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        block, mean, std, kept, low_at, high_at = ctx.saved_tensors
+        degree, width = block.shape[1], block.shape[2]
+        g_mean, g_low, g_high, g_std = grad.split(width, dim=1)  # [n, d] each
+        g_spread = torch.where(kept, g_std / (degree * std), 0.0)
+        slot = torch.arange(degree, device=block.device).view(1, degree, 1)
+        grad_block = ((g_mean / degree).unsqueeze(1) + (block - mean.unsqueeze(1)) * g_spread.unsqueeze(1)
+                      + torch.where(slot == low_at.unsqueeze(1), g_low.unsqueeze(1), 0.0)
+                      + torch.where(slot == high_at.unsqueeze(1), g_high.unsqueeze(1), 0.0))  # [n, D, d]
+        return grad_block.to(block.dtype)
 
 
 class PNAAggregation(nn.Module):
@@ -172,5 +198,5 @@ class PNAAggregation(nn.Module):
             block = messages[b.message_start:b.message_start + b.size * b.degree].view(b.size, b.degree, d)
             amplification, attenuation = degree_scalers(b.degree, self.avg_deg_log)
             weight = w_id + amplification * w_amp + attenuation * w_att  # [d, 4d]
-            rows.append(nn.functional.linear(bucket_aggregates(block), weight, self.post.bias))
+            rows.append(nn.functional.linear(BucketAggregates.apply(block), weight, self.post.bias))
         return layout.to_node_order(torch.cat(rows))

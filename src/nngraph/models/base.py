@@ -61,9 +61,10 @@ class GraphMetanetwork(nn.Module):
         for layer in self.layers:
             layer.compile(dynamic=True)
 
-    def encode(self, batch: Batch):
-        """Initial node and edge states: V [N, d] (probe features added), E [E, d_e]."""
-        v, e = self.encoder(batch)  # [N, d], [E, d_e]
+    def encode(self, batch: Batch, edge_order: torch.Tensor | None = None):
+        """Initial node and edge states: V [N, d] (probe features added), E [E, d_e] (rows in
+        ``edge_order`` if given, see ``GraphEncoder.forward``)."""
+        v, e = self.encoder(batch, edge_order)  # [N, d], [E, d_e]
         if self.probes is not None:
             v = v + self.probes(batch)
         return v, e

@@ -111,8 +111,13 @@ class GraphEncoder(nn.Module):
         self.edge_kind = nn.Embedding(len(EDGE_KINDS), edge_hidden)
         self.edge_in = edge_in
 
-    def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, batch: Batch, edge_order: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> V [N, d], E [E, d_edge]; E's row k is edge ``edge_order[k]`` when an order [E] is
+        given (the input scalars are reordered, so no [E, d_edge] gather or its backward runs)."""
         x, e = self.stats(batch) if self.stats is not None else (batch.x, batch.edge_attr)
+        edge_kind = batch.edge_kind
+        if edge_order is not None:
+            e, edge_kind = e[edge_order], edge_kind[edge_order]
         if e.shape[1] != self.edge_in:
             raise ValueError(f"edge features have {e.shape[1]} channels; this model was built for {self.edge_in}")
         if self.node_fourier is not None:
@@ -126,4 +131,4 @@ class GraphEncoder(nn.Module):
                     f"position id {int(batch.node_pos.max())} exceeds the model's {self.max_positions} positions"
                 )
             v = v + self.positions(batch.node_pos)
-        return v, self.edge_proj(e) + self.edge_kind(batch.edge_kind)  # [N, d], [E, d_edge]
+        return v, self.edge_proj(e) + self.edge_kind(edge_kind)  # [N, d], [E, d_edge]
