@@ -131,4 +131,9 @@ class GraphEncoder(nn.Module):
                     f"position id {int(batch.node_pos.max())} exceeds the model's {self.max_positions} positions"
                 )
             v = v + self.positions(batch.node_pos)
-        return v, self.edge_proj(e) + self.edge_kind(edge_kind)  # [N, d], [E, d_edge]
+        # W_e f(norm(w)) + K_e[kind] as one matmul of [f(norm(w)), onehot(kind)]: its weight
+        # gradient is a matmul too, where an embedding's backward sorts the E indices
+        kinds = self.edge_kind.num_embeddings
+        weight = torch.cat([self.edge_proj.weight, self.edge_kind.weight.T], dim=1)  # [d_edge, c + kinds]
+        e = torch.cat([e, nn.functional.one_hot(edge_kind, kinds).to(e.dtype)], dim=1)  # [E, c + kinds]
+        return v, nn.functional.linear(e, weight, self.edge_proj.bias)  # [N, d], [E, d_edge]

@@ -145,9 +145,9 @@ class NGT(GraphMetanetwork):
         local = torch.arange(batch.num_nodes, device=v.device) - batch.ptr[batch.batch]  # node index within its graph
         src, dst = local[batch.edge_index[0]], local[batch.edge_index[1]]
         pair_mask = node_mask[:, :, None] & node_mask[:, None, :]
-        dense_e = self.no_edge.expand(b, n_max, n_max, -1).clone()
+        dense_e = self.no_edge.to(e.dtype).expand(b, n_max, n_max, -1).clone()  # e: bf16 under bf16 autocast
         if self.reverse is not None:
-            dense_e[graph, dst, src] = e + self.reverse
+            dense_e[graph, dst, src] = (e + self.reverse).to(e.dtype)
         dense_e[graph, src, dst] = e
         dense_e = dense_e * pair_mask[..., None]
         for layer in self.layers:
