@@ -15,6 +15,8 @@ measurements:
   2 layers, NG-T 4 heads, 16 probes; AdamW lr 3e-3, batch 32, ``EPOCHS`` epochs, seeds
   ``SEEDS``) on the digits INR corpus (1,797 SIRENs of scikit-learn's 8x8 digits, built
   once into ``benchmarks/work/precision/``), test accuracy of the best validation epoch.
+  A rerun reuses the finished runs of the same ``src/`` (git tree hash) and trains again
+  after the library changes.
 
 Writes ``results/5_precision.json`` (``quick_5_precision.json`` with ``--quick``) with
 a verdict per model in its notes: speed-up and accuracy change. Needs a quiet machine:
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -74,12 +77,26 @@ def corpus(work: Path, quick: bool) -> Path:
     return root
 
 
+def library_version() -> str:
+    """The git tree hash of ``src/`` at HEAD (+dirty when ``src/`` has changes): training runs
+    are reused only by the same library code."""
+    try:
+        tree = subprocess.run(["git", "rev-parse", "--short", "HEAD:src"], capture_output=True, text=True,
+                              check=True, cwd=HERE).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "src"], capture_output=True, text=True,
+                               cwd=HERE.parent).stdout.strip()
+        return tree + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
 def accuracy(data: Path, work: Path, model: str, compiled: bool, precision: str, seed: int, sizes: dict,
              epochs: int, device: str) -> dict:
-    """One training run (reused when its metrics.json exists): test accuracy and train seconds."""
+    """One training run (reused when its metrics.json exists for this version of ``src/``):
+    test accuracy and train seconds."""
     from nngraph.train import TrainConfig, train
 
-    out = work / "runs" / f"{model}-{'compiled-' if compiled else ''}{precision}-s{seed}"
+    out = work / "runs" / library_version() / f"{model}-{'compiled-' if compiled else ''}{precision}-s{seed}"
     if (out / "metrics.json").exists():
         result = json.loads((out / "metrics.json").read_text())
     else:

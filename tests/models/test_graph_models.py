@@ -133,6 +133,25 @@ def test_models_read_the_bundled_examples():
         assert build(name, batch, probes=2)(batch).shape == (len(nets), 3)
 
 
+@pytest.mark.parametrize("fourier_features", [0, 2])
+def test_encoder_edge_states_follow_the_formula_and_the_given_order(fourier_features):
+    """E_ij = W_e f(norm(w_ij)) + K_e[kind_ij] (one matmul with a one-hot of the kind), and
+    with an edge order [E] the rows come in that order."""
+    batch = nngraph.collate(cnn_graphs(2))
+    assert batch.edge_kind.unique().numel() > 1  # conv, residual, ... : the kind term matters
+    encoder = build("nggnn", batch, fourier_features=fourier_features).encoder
+    _, w = encoder.stats(batch)
+    if fourier_features:
+        w = encoder.edge_fourier(w)
+    expected = encoder.edge_proj(w) + encoder.edge_kind(batch.edge_kind)  # [E, d_e]
+    v, e = encoder(batch)
+    assert torch.allclose(e, expected, atol=1e-6)
+    order = torch.randperm(e.shape[0], generator=torch.Generator().manual_seed(0))
+    v_ordered, e_ordered = encoder(batch, order)
+    assert torch.equal(v_ordered, v)
+    assert torch.allclose(e_ordered, expected[order], atol=1e-6)
+
+
 def test_ngt_layer_matches_the_relational_attention_formula():
     """The factorised NG-T layer equals the formula with explicit per-pair queries, keys, values."""
     import math

@@ -17,7 +17,8 @@ a node without incoming messages aggregates to 0. This is
 Nodes with the same in-degree D form a bucket. With the messages ordered by (in-degree of
 the target, target), the messages of a bucket's n_D nodes are one contiguous block that
 views as [n_D, D, d], so every aggregator is a reduction over its middle dimension and
-its backward is dense as well (no scatter, no scatter-min/max backward). The scalers are
+its backward is one elementwise expression over the block (``BucketAggregates``: no
+scatter, not even for min and max). The scalers are
 constant within a bucket, so they fold into one weight per bucket,
 W_D = W_id + s_amp(D) W_amp + s_att(D) W_att, and the [N, 12d] concatenation is never
 built. Networks of one architecture have a few in-degrees (an MLP: one per layer), so
