@@ -20,7 +20,7 @@ measurements:
 
 Writes ``results/5_precision.json`` (``quick_5_precision.json`` with ``--quick``) with
 a verdict per model in its notes: speed-up and accuracy change. Needs a quiet machine:
-about 15 minutes on 2 cores. ``--quick`` (tiny sizes, a 60-INR corpus, one epoch, the
+about 25 minutes on 2 cores. ``--quick`` (tiny sizes, a 60-INR corpus, one epoch, the
 three modes with an accuracy) only proves the script works (about 2 minutes, most of it
 compiling).
 """
