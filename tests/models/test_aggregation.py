@@ -1,12 +1,11 @@
 """NG-GNN's PNA aggregation over in-degree buckets against torch_geometric's scatter version."""
 
+import math
 import shutil
 
 import pytest
 import torch
 from torch_geometric.nn.aggr import DegreeScalerAggregation
-
-import math
 
 from nngraph.models.aggregation import (AGGREGATORS, SCALERS, BucketAggregates, InDegreeBuckets, PNAAggregation,
                                         gather_rows)
