@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -38,7 +37,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import RESULTS, siren_graphs, training_step_times, write_result  # noqa: E402
+from common import RESULTS, git_version, siren_graphs, training_step_times, write_result  # noqa: E402
 
 PUBLISHED = {"hidden": 64, "edge_hidden": 32, "layers": 4, "heads": 8}
 TASK_SIZE = {"hidden": 32, "edge_hidden": 16, "layers": 2, "heads": 4, "probes": 16}
@@ -77,26 +76,13 @@ def corpus(work: Path, quick: bool) -> Path:
     return root
 
 
-def library_version() -> str:
-    """The git tree hash of ``src/`` at HEAD (+dirty when ``src/`` has changes): training runs
-    are reused only by the same library code."""
-    try:
-        tree = subprocess.run(["git", "rev-parse", "--short", "HEAD:src"], capture_output=True, text=True,
-                              check=True, cwd=HERE).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "src"], capture_output=True, text=True,
-                               cwd=HERE.parent).stdout.strip()
-        return tree + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def accuracy(data: Path, work: Path, model: str, compiled: bool, precision: str, seed: int, sizes: dict,
              epochs: int, device: str) -> dict:
-    """One training run (reused when its metrics.json exists for this version of ``src/``):
-    test accuracy and train seconds."""
+    """One training run (reused when its metrics.json exists for this version of ``src/``, its
+    git tree hash): test accuracy and train seconds."""
     from nngraph.train import TrainConfig, train
 
-    out = work / "runs" / library_version() / f"{model}-{'compiled-' if compiled else ''}{precision}-s{seed}"
+    out = work / "runs" / git_version("HEAD:src") / f"{model}-{'compiled-' if compiled else ''}{precision}-s{seed}"
     if (out / "metrics.json").exists():
         result = json.loads((out / "metrics.json").read_text())
     else:

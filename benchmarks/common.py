@@ -30,13 +30,23 @@ def machine() -> dict:
     }
 
 
-def commit() -> str:
+def git_version(rev: str = "HEAD") -> str:
+    """``git rev-parse --short rev`` of this repository, "+dirty" when ``src/`` has uncommitted
+    changes, "unknown" outside git."""
+    root = Path(__file__).resolve().parent.parent
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "src"], capture_output=True, text=True).stdout.strip()
+        out = subprocess.run(["git", "rev-parse", "--short", rev], capture_output=True, text=True, check=True,
+                             cwd=root)
+        dirty = subprocess.run(["git", "status", "--porcelain", "src"], capture_output=True, text=True,
+                               cwd=root).stdout.strip()
         return out.stdout.strip() + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def commit() -> str:
+    """The commit of the code that ran (see ``git_version``)."""
+    return git_version("HEAD")
 
 
 def siren_graphs(batch: int, seed: int = 0, **siren_kwargs):
