@@ -1,3 +1,8 @@
+import gzip
+import hashlib
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -82,3 +87,59 @@ def test_digits_split_and_limit_are_stratified():
     # a limited item keeps its split
     full_split = dict(zip(data.index.tolist(), data.split.tolist()))
     assert all(full_split[i] == s for i, s in zip(small.index.tolist(), small.split.tolist()))
+
+
+SHARED_MNIST = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "mnist"
+
+
+def test_mnist_named_source_reads_the_standard_files_once_checked(tmp_path, monkeypatch):
+    if not (SHARED_MNIST / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip("the shared MNIST copy (../shared/data/mnist) is not on this machine")
+    monkeypatch.setenv("NNGRAPH_MNIST", str(SHARED_MNIST))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    data = img.load_images("mnist")
+    assert data.name == "mnist" and data.images.shape == (70000, 28, 28)
+    assert data.labels[:10].tolist() == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]
+    assert data.counts() == {"train": 55000, "val": 5000, "test": 10000}
+    assert data.source["files"][0] == str(SHARED_MNIST.resolve() / "train-images-idx3-ubyte.gz")
+    stamp = json.loads((tmp_path / "cache" / "nngraph" / "mnist-sha256.json").read_text())
+    assert len(stamp) == 4  # every file checked once, then skipped while path, size and mtime stay
+    calls = []
+    monkeypatch.setattr(img.hashlib, "sha256", lambda raw: calls.append(1))
+    img.verify_mnist(SHARED_MNIST.resolve())
+    assert calls == []
+
+
+def _fake_mnist(folder, write_idx, labels=(5, 0, 4)):
+    """Four small IDX files under the standard names, and their digests (a stand-in for MNIST_SHA256)."""
+    folder.mkdir(parents=True)
+    digests = {}
+    for name, array in (("train-images-idx3-ubyte", np.zeros((12, 3, 3), np.uint8)),
+                        ("train-labels-idx1-ubyte", np.array((labels * 4)[:12], np.uint8)),
+                        ("t10k-images-idx3-ubyte", np.ones((3, 3, 3), np.uint8)),
+                        ("t10k-labels-idx1-ubyte", np.array(labels, np.uint8))):
+        write_idx(folder / f"{name}.gz", array)
+        digests[name] = hashlib.sha256(gzip.decompress((folder / f"{name}.gz").read_bytes())).hexdigest()
+    return digests
+
+
+def test_mnist_checks_digests_and_says_where_to_put_the_files(tmp_path, monkeypatch, write_idx):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("NNGRAPH_MNIST", str(tmp_path / "nowhere"))
+    with pytest.raises(DataError, match=r"MNIST not found: .*nowhere has no train-images-idx3-ubyte\[.gz\]; put "
+                                        r"the four standard MNIST IDX files .*or set NNGRAPH_MNIST") as e:
+        img.load_images("mnist")
+    assert "\n" not in str(e.value)
+    monkeypatch.delenv("NNGRAPH_MNIST")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    assert img.mnist_folder() == (tmp_path / "data" / "nngraph" / "mnist").resolve()  # the documented default
+    digests = _fake_mnist(tmp_path / "data" / "nngraph" / "mnist", write_idx)
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte.gz has SHA-256 .*not the standard ba891046e650"):
+        img.load_images("mnist")
+    monkeypatch.setattr(img, "MNIST_SHA256", digests)
+    data = img.load_images("mnist")
+    assert data.name == "mnist" and len(data) == 15 and data.labels[-3:].tolist() == [5, 0, 4]
+    # a file replaced after its check is checked again
+    write_idx(tmp_path / "data" / "nngraph" / "mnist" / "t10k-labels-idx1-ubyte.gz", np.array((1, 1, 1), np.uint8))
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.gz has SHA-256"):
+        img.load_images("mnist")

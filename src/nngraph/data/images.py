@@ -1,4 +1,4 @@
-"""Image sources for INR corpora and CNN zoos: IDX files, Fashion-MNIST, scikit-learn digits.
+"""Image sources for INR corpora and CNN zoos: IDX files, MNIST, Fashion-MNIST, scikit-learn digits.
 
 Every source is returned as an :class:`ImageSet`: images float32 in [0, 1] [n, H, W],
 labels int64 [n], the index of every image in its source, and a split name per image
@@ -11,6 +11,12 @@ holds the same images in the same splits:
 - a single IDX pair, or scikit-learn's ``load_digits`` (1,797 8x8 images, values 0..16
   divided by 16): a class-stratified 70 / 15 / 15 train / val / test split.
 
+MNIST (``--images mnist``) is the four standard IDX files (``MNIST_SHA256``), which nngraph
+never downloads: put them (gzip-compressed or not) in ``$NNGRAPH_MNIST`` or, without it, in
+``~/.local/share/nngraph/mnist`` (``$XDG_DATA_HOME/nngraph/mnist``). Their SHA-256 digests
+(of the uncompressed bytes) are checked on first use; a stamp in ``~/.cache/nngraph``
+(``$XDG_CACHE_HOME``) keyed by path, size and modification time skips the check afterwards.
+
 Source index: position in the training file, or ``n_train + position`` in the test file.
 ``limit`` keeps a class-stratified subset: ``limit`` images in total, shared among the
 splits in proportion to their sizes.
@@ -19,6 +25,8 @@ splits in proportion to their sizes.
 from __future__ import annotations
 
 import gzip
+import hashlib
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -27,9 +35,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nngraph.errors import DataError
+from nngraph.errors import DataError, StorageError
+from nngraph.io import atomic_write_json
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+MNIST_ENV = "NNGRAPH_MNIST"
+# SHA-256 of the uncompressed standard MNIST files (LeCun, Cortes & Burges); nothing downloads them
+MNIST_SHA256 = {
+    "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+}
 SPLITS = ("train", "val", "test")
 SPLIT_SEED = 20240517  # fixed: the split is part of the corpus definition
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
@@ -149,9 +166,9 @@ def load_idx_folder(folder: str | os.PathLike, name: str | None = None) -> Image
     folder = Path(folder)
     if folder.is_file():
         raise DataError(f"--images {folder} is a file, not a folder; pass the folder that holds the "
-                        f"*-idx3-ubyte / *-idx1-ubyte files, or digits / fashion-mnist")
+                        f"*-idx3-ubyte / *-idx1-ubyte files, or digits / mnist / fashion-mnist")
     if not folder.is_dir():
-        raise DataError(f"images folder {folder} does not exist; pass --images digits, fashion-mnist "
+        raise DataError(f"images folder {folder} does not exist; pass --images digits, mnist, fashion-mnist "
                         f"or a folder of *-idx3-ubyte / *-idx1-ubyte files")
     pairs = _find_pairs(folder)
     if not pairs:
@@ -190,6 +207,69 @@ def load_fashion_mnist(folder: str | os.PathLike | None = None) -> ImageSet:
     return load_idx_folder(folder, name="fashion-mnist")
 
 
+def mnist_folder() -> Path:
+    """Where nngraph looks for the MNIST files: ``$NNGRAPH_MNIST``, else ``$XDG_DATA_HOME/nngraph/mnist``
+    (``~/.local/share/nngraph/mnist``)."""
+    if os.environ.get(MNIST_ENV):
+        return Path(os.environ[MNIST_ENV]).expanduser().resolve()
+    data_home = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return (data_home / "nngraph" / "mnist").resolve()
+
+
+def _verified_stamp() -> Path:
+    """The stamp of MNIST files already checked: {resolved path: [size, mtime_ns, sha256]}."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "nngraph" / "mnist-sha256.json"
+
+
+def verify_mnist(folder: Path) -> list[Path]:
+    """The four MNIST files in ``folder`` (``NAME`` or ``NAME.gz``), each checked against
+    ``MNIST_SHA256`` unless the stamp says this very file (path, size, mtime) passed before."""
+    files = []
+    for name in MNIST_SHA256:
+        found = [folder / n for n in (name, name + ".gz") if (folder / n).is_file()]
+        if not found:
+            raise DataError(f"MNIST not found: {folder} has no {name}[.gz]; put the four standard MNIST IDX files "
+                            f"({', '.join(MNIST_SHA256)}, .gz or not) there, or set {MNIST_ENV} to their folder")
+        files.append(found[0])
+    stamp_path = _verified_stamp()
+    try:
+        stamp = json.loads(stamp_path.read_text())
+        stamp = stamp if isinstance(stamp, dict) else {}
+    except (OSError, ValueError):
+        stamp = {}
+    changed = False
+    for path, expected in zip(files, MNIST_SHA256.values()):
+        info = path.stat()
+        key, seen = str(path.resolve()), [info.st_size, info.st_mtime_ns, expected]
+        if stamp.get(key) == seen:
+            continue
+        raw = path.read_bytes()
+        try:
+            raw = gzip.decompress(raw) if path.suffix == ".gz" else raw
+        except (OSError, EOFError) as exc:
+            raise DataError(f"cannot read MNIST file {path} ({exc}); replace it with the standard file") from None
+        digest = hashlib.sha256(raw).hexdigest()
+        if digest != expected:
+            raise DataError(f"MNIST file {path} has SHA-256 {digest[:12]}..., not the standard {expected[:12]}...; "
+                            f"replace it with the standard {path.name.removesuffix('.gz')} file")
+        stamp[key], changed = seen, True
+    if changed:
+        try:
+            atomic_write_json(stamp_path, stamp, indent=1)
+        except StorageError:
+            pass  # an unwritable cache only means checking again next time
+    return files
+
+
+def load_mnist(folder: str | os.PathLike | None = None) -> ImageSet:
+    """MNIST (60k + 10k 28x28 digits) from the standard IDX files in ``folder`` or ``mnist_folder()``,
+    checked by SHA-256 (``verify_mnist``); split as every IDX folder (55k / 5k / 10k)."""
+    folder = Path(folder).expanduser().resolve() if folder is not None else mnist_folder()
+    verify_mnist(folder)
+    return load_idx_folder(folder, name="mnist")
+
+
 def load_digits_set() -> ImageSet:
     """scikit-learn's ``load_digits``: 1,797 8x8 images (values / 16), split 70/15/15."""
     from sklearn.datasets import load_digits
@@ -205,9 +285,11 @@ def load_digits_set() -> ImageSet:
 
 
 def load_images(spec: str, limit: int | None = None) -> ImageSet:
-    """``digits``, ``fashion-mnist`` or a folder of IDX files; optionally a stratified subset."""
+    """``digits``, ``mnist``, ``fashion-mnist`` or a folder of IDX files; optionally a stratified subset."""
     if spec == "digits":
         data = load_digits_set()
+    elif spec == "mnist":
+        data = load_mnist()
     elif spec == "fashion-mnist":
         data = load_fashion_mnist()
     else:
