@@ -66,9 +66,10 @@ def add_data_inrs(sub) -> None:
                     f"nothing when it is complete.\n\nDefault recipes (--steps/--lr/--schedule/--target-psnr "
                     f"--first-layer-lr-scale override them):\n{recipes}",
     )
-    p.add_argument("--images", default="digits", metavar="{digits,fashion-mnist,PATH}",
-                   help="image source: scikit-learn digits (8x8, built in), Fashion-MNIST from the Debian "
-                        "package dataset-fashion-mnist, or a folder of MNIST-format IDX files")
+    p.add_argument("--images", default="digits", metavar="{digits,mnist,fashion-mnist,PATH}",
+                   help="image source: scikit-learn digits (8x8, built in), MNIST (the four standard IDX files "
+                        "in $NNGRAPH_MNIST or ~/.local/share/nngraph/mnist, SHA-256 checked), Fashion-MNIST "
+                        "from the Debian package dataset-fashion-mnist, or a folder of MNIST-format IDX files")
     p.add_argument("--out", required=True, metavar="DIR", help="corpus folder (created; reused to resume); required")
     p.add_argument("--variant", default="dwsnet", choices=["dwsnet", "standard"],
                    help="SIREN initialisation and output convention (see nngraph.data.inr)")
