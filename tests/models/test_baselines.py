@@ -15,11 +15,12 @@ from nngraph.graph.fast import graphs_from_params, stacked_params
 from nngraph.graph.permute import permute_graph
 from nngraph.graph.augment import random_permutation_augment
 from nngraph.models.baselines import BASELINES, DeepSets, FlatMLP, StatNN
+from nngraph.models.baselines.dwsnet import DWSLayer, from_features, to_features, weight_space
 from nngraph.models.baselines.nfn import chain_params, to_wsfeat
 from nngraph.models.baselines.statnn import segment_stats, stat_features
 from tests.graph.nets import randomise
 
-INVARIANT = ("deepsets", "statnn", "nfn-np", "nfn-hnp")
+INVARIANT = ("deepsets", "statnn", "nfn-np", "nfn-hnp", "dwsnet")
 MIXED_OK = ("deepsets", "statnn")
 OUT = 3
 TOL = 1e-4
@@ -48,7 +49,8 @@ def _graphs(family: str, seeds=(0, 1, 2, 3)):
 def _model(name: str, example, **kwargs) -> torch.nn.Module:
     torch.manual_seed(0)
     small = {"mlp": dict(hidden=32), "deepsets": dict(hidden=32), "statnn": dict(hidden=32),
-             "nfn-np": dict(hidden_chan=8, head_hidden=32), "nfn-hnp": dict(hidden_chan=8, head_hidden=32)}[name]
+             "nfn-np": dict(hidden_chan=8, head_hidden=32), "nfn-hnp": dict(hidden_chan=8, head_hidden=32),
+             "dwsnet": dict(hidden_chan=8, hidden_layers=2, head_hidden=32, head_layers=2)}[name]
     return BASELINES[name].from_example(example, OUT, **{**small, **kwargs}).eval()
 
 
@@ -79,7 +81,7 @@ def test_output_shape_and_gradients(name, family):
 
 
 def test_registry_names():
-    assert set(BASELINES) == {"mlp", "deepsets", "statnn", "nfn-np", "nfn-hnp"}
+    assert set(BASELINES) == {"mlp", "deepsets", "statnn", "nfn-np", "nfn-hnp", "dwsnet"}
 
 
 @pytest.mark.parametrize("family", ["siren", "cnn"])
@@ -278,7 +280,7 @@ def test_flat_mlp_refuses_other_architecture():
         model(nngraph.collate(_graphs("cnn")))
 
 
-@pytest.mark.parametrize("name", ["nfn-np", "nfn-hnp"])
+@pytest.mark.parametrize("name", ["nfn-np", "nfn-hnp", "dwsnet"])
 def test_nfn_edits_are_equivariant_and_start_at_no_change(name):
     graphs = _graphs("siren")
     batch = nngraph.collate(graphs)
@@ -305,3 +307,96 @@ def test_nfn_edits_are_equivariant_and_start_at_no_change(name):
 def test_nfn_edits_refuse_folded_batchnorm():
     with pytest.raises(UnsupportedModelError, match="bias and no BatchNorm"):
         _model("nfn-np", nngraph.collate(_graphs("cnn")), readout="parameters")
+
+
+def _weight_space_permutation(shapes, perms):
+    """Indices of the flattened weight space (W_1, b_1, ..., W_L, b_L, torch layouts) after permuting
+    hidden layer k's neurons by ``perms[k]`` (inputs and outputs fixed): x_permuted = x[index]."""
+    index, start = [], 0
+    sizes = [shapes[0][1]] + [s[0] for s in shapes]
+    perm = [torch.arange(n) for n in sizes]
+    for k, p in perms.items():
+        perm[k] = p
+    for i, (out, inn) in enumerate(shapes, start=1):
+        w = torch.arange(out * inn).view(out, inn)[perm[i]][:, perm[i - 1]]
+        b = torch.arange(out)[perm[i]]
+        index += [start + w.flatten(), start + out * inn + b]
+        start += out * inn + out
+    return torch.cat(index)
+
+
+def test_dwsnet_layer_spans_every_equivariant_linear_map():
+    """The layer's linear maps (one channel, biases left out) are exactly the commutant of the hidden-neuron
+    permutations of a 2-3-3-1 MLP's weight space: every one commutes, and together they span all of them.
+    The permutations act by permuting coordinates, so a commuting M is one constant per orbit of the
+    coordinate pairs (i, j) -> (g[i], g[j]): the commutant's dimension is the number of those orbits."""
+    shapes = [(3, 2), (3, 3), (1, 3)]
+    specs = weight_space(shapes)
+    dim = sum(o * i + o for o, i in shapes)  # 25
+    gens = [_weight_space_permutation(shapes, {k: p}) for k in (1, 2)
+            for p in (torch.tensor([1, 0, 2]), torch.tensor([1, 2, 0]))]  # generate S_3 x S_3
+    parent = list(range(dim * dim))
+
+    def root(a: int) -> int:
+        while parent[a] != a:
+            a = parent[a]
+        return a
+
+    for g in gens:
+        for i in range(dim):
+            for j in range(dim):
+                parent[root(i * dim + j)] = root(int(g[i]) * dim + int(g[j]))
+    commutant = len({root(a) for a in range(dim * dim)})
+    layer = DWSLayer(specs, 1, 1).double()
+    weights = [m.weight for m in layer.maps]
+
+    def as_matrix():  # the layer's linear map on the flattened weight space [dim, dim]
+        basis = torch.eye(dim, dtype=torch.float64)
+        tensors, start = [], 0
+        for spec in specs:
+            size = int(torch.tensor(spec.shape).prod())
+            tensors.append(to_features(basis[:, start:start + size].reshape(dim, *spec.shape, 1), spec))
+            start += size
+        with torch.no_grad():
+            out = layer(tensors)
+        cols = [from_features(y, spec).reshape(dim, -1) for y, spec in zip(out, specs)]
+        return torch.cat(cols, dim=1).T  # column j = image of basis vector j
+
+    for m in layer.maps:
+        if m.bias is not None:
+            torch.nn.init.zeros_(m.bias)
+    spans = []
+    with torch.no_grad():
+        for w in weights:
+            for j in range(w.numel()):
+                for v in weights:
+                    v.zero_()
+                w.view(-1)[j] = 1.0
+                spans.append(as_matrix().flatten())
+        for v in weights:
+            v.normal_()
+        matrix = as_matrix()
+    for g in gens:  # a generic map commutes with every generator
+        assert torch.allclose(matrix[g][:, g], matrix, atol=1e-9)
+    assert commutant == 75 and int(torch.linalg.matrix_rank(torch.stack(spans))) == commutant
+    assert len(layer.terms) == 13  # W_1 2, b_1 2, W_2 4, b_2 2, W_3 2, b_3 1
+
+
+def test_dwsnet_trains():
+    """A few AdamW steps on one batch lower the classification loss and the editing loss."""
+    batch = nngraph.collate(_graphs("siren"))
+    labels = torch.tensor([0, 1, 2, 0])
+    for readout in ("invariant", "parameters"):
+        model = _model("dwsnet", batch, **({"readout": readout} if readout == "parameters" else {})).train()
+        opt = torch.optim.AdamW(model.parameters(), 1e-2)
+        target = {k: 0.1 * torch.ones_like(v) for k, v in stacked_params(batch).items()}
+        losses = []
+        for _ in range(12):
+            out = model(batch)
+            loss = (torch.nn.functional.cross_entropy(out, labels) if readout == "invariant" else
+                    sum((out[k] - target[k]).pow(2).mean() for k in target))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(float(loss))
+        assert losses[-1] < 0.5 * losses[0], (readout, losses[0], losses[-1])

@@ -11,6 +11,8 @@ statnn     ``StatNN``: per-layer weight/bias statistics + MLP            any, mi
            (Unterthiner et al. 2020)
 nfn-np     ``NFNNP``: neural functional, NP layers (``nfn`` package)     one chain architecture
 nfn-hnp    ``NFNHNP``: neural functional, HNP layers                     one chain architecture
+dwsnet     ``DWSNet``: equivariant layers between weight spaces, all     one chain architecture
+           weight/bias blocks (Navon et al. 2023)
 =========  ==========================================================  ====================
 
 Every class takes plain constructor arguments and has ``from_example(batch, out_dim,
@@ -19,6 +21,7 @@ returns [B, out_dim].
 """
 
 from nngraph.models.baselines.deepsets import DeepSets
+from nngraph.models.baselines.dwsnet import DWSNet
 from nngraph.models.baselines.mlp import FlatMLP
 from nngraph.models.baselines.nfn import NFNHNP, NFNNP
 from nngraph.models.baselines.statnn import StatNN
@@ -27,4 +30,4 @@ from nngraph.models.registry import model_info, model_names  # noqa: E402 - afte
 
 BASELINES = {name: model_info(name).cls for name in model_names() if model_info(name).baseline}
 
-__all__ = ["BASELINES", "DeepSets", "FlatMLP", "NFNHNP", "NFNNP", "StatNN"]
+__all__ = ["BASELINES", "DWSNet", "DeepSets", "FlatMLP", "NFNHNP", "NFNNP", "StatNN"]
