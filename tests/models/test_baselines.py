@@ -20,7 +20,7 @@ from nngraph.models.baselines.nfn import chain_params, to_wsfeat
 from nngraph.models.baselines.statnn import segment_stats, stat_features
 from tests.graph.nets import randomise
 
-INVARIANT = ("deepsets", "statnn", "nfn-np", "nfn-hnp", "dwsnet")
+INVARIANT = ("deepsets", "statnn", "nfn-np", "nfn-hnp", "dwsnet", "probe", "probegen")
 MIXED_OK = ("deepsets", "statnn")
 OUT = 3
 TOL = 1e-4
@@ -50,7 +50,8 @@ def _model(name: str, example, **kwargs) -> torch.nn.Module:
     torch.manual_seed(0)
     small = {"mlp": dict(hidden=32), "deepsets": dict(hidden=32), "statnn": dict(hidden=32),
              "nfn-np": dict(hidden_chan=8, head_hidden=32), "nfn-hnp": dict(hidden_chan=8, head_hidden=32),
-             "dwsnet": dict(hidden_chan=8, hidden_layers=2, head_hidden=32, head_layers=2)}[name]
+             "dwsnet": dict(hidden_chan=8, hidden_layers=2, head_hidden=32, head_layers=2),
+             "probe": dict(probes=8, hidden=32), "probegen": dict(probes=8, hidden=32)}[name]
     return BASELINES[name].from_example(example, OUT, **{**small, **kwargs}).eval()
 
 
@@ -81,7 +82,7 @@ def test_output_shape_and_gradients(name, family):
 
 
 def test_registry_names():
-    assert set(BASELINES) == {"mlp", "deepsets", "statnn", "nfn-np", "nfn-hnp", "dwsnet"}
+    assert set(BASELINES) == {"mlp", "deepsets", "statnn", "nfn-np", "nfn-hnp", "dwsnet", "probe", "probegen"}
 
 
 @pytest.mark.parametrize("family", ["siren", "cnn"])

@@ -42,6 +42,9 @@ CONFIGS = [
     ("nggnn", {"probes": 4, "reverse_edges": True}),
     ("ngt", {}),
     ("ngt", {"probes": 4, "reverse_edges": True, "fourier_features": 2}),
+    ("nggnn", {"probes": 4, "probe_generator": "deep-linear"}),
+    ("ngt", {"probes": 4, "probe_generator": "deep-linear", "reverse_edges": True}),
+    ("ngt", {"probes": 4, "probe_generator": "free"}),
 ]
 
 
@@ -80,11 +83,12 @@ def test_parameter_readout_is_equivariant(name):
             assert (deltas_perm[key][b] - value[0]).abs().max() <= TOL, key
 
 
+@pytest.mark.parametrize("generator", [None, "deep-linear"])
 @pytest.mark.parametrize("name", ["nggnn", "ngt"])
-def test_output_does_not_depend_on_batch_mates(name):
+def test_output_does_not_depend_on_batch_mates(name, generator):
     small = siren_graphs(2, seed=1, hidden=16, depth=3)
     large = siren_graphs(3, seed=2)
-    model = build(name, nngraph.collate(small + large), probes=4)
+    model = build(name, nngraph.collate(small + large), probes=4, probe_generator=generator)
     with torch.no_grad():
         mixed = model(nngraph.collate(small + large))  # the small networks are padded here
         for index, graph in [(0, small[0]), (2, large[0])]:
@@ -186,3 +190,40 @@ def test_ngt_layer_matches_the_relational_attention_formula():
         ref_e = layer.e_norm(e + layer.e_out(F.gelu(pre))) * pair_mask[..., None]
     assert (got_v - ref_v).abs().max() <= 1e-5
     assert (got_e - ref_e).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("name", ["nggnn", "ngt"])
+def test_generated_probes_and_their_outputs_reach_the_readout(name):
+    """probe_generator: the probes come from the generator, the outputs on them join the invariant
+    readout's input (changing them changes the prediction); without one, the published model."""
+    batch = nngraph.collate(siren_graphs(3))
+    plain = build(name, batch, probes=4)
+    assert [n for n, _ in plain.probes.named_parameters()] == ["probes", "proj.weight", "proj.bias", "norm.weight",
+                                                               "norm.bias"]
+    assert plain.readout.head[0].in_features == 3 * 64  # [mean, max, one output neuron] x hidden
+    model = build(name, batch, probes=8, probe_generator="deep-linear")
+    assert model.readout.head[0].in_features == 3 * 64 + 8
+    _, _, outputs = model.encode(batch)  # [B, m K]
+    y, _ = nngraph.execute(batch, model.probes.inputs())  # [B, K, 1]
+    torch.testing.assert_close(outputs, y.reshape(3, 8))
+    with torch.no_grad():
+        full = model(batch)
+        model.readout.head[0].weight[:, -8:].zero_()  # the readout's weights on the outputs
+        assert (model(batch) - full).abs().max() > 1e-4
+    model = build(name, batch, probes=8, probe_generator="deep-linear").train()
+    model(batch).pow(2).sum().backward()
+    for pname, p in model.probes.generator.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, pname
+    edit = build(name, batch, probes=4, probe_generator="deep-linear", readout="parameters")
+    assert edit.probe_outputs == 0 and set(edit(batch)) == set(stacked_params(batch))
+
+
+def test_probe_generator_arguments_are_checked():
+    from nngraph.models.registry import check_model_args
+
+    for name in ("nggnn", "ngt"):
+        check_model_args(name, {"probes": 128, "probe_generator": "deep-linear"})
+        with pytest.raises(nngraph.NNGraphError, match="needs probes"):
+            check_model_args(name, {"probe_generator": "deep-linear"})
+        with pytest.raises(nngraph.NNGraphError, match="unknown probe_generator"):
+            check_model_args(name, {"probes": 4, "probe_generator": "gan"})

@@ -5,6 +5,12 @@ construction from an example batch.
     V    = V + probes(G)        # with probes: the network's values on learned inputs
     V, E = layers(V, E)         # the subclass's message passing / attention
     y    = readout(V, E, G)     # [B, out_dim] (invariant) or {name: [B, *shape]} (per parameter)
+
+With a ``probe_generator`` ("free" or "deep-linear", see ``models.probes``) the probes
+come from that source and the network's outputs on them, o = [f(p_1) .. f(p_K)] [B, m K],
+also join the invariant readout's input: y = MLP([pooled V, V_out, o]) -- what a probing
+model reads, next to what the graph model computed from the weights. Without one
+(``None``) the probes are free and only enter the node features, as published.
 """
 
 from __future__ import annotations
@@ -15,9 +21,10 @@ import torch
 from torch import nn
 from torch_geometric.data import Batch
 
+from nngraph.errors import NNGraphError
 from nngraph.graph.graph import ROLE_OUTPUT, graph_specs
 from nngraph.models.embeddings import GraphEncoder, WeightStatistics
-from nngraph.models.probes import ProbeFeatures
+from nngraph.models.probes import GENERATORS, ProbeFeatures, output_responses
 from nngraph.models.readout import make_readout
 
 # Spare position ids above the example's largest: node_pos gives every hidden layer its
@@ -37,12 +44,17 @@ class GraphMetanetwork(nn.Module):
     def __init__(self, node_in: int, edge_in: int, max_positions: int, num_outputs: int, out_dim: int,
                  hidden: int, edge_hidden: int, dropout: float, position_embeddings: bool, fourier_features: int,
                  probes: int, input_shape: tuple[int, ...], probe_domain: tuple[float, float],
-                 stats: WeightStatistics | None, readout: str):
+                 stats: WeightStatistics | None, readout: str, probe_generator: str | None = None):
         super().__init__()
         self.encoder = GraphEncoder(node_in, edge_in, hidden, edge_hidden, max_positions, stats,
                                     position_embeddings, fourier_features)
-        self.probes = ProbeFeatures(probes, tuple(input_shape), hidden, probe_domain) if probes else None
-        self._readout_args = (readout, hidden, edge_hidden, num_outputs, out_dim, node_in, edge_in, dropout)
+        generator = None if probe_generator == "free" else probe_generator
+        self.probes = (ProbeFeatures(probes, tuple(input_shape), hidden, probe_domain, generator=generator)
+                       if probes else None)
+        # The outputs on the probes, [B, m K], join an invariant readout when a probe source is chosen.
+        self.probe_outputs = num_outputs if probes and probe_generator is not None and readout == "invariant" else 0
+        self._readout_args = (readout, hidden, edge_hidden, num_outputs, out_dim, node_in, edge_in, dropout,
+                              self.probe_outputs * probes)
 
     def add_readout(self) -> None:
         """The readout, built after the subclass's layers."""
@@ -63,11 +75,32 @@ class GraphMetanetwork(nn.Module):
 
     def encode(self, batch: Batch, edge_order: torch.Tensor | None = None):
         """Initial node and edge states: V [N, d] (probe features added), E [E, d_e] (rows in
-        ``edge_order`` if given, see ``GraphEncoder.forward``)."""
+        ``edge_order`` if given, see ``GraphEncoder.forward``), and the outputs on the probes
+        [B, m K] that the readout reads (None unless ``probe_generator`` is set)."""
         v, e = self.encoder(batch, edge_order)  # [N, d], [E, d_e]
+        outputs = None
         if self.probes is not None:
-            v = v + self.probes(batch)
-        return v, e
+            features, acts = self.probes(batch)  # [N, d], [N, K]
+            v = v + features
+            if self.probe_outputs:
+                outputs = output_responses(batch, acts, self.probe_outputs)  # [B, m K]
+        return v, e, outputs
+
+    def read(self, v: torch.Tensor, e: torch.Tensor, batch: Batch, probe_outputs: torch.Tensor | None):
+        """The readout of the final states (and of the outputs on the probes, when given)."""
+        if probe_outputs is None:
+            return self.readout(v, e, batch)
+        return self.readout(v, e, batch, probe_outputs)
+
+    @classmethod
+    def check_args(cls, kwargs: dict[str, Any]) -> None:
+        """One line before any data is read: a known probe source, and probes for it to make."""
+        source = kwargs.get("probe_generator")
+        if source is not None and source not in ("free", *GENERATORS):
+            raise NNGraphError(f"{cls.__name__.lower()}: unknown probe_generator {source!r}; choose free, "
+                               f"{', '.join(GENERATORS)} or none (free probes in the node features only)")
+        if source is not None and not kwargs.get("probes"):
+            raise NNGraphError(f"{cls.__name__.lower()}: probe_generator={source!r} needs probes; pass probes=K (e.g. 128)")
 
     @classmethod
     def example_sizes(cls, example: Batch, **kwargs: Any) -> dict[str, Any]:

@@ -140,6 +140,9 @@ class NGGNN(GraphMetanetwork):
         deg: in-degree histogram of training graphs (PNA scalers); see ``degree_histogram``.
         probes: number of probe inputs (0 = off); ``input_shape`` and ``probe_domain`` say
             where they live.
+        probe_generator: None (free probes, node features only), ``"free"`` or
+            ``"deep-linear"`` (that probe source, and the outputs on the probes also go to
+            the invariant readout; see ``models.base``).
     """
 
     def __init__(
@@ -162,9 +165,11 @@ class NGGNN(GraphMetanetwork):
         probe_domain: tuple[float, float] = (-1.0, 1.0),
         stats: WeightStatistics | None = None,
         readout: str = "invariant",
+        probe_generator: str | None = None,
     ):
         super().__init__(node_in, edge_in, max_positions, num_outputs, out_dim, hidden, edge_hidden, dropout,
-                         position_embeddings, fourier_features, probes, input_shape, probe_domain, stats, readout)
+                         position_embeddings, fourier_features, probes, input_shape, probe_domain, stats, readout,
+                         probe_generator)
         self.layers = nn.ModuleList(NGGNNLayer(hidden, edge_hidden, deg, dropout) for _ in range(layers))
         self.direction = nn.Parameter(torch.randn(2, edge_hidden) * 0.1) if reverse_edges else None
         self.add_readout()
@@ -176,10 +181,10 @@ class NGGNN(GraphMetanetwork):
 
     def forward(self, batch: Batch):
         edges = MessageEdges.of(batch.edge_index, batch.num_nodes, self.direction)
-        v, e = self.encode(batch, edges.edge_order)  # [N, d], [E, d_e] in the layers' edge order
+        v, e, probe_outputs = self.encode(batch, edges.edge_order)  # [N, d], [E, d_e] in the layers' edge order
         for layer in self.layers:
             v, e = layer(v, e, edges)
-        return self.readout(v, edges.unsort_edges(e), batch)  # [B, out_dim] or {name: [B, *shape]}
+        return self.read(v, edges.unsort_edges(e), batch, probe_outputs)  # [B, out_dim] or {name: [B, *shape]}
 
 
 def degree_histogram(batch: Batch, reverse_edges: bool = False) -> torch.Tensor:

@@ -36,12 +36,15 @@ def mlp(dims: list[int], dropout: float = 0.0, activation: type[nn.Module] = nn.
 
 
 class InvariantReadout(nn.Module):
-    def __init__(self, hidden: int, num_outputs: int, out_dim: int, dropout: float = 0.0):
+    """``extra`` > 0: a vector of that size per network joins the head's input (the
+    network's outputs on the probes, ``forward``'s ``extra`` [B, extra])."""
+
+    def __init__(self, hidden: int, num_outputs: int, out_dim: int, dropout: float = 0.0, extra: int = 0):
         super().__init__()
         self.num_outputs = num_outputs
-        self.head = mlp([(2 + num_outputs) * hidden, hidden, out_dim], dropout)
+        self.head = mlp([(2 + num_outputs) * hidden + extra, hidden, out_dim], dropout)
 
-    def forward(self, v: torch.Tensor, e: torch.Tensor, batch: Batch) -> torch.Tensor:
+    def forward(self, v: torch.Tensor, e: torch.Tensor, batch: Batch, extra: torch.Tensor | None = None) -> torch.Tensor:
         """v [N, d] -> [B, out_dim]; the edge states e are not read (an invariant pooling of nodes)."""
         b = int(batch.num_graphs)
         hidden = batch.node_role == ROLE_HIDDEN
@@ -56,7 +59,8 @@ class InvariantReadout(nn.Module):
         out_states = v[outputs[order]]  # [B * m, d] in (graph, position) order
         if out_states.shape[0] != b * self.num_outputs:
             raise ValueError(f"every network must have {self.num_outputs} output neurons for this readout")
-        return self.head(torch.cat([mean, top, out_states.reshape(b, -1)], dim=1))
+        parts = [mean, top, out_states.reshape(b, -1)] + ([] if extra is None else [extra.to(v.dtype)])
+        return self.head(torch.cat(parts, dim=1))
 
 
 class ParameterReadout(nn.Module):
@@ -84,13 +88,14 @@ READOUTS = {"invariant": "invariant", "parameters": "per-parameter"}
 
 
 def make_readout(kind: str, hidden: int, edge_hidden: int, num_outputs: int, out_dim: int,
-                 node_in: int, edge_in: int, dropout: float = 0.0) -> nn.Module:
-    """``"invariant"``: one vector per network; ``"parameters"``: a value per parameter.
+                 node_in: int, edge_in: int, dropout: float = 0.0, extra: int = 0) -> nn.Module:
+    """``"invariant"``: one vector per network (``extra`` more inputs per network); ``"parameters"``:
+    a value per parameter.
 
     Both are called as ``readout(v [N, d], e [E, d_edge], batch)``.
     """
     if kind == "invariant":
-        return InvariantReadout(hidden, num_outputs, out_dim, dropout)
+        return InvariantReadout(hidden, num_outputs, out_dim, dropout, extra)
     if kind == "parameters":
         return ParameterReadout(hidden, edge_hidden, node_in, edge_in)
     raise ValueError(f"readout must be 'invariant' or 'parameters', got {kind!r}")

@@ -95,7 +95,7 @@ class NGTLayer(nn.Module):
 class NGT(GraphMetanetwork):
     """NG-T metanetwork: encoder (+ probe features) -> dense relational transformer -> readout.
 
-    Arguments as for ``NGGNN`` (no degree histogram), plus ``heads``.
+    Arguments as for ``NGGNN`` (no degree histogram, same ``probes`` and ``probe_generator``), plus ``heads``.
     """
 
     def __init__(
@@ -118,9 +118,11 @@ class NGT(GraphMetanetwork):
         probe_domain: tuple[float, float] = (-1.0, 1.0),
         stats: WeightStatistics | None = None,
         readout: str = "invariant",
+        probe_generator: str | None = None,
     ):
         super().__init__(node_in, edge_in, max_positions, num_outputs, out_dim, hidden, edge_hidden, dropout,
-                         position_embeddings, fourier_features, probes, input_shape, probe_domain, stats, readout)
+                         position_embeddings, fourier_features, probes, input_shape, probe_domain, stats, readout,
+                         probe_generator)
         self.no_edge = nn.Parameter(torch.randn(edge_hidden) * 0.1)
         self.reverse = nn.Parameter(torch.randn(edge_hidden) * 0.1) if reverse_edges else None
         self.layers = nn.ModuleList(
@@ -131,14 +133,16 @@ class NGT(GraphMetanetwork):
 
     @classmethod
     def check_args(cls, kwargs: dict[str, Any]) -> None:
-        """One line before any data is read: the attention heads must split ``hidden`` evenly."""
+        """One line before any data is read: the attention heads must split ``hidden`` evenly
+        (and the base's rules on probes)."""
+        super().check_args(kwargs)
         hidden, heads = kwargs["hidden"], kwargs["heads"]
         if hidden % heads:
             raise NNGraphError(f"ngt: --hidden {hidden} must be divisible by heads={heads}; "
                                "choose heads among the divisors of hidden")
 
     def forward(self, batch: Batch):
-        v, e = self.encode(batch)  # [N, d], [E, d_e]
+        v, e, probe_outputs = self.encode(batch)  # [N, d], [E, d_e], [B, m K] or None
         dense_v, node_mask = to_dense_batch(v, batch.batch)  # [B, N_max, d]
         b, n_max, _ = dense_v.shape
         graph = batch.batch[batch.edge_index[0]]
@@ -153,4 +157,4 @@ class NGT(GraphMetanetwork):
         for layer in self.layers:
             dense_v, dense_e = layer(dense_v, dense_e, node_mask, pair_mask)
         v = dense_v[node_mask]  # [N, d] in batch order
-        return self.readout(v, dense_e[graph, src, dst], batch)  # [B, out_dim] or {name: [B, *shape]}
+        return self.read(v, dense_e[graph, src, dst], batch, probe_outputs)  # [B, out_dim] or {name: [B, *shape]}
