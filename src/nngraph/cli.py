@@ -159,7 +159,7 @@ def run_data_zoo(args) -> int:
 # --------------------------------------------------------------------------- data import
 
 # Options of `data import` and the formats they apply to.
-_IMPORT_OPTIONS = {"image_size": ("inr-folder",), "workers": ("inr-folder", "wild-park")}
+_IMPORT_OPTIONS = {"image_size": ("inr-folder",), "workers": ("inr-folder", "wild-park"), "trust": ("wild-park",)}
 
 
 def add_data_import(sub) -> None:
@@ -185,6 +185,9 @@ def add_data_import(sub) -> None:
                    help="networks per shard (default: 1024 inr-folder, 1000 cnn-zoo, 256 wild-park)")
     p.add_argument("--workers", type=int, default=None,
                    help="inr-folder, wild-park: file-reading processes (default: CPU count, at most 8)")
+    p.add_argument("--trust", action="store_true", default=None,
+                   help="wild-park: also read legacy (non-zip) torch.save checkpoints, with plain pickle, which "
+                        "runs any code they hold; only for files from a source you trust (default: refused)")
     p.set_defaults(func=run_data_import)
 
 
@@ -201,8 +204,15 @@ def run_data_import(args) -> int:
         options[name] = value
     if options["shard_size"] is not None and options["shard_size"] < 1:
         raise NNGraphError(f"--shard-size must be >= 1, got {options['shard_size']}")
-    FORMATS[args.format](args.src, args.out, command=command_line(),
-                         **{k: v for k, v in options.items() if v is not None})
+    try:
+        FORMATS[args.format](args.src, args.out, command=command_line(),
+                             **{k: v for k, v in options.items() if v is not None})
+    except KeyboardInterrupt:  # the worker pool is already shut down and the staging folder removed
+        if getattr(args, "debug", False):
+            raise
+        print(f"error: import interrupted; nothing was written to {args.out}; rerun the command to import again",
+              file=sys.stderr)
+        return 130
     return 0
 
 

@@ -21,7 +21,7 @@ import torch
 
 from nngraph.data.fitting import FitProgress, FitRecipe, SirenSpec, default_recipe, fit_inrs
 from nngraph.data.images import SPLITS, load_images
-from nngraph.data.store import ITEM_PREFIX, CorpusWriter
+from nngraph.data.store import ITEM_PREFIX, CorpusWriter, writer_lock
 from nngraph.errors import NNGraphError
 
 
@@ -88,35 +88,36 @@ def build_inr_corpus(
             "seed": seeds,
         },
     }
-    writer = CorpusWriter(out, plan, n, shard_size, result_columns=("psnr", "steps"))
-    pending = writer.pending()
-    if not pending:
-        log(f"{out}: complete ({n} INRs); nothing to do")
-        return writer.finish(writer.manifest.get("summary"))
-    todo = sum(b - a for _, a, b in pending)
-    log(f"{out}: fitting {todo} of {n} INRs ({variant}, {recipe.steps} steps, lr {recipe.lr}, "
-        f"{recipe.schedule}, stop at {recipe.target_psnr} dB) in {len(pending)} shards")
-    t0 = time.perf_counter()
-    inr_steps = 0
-    bar = FitProgress(todo, f"INRs ({variant})", progress)
-    try:
-        for k, a, b in pending:
-            result = fit_inrs(data.images[a:b], spec, recipe, seeds[a:b], chunk_size=chunk_size, workers=workers,
-                              progress=bar, device=device)
-            tensors = dict(result.params)
-            tensors[ITEM_PREFIX + "image"] = data.images[a:b]
-            writer.write(k, tensors, {"psnr": result.psnr.tolist(), "steps": result.steps.tolist()})
-            inr_steps += result.inr_steps
-    finally:
-        bar.close()
-    seconds = time.perf_counter() - t0
-    psnr = np.asarray(writer.manifest["items"]["psnr"], dtype=np.float64)
-    summary = _psnr_summary(psnr)
-    summary.update(last_run_seconds=round(seconds, 2), last_run_inrs=todo,
-                   last_run_inr_steps_per_s=round(inr_steps / max(seconds, 1e-9), 1))
-    manifest = writer.finish(summary)
-    _print_table(f"{out}: {n} INRs ({variant})", summary, log)
-    return manifest
+    with writer_lock(out):  # one writer per corpus: a concurrent build is refused
+        writer = CorpusWriter(out, plan, n, shard_size, result_columns=("psnr", "steps"))
+        pending = writer.pending()
+        if not pending:
+            log(f"{out}: complete ({n} INRs); nothing to do")
+            return writer.finish(writer.manifest.get("summary"))
+        todo = sum(b - a for _, a, b in pending)
+        log(f"{out}: fitting {todo} of {n} INRs ({variant}, {recipe.steps} steps, lr {recipe.lr}, "
+            f"{recipe.schedule}, stop at {recipe.target_psnr} dB) in {len(pending)} shards")
+        t0 = time.perf_counter()
+        inr_steps = 0
+        bar = FitProgress(todo, f"INRs ({variant})", progress)
+        try:
+            for k, a, b in pending:
+                result = fit_inrs(data.images[a:b], spec, recipe, seeds[a:b], chunk_size=chunk_size, workers=workers,
+                                  progress=bar, device=device)
+                tensors = dict(result.params)
+                tensors[ITEM_PREFIX + "image"] = data.images[a:b]
+                writer.write(k, tensors, {"psnr": result.psnr.tolist(), "steps": result.steps.tolist()})
+                inr_steps += result.inr_steps
+        finally:
+            bar.close()
+        seconds = time.perf_counter() - t0
+        psnr = np.asarray(writer.manifest["items"]["psnr"], dtype=np.float64)
+        summary = _psnr_summary(psnr)
+        summary.update(last_run_seconds=round(seconds, 2), last_run_inrs=todo,
+                       last_run_inr_steps_per_s=round(inr_steps / max(seconds, 1e-9), 1))
+        manifest = writer.finish(summary)
+        _print_table(f"{out}: {n} INRs ({variant})", summary, log)
+        return manifest
 
 
 def _check_counts(**counts: int | None) -> None:
@@ -214,34 +215,35 @@ def build_zoo_corpus(
         "items": {"split": zoo_splits(count, seed)},
     }
     columns = ("label", "arch", "training", "seed", "attempts")
-    writer = CorpusWriter(out, plan, count, shard_size, result_columns=columns)
-    pending = writer.pending()
-    if not pending:
-        log(f"{out}: complete ({count} networks); nothing to do")
-        return writer.finish(writer.manifest.get("summary"))
-    todo = sum(b - a for _, a, b in pending)
-    log(f"{out}: training {todo} of {count} CNNs in {len(pending)} shards ({workers} workers)")
-    t0 = time.perf_counter()
-    for run in _contiguous_runs(pending):  # one worker pool and progress bar per run of shards
-        start, stop = run[0][1], run[-1][2]
-        records_iter = zoo.generate(stop - start, zdata, seed, fixed_arch=fixed_arch, progress=progress,
-                                    start=start, workers=workers, device=device)
-        try:
-            for k, a, b in run:
-                records = [next(records_iter) for _ in range(b - a)]
-                _write_zoo_shard(writer, k, records, fixed_arch)
-        finally:
-            records_iter.close()  # stops the worker pool
-    seconds = time.perf_counter() - t0
-    acc = np.asarray(writer.manifest["items"]["label"], dtype=np.float64)
-    hist, edges = np.histogram(acc, bins=10, range=(0.0, 1.0))
-    summary = {"accuracy_mean": round(float(acc.mean()), 4), "accuracy_min": round(float(acc.min()), 4),
-               "accuracy_max": round(float(acc.max()), 4), "accuracy_histogram": hist.tolist(),
-               "histogram_edges": [round(float(e), 2) for e in edges],
-               "last_run_seconds": round(seconds, 2), "last_run_networks": todo}
-    manifest = writer.finish(summary)
-    _print_table(f"{out}: {count} CNNs", summary, log)
-    return manifest
+    with writer_lock(out):  # one writer per corpus: a concurrent build is refused
+        writer = CorpusWriter(out, plan, count, shard_size, result_columns=columns)
+        pending = writer.pending()
+        if not pending:
+            log(f"{out}: complete ({count} networks); nothing to do")
+            return writer.finish(writer.manifest.get("summary"))
+        todo = sum(b - a for _, a, b in pending)
+        log(f"{out}: training {todo} of {count} CNNs in {len(pending)} shards ({workers} workers)")
+        t0 = time.perf_counter()
+        for run in _contiguous_runs(pending):  # one worker pool and progress bar per run of shards
+            start, stop = run[0][1], run[-1][2]
+            records_iter = zoo.generate(stop - start, zdata, seed, fixed_arch=fixed_arch, progress=progress,
+                                        start=start, workers=workers, device=device)
+            try:
+                for k, a, b in run:
+                    records = [next(records_iter) for _ in range(b - a)]
+                    _write_zoo_shard(writer, k, records, fixed_arch)
+            finally:
+                records_iter.close()  # stops the worker pool
+        seconds = time.perf_counter() - t0
+        acc = np.asarray(writer.manifest["items"]["label"], dtype=np.float64)
+        hist, edges = np.histogram(acc, bins=10, range=(0.0, 1.0))
+        summary = {"accuracy_mean": round(float(acc.mean()), 4), "accuracy_min": round(float(acc.min()), 4),
+                   "accuracy_max": round(float(acc.max()), 4), "accuracy_histogram": hist.tolist(),
+                   "histogram_edges": [round(float(e), 2) for e in edges],
+                   "last_run_seconds": round(seconds, 2), "last_run_networks": todo}
+        manifest = writer.finish(summary)
+        _print_table(f"{out}: {count} CNNs", summary, log)
+        return manifest
 
 
 def _contiguous_runs(pending: list[tuple[int, int, int]]) -> list[list[tuple[int, int, int]]]:

@@ -61,6 +61,26 @@ def validate_park_architecture(arch: Mapping) -> None:
             raise bad(f"layer {i} residual {r} must be -1 or an earlier layer")
 
 
+def park_param_shapes(arch: Mapping) -> dict[str, tuple[int, ...]]:
+    """State-dict names and shapes of ``ParkCNN(arch)``, computed without building it
+    (so a spec claiming huge channels allocates nothing)::
+
+        layers.{i}.weight  [c_i, c_{i-1}, k_i, k_i]    (c_{-1} = in_channels)
+        layers.{i}.bias    [c_i]
+        fc.weight          [num_classes, c_L]
+        fc.bias            [num_classes]
+    """
+    validate_park_architecture(arch)
+    widths = [arch["in_channels"], *arch["channels"]]
+    shapes: dict[str, tuple[int, ...]] = {}
+    for i, k in enumerate(arch["kernel"]):
+        shapes[f"layers.{i}.weight"] = (widths[i + 1], widths[i], k, k)
+        shapes[f"layers.{i}.bias"] = (widths[i + 1],)
+    shapes["fc.weight"] = (arch["num_classes"], widths[-1])
+    shapes["fc.bias"] = (arch["num_classes"],)
+    return shapes
+
+
 class ParkCNN(nn.Module):
     """A Wild Park CNN (see the module docstring); input ``[B, in_channels, H, W]``."""
 

@@ -17,14 +17,26 @@ size), per-item columns ``items = {"split": [...], "label": [...], ...}`` (resul
 ``null`` until their shard is written), and ``shards`` with file name, item range, size
 in bytes and SHA-256. Every shard and every manifest update is written to a temporary
 file and moved into place with ``os.replace``, so a killed build leaves only whole files.
+
+A corpus may come from someone else, so reading trusts nothing in it: the manifest is a
+regular file of at most ``MAX_MANIFEST_BYTES``; its columns all have one length n; its
+shards tile ``[0, n)``; a shard's file name is a plain name that resolves inside the
+corpus folder after symlinks (so no read or write follows it out); a shard is read only
+when ``os.stat`` gives the byte count the manifest records, and never past it; and the
+architecture of an INR corpus is checked against the tensor shapes in the shards'
+safetensors headers (read without their data) before anything is built from it.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import shlex
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +53,18 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 ITEM_PREFIX = "item."
 _MANIFEST_KEYS = ("kind", "layout", "architectures", "config", "items", "shards")
+# A 70,000-network zoo's manifest is about 50 MB; a bigger file is not one nngraph wrote.
+MAX_MANIFEST_BYTES = 1 << 30
+# A safetensors header lists names, shapes and offsets: a few hundred bytes per tensor.
+MAX_HEADER_BYTES = 100 << 20
+# Classes of an INR corpus: a confusion matrix has MAX_CLASSES**2 cells (ImageNet has 1000).
+MAX_CLASSES = 1000
+# Parameters of one INR whose architecture no complete shard confirms (an incomplete
+# corpus): 10^8 float32 values (400 MB) is far beyond any SIREN; a hand-edited
+# ``hidden = 50000`` (2.5e9) is refused before a model of that size is built.
+MAX_UNVERIFIED_INR_PARAMS = 10**8
+
+
 def write_shard(path: str | os.PathLike, tensors: dict[str, torch.Tensor], results: dict | None = None) -> dict:
     """Write one shard atomically; ``results`` (per-item JSON columns) go in its header.
 
@@ -93,7 +117,12 @@ def read_manifest(root: str | os.PathLike, kind: str | None = None) -> dict:
         raise DataError(f"corpus folder {root} does not exist; build it with `nngraph data inrs --out {root}` "
                         f"or `nngraph data zoo --out {root}`")
     try:
-        manifest = json.loads(path.read_text())
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_MANIFEST_BYTES:
+            raise DataError(f"{path} is not a regular file of at most {MAX_MANIFEST_BYTES >> 20} MB, so not a "
+                            f"manifest nngraph wrote; rebuild the corpus into an empty --out folder")
+        with open(path, "rb") as f:
+            manifest = json.loads(f.read(info.st_size))
     except FileNotFoundError:
         raise DataError(f"{path} is missing; build the corpus with `nngraph data inrs|zoo --out {root}`") from None
     except (OSError, ValueError) as exc:
@@ -113,12 +142,103 @@ def read_manifest(root: str | os.PathLike, kind: str | None = None) -> dict:
     if kind is not None and manifest.get("kind") != kind:
         raise DataError(f"{path} describes a {manifest.get('kind')!r} corpus, not {kind!r}; "
                         f"use the matching dataset class")
+    _check_columns(path, manifest)
+    _check_shards(root, path, manifest)
+    if manifest["kind"] == "inr":
+        _check_inr(root, path, manifest)
     return manifest
+
+
+def _damaged(path: Path, what: str) -> DataError:
+    return DataError(f"{path}: {what} (damaged or hand-edited); rebuild the corpus into an empty --out folder")
+
+
+def _check_columns(path: Path, manifest: dict) -> None:
+    """Every per-item column is a list of one length n (``n_items`` when recorded)."""
+    items = manifest["items"]
+    n = len(items["split"]) if isinstance(items["split"], list) else -1
+    for col, values in items.items():
+        if not isinstance(values, list) or len(values) != n:
+            got = len(values) if isinstance(values, list) else type(values).__name__
+            raise _damaged(path, f"items.{col} has {got} values, items.split has {n}")
+    if manifest.get("n_items", n) != n:
+        raise _damaged(path, f"n_items is {manifest['n_items']!r} but the columns hold {n} items")
+
+
+def _check_shards(root, path: Path, manifest: dict) -> None:
+    """Shards tile ``[0, n)`` in order, items.shard agrees, and every file name stays inside."""
+    shards, n = manifest["shards"], len(manifest["items"]["split"])
+    if not isinstance(shards, list) or not isinstance(manifest["architectures"], list):
+        raise _damaged(path, "shards and architectures must be lists")
+    stop = 0
+    for k, entry in enumerate(shards):
+        if not isinstance(entry, dict):
+            raise _damaged(path, f"shard {k} is not a mapping")
+        shard_path(root, entry)
+        a, b = entry.get("start"), entry.get("stop")
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (a, b)) or a != stop or b <= a or b > n:
+            raise _damaged(path, f"shard {k} covers items {a!r}..{b!r}; the shards must tile 0..{n} in order")
+        stop = b
+    if stop != n:
+        raise _damaged(path, f"the shards cover items 0..{stop}, the columns hold {n}")
+    if "shard" in manifest["items"]:
+        expected = np.repeat(np.arange(len(shards)), [e["stop"] - e["start"] for e in shards]).tolist()
+        if manifest["items"]["shard"] != expected:
+            raise _damaged(path, "items.shard does not match the shards' item ranges")
+
+
+def _check_inr(root, path: Path, manifest: dict) -> None:
+    """Labels are classes in range; the architecture matches the shards' tensor shapes
+    (their safetensors headers, read without the data) before anything is built from it."""
+    from nngraph.data.fitting import SirenSpec
+    from nngraph.errors import NNGraphError
+
+    for i, label in enumerate(manifest["items"].get("label", [])):
+        if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label < MAX_CLASSES:
+            raise _damaged(path, f"item {i} has label {label!r}; INR labels are integer classes 0..{MAX_CLASSES - 1}")
+    archs = manifest["architectures"]
+    try:
+        spec = SirenSpec.from_dict(archs[0])
+    except (IndexError, TypeError, ValueError, NNGraphError) as exc:
+        raise _damaged(path, f"architectures[0] is not a SIREN spec ({exc})") from None
+    shapes = spec.param_shapes()
+    verified = False
+    for entry in manifest["shards"]:
+        header = read_header(shard_path(root, entry)) if entry.get("complete") else None
+        if header is None:
+            continue  # missing or damaged: reported when the shard is read
+        m = entry["stop"] - entry["start"]
+        for name, shape in shapes.items():
+            got = header.get(name, {}).get("shape") if isinstance(header.get(name), dict) else None
+            if got != [m, *shape]:
+                raise _damaged(path, f"the architecture says {name} is {[m, *shape]} for shard {entry['file']}, "
+                                     f"its file holds {got}")
+        verified = True
+    if not verified and spec.n_params() > MAX_UNVERIFIED_INR_PARAMS:
+        raise _damaged(path, f"its SIREN has {spec.n_params():,} parameters per INR and no complete shard confirms "
+                             f"it (at most {MAX_UNVERIFIED_INR_PARAMS:,} unconfirmed)")
+
+
+def shard_path(root: str | os.PathLike, entry: dict) -> Path:
+    """``root / entry["file"]``, refused unless the name is a plain ``*.safetensors`` file
+    name that resolves inside ``root`` after symlinks (a crafted ``../victim.txt`` or a
+    symlink out of the corpus is never read nor written)."""
+    root = Path(root)
+    name = entry.get("file") if isinstance(entry, dict) else None
+    if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name \
+            or not name.endswith(".safetensors"):
+        raise DataError(f"{root / MANIFEST} lists the shard file {name!r}, which is not a plain *.safetensors name "
+                        f"inside the corpus (damaged or hand-edited); rebuild the corpus into an empty --out folder")
+    path = root / name
+    if not path.resolve().is_relative_to(root.resolve()):
+        raise DataError(f"shard {path} resolves to {path.resolve()}, outside the corpus {root}; remove the link "
+                        f"and rerun the build, or rebuild the corpus into an empty --out folder")
+    return path
 
 
 def load_shard(root: str | os.PathLike, entry: dict, rebuild_hint: str = "") -> dict[str, torch.Tensor]:
     """Read one shard, checking its size and SHA-256 against the manifest entry."""
-    path = Path(root) / entry["file"]
+    path = shard_path(root, entry)
     fix = rebuild_hint or "rerun the command that built the corpus (it refits only the bad shard)"
     data, problem = _read_checked(path, entry)
     if problem:
@@ -132,19 +252,46 @@ def load_shard(root: str | os.PathLike, entry: dict, rebuild_hint: str = "") -> 
 
 def shard_problem(root: str | os.PathLike, entry: dict) -> str | None:
     """What is wrong with a shard file against its manifest entry ("is missing", ...), or None."""
-    return _read_checked(Path(root) / entry["file"], entry)[1]
+    return _read_checked(shard_path(root, entry), entry)[1]
 
 
 def _read_checked(path: Path, entry: dict) -> tuple[bytes, str | None]:
+    """The file's bytes, or a problem. The size comes from ``os.stat`` first and must be
+    the manifest's byte count (when it records one); nothing past it is ever read, and
+    only regular files are read (not ``/dev/zero``, a FIFO, ...)."""
     try:
-        data = path.read_bytes()
+        info = os.stat(path)
     except FileNotFoundError:
         return b"", "is missing"
-    if entry.get("bytes") is not None and len(data) != entry["bytes"]:
-        return data, f"has {len(data)} bytes, the manifest says {entry['bytes']} (truncated or replaced)"
+    if not stat.S_ISREG(info.st_mode):
+        return b"", "is not a regular file"
+    expected = entry.get("bytes")
+    if expected is not None and info.st_size != expected:
+        return b"", f"has {info.st_size} bytes, the manifest says {expected} (truncated or replaced)"
+    with open(path, "rb") as f:
+        data = f.read(info.st_size)
+    if len(data) != info.st_size:
+        return b"", f"changed while it was read ({len(data)} of {info.st_size} bytes)"
     if entry.get("sha256") and hashlib.sha256(data).hexdigest() != entry["sha256"]:
         return data, "does not match its SHA-256 in the manifest (corrupt)"
     return data, None
+
+
+def read_header(path: Path) -> dict | None:
+    """The JSON header of a safetensors file (names, dtypes, shapes, offsets) without its
+    data, or None when the file is missing or its header is unreadable."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode) or size < 8:
+                return None
+            n = int.from_bytes(f.read(8), "little")
+            if n > min(size - 8, MAX_HEADER_BYTES):
+                return None
+            header = json.loads(f.read(n))
+    except (OSError, ValueError):
+        return None
+    return header if isinstance(header, dict) else None
 
 
 def rebuild_hint(root: str | os.PathLike, manifest: dict) -> str:
@@ -233,7 +380,7 @@ class CorpusWriter:
     def _reconcile(self) -> None:
         changed = False
         for k, entry in enumerate(self.manifest["shards"]):
-            path = self.root / entry["file"]
+            path = shard_path(self.root, entry)
             if entry.get("complete"):
                 try:
                     load_shard(self.root, entry)
@@ -243,8 +390,10 @@ class CorpusWriter:
                     entry.update(complete=False, bytes=None, sha256=None)
                     changed = True
             if not entry.get("complete") and path.exists():
-                data = path.read_bytes()
+                data, problem = _read_checked(path, {})
                 try:
+                    if problem:
+                        raise ValueError(problem)
                     st_load(data)
                     results = json.loads(shard_metadata(data)["items"])
                     if any(len(results[c]) != entry["stop"] - entry["start"] for c in self.result_columns):
@@ -279,7 +428,7 @@ class CorpusWriter:
         for col, values in results.items():
             if len(values) != n:
                 raise ValueError(f"shard {k}: {len(values)} values of {col} for {n} items")
-        info = write_shard(self.root / entry["file"], tensors, results)
+        info = write_shard(shard_path(self.root, entry), tensors, results)
         self._record(k, results, info)
         self.save()
 
@@ -297,6 +446,60 @@ def _plain(v):
     if isinstance(v, float) and not np.isfinite(v):
         return None
     return v
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this PID exists."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+@contextmanager
+def writer_lock(out: str | os.PathLike) -> Iterator[None]:
+    """Hold ``.{out}.lock`` (next to ``out``, holding this process's PID) for the block.
+
+    Refused in one line while another live process holds it; a lock whose PID is dead (a
+    killed writer) is taken over. On a read-only folder no lock can be taken, and none is
+    needed (nothing can write there).
+    """
+    out = Path(out)
+    lock = out.parent / f".{out.name}.lock"
+    mine = out.parent / f".{out.name}.lock.{os.getpid()}"
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        mine.write_text(f"{os.getpid()}\n")  # complete before it becomes the lock: no reader sees it empty
+    except OSError as exc:
+        if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            yield
+            return
+        raise
+    try:
+        for _ in range(2):  # the second try follows the removal of a dead writer's lock
+            try:
+                os.link(mine, lock)  # atomic: fails if the lock exists
+                break
+            except FileExistsError:
+                try:
+                    owner = int(lock.read_text().split()[0])
+                except (OSError, ValueError, IndexError):
+                    owner = None
+                if owner is not None and pid_alive(owner):
+                    raise DataError(f"another nngraph process (PID {owner}) is writing {out}; wait for it to "
+                                    f"finish, or delete {lock} if that process is not nngraph") from None
+                lock.unlink(missing_ok=True)  # a killed writer's lock
+        else:
+            raise DataError(f"cannot take the lock {lock}; delete it if no nngraph process is writing {out}")
+    finally:
+        mine.unlink(missing_ok=True)
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- datasets
@@ -423,8 +626,8 @@ class ZooDataset(_Corpus):
             for key, chunks in parts.items():
                 if key.startswith(ITEM_PREFIX):
                     continue
-                net, name = key.split(".", 1)
-                row = int(net[3:])
+                net, _, name = key.partition(".")
+                row = int(net[3:]) if net.startswith("net") and net[3:].isdigit() else -1
                 if row in pos:
                     self.items[pos[row]][name] = chunks[0][0]
         else:
@@ -440,20 +643,33 @@ class ZooDataset(_Corpus):
         self._state_dict_order()
 
     def _state_dict_order(self) -> None:
-        """Put every item's tensors in its model's state_dict order (files store them sorted)."""
+        """Put every item's tensors in its model's state_dict order (files store them sorted),
+        checking names and shapes against its architecture. The model is built on the
+        ``meta`` device (shapes only, no memory), so an architecture claiming huge
+        channels is refused before anything of its size is allocated."""
         from nngraph.data.zoo import build_cnn
+        from nngraph.errors import NNGraphError
 
         arch_of = self.manifest["items"]["arch"]
-        orders: dict[int, list[str]] = {}
+        shapes: dict[int, dict[str, tuple[int, ...]]] = {}
         for j, row in enumerate(self.rows):
             a = arch_of[row]
-            if a not in orders:
-                orders[a] = list(build_cnn(self.architectures[a]).state_dict())
+            if a not in shapes:
+                if not isinstance(a, int) or isinstance(a, bool) or not 0 <= a < len(self.architectures):
+                    raise DataError(f"corpus {self.root}: network {row} names architecture {a!r}, the manifest "
+                                    f"lists {len(self.architectures)}; {self._hint()}")
+                try:
+                    with torch.device("meta"):
+                        model = build_cnn(self.architectures[a])
+                except (NNGraphError, KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+                    raise DataError(f"corpus {self.root}: architecture {a} is not a CNN spec ({exc}); "
+                                    f"{self._hint()}") from None
+                shapes[a] = {k: tuple(v.shape) for k, v in model.state_dict().items()}
             params = self.items[j]
-            if set(orders[a]) != set(params):
+            if set(shapes[a]) != set(params) or any(tuple(params[k].shape) != s for k, s in shapes[a].items()):
                 raise DataError(f"corpus {self.root}: network {row} does not match its architecture's "
-                                f"parameters; {self._hint()}")
-            self.items[j] = {k: params[k] for k in orders[a]}
+                                f"parameters (names or shapes); {self._hint()}")
+            self.items[j] = {k: params[k] for k in shapes[a]}
 
     def __getitem__(self, i: int) -> dict:
         row = self.rows[i]

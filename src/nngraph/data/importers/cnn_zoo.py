@@ -19,9 +19,14 @@ on grey images scaled to [-1, 1]; dropout is the identity at evaluation. Each be
 kernels transposed to PyTorch order (conv ``[out, in, kh, kw]``, dense ``[out, in]``).
 
 Selection and split (the NFN protocol): rows are put in the index file's order (else the
-file's), only rows of the final ``step`` are kept, then the second half is ``test`` and
+file's), only rows of the final ``step`` are kept, rows whose ``test_accuracy`` is empty
+or not finite are dropped (their count is printed), then the second half is ``test`` and
 the first half is shuffled with ``random.Random(0)`` and cut 80/20 into ``train`` and
 ``val``.
+
+The three files must be regular files inside the folder (a symlink out of it is
+refused); ``weights.npy`` is memory-mapped and its shape read first, so the layout's
+spans and the metrics' row count are checked against it before anything is allocated.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import ast
 import csv
 import gzip
 import io
+import math
 import random
 import re
 import time
@@ -38,7 +44,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nngraph.data.importers.common import sha256_file, staged_output
+from nngraph.data.importers.common import check_out, inside, sha256_file, staged_output
 from nngraph.data.store import CorpusWriter
 from nngraph.data.zoo import SPEC_VERSION
 from nngraph.errors import DataError
@@ -65,8 +71,8 @@ def read_layout(path: Path) -> list[dict]:
             if match is None:
                 raise DataError(f"{path}: unknown parameter name {name!r}; the zoo's CNN has conv2d*/dense "
                                 f"kernel:0 and bias:0 only")
-            if stop - start != int(np.prod(shape)):
-                raise DataError(f"{path}: {name} has shape {shape} ({int(np.prod(shape))} values) but spans "
+            if stop - start != math.prod(shape) or start < 0 or min(shape, default=1) < 1:
+                raise DataError(f"{path}: {name} has shape {shape} ({math.prod(shape)} values) but spans "
                                 f"{start}..{stop} ({stop - start}); the layout is inconsistent")
             rows.append({"layer": (match.group(1), int(match.group(2) or 0)), "part": match.group(3),
                          "start": start, "stop": stop, "shape": shape, "varname": name})
@@ -101,12 +107,19 @@ def torch_layout(rows: list[dict], path: Path) -> tuple[list[int], int, int, lis
     return [in_channels, *widths], kernel, k["shape"][1], entries
 
 
-def read_metrics(path: Path) -> list[dict]:
+def read_metrics(path: Path, max_rows: int) -> list[dict]:
+    """The rows of metrics.csv.gz; more than ``max_rows`` (the weights' rows) is refused as
+    soon as row ``max_rows + 1`` is read (a gzip bomb is not read to its end)."""
     if not path.is_file():
         raise DataError(f"{path} is missing; a Small CNN Zoo folder holds weights.npy, layout.csv and metrics.csv.gz")
+    rows = []
     try:
         with gzip.open(path, "rt", newline="") as f:
-            rows = list(csv.DictReader(f))
+            for row in csv.DictReader(f):
+                if len(rows) == max_rows:
+                    raise DataError(f"{path} has more rows than weights.npy ({max_rows}); they must describe the "
+                                    f"same networks")
+                rows.append(row)
     except (OSError, EOFError, csv.Error, UnicodeDecodeError) as exc:
         raise DataError(f"{path} is not a readable gzip CSV ({exc}); replace it with the release's file") from None
     if not rows or any(c not in rows[0] for c in ("step", "test_accuracy")):
@@ -159,16 +172,27 @@ def import_cnn_zoo(src, out, *, splits=None, shard_size: int = 1000, command: st
     src = Path(src)
     if not src.is_dir():
         raise DataError(f"Small CNN Zoo folder {src} does not exist; pass the folder holding weights.npy")
-    layout_path, metrics_path, weights_path = src / "layout.csv", src / "metrics.csv.gz", src / "weights.npy"
+    check_out(out)
+    layout_path, metrics_path, weights_path = (inside(src, src / name, "the source file") for name in
+                                               ("layout.csv", "metrics.csv.gz", "weights.npy"))
     widths, kernel, classes, entries = torch_layout(read_layout(layout_path), layout_path)
-    metrics = read_metrics(metrics_path)
     weights = read_weights(weights_path, max(e["stop"] for _, e, _ in entries))
+    metrics = read_metrics(metrics_path, weights.shape[0])
     if len(metrics) != weights.shape[0]:
         raise DataError(f"{metrics_path} has {len(metrics)} rows but {weights_path} has {weights.shape[0]}; "
                         f"they must describe the same networks")
     order = read_index(Path(splits), len(metrics)) if splits is not None else np.arange(len(metrics))
-    steps = np.array([float(metrics[r]["step"]) for r in order])
+    try:
+        steps = np.array([float(metrics[r]["step"]) for r in order])
+    except (TypeError, ValueError):
+        raise DataError(f"{metrics_path}: a step is not a number; replace it with the release's file") from None
     final = order[steps == steps.max()] if len(order) else order
+    accuracy = [_accuracy(metrics[r]["test_accuracy"], r, metrics_path) for r in final.tolist()]
+    dropped = [r for r, a in zip(final.tolist(), accuracy) if a is None]
+    if dropped:
+        log(f"{metrics_path}: dropped {len(dropped)} networks whose test_accuracy is empty or not finite "
+            f"(rows {', '.join(map(str, dropped[:5]))}{', ...' if len(dropped) > 5 else ''})")
+        final = np.array([r for r, a in zip(final.tolist(), accuracy) if a is not None], dtype=np.int64)
     n = len(final)
     if n == 0:
         raise DataError(f"{src} has no networks to import")
@@ -187,7 +211,7 @@ def import_cnn_zoo(src, out, *, splits=None, shard_size: int = 1000, command: st
             raise DataError(f"{metrics_path}: row {r} is a {row['config.dnn_architecture']!r} network; only 'cnn' "
                             f"(no batch norm) collections are supported")
         archs.append(_architecture(widths, kernel, classes, act))
-        labels.append(float(row["test_accuracy"]))
+        labels.append(float(row["test_accuracy"]))  # finite: checked above
         training.append({k[len("config."):]: v for k, v in row.items() if k.startswith("config.")})
         seed = row.get("config.random_seed")
         seeds.append(int(float(seed)) if seed not in (None, "") else r)
@@ -206,7 +230,7 @@ def import_cnn_zoo(src, out, *, splits=None, shard_size: int = 1000, command: st
         "items": {"split": nfn_splits(n), "source_path": [f"weights.npy[{r}]" for r in final.tolist()]},
     }
     log(f"{src}: importing {n} networks (final step {steps.max():g} of {len(order)} rows)")
-    with staged_output(out) as stage:
+    with staged_output(out, log) as stage:
         writer = CorpusWriter(stage, plan, n, shard_size, result_columns=("label", "arch", "training", "seed"))
         for k, a, b in writer.pending():
             rows = final[a:b]
@@ -222,6 +246,17 @@ def import_cnn_zoo(src, out, *, splits=None, shard_size: int = 1000, command: st
         manifest = writer.finish({"imported": n, "seconds": round(seconds, 2)})
     log(f"{out}: {n} networks imported in {seconds:.1f} s")
     return manifest
+
+
+def _accuracy(value, row: int, path: Path) -> float | None:
+    """A row's test accuracy; None (the row is dropped) when empty or not finite."""
+    if value is None or value.strip() == "":
+        return None
+    try:
+        accuracy = float(value)
+    except ValueError:
+        raise DataError(f"{path}: row {row} has test_accuracy {value!r}, not a number") from None
+    return accuracy if math.isfinite(accuracy) else None
 
 
 def _architecture(widths: list[int], kernel: int, classes: int, activation: str) -> dict:

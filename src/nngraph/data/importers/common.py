@@ -3,7 +3,13 @@
 An import either produces a complete corpus at ``--out`` or leaves nothing there: the
 corpus is written into a hidden staging folder next to ``--out`` and moved into place
 with one ``os.replace`` when every network has been read, checked and written; on any
-error the staging folder is removed. An existing non-empty ``--out`` is never touched.
+error the staging folder is removed. An existing non-empty ``--out`` is never touched and
+is refused before any data is read. One writer at a time: a lock file next to ``--out``
+holds the writer's PID; a second writer is refused while that process lives, and the
+lock and staging folders of a writer that died (killed) are taken over and removed.
+
+Every path a split file lists must resolve inside the source folder after symlinks
+(``Path.resolve`` + ``is_relative_to``) and be listed once; anything else is refused.
 """
 
 from __future__ import annotations
@@ -14,9 +20,11 @@ import json
 import multiprocessing
 import os
 import shutil
+import signal
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+from nngraph.data.store import pid_alive, writer_lock
 from nngraph.errors import DataError
 
 SPLITS = ("train", "val", "test")
@@ -71,13 +79,31 @@ def read_split_json(path: Path, columns: tuple[str, ...]) -> dict[str, dict[str,
     return out
 
 
-def resolve_paths(src: Path, listed: Sequence[str], split_file: Path) -> list[Path]:
-    """Paths of the split file: relative ones are under ``src``; every one must exist."""
-    paths = [Path(p) if os.path.isabs(p) else src / p for p in listed]
-    for path in paths:
+def inside(root: Path, path: Path, what: str) -> Path:
+    """``path``, refused unless it resolves (after symlinks) inside ``root``."""
+    if not path.resolve().is_relative_to(root.resolve()):
+        raise DataError(f"{what} {path} resolves to {path.resolve()}, outside {root}; nngraph reads only files "
+                        f"inside the source folder: copy the file in or remove the entry")
+    return path
+
+
+def resolve_paths(src: Path, listed: Sequence, split_file: Path, splits: Sequence[str] | None = None) -> list[Path]:
+    """Paths of the split file: relative to ``src``, each inside it after symlinks, an
+    existing file, and listed once (a file in two splits would leak test data)."""
+    paths, seen = [], {}
+    for i, p in enumerate(listed):
+        if not isinstance(p, str) or not p:
+            raise DataError(f"split file {split_file} lists {p!r}, not a file path; list paths relative to {src}")
+        path = inside(src, src / p, f"{split_file} lists")
         if not path.is_file():
             raise DataError(f"{path} is listed in {split_file} but missing; restore the file or use the split file "
                             f"that matches {src}")
+        key = path.resolve()
+        if key in seen:
+            where = f" (in {splits[seen[key]]} and {splits[i]})" if splits is not None else ""
+            raise DataError(f"{split_file} lists {path} twice{where}; every network must be in one split only")
+        seen[key] = i
+        paths.append(path)
     return paths
 
 
@@ -89,6 +115,7 @@ def _init_worker() -> None:
     import torch
 
     torch.set_num_threads(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it terminates the pool
 
 
 def parallel_map(fn: Callable, tasks: Sequence, workers: int) -> Iterator:
@@ -108,23 +135,45 @@ def default_workers(workers: int | None) -> int:
     return workers if workers is not None else min(os.cpu_count() or 1, 8)
 
 
-@contextlib.contextmanager
-def staged_output(out: str | os.PathLike) -> Iterator[Path]:
-    """A fresh staging folder that becomes ``out`` when the block succeeds.
-
-    ``out`` must not exist or be an empty folder; otherwise nothing is written.
-    """
+def check_out(out: str | os.PathLike) -> Path:
+    """``out`` as a Path, refused unless it does not exist or is an empty folder (checked
+    before any data is read)."""
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DataError(f"--out {out} already exists and is not an empty folder; choose a new folder or delete it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = out.parent / f".{out.name}.importing-{os.getpid()}"
-    shutil.rmtree(stage, ignore_errors=True)
-    stage.mkdir()
-    try:
-        yield stage
-        if out.is_dir():
-            out.rmdir()
-        os.replace(stage, out)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+    return out
+
+
+def remove_dead_stages(out: Path) -> list[Path]:
+    """Remove ``.{out}.importing-PID`` folders of processes that are no longer alive."""
+    removed = []
+    for stage in out.parent.glob(f".{out.name}.importing-*"):
+        pid = stage.name.rsplit("-", 1)[-1]
+        if stage.is_dir() and pid.isdigit() and (int(pid) == os.getpid() or not pid_alive(int(pid))):
+            shutil.rmtree(stage, ignore_errors=True)
+            removed.append(stage)
+    return removed
+
+
+@contextlib.contextmanager
+def staged_output(out: str | os.PathLike, log=print) -> Iterator[Path]:
+    """A fresh staging folder that becomes ``out`` when the block succeeds.
+
+    ``out`` must not exist or be an empty folder; otherwise nothing is written. The block
+    holds ``out``'s writer lock; staging folders that killed imports left are removed.
+    """
+    out = check_out(out)
+    with writer_lock(out):
+        out = check_out(out)  # another writer may have finished while this one waited for the check
+        removed = remove_dead_stages(out)
+        if removed:
+            log(f"removed {len(removed)} staging folder(s) of an interrupted import ({removed[0].name}, ...)")
+        stage = out.parent / f".{out.name}.importing-{os.getpid()}"
+        stage.mkdir()
+        try:
+            yield stage
+            if out.is_dir():
+                out.rmdir()
+            os.replace(stage, out)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)

@@ -35,6 +35,7 @@ import torch
 from nngraph.data.fitting import SirenSpec
 from nngraph.data.importers.common import (
     SPLITS,
+    check_out,
     chunks,
     default_workers,
     find_split_file,
@@ -46,21 +47,37 @@ from nngraph.data.importers.common import (
 )
 from nngraph.data.importers.torchfile import read_torch_file
 from nngraph.data.inr import pixel_grid, render_sirens
-from nngraph.data.store import ITEM_PREFIX, CorpusWriter
+from nngraph.data.store import ITEM_PREFIX, MAX_CLASSES, CorpusWriter
 from nngraph.errors import DataError
 
 W0 = 30.0
 _SEQ = re.compile(r"seq\.(\d+)\.(weight|bias)")
 LOAD_CHUNK = 512  # files per worker task
+# Size caps, checked with os.stat before a file is read. The first file sets the
+# architecture: an official SIREN file is about 5 KB and the widest published INRs are a
+# few MB, so 64 MiB bounds it generously. Every other file must share that architecture:
+# at most 4 bytes x 2 (float64) x its parameters plus 64 KiB of zip and pickle records.
+MAX_FIRST_FILE_BYTES = 64 << 20
+FILE_OVERHEAD_BYTES = 64 << 10
 
 
-def _load_state(path: Path) -> tuple[dict[str, np.ndarray], int | None]:
+def file_cap(shapes: dict[str, tuple[int, ...]]) -> int:
+    """The largest file that can hold one INR of these parameter shapes (float64 at most)."""
+    return 8 * sum(int(np.prod(s)) for s in shapes.values()) + FILE_OVERHEAD_BYTES
+
+
+def _load_state(path: Path, max_bytes: int = MAX_FIRST_FILE_BYTES) -> tuple[dict[str, np.ndarray], int | None]:
     """(state dict as arrays, label stored in the file or None) of one INR file.
 
-    Read with :func:`read_torch_file` (fast); files it does not handle go through
-    ``torch.load(weights_only=True)``.
+    A file over ``max_bytes`` (``os.stat``) is refused before it is read. Read with
+    :func:`read_torch_file` (fast); files it does not handle go through
+    ``torch.load(weights_only=True)``, which runs no pickled code.
     """
-    obj = read_torch_file(path)
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise DataError(f"{path} has {size:,} bytes, more than an INR of this folder's architecture can hold "
+                        f"({max_bytes:,}); remove it from the split file or replace it with the release's file")
+    obj = read_torch_file(path, size)
     if obj is None:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -77,7 +94,7 @@ def _load_state(path: Path) -> tuple[dict[str, np.ndarray], int | None]:
         if not isinstance(key, str) or not _SEQ.fullmatch(key) or not isinstance(value, np.ndarray):
             raise DataError(f"{path}: unknown parameter name {key!r}; an official SIREN has only seq.N.weight and "
                             f"seq.N.bias")
-    if label is not None and not isinstance(label, (int, np.integer)):
+    if label is not None and (not isinstance(label, (int, np.integer)) or isinstance(label, (bool, np.bool_))):
         raise DataError(f"{path}: its label {label!r} is not an int")
     return state, (int(label) if label is not None else None)
 
@@ -92,8 +109,9 @@ def _load_chunk(task: tuple[list[Path], dict[str, tuple[int, ...]]]) -> tuple[di
     paths, shapes = task
     stacks = {k: np.empty((len(paths), *s), dtype=np.float32) for k, s in shapes.items()}
     labels = []
+    cap = file_cap(shapes)
     for i, path in enumerate(paths):
-        state, label = _load_state(path)
+        state, label = _load_state(path, cap)
         if set(state) != set(shapes):
             extra = sorted(set(state) - set(shapes)) or sorted(set(shapes) - set(state))
             raise DataError(f"{path}: parameters {extra} differ from the first INR's {sorted(shapes)}; "
@@ -140,51 +158,53 @@ def import_inr_folder(src, out, *, splits=None, image_size: int = 28, shard_size
         raise DataError(f"INR folder {src} does not exist; pass the folder the split file's paths are relative to")
     if image_size < 1:
         raise DataError(f"--image-size must be >= 1, got {image_size}")
+    check_out(out)
     split_file = find_split_file(src, splits)
     table = read_split_json(split_file, ("label",))
     listed = [p for s in SPLITS for p in table[s]["path"]]
     split_of = [s for s in SPLITS for _ in table[s]["path"]]
     if not listed:
         raise DataError(f"split file {split_file} lists no INRs")
-    paths = resolve_paths(src, listed, split_file)
-    shapes = _shapes(paths[0])
-    spec, rename = spec_of(shapes, paths[0])
-    n = len(paths)
-    log(f"{src}: reading {n} INRs ({spec.depth} sine layers of {spec.hidden}, w0 {W0:g}) with "
-        f"{default_workers(workers)} workers")
-    stacks = {k: np.empty((n, *s), dtype=np.float32) for k, s in shapes.items()}
-    stored_labels: list = []
-    spans = chunks(n, LOAD_CHUNK)
-    results = parallel_map(_load_chunk, [(paths[a:b], shapes) for a, b in spans], default_workers(workers))
-    for (a, b), (part, labels) in zip(spans, results):
-        for key, value in part.items():
-            stacks[key][a:b] = value
-        stored_labels += labels
-    labels = _labels(table, stored_labels, paths, split_file)
-    params = {rename[k]: torch.from_numpy(v) for k, v in stacks.items()}
-    params = {name: params[name] for name in spec.param_shapes()}  # Siren state_dict order
-    _check_finite(params, paths)
-    t_read = time.perf_counter() - t0
-    images = _render(params, spec, image_size)
-    plan = {
-        "kind": "inr",
-        "layout": "stacked",
-        "architectures": [spec.to_dict()],
-        "command": command,
-        "config": {
-            "import": {"format": "inr-folder", "source": str(src.resolve()), "split_file": str(split_file.resolve()),
-                       "split_file_sha256": sha256_file(split_file)},
-            "image_size": [image_size, image_size], "spec": spec.to_dict(), "shard_size": shard_size, "n_items": n,
-        },
-        "items": {
-            "split": split_of,
-            "label": labels,
-            "source_path": listed,
-            "source_index": list(range(n)),
-            "seed": list(range(n)),
-        },
-    }
-    with staged_output(out) as stage:
+    paths = resolve_paths(src, listed, split_file, split_of)
+    with staged_output(out, log) as stage:
+        shapes = _shapes(paths[0])
+        spec, rename = spec_of(shapes, paths[0])
+        n = len(paths)
+        log(f"{src}: reading {n} INRs ({spec.depth} sine layers of {spec.hidden}, w0 {W0:g}) with "
+            f"{default_workers(workers)} workers")
+        stacks = {k: np.empty((n, *s), dtype=np.float32) for k, s in shapes.items()}
+        stored_labels: list = []
+        spans = chunks(n, LOAD_CHUNK)
+        results = parallel_map(_load_chunk, [(paths[a:b], shapes) for a, b in spans], default_workers(workers))
+        for (a, b), (part, labels) in zip(spans, results):
+            for key, value in part.items():
+                stacks[key][a:b] = value
+            stored_labels += labels
+        labels = _labels(table, stored_labels, paths, split_file)
+        params = {rename[k]: torch.from_numpy(v) for k, v in stacks.items()}
+        params = {name: params[name] for name in spec.param_shapes()}  # Siren state_dict order
+        _check_finite(params, paths)
+        t_read = time.perf_counter() - t0
+        images = _render(params, spec, image_size)
+        plan = {
+            "kind": "inr",
+            "layout": "stacked",
+            "architectures": [spec.to_dict()],
+            "command": command,
+            "config": {
+                "import": {"format": "inr-folder", "source": str(src.resolve()),
+                           "split_file": str(split_file.resolve()), "split_file_sha256": sha256_file(split_file)},
+                "image_size": [image_size, image_size], "spec": spec.to_dict(), "shard_size": shard_size,
+                "n_items": n,
+            },
+            "items": {
+                "split": split_of,
+                "label": labels,
+                "source_path": listed,
+                "source_index": list(range(n)),
+                "seed": list(range(n)),
+            },
+        }
         writer = CorpusWriter(stage, plan, n, shard_size, result_columns=("psnr",))
         for k, a, b in writer.pending():
             tensors = {name: v[a:b] for name, v in params.items()}
@@ -205,14 +225,30 @@ def _labels(table: dict, stored: list, paths: list[Path], split_file: Path) -> l
     for path, from_split, from_file in zip(paths, listed, stored):
         if from_split is None and from_file is None:
             raise DataError(f"{path} has no label in {split_file} nor in the file; use a split file with labels")
-        try:
-            value = int(from_split) if from_split is not None else from_file
-        except (TypeError, ValueError):
-            raise DataError(f"{split_file}: label {from_split!r} of {path} is not an integer class") from None
+        value = from_file if from_split is None else _class(from_split)
+        if value is None:
+            raise DataError(f"{split_file}: label {from_split!r} of {path} is not an integer class")
         if from_file is not None and value != from_file:
             raise DataError(f"{path} holds label {from_file} but {split_file} says {value}; use the matching split file")
+        if not 0 <= value < MAX_CLASSES:
+            raise DataError(f"label {value} of {path} is outside the classes 0..{MAX_CLASSES - 1}; "
+                            f"fix the label in {split_file} or in the file")
         labels.append(value)
     return labels
+
+
+def _class(value) -> int | None:
+    """An integer class from a JSON label (an int, or a float or string of an integer), else None;
+    2.5 is not a class and is never truncated."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else None
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    return None
 
 
 def _check_finite(params: dict[str, torch.Tensor], paths: list[Path]) -> None:

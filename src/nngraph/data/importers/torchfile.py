@@ -91,9 +91,13 @@ def _zip_records(data: bytes) -> dict[str, memoryview]:
     return records
 
 
-def read_torch_file(path: Path):
-    """The object of a small ``torch.save`` file with numpy arrays for tensors, or None."""
-    data = path.read_bytes()
+def read_torch_file(path: Path, size: int | None = None):
+    """The object of a small ``torch.save`` file with numpy arrays for tensors, or None.
+
+    ``size``: the byte count the caller checked (``os.stat``); no more is read.
+    """
+    with open(path, "rb") as f:
+        data = f.read(size) if size is not None else f.read()
     if not data.startswith(b"PK\x03\x04"):
         return None
     try:

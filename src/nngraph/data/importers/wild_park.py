@@ -13,15 +13,22 @@ input channels first, ``kernel_size``, ``stride``, ``padding``, ``residual``,
 state dict (``layers.{i}.weight/bias``, ``fc.weight/bias``) is checked against it and
 stored unchanged. Checkpoints are read without running their pickled code: tensors are
 rebuilt by torch, every other pickled class (OmegaConf containers, the sampler's
-dataclass, Ray's state) is replaced by an inert record whose fields are read back.
+dataclass, Ray's state) is replaced by an inert record whose fields are read back. Only
+the zip format of ``torch.save`` (PyTorch >= 1.6) is read this way; a legacy (non-zip)
+checkpoint is refused unless ``trust=True`` (``--trust``), which reads it with plain
+pickle, running whatever code it holds. A checkpoint over ``MAX_CHECKPOINT_BYTES`` is
+refused by its size before it is read, and the state dict's shapes are checked against
+the config's (computed, not built) before any model exists. Networks whose score is
+empty or not finite are dropped, and their count printed.
 """
 
 from __future__ import annotations
 
-import json
+import math
 import pickle
 import time
 import types
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +36,7 @@ import torch
 
 from nngraph.data.importers.common import (
     SPLITS,
+    check_out,
     default_workers,
     find_split_file,
     parallel_map,
@@ -37,11 +45,14 @@ from nngraph.data.importers.common import (
     sha256_file,
     staged_output,
 )
-from nngraph.data.park import ParkCNN, validate_park_architecture
+from nngraph.data.park import park_param_shapes
 from nngraph.data.store import CorpusWriter
 from nngraph.errors import DataError, NNGraphError
 
 IMAGE_SIZE = (32, 32)  # CIFAR-10
+# A Wild Park checkpoint holds one small CNN (at most a few hundred thousand parameters)
+# with its Adam state: a few MB. 256 MiB bounds what one worker reads from one file.
+MAX_CHECKPOINT_BYTES = 256 << 20
 _TENSOR_GLOBALS = {
     ("torch._utils", "_rebuild_tensor_v2"),
     ("torch._utils", "_rebuild_parameter"),
@@ -71,35 +82,51 @@ class _Unpickler(pickle.Unpickler):
         return type(name, (_Record,), {"origin": f"{module}.{name}"})
 
 
-_PICKLE = types.SimpleNamespace(Unpickler=_Unpickler, load=pickle.load, __name__="nngraph_inert_pickle")
+def _inert_load(file, **kwargs):
+    return _Unpickler(file, **kwargs).load()
+
+
+# Every pickle torch reads through this module, with Unpickler or load, is inert.
+_PICKLE = types.SimpleNamespace(Unpickler=_Unpickler, load=_inert_load, __name__="nngraph_inert_pickle")
 
 
 def plain(obj):
-    """Python values of a config read through ``_Unpickler`` (OmegaConf nodes unwrapped)."""
-    if isinstance(obj, _Record):
-        state = getattr(obj, "state", None)
-        if isinstance(state, dict):
-            if "_content" in state:
-                return plain(state["_content"])
-            if "_val" in state:
-                return plain(state["_val"])
-            return {k: plain(v) for k, v in state.items() if not k.startswith("_")}
-        return obj
-    if isinstance(obj, dict):
+    """Python values of a config: OmegaConf nodes (inert records, or the real classes of a
+    ``--trust`` load) unwrapped into dicts, lists and scalars."""
+    if isinstance(obj, Mapping):
         return {k: plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
+    if isinstance(obj, Sequence) and not isinstance(obj, (str, bytes)):
         return [plain(v) for v in obj]
+    state = obj.state if isinstance(obj, _Record) else getattr(obj, "__dict__", None)
+    if isinstance(state, dict):
+        if "_content" in state:
+            return plain(state["_content"])
+        if "_val" in state:
+            return plain(state["_val"])
+        return {k: plain(v) for k, v in state.items() if not k.startswith("_")}
     return obj
 
 
-def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """(state dict, sampler config) of one Wild Park checkpoint."""
+def read_checkpoint(path: Path, trust: bool = False) -> tuple[dict[str, torch.Tensor], dict]:
+    """(state dict, sampler config) of one Wild Park checkpoint (see the module docstring)."""
+    size = path.stat().st_size
+    if size > MAX_CHECKPOINT_BYTES:
+        raise DataError(f"{path} has {size:,} bytes, more than a Wild Park checkpoint holds "
+                        f"({MAX_CHECKPOINT_BYTES:,}); remove it from the split file")
+    with open(path, "rb") as f:
+        is_zip = f.read(4) == b"PK\x03\x04"
+    if not is_zip and not trust:
+        raise DataError(f"{path} is not a zip-format torch.save checkpoint (a legacy pickle, whose loading can run "
+                        f"code); nngraph reads it only with --trust, if you trust where it came from")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_PICKLE)
+        if is_zip:
+            obj = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_PICKLE)
+        else:  # --trust: the user vouches for the file
+            obj = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001 - torch raises many kinds for a bad file
         raise DataError(f"{path} is not a readable checkpoint ({str(exc).splitlines()[0][:120]}); "
                         f"replace it with the release's file") from None
-    if not isinstance(obj, dict) or not isinstance(obj.get("model"), dict) or "config" not in obj:
+    if not isinstance(obj, Mapping) or not isinstance(obj.get("model"), Mapping) or "config" not in obj:
         raise DataError(f"{path} is not a Wild Park checkpoint (a dict with 'model' and 'config'); "
                         f"point the split file to checkpoint.pt files")
     config = plain(obj["config"])
@@ -108,37 +135,29 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     return obj["model"], config
 
 
-def architecture_of(config: dict, path: Path) -> dict:
-    """The :mod:`nngraph.data.park` spec of a sampler config."""
+def architecture_of(config: dict, path: Path) -> tuple[dict, dict[str, tuple[int, ...]]]:
+    """The :mod:`nngraph.data.park` spec of a sampler config and its parameter shapes."""
     try:
         channels = list(config["channels"])
         arch = {"family": "wild-park", "in_channels": channels[0], "num_classes": config["n_classes"],
                 "channels": channels[1:], "kernel": list(config["kernel_size"]), "stride": list(config["stride"]),
                 "padding": list(config["padding"]), "residual": list(config["residual"]),
                 "activation": list(config["activation"])}
-        validate_park_architecture(arch)
+        shapes = park_param_shapes(arch)
     except (KeyError, TypeError, IndexError) as exc:
         raise DataError(f"{path}: the config lacks the CNN setting {exc}; it is not a Wild Park sampler config") from None
     except NNGraphError as exc:
         raise DataError(f"{path}: {exc}") from None
-    return arch
+    return arch, shapes
 
 
-def _expected(arch: dict, cache: dict) -> dict[str, tuple[int, ...]]:
-    key = json.dumps(arch, sort_keys=True)
-    if key not in cache:
-        cache[key] = {k: tuple(v.shape) for k, v in ParkCNN(arch).state_dict().items()}
-    return cache[key]
-
-
-def _load_chunk(paths: list[Path]) -> list[tuple[dict, dict[str, np.ndarray]]]:
-    """(architecture, {name: array}) of each checkpoint, checked against each other."""
-    cache: dict = {}
+def _load_chunk(task: tuple[list[Path], bool]) -> list[tuple[dict, dict[str, np.ndarray]]]:
+    """(architecture, {name: array}) of each checkpoint, its tensors checked against its config."""
+    paths, trust = task
     out = []
     for path in paths:
-        state, config = read_checkpoint(path)
-        arch = architecture_of(config, path)
-        shapes = _expected(arch, cache)
+        state, config = read_checkpoint(path, trust)
+        arch, shapes = architecture_of(config, path)
         for key, value in state.items():
             if key not in shapes:
                 raise DataError(f"{path}: unknown parameter name {key!r}; its config describes "
@@ -157,23 +176,33 @@ def _load_chunk(paths: list[Path]) -> list[tuple[dict, dict[str, np.ndarray]]]:
 
 
 def import_wild_park(src, out, *, splits=None, shard_size: int = 256, workers: int | None = None,
-                     command: str | None = None, log=print) -> dict:
-    """Import a CNN Wild Park folder into the corpus ``out``; returns its manifest."""
+                     trust: bool = False, command: str | None = None, log=print) -> dict:
+    """Import a CNN Wild Park folder into the corpus ``out``; returns its manifest.
+
+    ``trust``: also read legacy (non-zip) checkpoints, with plain pickle (runs their code).
+    """
     t0 = time.perf_counter()
     src = Path(src)
     if not src.is_dir():
         raise DataError(f"Wild Park folder {src} does not exist; pass the folder the split file's paths are relative to")
+    check_out(out)
     split_file = find_split_file(src, splits)
     table = read_split_json(split_file, ("score", "step"))
-    listed = [p for s in SPLITS for p in table[s]["path"]]
-    if not listed:
-        raise DataError(f"split file {split_file} lists no networks")
     for s in SPLITS:
         if "score" not in table[s]:
             raise DataError(f"split file {split_file}: {s!r} has no 'score' list; use cnn_park_splits.json")
-    scores = [float(v) for s in SPLITS for v in table[s]["score"]]
+    listed = [p for s in SPLITS for p in table[s]["path"]]
+    split_of = [s for s in SPLITS for _ in table[s]["path"]]
+    scores = [_score(v, p, split_file) for s in SPLITS for v, p in zip(table[s]["score"], table[s]["path"])]
     steps = [v for s in SPLITS for v in table[s].get("step", [None] * len(table[s]["path"]))]
-    paths = resolve_paths(src, listed, split_file)
+    keep = [i for i, v in enumerate(scores) if v is not None]
+    if len(keep) < len(listed):
+        log(f"{split_file}: dropped {len(listed) - len(keep)} networks whose score is empty or not finite "
+            f"(first: {listed[scores.index(None)]})")
+    listed, split_of, scores, steps = ([col[i] for i in keep] for col in (listed, split_of, scores, steps))
+    if not listed:
+        raise DataError(f"split file {split_file} lists no networks with a finite score")
+    paths = resolve_paths(src, listed, split_file, split_of)
     n = len(paths)
     plan = {
         "kind": "zoo",
@@ -185,13 +214,13 @@ def import_wild_park(src, out, *, splits=None, shard_size: int = 256, workers: i
                        "split_file_sha256": sha256_file(split_file)},
             "image_size": list(IMAGE_SIZE), "shard_size": shard_size, "count": n,
         },
-        "items": {"split": [s for s in SPLITS for _ in table[s]["path"]], "source_path": listed},
+        "items": {"split": split_of, "source_path": listed},
     }
     log(f"{src}: reading {n} Wild Park checkpoints with {default_workers(workers)} workers")
-    with staged_output(out) as stage:
+    with staged_output(out, log) as stage:
         writer = CorpusWriter(stage, plan, n, shard_size, result_columns=("label", "arch", "training", "seed"))
         pending = writer.pending()
-        loaded = parallel_map(_load_chunk, [paths[a:b] for _, a, b in pending], default_workers(workers))
+        loaded = parallel_map(_load_chunk, [(paths[a:b], trust) for _, a, b in pending], default_workers(workers))
         for (k, a, b), records in zip(pending, loaded):
             tensors = {f"net{a + j}.{name}": torch.from_numpy(v) for j, (_, arrays) in enumerate(records)
                        for name, v in arrays.items()}
@@ -202,3 +231,14 @@ def import_wild_park(src, out, *, splits=None, shard_size: int = 256, workers: i
                                   "seconds": round(seconds, 2)})
     log(f"{out}: {n} networks ({len(manifest['architectures'])} architectures) imported in {seconds:.1f} s")
     return manifest
+
+
+def _score(value, path, split_file: Path) -> float | None:
+    """A network's score as a float; None (dropped) when empty or not finite."""
+    if value is None or value == "":
+        return None
+    try:
+        score = float(value)
+    except (TypeError, ValueError):
+        raise DataError(f"{split_file}: the score {value!r} of {path} is not a number") from None
+    return score if math.isfinite(score) else None
