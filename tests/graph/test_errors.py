@@ -15,11 +15,11 @@ def one_line(exc_info) -> str:
     return message
 
 
-class WithUpsample(nn.Module):
+class WithPixelShuffle(nn.Module):
     def __init__(self):
         super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Upsample(scale_factor=2))
-        self.fc = nn.Linear(2, 1)
+        self.features = nn.Sequential(nn.Conv2d(1, 4, 3), nn.PixelShuffle(2))
+        self.fc = nn.Linear(1, 1)
 
     def forward(self, x):
         return self.fc(self.features(x).mean((2, 3)))
@@ -64,9 +64,9 @@ class Unused(nn.Module):
 
 def test_unsupported_module_names_path_and_type():
     with pytest.raises(UnsupportedModelError) as info:
-        nngraph.to_graph(WithUpsample(), torch.zeros(1, 1, 8, 8))
+        nngraph.to_graph(WithPixelShuffle(), torch.zeros(1, 1, 8, 8))
     message = one_line(info)
-    assert "features.1" in message and "Upsample" in message and "Conv2d" in message
+    assert "features.1" in message and "PixelShuffle" in message and "Conv2d" in message
 
 
 def test_custom_function_names_enclosing_module():

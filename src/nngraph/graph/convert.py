@@ -21,7 +21,7 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from nngraph.errors import InputShapeError, NonFiniteError, UnsupportedModelError
-from nngraph.graph import activations, functional, ops, pooling, tokens
+from nngraph.graph import activations, conv_transpose, functional, ops, pooling, products, tokens, upsample
 from nngraph.graph.builder import Value
 from nngraph.graph.context import Context
 from nngraph.graph.functional import ParamRef
@@ -36,10 +36,13 @@ from nngraph.graph.graph import (
 from nngraph.graph.activations import Sine
 
 SUPPORTED = (
-    "Linear, Conv1d/Conv2d (any groups, depthwise), F.linear/F.conv1d/F.conv2d on parameters, BatchNorm1d/2d "
+    "Linear, Conv1d/Conv2d (any groups, depthwise), ConvTranspose1d/2d (any groups, output_padding), "
+    "F.linear/F.conv1d/F.conv2d on parameters, BatchNorm1d/2d "
     "(eval), LayerNorm (features), ReLU, ReLU6, GELU, SiLU, Tanh, Sigmoid, LeakyReLU, PReLU, Hardtanh, Hardswish, "
     "Hardsigmoid, ELU, SELU, Softplus, Mish, sin(w0*x)/Sine (also in place), residual a+b, x+constant, "
     "x[:, a:b] (+)= y, torch.cat on channels, Max/AvgPool1d/2d, AdaptiveMax/AvgPool1d/2d, mean over H,W, flatten, "
+    "a * b of one shape, x * gate with a [B, C, 1, 1] gate (squeeze-and-excitation; view/expand_as of the gate), "
+    "Upsample/F.interpolate (nearest, bilinear/linear; size or whole scale_factor), "
     "Dropout, Identity; tokens [B, T, D]: flatten(2).transpose(1, 2), class token cat, + position embedding, "
     "Linear/LayerNorm/activations per token, x[:, t], x.mean(1), MultiheadAttention (self-attention), "
     "F.scaled_dot_product_attention, Embedding"
@@ -50,6 +53,8 @@ _ADD = {operator.add, operator.iadd, torch.add, "add", "add_"}
 _PASS_MODULES = (nn.Dropout, nn.Identity)
 _PASS_FUNCTIONS = {F.dropout, "contiguous"}
 _FLATTEN = {torch.flatten, "flatten", "view", "reshape"}
+_MUL = {operator.mul, torch.mul, "mul", "mul_"}
+_EXPAND = {"expand", "expand_as"}
 _CAT = {torch.cat, torch.concat}
 _POOL = {torch.mean, "mean"}
 _TRANSPOSE = {torch.transpose, "transpose"}
@@ -266,6 +271,10 @@ def _call_module(ctx: Context, node: fx.Node, env: dict) -> Value:
         return value
     if type(module) is nn.Flatten and module.start_dim == 1 and module.end_dim == -1:
         return ops.flatten(ctx, node, value, where)
+    if type(module) in conv_transpose.MODULES:
+        return conv_transpose.conv_transpose(ctx, node, module, value, path)
+    if type(module) in upsample.MODULES:
+        return upsample.upsample(ctx, node, value, upsample.module_arguments(module), where)
     if type(module) in pooling.MODULES:
         target = pooling.MODULES[type(module)]
         return _pool(ctx, node, value, target, pooling.module_arguments(module), where)
@@ -298,6 +307,12 @@ def _call_function(ctx: Context, node: fx.Node, env: dict) -> Value:
             return ops.add_constant(ctx, node, values[0], float(args[1 - args.index(values[0])]), where)
     if target in (operator.sub, torch.sub, "sub") and len(values) == 1 and args[0] is values[0] and _is_number(args[1]):
         return ops.add_constant(ctx, node, values[0], -float(args[1]), where)
+    if target in _MUL and len(values) == 2 and len(args) == 2 and not kwargs:
+        return products.multiply(ctx, node, args[0], args[1], where)
+    if target in _EXPAND and values and args[0] is values[0]:
+        return _expand_gate(ctx, node, values[0], where)
+    if target in upsample.FUNCTIONS and values and args[0] is values[0]:
+        return upsample.upsample(ctx, node, values[0], upsample.bind(args, kwargs), where)
     if target in (operator.mul, torch.mul, "mul") and len(values) == 1 and len(args) == 2:
         other = args[1 - args.index(values[0])]
         if _is_number(other):
@@ -407,11 +422,22 @@ def _setitem(ctx: Context, node: fx.Node, env: dict) -> Value:
 def _flatten(ctx: Context, node: fx.Node, value: Value, args, kwargs, where: str) -> Value:
     in_shape = ctx.shape(node.args[0])
     out_shape = ctx.shape(node)
+    ones = (1,) * (len(out_shape) - 2)
+    if value.kind == "vector" and len(out_shape) in (3, 4) and tuple(out_shape[1:]) == (in_shape[1], *ones):
+        return Value(value.nodes, "map", (1, 1), value.root)  # [B, C] -> [B, C, 1(, 1)]: C maps of 1 x 1 (a gate)
     if len(out_shape) != 2 or out_shape[0] != in_shape[0]:
         raise UnsupportedModelError(
             f"{where}: only flattening to [batch, features] is supported, got {list(in_shape)} -> {list(out_shape)}"
         )
     return ops.flatten(ctx, node, value, where)
+
+
+def _expand_gate(ctx: Context, node: fx.Node, value: Value, where: str) -> Value:
+    """``gate.expand_as(x)`` of a [B, C, 1, 1] gate read only by products: the gate itself (a product broadcasts it)."""
+    if value.kind != "map" or value.hw != (1, 1) or any(u.target not in _MUL for u in node.users):
+        raise UnsupportedModelError(f"{where}: expand/expand_as is supported only on a [batch, C, 1, 1] gate that is "
+                                    "multiplied into a map")
+    return value
 
 
 def _channel_slice(node: fx.Node) -> slice | None:
@@ -598,6 +624,7 @@ def first_unsupported_module(model: nn.Module) -> str | None:
     except Exception:  # noqa: BLE001 - not traceable: to_graph says so itself
         return None
     known = (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.Flatten, nn.AdaptiveAvgPool2d,
+             *conv_transpose.MODULES, *upsample.MODULES,
              nn.MultiheadAttention, nn.Embedding,
              *activations.MODULES, *_PASS_MODULES)
     modules = dict(model.named_modules())

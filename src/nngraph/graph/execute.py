@@ -8,19 +8,21 @@ Per layer l = 1..L (layers are in topological order), the edges into layer l are
 into groups of one signature (edge kind, conv geometry, source spatial size); for each
 group, over all graphs of the batch at once:
 
-- Linear / conv / flatten edges are scattered into one dense block per graph,
-  W[b, j, i] (a kernel for conv edges, H*W weights for flatten edges), and applied with
-  one batched matmul or one grouped convolution: z[b, j] = sum_i W[b, j, i] * h[b, i];
+- Linear / conv / transposed conv / flatten edges are scattered into one dense block per
+  graph, W[b, j, i] (a kernel for conv edges, H*W weights for flatten edges), and applied
+  with one batched matmul or one grouped (transposed) convolution: z[b, j] = sum_i W[b, j, i] * h[b, i];
 - residual / identity edges copy their source, pooling edges its spatial mean, max-pool
-  and avg-pool edges its local or adaptive pooling (``pooling.apply``), times the edge's
-  scalar weight (1 after conversion), summed per target;
+  and avg-pool edges its local or adaptive pooling (``pooling.apply``), up-sampling edges
+  its interpolation (``upsample.apply``), times the edge's scalar weight (1 after
+  conversion), summed per target;
 
 - place edges put the source's flattened value at an offset of a token sequence; const
   self-loops add their learned per-token values;
 
 the groups into one value block (the targets of one layer with one value size, over all
-graphs) are summed; attention blocks combine two groups instead (q-k products, and the
-mixing of values by the softmax scores, see ``tokens.py``). Then every target node
+graphs) are summed; product nodes multiply their two operands instead (gates, elementwise
+products, attention's q-k products: ``products.py``), and attention's outputs mix values by
+the softmax scores (``tokens.py``). Then every target node
 applies z + bias + offset -> norm -> activation. There is a Python loop over blocks and
 signature groups, never over nodes or graphs.
 
@@ -42,7 +44,7 @@ import torch.nn.functional as F
 from torch_geometric.data import Batch
 
 from nngraph.errors import InputShapeError, NonFiniteError
-from nngraph.graph import pooling
+from nngraph.graph import pooling, upsample
 from nngraph.graph.layout import decode_kernels
 from nngraph.graph.graph import (
     graph_specs,
@@ -64,20 +66,22 @@ from nngraph.graph.graph import (
     ACT_SOFTMAX,
     ACT_SOFTPLUS,
     ACT_TANH,
-    EDGE_ATTN_K,
     EDGE_ATTN_MIX,
-    EDGE_ATTN_Q,
     EDGE_ATTN_V,
     EDGE_AVGPOOL,
     EDGE_CONST,
     EDGE_CONV,
+    EDGE_CONV_T,
     EDGE_FLATTEN,
     EDGE_LINEAR,
     EDGE_MAXPOOL,
+    EDGE_MUL_A,
+    EDGE_MUL_B,
     EDGE_PLACE,
     EDGE_POOL,
     NORM_BATCH,
     NORM_LAYER,
+    PRODUCT_KINDS,
     ROLE_INPUT,
     ROLE_OUTPUT,
     X_ACT_PARAM,
@@ -92,7 +96,7 @@ from nngraph.graph.graph import (
     centre,
 )
 
-_DENSE_KINDS = (EDGE_LINEAR, EDGE_CONV, EDGE_FLATTEN)
+_DENSE_KINDS = (EDGE_LINEAR, EDGE_CONV, EDGE_CONV_T, EDGE_FLATTEN)
 _PLAN_CACHE: OrderedDict = OrderedDict()  # (id(spec), B) -> (spec, Plan), for template batches
 _PLAN_CACHE_SIZE = 8
 
@@ -164,6 +168,7 @@ class _Group:
     e_graph: torch.Tensor | None = None
     e_j: torch.Tensor | None = None
     e_i: torch.Tensor | None = None
+    out_hw: tuple[int, int] = (1, 1)  # the targets' value size (a transposed conv's output padding)
     # copy kinds: target position of each edge
     e_target: torch.Tensor | None = None
     # position of each target among its layer's targets
@@ -215,9 +220,9 @@ class Plan:
         self.layers: list[_Layer] = []
         pending: list[_Group] = []
         # A value block: the targets of one layer with one value size and one way of combining their
-        # inputs (a sum; attention's q-k products; attention's mixing), over all graphs of the batch.
+        # inputs (a sum; a product of two operands; attention's mixing), over all graphs of the batch.
         combine = torch.zeros_like(batch.edge_kind)
-        combine[torch.isin(batch.edge_kind, torch.tensor((EDGE_ATTN_Q, EDGE_ATTN_K), device=device))] = 1
+        combine[torch.isin(batch.edge_kind, torch.tensor(PRODUCT_KINDS, device=device))] = 1
         combine[torch.isin(batch.edge_kind, torch.tensor((EDGE_ATTN_MIX, EDGE_ATTN_V), device=device))] = 2
         block = [edge_layer, *batch.node_hw[dst].t().contiguous(), combine]
         block_code = _signature_code(block)
@@ -232,7 +237,7 @@ class Plan:
             geom = batch.edge_geom[group[0]].tolist()
             targets = torch.unique(dst[group])
             if kind in _DENSE_KINDS:
-                g = self._dense_group(kind, geom, group, targets, src, dst, gid, block_of, row_of)
+                g = self._dense_group(kind, geom, group, targets, src, dst, gid, block_of, row_of, batch.node_hw)
             else:
                 e_target = torch.searchsorted(targets, dst[group])
                 gather = None if kind == EDGE_CONST else _gather_of(src[group], block_of, row_of)
@@ -258,7 +263,7 @@ class Plan:
         row_of[targets] = torch.arange(len(targets), device=targets.device)
         self.layers.append(layer)
 
-    def _dense_group(self, kind, geom, group, targets, src, dst, gid, block_of, row_of) -> _Group:
+    def _dense_group(self, kind, geom, group, targets, src, dst, gid, block_of, row_of, node_hw) -> _Group:
         s, d = src[group], dst[group]
         sources = torch.unique(s)
         graphs, t_graph = torch.unique(gid[targets], return_inverse=True)
@@ -267,7 +272,8 @@ class Plan:
         s_rank, n_in = _rank_in_graph(s_graph, len(graphs))
         return _Group(
             kind, geom, group, targets, _gather_of(sources, block_of, row_of),
-            graphs=len(graphs), n_out=n_out, n_in=n_in, s_graph=s_graph, s_rank=s_rank, t_graph=t_graph,
+            graphs=len(graphs), n_out=n_out, n_in=n_in, out_hw=tuple(node_hw[targets[0]].tolist()), s_graph=s_graph,
+            s_rank=s_rank, t_graph=t_graph,
             t_rank=t_rank, e_graph=torch.searchsorted(graphs, gid[d]),
             e_j=t_rank[torch.searchsorted(targets, d)], e_i=s_rank[torch.searchsorted(sources, s)],
         )
@@ -315,16 +321,16 @@ class Plan:
         return out.reshape(b, p, *self.output_shape), acts
 
     def _layer_input(self, batch: Batch, layer: _Layer, blocks: list[torch.Tensor], p: int) -> torch.Tensor:
-        """z of the layer's targets: the sum of its groups' messages; attention combines two of them
-        (product nodes: q(t) k(t') over their attn_q / attn_k edges; outputs: a @ v over attn_mix / attn_v)."""
+        """z of the layer's targets: the sum of its groups' messages; product nodes multiply their two
+        operands (mul_a, mul_b; products.py) and attention's outputs mix (a @ v over attn_mix / attn_v)."""
         n = len(layer.targets)
         parts = {}
         for g in layer.groups:
             zg = self._dense(batch, g, blocks, p) if g.kind in _DENSE_KINDS else self._copy(batch, g, blocks)
             full = zg if len(g.targets) == n else zg.new_zeros(n, *zg.shape[1:]).index_add(0, g.slot, zg)
             parts[g.kind] = parts[g.kind] + full if g.kind in parts else full
-        if EDGE_ATTN_Q in parts:  # [n, P, 1, Tq] x [n, P, 1, Tk] -> [n, P, Tq, Tk]
-            return parts[EDGE_ATTN_Q].transpose(-1, -2) * parts[EDGE_ATTN_K]
+        if EDGE_MUL_A in parts:  # operands laid out by their edges, broadcast: e.g. [n, P, Tq, 1] x [n, P, 1, Tk]
+            return parts[EDGE_MUL_A] * parts[EDGE_MUL_B]
         if EDGE_ATTN_MIX in parts:  # [n, P, Tq, Tk] @ [n, P, Tk, 1] -> [n, P, 1, Tq]
             return (parts[EDGE_ATTN_MIX] @ parts[EDGE_ATTN_V].transpose(-1, -2)).transpose(-1, -2)
         z = None
@@ -353,13 +359,20 @@ class Plan:
             wd = attr.new_zeros(G, n_out, n_in, kh, kw)
             wd[g.e_graph, g.e_j, g.e_i] = decode_kernels(attr, self.k_max, kh, kw)
             inp = hd.permute(2, 0, 1, 3, 4).reshape(p, G * n_in, *h.shape[2:])
-            out = F.conv2d(inp, wd.reshape(G * n_out, n_in, kh, kw), None, (sh, sw), (ph, pw), (dh, dw), groups=G)
+            if g.kind == EDGE_CONV:
+                out = F.conv2d(inp, wd.reshape(G * n_out, n_in, kh, kw), None, (sh, sw), (ph, pw), (dh, dw), groups=G)
+            else:  # the output padding is what the target's size leaves over: out = (in - 1) s - 2 p + d (k - 1) + 1 + o
+                extra = [o - ((i - 1) * s - 2 * q + d * (k - 1) + 1)
+                         for o, i, s, q, d, k in zip(g.out_hw, h.shape[2:], (sh, sw), (ph, pw), (dh, dw), (kh, kw))]
+                weight = wd.transpose(1, 2).reshape(G * n_in, n_out, kh, kw)  # conv_transpose2d: [in, out / groups, kh, kw]
+                out = F.conv_transpose2d(inp, weight, None, (sh, sw), (ph, pw), tuple(extra), G, (dh, dw))
             z = out.reshape(p, G, n_out, *out.shape[2:]).permute(1, 2, 0, 3, 4)  # [G, Cout, P, h, w]
         return z[g.t_graph, g.t_rank]  # [n_T, P, h, w]
 
     def _copy(self, batch: Batch, g: _Group, blocks: list[torch.Tensor]) -> torch.Tensor:
         """Residual / identity / attention edges copy h_i, pooling edges its spatial mean or local pooling,
-        place edges put it at an offset of a sequence, times w_ij; const self-loops add their values."""
+        up-sampling edges its interpolation, product operands its value laid out as out_h x out_w, place
+        edges put it at an offset of a sequence, times w_ij; const self-loops add their values."""
         if g.kind == EDGE_CONST:
             length, offset, out_len = g.geom[1], g.geom[5], g.geom[11]
             values = batch.edge_attr[g.edges, :length]  # [E_g, L]
@@ -374,6 +387,10 @@ class Plan:
             h = h.mean(dim=(-2, -1), keepdim=True)
         elif g.kind in (EDGE_MAXPOOL, EDGE_AVGPOOL):
             h = pooling.apply(h, g.kind, g.geom)  # [E_g, P, h', w']
+        elif g.kind in upsample.KINDS:
+            h = upsample.apply(h, g.kind, g.geom)  # [E_g, P, out_h, out_w]
+        elif g.kind in PRODUCT_KINDS:  # the operand's layout in the product (products.py)
+            h = h.reshape(*h.shape[:2], g.geom[10], g.geom[11])
         msg = h * batch.edge_attr[g.edges, centre(self.k_max)].view(-1, 1, 1, 1)
         z = msg.new_zeros(len(g.targets), *msg.shape[1:])
         return z.index_add(0, g.e_target, msg)

@@ -23,11 +23,20 @@ A node computes, from the values h_i of its sources (edges i -> j of weight/kern
     h_j = act_j(z_j)
 
 where op_k depends on the edge kind (``EDGE_*``): a product for Linear weights, a 2-D
-cross-correlation for conv kernels, the dot product over positions for the weights of a
-flattened C x H x W map, a copy for residual/identity edges, a spatial mean for
-global average pooling, and a local (or adaptive) max / average pooling of the source's
-map for max-pool / avg-pool edges (geometry in ``edge_geom``). A sequence [C, L]
-(Conv1d, 1-d pooling) is the 1-D case of a map: H = 1, W = L, kernels 1 x k.
+cross-correlation for conv kernels, a transposed convolution for conv_transpose kernels
+(stride, padding and dilation in ``edge_geom``; the output padding is what the target's
+size leaves over), the dot product over positions for the weights of a flattened C x H x W
+map, a copy for residual/identity edges, a spatial mean for global average pooling, a
+local (or adaptive) max / average pooling of the source's map for max-pool / avg-pool
+edges, and a nearest / bilinear interpolation to (out_h, out_w) for up-sampling edges
+(geometry in ``edge_geom``). A sequence [C, L] (Conv1d, 1-d pooling) is the 1-D case of a
+map: H = 1, W = L, kernels 1 x k.
+
+Product nodes (``products.py``) multiply instead of summing: z_j = A_j * B_j, where A_j
+sums the sources over the node's ``mul_a`` edges and B_j over its ``mul_b`` edges, each laid
+out as out_h x out_w (``edge_geom``) and broadcast to the node's size: an elementwise
+product a * b, a squeeze-and-excitation gate (a 1 x 1 operand over a map), and attention's
+q-k products (a T x 1 column times a 1 x T row).
 
 Tokens [B, T, D] are D nodes whose value is a 1 x T sequence (a Linear per token is a
 linear edge applied at every position). Token edges:
@@ -38,7 +47,7 @@ linear edge applied at every position). Token edges:
 - ``const`` is a self-loop carrying a learned per-token constant (class token, position
   embedding): its first L channels are added at positions [o, o + L) of the node's
   sequence (``kw`` = L, ``pad_w`` = o); the source value is not read;
-- attention (per head h of d_h neurons, see ``ops.attention``): ``attn_q`` / ``attn_k``
+- attention (per head h of d_h neurons, see ``tokens.attention``): ``mul_a`` / ``mul_b``
   join q_c and k_c to a product node s_c whose value is the T x T map q_c(t) k_c(t');
   ``attn_sum`` sums a head's s_c into its score node a_h (act softmax, param 1/sqrt(d_h)
   over the last axis); ``attn_mix`` (from a_h) and ``attn_v`` (from v_c) give the head's
@@ -70,9 +79,13 @@ NEUTRAL_NODE = (0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0)
 
 # Edge kinds.
 (EDGE_LINEAR, EDGE_CONV, EDGE_RESIDUAL, EDGE_FLATTEN, EDGE_POOL, EDGE_IDENTITY, EDGE_MAXPOOL, EDGE_AVGPOOL,
- EDGE_PLACE, EDGE_CONST, EDGE_ATTN_Q, EDGE_ATTN_K, EDGE_ATTN_SUM, EDGE_ATTN_MIX, EDGE_ATTN_V) = range(15)
+ EDGE_PLACE, EDGE_CONST, EDGE_MUL_A, EDGE_MUL_B, EDGE_ATTN_SUM, EDGE_ATTN_MIX, EDGE_ATTN_V,
+ EDGE_CONV_T, EDGE_UPSAMPLE_NEAREST, EDGE_UPSAMPLE_BILINEAR) = range(18)
 EDGE_KINDS = ("linear", "conv", "residual", "flatten", "pool", "identity", "maxpool", "avgpool",
-              "place", "const", "attn_q", "attn_k", "attn_sum", "attn_mix", "attn_v")
+              "place", "const", "mul_a", "mul_b", "attn_sum", "attn_mix", "attn_v",
+              "conv_transpose", "upsample_nearest", "upsample_bilinear")
+# The two operands of a product node (see the module docstring): z_j = A_j * B_j.
+PRODUCT_KINDS = (EDGE_MUL_A, EDGE_MUL_B)
 # Kinds whose values fill the first channels of edge_attr (not the centred kernel window).
 FLAT_KINDS = (EDGE_FLATTEN, EDGE_CONST)
 
@@ -103,11 +116,13 @@ def graph_specs(data: Data) -> list[ArchSpec]:
     return spec if isinstance(spec, list) else [spec]
 
 
-# Columns of ``edge_geom``: kernel size, stride, padding and dilation of conv and local pooling
-# edges; ceil_mode and count_include_pad (0/1) of pooling edges; the output size of adaptive
-# pooling edges (out_h, out_w > 0 marks an adaptive pool, whose other columns are 0).
+# Columns of ``edge_geom``: kernel size, stride, padding and dilation of conv, transposed conv and
+# local pooling edges; ceil_mode and count_include_pad (0/1) of pooling edges; the output size of
+# adaptive pooling edges (out_h, out_w > 0 marks an adaptive pool, whose other columns are 0) and of
+# up-sampling edges; the shape out_h x out_w a product operand takes before it is broadcast to the
+# product's size; align_corners (0/1) of bilinear up-sampling edges.
 GEOM_COLUMNS = ("kh", "kw", "stride_h", "stride_w", "pad_h", "pad_w", "dil_h", "dil_w",
-                "ceil_mode", "count_include_pad", "out_h", "out_w")
+                "ceil_mode", "count_include_pad", "out_h", "out_w", "align_corners")
 GEOM_DIM = len(GEOM_COLUMNS)
 NO_GEOM = (0,) * GEOM_DIM
 
@@ -133,8 +148,10 @@ class ParamEntry:
         nodes (PReLU with one parameter for a whole layer); it is read from the first.
       - ``"tokens"``: a per-token constant [1, L, D] (class token, position embedding);
         edge ``offset + j`` (a ``const`` self-loop of node j) holds W[0, :, j] in its first L entries;
-      - ``"kernel_t"``: an embedding table [V, D], the transpose of a kernel [D, V]
-        (edge ``offset + j * V + v`` holds W[v, j]).
+      - ``"kernel_t"``: a weight stored input-major, [in, out / g] or [in, out / g, kh, kw]
+        (g groups of in_g = ``sources`` inputs): an embedding table [V, D] (g = 1) or a
+        ConvTranspose weight. Edge ``offset + j * in_g + i`` holds W[g_j * in_g + i, j - g_j * out / g]
+        with g_j the group of output j (for an embedding: edge ``offset + j * V + v`` holds W[v, j]).
 
     ``sources`` is the number of source nodes per output unit (in, or C for ``flat``;
     in / groups for a grouped convolution, whose edges stay within their group).
@@ -153,8 +170,10 @@ class ParamEntry:
         """Number of edges (kernel/flat) or nodes (node) the tensor occupies."""
         if self.source == "node":
             return self.shared or self.shape[0]
-        if self.source in ("tokens", "kernel_t"):
+        if self.source == "tokens":
             return self.shape[-1] * self.sources
+        if self.source == "kernel_t":
+            return self.shape[0] * self.shape[1]
         return self.shape[0] * self.sources
 
 

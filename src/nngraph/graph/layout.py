@@ -79,8 +79,8 @@ def write_params(spec: ArchSpec, params: dict[str, torch.Tensor], x: torch.Tenso
             edge_attr[:, rows] = encode_flat(value.reshape(b, entry.count, hw), width)
         elif entry.source == "tokens":  # [B, 1, L, D] -> edge j holds [L]
             edge_attr[:, rows] = encode_flat(value.reshape(b, entry.shape[1], entry.count).transpose(1, 2), width)
-        elif entry.source == "kernel_t":  # [B, V, D] -> kernel [B, D, V]
-            edge_attr[:, rows] = encode_kernels(value.transpose(1, 2).reshape(b, entry.count, 1, 1), k, width)
+        elif entry.source == "kernel_t":  # [B, in, out_g, kh, kw] -> kernels [B, out, in_g, kh, kw]
+            edge_attr[:, rows] = encode_kernels(_to_kernels(entry, value), k, width)
         else:
             kh, kw = kernel_hw(entry.shape)
             edge_attr[:, rows] = encode_kernels(value.reshape(b, entry.count, kh, kw), k, width)
@@ -100,9 +100,26 @@ def read_params(spec: ArchSpec, x: torch.Tensor, edge_attr: torch.Tensor) -> dic
         elif entry.source == "tokens":
             out[entry.name] = edge_attr[:, rows, : entry.shape[1]].transpose(1, 2).reshape(b, *entry.shape)
         elif entry.source == "kernel_t":
-            kernel = decode_kernels(edge_attr[:, rows], k, 1, 1).reshape(b, entry.shape[1], entry.shape[0])
-            out[entry.name] = kernel.transpose(1, 2)
+            out[entry.name] = _from_kernels(entry, decode_kernels(edge_attr[:, rows], k, *kernel_hw(entry.shape)))
         else:
             kh, kw = kernel_hw(entry.shape)
             out[entry.name] = decode_kernels(edge_attr[:, rows], k, kh, kw).reshape(b, *entry.shape)
     return out
+
+
+def _grouped(entry, b: int) -> tuple[int, ...]:
+    """[B, g, in_g, out_g, kh, kw]: a ``kernel_t`` weight [in, out_g(, kh, kw)] of g groups of in_g = sources inputs."""
+    return (b, entry.shape[0] // entry.sources, entry.sources, entry.shape[1], *kernel_hw(entry.shape))
+
+
+def _to_kernels(entry, value: torch.Tensor) -> torch.Tensor:
+    """A ``kernel_t`` weight [B, in, out_g(, kh, kw)] -> its edges' kernels [B, out * in_g, kh, kw], output-major
+    (W[g * in_g + i, j'] is the kernel from input i of group g to its output j')."""
+    grouped = _grouped(entry, value.shape[0])
+    return value.reshape(grouped).transpose(2, 3).reshape(grouped[0], -1, *grouped[4:])
+
+
+def _from_kernels(entry, kernels: torch.Tensor) -> torch.Tensor:
+    """Inverse of ``_to_kernels``: [B, out * in_g, kh, kw] -> [B, *entry.shape]."""
+    b, g, in_g, out_g, kh, kw = _grouped(entry, kernels.shape[0])
+    return kernels.reshape(b, g, out_g, in_g, kh, kw).transpose(2, 3).reshape(b, *entry.shape)

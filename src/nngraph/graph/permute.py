@@ -11,8 +11,10 @@ conv ties channel c of its input to channel c of its output). Classes that touch
 same layers are permuted among each other, node k of a layer onto node k of the same
 layer; classes holding an input or output neuron never move.
 
-Attention (see ``tokens.py``) ties q_c, k_c and their product node s_c (a q/k pair), and
-v_c with the head's output o_c (a v/o pair); place edges tie a token channel to its copy.
+A product node (``products.py``) is tied to its two operands: a squeeze-and-excitation
+gate's channel moves with the channel it gates. Attention (see ``tokens.py``) ties q_c, k_c
+and their product node s_c (a q/k pair), and v_c with the head's output o_c (a v/o pair);
+place edges tie a token channel to its copy.
 The classes of one attention are permuted head-aware: whole heads (score node a_h with
 its pairs) move to other heads, and the q/k pairs and the v/o pairs within each head are
 shuffled, each among themselves.
@@ -28,25 +30,27 @@ from torch import nn
 from nngraph.errors import InputShapeError, UnsupportedModelError
 from nngraph.graph.convert import SUPPORTED, first_unsupported_module, to_graph, to_params
 from nngraph.graph.graph import (
-    EDGE_ATTN_K,
     EDGE_ATTN_MIX,
-    EDGE_ATTN_Q,
     EDGE_ATTN_SUM,
     EDGE_ATTN_V,
     EDGE_AVGPOOL,
     EDGE_CONV,
+    EDGE_CONV_T,
     EDGE_IDENTITY,
     EDGE_MAXPOOL,
+    EDGE_MUL_A,
+    EDGE_MUL_B,
     EDGE_PLACE,
     EDGE_POOL,
     EDGE_RESIDUAL,
+    EDGE_UPSAMPLE_BILINEAR,
+    EDGE_UPSAMPLE_NEAREST,
     ROLE_HIDDEN,
     NeuralGraph,
 )
 
-_TIE_KINDS = (EDGE_RESIDUAL, EDGE_IDENTITY, EDGE_POOL, EDGE_MAXPOOL, EDGE_AVGPOOL, EDGE_PLACE, EDGE_ATTN_Q, EDGE_ATTN_K,
-              EDGE_ATTN_V)
-_ATTENTION_KINDS = (EDGE_ATTN_Q, EDGE_ATTN_K, EDGE_ATTN_SUM, EDGE_ATTN_MIX, EDGE_ATTN_V)
+_TIE_KINDS = (EDGE_RESIDUAL, EDGE_IDENTITY, EDGE_POOL, EDGE_MAXPOOL, EDGE_AVGPOOL, EDGE_UPSAMPLE_NEAREST,
+              EDGE_UPSAMPLE_BILINEAR, EDGE_PLACE, EDGE_MUL_A, EDGE_MUL_B, EDGE_ATTN_V)
 
 
 def permute_graph(graph: NeuralGraph, seed: int = 0) -> tuple[NeuralGraph, torch.Tensor]:
@@ -94,9 +98,10 @@ def _is_automorphism(graph: NeuralGraph, perm: torch.Tensor) -> bool:
 
 
 def _group_pairs(graph: NeuralGraph) -> torch.Tensor:
-    """Edges [2, E'] of grouped convolutions: conv edges into a layer that do not join every
+    """Edges [2, E'] of grouped (transposed) convolutions: conv edges into a layer that do not join every
     source to every target (a groups=1 conv joins all of them and ties nothing)."""
-    conv = torch.nonzero(graph.edge_kind == EDGE_CONV).squeeze(1)
+    kinds = torch.tensor((EDGE_CONV, EDGE_CONV_T), device=graph.edge_kind.device)
+    conv = torch.nonzero(torch.isin(graph.edge_kind, kinds)).squeeze(1)
     if conv.numel() == 0:
         return graph.edge_index[:, :0]
     src, dst = graph.edge_index[:, conv]
@@ -144,7 +149,7 @@ def interchangeable_groups(graph: NeuralGraph, several: bool = False) -> list[li
     members = _members(graph)
     layer = graph.node_layer.tolist()
     role = graph.node_role.tolist()
-    attention = set(graph.edge_index[1, torch.isin(graph.edge_kind, _kinds(graph, _ATTENTION_KINDS))].tolist())
+    attention = _attention_nodes(graph)
     by_signature: dict[tuple[int, ...], list[list[int]]] = {}
     for nodes in members.values():
         layers = [layer[v] for v in nodes]
@@ -156,8 +161,12 @@ def interchangeable_groups(graph: NeuralGraph, several: bool = False) -> list[li
     return [classes for classes in by_signature.values() if len(classes) > 1]
 
 
-def _kinds(graph: NeuralGraph, kinds: tuple[int, ...]) -> torch.Tensor:
-    return torch.tensor(kinds, device=graph.edge_kind.device)
+def _attention_nodes(graph: NeuralGraph) -> set[int]:
+    """Nodes of attention: product nodes summed into scores, the scores, and the heads' outputs."""
+    kind = graph.edge_kind
+    src, dst = graph.edge_index
+    heads = torch.isin(kind, torch.tensor((EDGE_ATTN_SUM, EDGE_ATTN_MIX, EDGE_ATTN_V), device=kind.device))
+    return set(dst[heads].tolist()) | set(src[kind == EDGE_ATTN_SUM].tolist())
 
 
 def _members(graph: NeuralGraph) -> dict[int, list[int]]:

@@ -113,7 +113,7 @@ def pool(ctx: Context, node: Node, value: Value, kind: int, geom: tuple[int, ...
 
 def apply(h: torch.Tensor, kind: int, geom: list[int]) -> torch.Tensor:
     """The pooling of edge kind ``kind`` and geometry ``geom`` on maps h [E, P, H, W] -> [E, P, H', W']."""
-    kh, kw, sh, sw, ph, pw, dh, dw, ceil, include_pad, oh, ow = geom
+    kh, kw, sh, sw, ph, pw, dh, dw, ceil, include_pad, oh, ow = geom[:12]
     if kind == EDGE_MAXPOOL:
         if oh:
             return F.adaptive_max_pool2d(h, (oh, ow))

@@ -7,7 +7,7 @@ relabel a value and add nothing; every rule that changes positions adds a layer.
 
 Attention of one head h with query/key neurons q_c, k_c and value neurons v_c (c < d):
 
-    s_c(t, t') = q_c(t) k_c(t')                 product node, value T x T (attn_q, attn_k edges)
+    s_c(t, t') = q_c(t) k_c(t')                 product node, value T x T (mul_a, mul_b edges; products.py)
     a_h        = softmax(scale * sum_c s_c, -1)  score node, act softmax (attn_sum edges)
     o_c(t)     = sum_t' a_h(t, t') v_c(t')       output node (attn_mix from a_h, attn_v from v_c)
 
@@ -29,9 +29,7 @@ from nngraph.graph import ops
 from nngraph.graph.builder import Value
 from nngraph.graph.graph import (
     ACT_SOFTMAX,
-    EDGE_ATTN_K,
     EDGE_ATTN_MIX,
-    EDGE_ATTN_Q,
     EDGE_ATTN_SUM,
     EDGE_ATTN_V,
     EDGE_IDENTITY,
@@ -41,6 +39,7 @@ from nngraph.graph.graph import (
     ROLE_INPUT,
     X_ACT_PARAM,
 )
+from nngraph.graph.products import product_layer
 
 if TYPE_CHECKING:
     from torch.fx import Node
@@ -167,9 +166,7 @@ def attention(ctx: Context, node: Node, q: Value, k: Value, v: Value, heads: int
     d_qk = len(q.nodes) // heads
     builder = ctx.builder
     t_q, t_k = q.hw[1], k.hw[1]
-    products = builder.new_layer(len(q.nodes), (t_q, t_k))
-    builder.pair_edges(q.nodes, products, EDGE_ATTN_Q)
-    builder.pair_edges(k.nodes, products, EDGE_ATTN_K)
+    products = product_layer(ctx, q.nodes, (t_q, 1), k.nodes, (1, t_k), (t_q, t_k))  # q_c as a column, k_c as a row
     scores = builder.new_layer(heads, (t_q, t_k))
     builder.pair_edges(products, [scores[c // d_qk] for c in range(len(products))], EDGE_ATTN_SUM)
     for n in scores:
