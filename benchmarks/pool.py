@@ -84,7 +84,7 @@ def _run_here(job: dict) -> None:
         from nngraph.train import TrainConfig, train
 
         config = TrainConfig(out=job["out"], **job["config"])
-        train(config, resume=(Path(job["out"]) / "last.pt").exists(), progress=True)
+        train(config, resume=(Path(job["out"]) / "config.json").exists(), progress=True)
     elif kind == "floor":  # the dilation floor of a corpus's test split (computed once, kept in the corpus)
         from nngraph.io import atomic_write_json
         from nngraph.tasks.dilate import corpus_dilation_floor

@@ -126,7 +126,7 @@ def test_an_existing_run_is_never_overwritten_or_resumed_with_other_settings(tmp
     assert main(_train(inr_corpus, run)) == 0
     capsys.readouterr()
     files = {p.name: p.read_bytes() for p in run.iterdir()}
-    assert {"config.json", "metrics.jsonl", "metrics.json", "last.pt", "best.pt"} <= set(files)
+    assert {"config.json", "metrics.jsonl", "metrics.json", "last.safetensors", "best.safetensors"} <= set(files)
 
     code, err = run_cli(_train(inr_corpus, run), capsys)  # the same command again, without --resume
     assert_one_line(code, err, "already holds a run", "--resume", "--overwrite")

@@ -372,10 +372,11 @@ def test_one_training_epoch_on_device(tmp_path, inr_corpus, device):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_checkpoints_load_on_the_cpu(tmp_path, inr_corpus, device):
+    from nngraph.checkpoint import load_weights
     from nngraph.train import train
 
     train(_config(tmp_path, inr_corpus, device=device, precision="bf16"), progress=False)
-    state = torch.load(tmp_path / "run" / "best.pt", weights_only=False, map_location="cpu")["model"]
+    state = load_weights(tmp_path / "run" / "best.safetensors")[0]
     assert all(v.dtype in (torch.float32, torch.int64) for v in state.values())  # checkpoints stay fp32
     config = _config(tmp_path, inr_corpus, device="cpu")
     Trainer(config).model.load_state_dict(state)

@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from nngraph.checkpoint import load_weights
 from nngraph.data.build import build_zoo_corpus
 from nngraph.errors import NNGraphError
 from nngraph.train import TrainConfig, Trainer, train
@@ -51,7 +52,7 @@ def test_classify_end_to_end(tmp_path, inr_corpus):
     assert 0.0 <= saved["test"]["accuracy"] <= 1.0 and saved["test"]["accuracy"] == result["test"]["accuracy"]
     assert sum(map(sum, saved["test"]["confusion"])) > 0
     assert json.loads((run / "config.json").read_text())["permute_augment"] is True
-    for name in ("learning_curves.png", "confusion_matrix.png", "best.pt", "last.pt"):
+    for name in ("learning_curves.png", "confusion_matrix.png", "best.safetensors", "last.safetensors"):
         assert (run / name).stat().st_size > 0
     # the training loss goes down over the epochs on this tiny problem
     history = [json.loads(line) for line in lines]
@@ -83,8 +84,8 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, inr_corpus, 
     resumed = train(killed, resume=True, progress=False)
     assert [h["train_loss"] for h in resumed["history"]] == [h["train_loss"] for h in straight["history"]]
     assert resumed["test"] == straight["test"]
-    a = torch.load(tmp_path / "straight" / "run" / "best.pt", weights_only=False)["model"]
-    b = torch.load(tmp_path / "killed" / "run" / "best.pt", weights_only=False)["model"]
+    a = load_weights(tmp_path / "straight" / "run" / "best.safetensors")[0]
+    b = load_weights(tmp_path / "killed" / "run" / "best.safetensors")[0]
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -189,7 +190,7 @@ def test_early_stopping_on_patience_tests_the_best_epoch_and_resumes(tmp_path, i
     monkeypatch.setattr(Trainer, "evaluate", scripted)
     result = train(config(tmp_path, inr_corpus, epochs=50, patience=2), progress=False)
     assert (result["epochs_run"], result["best_epoch"], result["stop"]) == (4, 2, "patience")
-    assert torch.load(tmp_path / "run" / "best.pt", weights_only=False)["epoch"] == 2
+    assert load_weights(tmp_path / "run" / "best.safetensors")[1]["epoch"] == 2
     # a run killed after epoch 3 resumes with its patience count and stops at the same place
     original_epoch = Trainer.train_epoch
 

@@ -7,29 +7,43 @@
     batch = nngraph.collate([g1, g2])            # mixed architectures in one batch
     net = nngraph.create_model("ngt", example=batch, out_dim=10)   # metanetworks and baselines
     nngraph.draw_graph(g, "graph.png")           # the graph as a picture, layers left to right
+
+The names are imported on first use (PEP 562), so ``import nngraph`` (and the ``nngraph``
+command's start-up) loads neither torch, PyTorch Geometric nor matplotlib until needed.
 """
 
-from nngraph.draw import draw_graph
-from nngraph.errors import NNGraphError
-from nngraph.graph.batch import collate, to_dense
-from nngraph.graph.convert import to_graph, to_params
-from nngraph.graph.execute import execute
-from nngraph.graph.fast import graphs_from_params
-from nngraph.graph.graph import NeuralGraph
-from nngraph.graph.permute import permute_neurons
-from nngraph.models import create_model
+from __future__ import annotations
 
-__all__ = [
-    "NNGraphError",
-    "NeuralGraph",
-    "collate",
-    "create_model",
-    "draw_graph",
-    "execute",
-    "graphs_from_params",
-    "permute_neurons",
-    "to_dense",
-    "to_graph",
-    "to_params",
-]
+import importlib
+from typing import Any
+
+from nngraph.errors import NNGraphError
+
+# public name -> module that defines it
+_LAZY = {
+    "NeuralGraph": "nngraph.graph.graph",
+    "collate": "nngraph.graph.batch",
+    "create_model": "nngraph.models",
+    "draw_graph": "nngraph.draw",
+    "execute": "nngraph.graph.execute",
+    "graphs_from_params": "nngraph.graph.fast",
+    "permute_neurons": "nngraph.graph.permute",
+    "to_dense": "nngraph.graph.batch",
+    "to_graph": "nngraph.graph.convert",
+    "to_params": "nngraph.graph.convert",
+}
+
+__all__ = ["NNGraphError", *sorted(_LAZY)]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'nngraph' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value  # once imported, a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

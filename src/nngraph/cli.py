@@ -4,14 +4,22 @@ Every subcommand is one ``add_<name>(subparsers)`` function that declares its op
 and sets ``func`` to the function that runs it; ``main`` dispatches. Errors that are the
 user's to fix (``NNGraphError``) print one line ``error: ...`` on stderr and exit with
 status 2; ``--debug`` shows the traceback instead.
+
+Start-up stays light: ``main`` builds the options of the one subcommand it runs (the
+others are listed by their one-line help only), so ``nngraph --help`` and ``--version``
+import neither torch nor PyTorch Geometric. ``--threads N`` (any command) sets torch's
+thread count, and ``OMP_NUM_THREADS`` of the processes it starts; without it torch follows
+``OMP_NUM_THREADS`` as usual.
 """
 
 from __future__ import annotations
 
 import argparse
 import errno
+import os
 import sys
 
+from nngraph import __version__, cli_runs
 from nngraph.errors import NNGraphError, storage_error
 
 EXIT_USAGE = 2
@@ -43,6 +51,8 @@ class _Parser(argparse.ArgumentParser):
 COMMON = argparse.ArgumentParser(add_help=False)
 COMMON.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                     help="show the traceback of errors (default: one line)")
+COMMON.add_argument("--threads", type=int, default=argparse.SUPPRESS, metavar="N",
+                    help="CPU threads of torch (default: OMP_NUM_THREADS, else torch's choice)")
 
 
 # --------------------------------------------------------------------------- data inrs
@@ -219,8 +229,11 @@ def run_data_import(args) -> int:
 # --------------------------------------------------------------------------- parser
 
 
+DATA_HELP = "build or import INR corpora and CNN zoos"
+
+
 def add_data(sub) -> None:
-    p = sub.add_parser("data", help="build or import INR corpora and CNN zoos", formatter_class=_Formatter,
+    p = sub.add_parser("data", help=DATA_HELP, formatter_class=_Formatter,
                        description="Build datasets of networks (INR corpora and CNN zoos) or import published ones.")
     data_sub = p.add_subparsers(dest="data_command", metavar="{inrs,zoo,import}", required=True)
     add_data_inrs(data_sub)
@@ -234,32 +247,63 @@ def _run_side(name: str):
     def add(sub) -> None:
         from nngraph import cli_runs
 
-        getattr(cli_runs, f"add_{name}")(sub, _Formatter, COMMON)
+        getattr(cli_runs, f"add_{name.replace('-', '_')}")(sub, _Formatter, COMMON)
 
     return add
 
 
-# Subcommands in help order; a new one is one add_<name>(subparsers) function here.
-SUBCOMMANDS = [add_data, *(_run_side(name) for name in ("train", "eval", "inspect", "demo", "bench"))]
+# Subcommands in help order: name -> (one-line help, add function). A new one is one
+# add_<name>(subparsers) function here or in cli_runs.
+SUBCOMMANDS = {"data": (DATA_HELP, add_data), **{name: (text, _run_side(name)) for name, text in cli_runs.HELP.items()}}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every subcommand, or with ``command`` of that one only (the others
+    appear in ``--help`` by their summary)."""
     parser = _Parser(
         prog="nngraph", formatter_class=_Formatter, parents=[COMMON],
         description="Learning on neural networks as graphs: build corpora of networks, train and evaluate "
                     "metanetworks on them.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in SUBCOMMANDS:
-        add(sub)
+    for name, (text, add) in SUBCOMMANDS.items():
+        if command is None or name == command:
+            add(sub)
+        else:
+            sub.add_parser(name, help=text)
     return parser
 
 
+def _command(argv: list[str]) -> str:
+    """The subcommand named in ``argv`` ('' when none is: then only the summaries are needed)."""
+    words = iter(argv)
+    for word in words:
+        if word == "--threads":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return ""
+
+
+def _set_threads(threads: int) -> None:
+    if threads < 1:
+        raise NNGraphError(f"--threads must be an integer >= 1, got {threads}")
+    import torch
+
+    torch.set_num_threads(threads)
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # processes started by this one
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = _command(argv)
+    parser = build_parser(command if command in SUBCOMMANDS else None if command else "")
     args = parser.parse_args(argv)
     try:
         try:
+            if getattr(args, "threads", None) is not None:
+                _set_threads(args.threads)
             return int(args.func(args) or 0)
         except OSError as exc:  # a write nngraph does not wrap itself
             if exc.errno not in _STORAGE_ERRNOS:

@@ -1,6 +1,8 @@
-"""``nngraph train | eval | inspect | demo | bench``: the run side of the command line.
+"""``nngraph train | eval | migrate-run | inspect | demo | bench``: the run side of the command line.
 
-Each subcommand is one ``add_<name>(subparsers)`` function, as in ``cli.py``.
+Each subcommand is one ``add_<name>(subparsers)`` function, as in ``cli.py``; ``HELP``
+holds their one-line summaries (``nngraph --help`` lists them without building the
+subcommands' parsers, which import torch).
 """
 
 from __future__ import annotations
@@ -13,6 +15,15 @@ import sys
 from pathlib import Path
 
 from nngraph.errors import NNGraphError
+
+HELP = {
+    "train": "train a metanetwork on a corpus",
+    "eval": "evaluate a run's best checkpoint",
+    "migrate-run": "convert a run folder of an earlier nngraph (pickle checkpoints) to safetensors",
+    "inspect": "what a corpus, a run or a saved network holds; draw a network's graph",
+    "demo": "the main job on embedded data",
+    "bench": "run the benchmarks",
+}
 
 
 def _json_dict(text: str) -> dict:
@@ -33,9 +44,9 @@ def add_train(sub, formatter, common) -> None:
     default = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 
     p = sub.add_parser(
-        "train", formatter_class=formatter, parents=[common], help="train a metanetwork on a corpus",
+        "train", formatter_class=formatter, parents=[common], help=HELP["train"],
         description="Train MODEL on corpus DATA for TASK; writes config.json, metrics.jsonl (per epoch), "
-                    "metrics.json, checkpoints (last.pt, best.pt) and plots into --out.\n"
+                    "metrics.json, checkpoints (last.safetensors, best.safetensors) and plots into --out.\n"
                     "Launch with `torchrun --nproc_per_node=N -m nngraph.cli train ...` for data parallelism.",
     )
     p.add_argument("--task", required=True, choices=sorted(TASKS), help="what to predict; required")
@@ -46,8 +57,10 @@ def add_train(sub, formatter, common) -> None:
     p.add_argument("--batch-size", type=int, default=default["batch_size"], help="networks per batch")
     p.add_argument("--lr", type=float, default=default["lr"], help="peak AdamW learning rate")
     p.add_argument("--weight-decay", type=float, default=default["weight_decay"], help="AdamW weight decay")
-    p.add_argument("--warmup-steps", type=int, default=default["warmup_steps"],
-                   help="linear warm-up steps before the cosine decay")
+    p.add_argument("--warmup-steps", type=int, default=None,
+                   help=f"linear warm-up steps before the cosine decay (default: {default['warmup_steps']})")
+    p.add_argument("--warmup-ratio", type=float, default=None, metavar="R",
+                   help="warm-up over this fraction of the run instead (0..1; with --time-budget, of its seconds)")
     p.add_argument("--grad-clip", type=float, default=default["grad_clip"],
                    help="clip the gradient norm to this (0: off)")
     p.add_argument("--seed", type=int, default=default["seed"], help="seed of initialisation, shuffling and augmentation")
@@ -103,9 +116,12 @@ def run_train(args) -> int:
         if getattr(args, key) is not None:
             kwargs[key] = getattr(args, key)
     out = args.out or str(Path("runs") / f"{args.task}-{args.model}")
+    if args.warmup_steps is not None and args.warmup_ratio is not None:
+        raise NNGraphError("--warmup-steps and --warmup-ratio both set the warm-up; pass one of them")
+    warmup = {"warmup_steps": args.warmup_steps} if args.warmup_steps is not None else {}
     config = TrainConfig(task=args.task, data=args.data, model=args.model, out=out, epochs=args.epochs,
                          batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                         warmup_steps=args.warmup_steps, grad_clip=args.grad_clip, seed=args.seed,
+                         **warmup, warmup_ratio=args.warmup_ratio, grad_clip=args.grad_clip, seed=args.seed,
                          permute_augment=args.permute_augment, weight_noise=args.weight_noise,
                          rotate_augment=args.rotate_augment, translate_augment=args.translate_augment,
                          scale_augment=args.scale_augment, weight_dropout=args.weight_dropout,
@@ -135,7 +151,7 @@ def _print_result(result: dict, out: str) -> None:
 
 
 def add_eval(sub, formatter, common) -> None:
-    p = sub.add_parser("eval", formatter_class=formatter, parents=[common], help="evaluate a run's best checkpoint",
+    p = sub.add_parser("eval", formatter_class=formatter, parents=[common], help=HELP["eval"],
                        description="Evaluate the best checkpoint of RUN on the val and test splits of its corpus "
                                    "(or of --data, a corpus of the same kind and architecture layout).")
     p.add_argument("run", metavar="RUN", help="run folder written by `nngraph train`")
@@ -145,30 +161,52 @@ def add_eval(sub, formatter, common) -> None:
 
 
 def run_eval(args) -> int:
-    import torch
-
+    from nngraph.checkpoint import BEST, load_weights, refuse_legacy
     from nngraph.train import TrainConfig, Trainer
 
     run = Path(args.run)
-    config_path, best = run / "config.json", run / "best.pt"
+    config_path, best = run / "config.json", run / BEST
+    refuse_legacy(run)
     if not config_path.exists() or not best.exists():
-        raise NNGraphError(f"{run} is not a finished run (no config.json or best.pt); train it with `nngraph train`")
+        raise NNGraphError(f"{run} is not a run with a checkpoint (no config.json or {BEST}); train it with "
+                           "`nngraph train`")
     config = TrainConfig(**json.loads(config_path.read_text()))
     if args.data:
         config.data = args.data
     config.device = args.device
     config.precision = args.precision or config.precision
     trainer = Trainer(config)
-    trainer.model.load_state_dict(torch.load(best, weights_only=False, map_location="cpu")["model"])
+    trainer.model.load_state_dict(load_weights(best)[0])
     result = {"task": config.task, "model": config.model,
               "val": trainer.evaluate("val"), "test": trainer.evaluate("test")}
     _print_result(result, str(run))
     return 0
 
 
+def add_migrate_run(sub, formatter, common) -> None:
+    p = sub.add_parser("migrate-run", formatter_class=formatter, parents=[common], help=HELP["migrate-run"],
+                       description="Convert the best.pt / last.pt checkpoints of a run folder written by an earlier "
+                                   "nngraph into best.safetensors / last.safetensors, which load without running "
+                                   "code, and remove the pickles; then `nngraph eval` and `train --resume` accept "
+                                   "the run.\n\nTrust: the pickles are read as tensors only (weights_only); one "
+                                   "that needs more (a crafted or foreign file) is refused unless --trust.")
+    p.add_argument("run", metavar="RUN", help="run folder written by an earlier `nngraph train`")
+    p.add_argument("--trust", action="store_true",
+                   help="unpickle checkpoints that do not load as tensors only (runs code from the files: only "
+                        "for runs you made or whose source you trust)")
+    p.set_defaults(func=run_migrate_run)
+
+
+def run_migrate_run(args) -> int:
+    from nngraph.checkpoint import migrate_run
+
+    done = migrate_run(args.run, trust=args.trust)
+    print(f"{args.run}: " + ("; ".join(done) if done else "nothing to convert (no best.pt or last.pt)"))
+    return 0
+
+
 def add_inspect(sub, formatter, common) -> None:
-    p = sub.add_parser("inspect", formatter_class=formatter, parents=[common],
-                       help="what a corpus, a run or a saved network holds; draw a network's graph",
+    p = sub.add_parser("inspect", formatter_class=formatter, parents=[common], help=HELP["inspect"],
                        description="Describe PATH: a corpus folder (architecture, graph size, splits, fit quality "
                                    "or accuracy spread), a run folder (config, best epoch, metrics) or a saved "
                                    "network (a .pt file of a whole torch.save'd module: its graph, drawn with "
@@ -375,7 +413,7 @@ def _inspect_saved(path: Path, table, draw: str | None = None, input_shape: str 
 
 
 def add_demo(sub, formatter, common) -> None:
-    p = sub.add_parser("demo", formatter_class=formatter, parents=[common], help="the main job on embedded data",
+    p = sub.add_parser("demo", formatter_class=formatter, parents=[common], help=HELP["demo"],
                        description="Check conversion on the bundled networks, build the digits INR corpus "
                                    "(embedded in scikit-learn) and train NG-T with probe features and a "
                                    "baseline on it; prints their test accuracy.")
@@ -396,7 +434,7 @@ def run_demo(args) -> int:
 
 
 def add_bench(sub, formatter, common) -> None:
-    p = sub.add_parser("bench", formatter_class=formatter, parents=[common], help="run the benchmarks",
+    p = sub.add_parser("bench", formatter_class=formatter, parents=[common], help=HELP["bench"],
                        description="Run the benchmark suite of a source checkout (benchmarks/run.py: the "
                                    "paper's tables, speed and memory; about 2 hours on 2 cores) and render "
                                    "benchmarks/RESULTS.md from its JSON results.")

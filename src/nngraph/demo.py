@@ -8,6 +8,7 @@
    their test accuracy with the paths of the runs' plots.
 
 Everything lands in ``--out`` (default ``runs/demo``); rerunning reuses finished work.
+Threads: torch's default (``OMP_NUM_THREADS`` when set), or ``nngraph --threads N demo``.
 """
 
 from __future__ import annotations
@@ -78,7 +79,6 @@ def run(out: str = "runs/demo", seed: int = 0, epochs: int | None = None, progre
     console = Console()
     if not console.is_terminal:  # logs and CI: do not squeeze tables into 80 columns
         console = Console(width=120)
-    torch.set_num_threads(2)
     start = time.perf_counter()
     ok = print_conversion(console, conversion_report(seed))
 
@@ -92,7 +92,7 @@ def run(out: str = "runs/demo", seed: int = 0, epochs: int | None = None, progre
         run_dir = Path(out) / model
         config = TrainConfig(task="classify", data=str(corpus), model=model, out=str(run_dir),
                              epochs=epochs or default_epochs, batch_size=32, lr=lr, seed=seed, model_kwargs=kwargs)
-        resume = (run_dir / "last.pt").exists()
+        resume = (run_dir / "config.json").exists()  # a rerun continues (or only re-evaluates) the run
         results[label] = train(config, resume=resume, progress=progress)
 
     table = Table(title="digits INRs (dwsnet SIRENs of 8x8 images): test accuracy")

@@ -62,11 +62,7 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int = 1, allow_
     atomic_write_bytes(path, json_text(obj, indent, allow_nan).encode())
 
 
-def append_line(path: str | os.PathLike, line: str) -> None:
-    """Append one line of text to ``path`` (a log; not atomic: a reader may see the last
-    line half-written); a file-system error raises ``StorageError``."""
-    try:
-        with open(path, "a") as f:
-            f.write(line + "\n")
-    except OSError as exc:
-        raise storage_error(path, exc) from exc
+def atomic_write_json_lines(path: str | os.PathLike, records: list[Any]) -> None:
+    """Write ``records`` as JSON lines (one per record, NaN allowed) to ``path`` atomically:
+    a log rewritten whole, so no line is ever lost or half-written."""
+    atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in records).encode())

@@ -19,6 +19,25 @@ augmentation use a generator seeded by (seed, epoch), and the global RNG state i
 with every checkpoint, so ``resume=True`` after a kill continues from the last finished
 epoch and ends with the same numbers as an uninterrupted run.
 
+Run folder and kill points (see ``nngraph.checkpoint``): checkpoints are safetensors,
+which load without running code. An epoch ends with three writes, in this order:
+``last.safetensors`` (atomic; the epoch's commit point: model, optimiser, counters,
+history, RNG and the corpus identity), then ``best.safetensors`` when the epoch is the
+best so far, then ``metrics.jsonl`` (rewritten atomically from the history). The last two
+are derived from the first, so a resume after a kill between any two writes restores them
+(the best weights are then the committed model's) and continues exactly; a run killed
+before its first commit holds only ``config.json`` and ``--resume`` starts it from the
+beginning. The corpus identity (a digest of the manifest's items and shard digests) is
+checked on resume: a rebuilt corpus with other content is refused.
+
+Warm-up: ``warmup_steps`` linear steps, or with ``warmup_ratio`` r a fraction of the run
+(r times its steps; with a time budget T, the first r T training seconds). A warm-up
+longer than the run is reported: the learning rate would never reach its peak.
+
+Memory: before the first step, models with pair states (NG-T: B N^2 per batch) are checked
+against the memory of the run's device (``nngraph.memory``); a batch that does not fit is
+refused in one line naming the batch size that does.
+
 Time budget: with ``time_budget=T`` seconds a run trains until its training time (batch
 building, forward, backward and step; evaluation excluded) reaches T, ``epochs`` being
 only an upper bound. The cosine decay then runs over the budget, lr(t) = lr/2 (1 + cos(pi
@@ -43,10 +62,11 @@ run trained on a GPU resumes or evaluates anywhere.
 from __future__ import annotations
 
 import dataclasses
-import io
+import hashlib
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,13 +76,16 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from nngraph.pipeline.loader import GraphLoader
-from nngraph.pipeline.param_augment import ParamAugment
+from nngraph.checkpoint import BEST, LAST, LEGACY, load_state, load_weights, refuse_legacy, save_state, save_weights
 from nngraph.device import autocast, float32, resolve_device, resolve_precision, to_device
 from nngraph.errors import NNGraphError, storage_error
-from nngraph.io import append_line, atomic_write_bytes, atomic_write_json
+from nngraph.io import atomic_write_json, atomic_write_json_lines
+from nngraph.memory import check_fits
 from nngraph.models import create_model, model_info, models_with
 from nngraph.models.readout import READOUTS
+from nngraph.pipeline.loader import GraphLoader
+from nngraph.pipeline.param_augment import ParamAugment
+from nngraph.progress import Progress
 from nngraph.schedule import cosine_decay
 
 
@@ -79,6 +102,7 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.01
     warmup_steps: int = 50
+    warmup_ratio: float | None = None  # warm-up as this fraction of the run (replaces warmup_steps)
     grad_clip: float = 1.0
     seed: int = 0
     permute_augment: bool = False
@@ -116,6 +140,8 @@ class TrainConfig:
                    "weight_noise": (self.weight_noise, False), "rotate_augment": (self.rotate_augment, False),
                    "translate_augment": (self.translate_augment, False), "scale_augment": (self.scale_augment, False),
                    "weight_dropout": (self.weight_dropout, False)}
+        if self.warmup_ratio is not None and not (math.isfinite(self.warmup_ratio) and 0 <= self.warmup_ratio <= 1):
+            raise NNGraphError(f"--warmup-ratio must be a fraction of the run between 0 and 1, got {self.warmup_ratio}")
         for name, (value, positive) in amounts.items():
             if value is not None and not (math.isfinite(value) and (value > 0 if positive else value >= 0)):
                 rule = "> 0" if positive else ">= 0"
@@ -140,10 +166,11 @@ class TrainConfig:
                             scale=self.scale_augment, noise=self.weight_noise, dropout=self.weight_dropout)
 
 
-# Files of a run folder (cleared by --overwrite). A folder holding any of the first four has
-# trained at least one epoch; one with only config.json (killed in its first epoch) has nothing to lose.
-RUN_FILES = ("metrics.jsonl", "metrics.json", "last.pt", "best.pt", "config.json",
-             "learning_curves.png", "confusion_matrix.png", "predicted_vs_true.png", "dilation.png")
+# Files of a run folder (cleared by --overwrite). A folder holding any of the records has trained
+# at least one epoch; one with only config.json (killed in its first epoch) has nothing to lose.
+RUN_RECORDS = ("metrics.jsonl", "metrics.json", LAST, BEST, *LEGACY)
+RUN_FILES = (*RUN_RECORDS, "config.json", "learning_curves.png", "confusion_matrix.png", "predicted_vs_true.png",
+             "dilation.png")
 # config.json fields that a resumed run may change: they do not alter what is trained.
 _RESUMABLE_CHANGES = ("out", "compile")
 
@@ -157,9 +184,10 @@ def prepare_run_folder(config: TrainConfig, resume: bool, overwrite: bool, clear
         raise NNGraphError("--resume and --overwrite contradict each other; pass one of them")
     if out.exists() and not out.is_dir():
         raise NNGraphError(f"--out {out} is a file; choose a folder")
-    is_run = any((out / name).exists() for name in RUN_FILES[:4])
+    is_run = any((out / name).exists() for name in RUN_RECORDS)
     if resume:
-        if not (out / "last.pt").exists():
+        refuse_legacy(out)
+        if not (out / LAST).exists() and not (out / "config.json").exists():
             raise NNGraphError(f"--resume: no checkpoint in {out}; start the run without --resume")
         if (out / "config.json").exists():
             old = json.loads((out / "config.json").read_text())
@@ -184,12 +212,6 @@ def prepare_run_folder(config: TrainConfig, resume: bool, overwrite: bool, clear
                 raise storage_error(out / name, exc) from exc
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
 def open_dataset(kind: str, root: str, split: str):
     from nngraph.data.store import InrDataset, ZooDataset
 
@@ -207,6 +229,7 @@ class Trainer:
         self.precision = resolve_precision(config.precision)
         kind = _corpus_kind(config.data)
         train_set = open_dataset(kind, config.data, "train")
+        self.corpus = corpus_identity(train_set.manifest)
         self.task = create_task(config.task, train_set)
         if self.task.corpus != kind:
             raise NNGraphError(f"task {config.task!r} needs a {self.task.corpus} corpus, but {config.data} is a {kind} corpus")
@@ -228,6 +251,9 @@ class Trainer:
         if info.chooses_readout:
             kwargs.setdefault("readout", self.task.readout)
         self.model = create_model(config.model, example=example, out_dim=self.task.out_dim, **kwargs).to(self.device)
+        # the processes of a distributed run share the host's memory, and each has its own GPU
+        per_device = config.batch_size if self.device.type == "cpu" else math.ceil(config.batch_size / self.world)
+        check_fits(self.model, per_device, _largest_graph(self.loaders), self.device)
         if config.compile:
             self.model.compile_layers()
         device_ids = [self.device.index] if self.device.type == "cuda" else None
@@ -237,6 +263,12 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         steps_per_epoch = math.ceil(len(self.train_index) / config.batch_size)
         self.total_steps = steps_per_epoch * config.epochs
+        ratio = config.warmup_ratio
+        self.warmup_steps = config.warmup_steps if ratio is None else math.ceil(ratio * self.total_steps)
+        if ratio is None and not config.time_budget and self.warmup_steps > self.total_steps and self.rank == 0:
+            print(f"warning: --warmup-steps {self.warmup_steps} exceeds this run's {self.total_steps} steps, so the "
+                  f"learning rate never reaches --lr {config.lr:g}; pass --warmup-ratio 0.1 (a tenth of the run) or "
+                  "fewer --warmup-steps", file=sys.stderr, flush=True)
         self.step = 0
         self.epoch = 0
         self.train_seconds = 0.0  # training time so far, evaluation excluded
@@ -247,15 +279,24 @@ class Trainer:
 
     # ---- schedule ---------------------------------------------------------------
     def lr_at(self, step: int) -> float:
-        """Linear warm-up to lr over warmup_steps, then cosine decay to 0 at the last step
-        (or, with a time budget, at the end of the budget)."""
+        """Linear warm-up to lr over the warm-up steps, then cosine decay to 0 at the last step
+        (or, with a time budget, at the end of the budget).
+
+        With ``warmup_ratio`` r and a time budget T the warm-up is in training seconds t:
+        lr t / (r T) up to r T, then lr/2 (1 + cos(pi (t - r T) / (T - r T))).
+        """
         c = self.config
-        if step < c.warmup_steps:
-            return c.lr * (step + 1) / c.warmup_steps
+        if c.time_budget and c.warmup_ratio is not None:
+            warm = c.warmup_ratio * c.time_budget
+            if self.train_seconds < warm:
+                return c.lr * self.train_seconds / warm
+            return c.lr * cosine_decay(self.train_seconds - warm, max(c.time_budget - warm, 1e-9))
+        if step < self.warmup_steps:
+            return c.lr * (step + 1) / self.warmup_steps
         if c.time_budget:
             progress = self.train_seconds / c.time_budget
         else:
-            progress = (step - c.warmup_steps) / max(1, self.total_steps - c.warmup_steps)
+            progress = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
         return c.lr * cosine_decay(progress)
 
     # ---- checkpoints --------------------------------------------------------------
@@ -263,9 +304,13 @@ class Trainer:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "epoch": self.epoch,
                 "step": self.step, "train_seconds": self.train_seconds, "evaluated_at": self.evaluated_at,
                 "best": self.best, "best_epoch": self.best_epoch, "history": self.history,
-                "rng": torch.get_rng_state(), "config": self.config.to_json()}
+                "rng": torch.get_rng_state(), "config": self.config.to_json(), "corpus": self.corpus}
 
     def load(self, state: dict) -> None:
+        if state.get("corpus") not in (None, self.corpus):  # None: a run migrated from an earlier nngraph
+            raise NNGraphError(f"--resume: the corpus {self.config.data} changed since {self.out} started (other "
+                               "items or shard digests); resume on the corpus it was trained on, or start again "
+                               "with --overwrite")
         try:
             self.model.load_state_dict(state["model"])
         except RuntimeError:
@@ -285,12 +330,16 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise storage_error(self.out, exc) from exc
-        last = self.out / "last.pt"
+        last = self.out / LAST
+        if resume:
+            refuse_legacy(self.out)
         if resume and last.exists():
-            self.load(torch.load(last, weights_only=False, map_location="cpu"))
-        elif resume:
+            self.load(load_state(last))
+            if self.rank == 0:
+                self.restore_derived()
+        elif resume and not (self.out / "config.json").exists():
             raise NNGraphError(f"--resume: no checkpoint in {self.out}; start the run without --resume")
-        if self.rank == 0 and not resume:  # a resumed run keeps the record it started with
+        if self.rank == 0 and not (resume and (self.out / "config.json").exists()):  # a resumed run keeps its record
             atomic_write_json(self.out / "config.json", self.config.to_json(), indent=2, allow_nan=True)
         while self.epoch < self.config.epochs and not self.out_of_time() and not self.plateaued():
             start = time.perf_counter()
@@ -311,15 +360,34 @@ class Trainer:
             better = self.best is None or (score > self.best if self.task.higher_is_better else score < self.best)
             if better:
                 self.best, self.best_epoch = score, self.epoch
-            if self.rank == 0:
+            if self.rank == 0:  # the commit, then the files derived from it (see the module's docstring)
+                save_state(last, self.state())
                 if better:
-                    _atomic_torch_save({"model": self.model.state_dict(), "epoch": self.epoch}, self.out / "best.pt")
-                _atomic_torch_save(self.state(), last)
-                append_line(self.out / "metrics.jsonl", json.dumps(record))
+                    self.save_best()
+                self.write_metrics_lines()
             if progress and self.rank == 0:
                 print(f"epoch {self.epoch}/{self.config.epochs}  train loss {train_loss:.4f}  "
                       f"val {self.task.metric} {score:.4f}  ({record['seconds']:.1f} s)", flush=True)
         return self.finish()
+
+    def save_best(self) -> None:
+        save_weights(self.out / BEST, self.model.state_dict(), epoch=self.epoch)
+
+    def write_metrics_lines(self) -> None:
+        """``metrics.jsonl``: one JSON line per evaluation, rewritten from the history."""
+        atomic_write_json_lines(self.out / "metrics.jsonl", self.history)
+
+    def restore_derived(self) -> None:
+        """After loading the last commit: the best checkpoint and the metrics lines a kill
+        after the commit may have left behind it."""
+        best = self.out / BEST
+        saved_epoch = load_weights(best)[1].get("epoch") if best.exists() else None
+        if self.best_epoch == self.epoch and saved_epoch != self.epoch:
+            self.save_best()  # the committed model is the best one
+        elif self.best_epoch >= 0 and saved_epoch != self.best_epoch:
+            raise NNGraphError(f"{best} does not hold the best epoch {self.best_epoch} of {self.out} (it was "
+                               "removed or replaced); start the run again with --overwrite")
+        self.write_metrics_lines()
 
     def out_of_time(self) -> bool:
         return bool(self.config.time_budget) and self.train_seconds >= self.config.time_budget
@@ -341,44 +409,37 @@ class Trainer:
                 or self.train_seconds - self.evaluated_at >= budget / 10)
 
     def train_epoch(self, progress: bool) -> float:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
         c = self.config
         gen = torch.Generator().manual_seed(c.seed * 100_003 + self.epoch)
         order = self.train_index[torch.randperm(len(self.train_index), generator=gen)]
         self.ddp_model.train()
         total, count = 0.0, 0
-        bar = Progress(TextColumn(f"epoch {self.epoch + 1}"), BarColumn(), MofNCompleteColumn(),
-                       TextColumn("{task.fields[rate]:.0f} networks/s  loss {task.fields[loss]:.4f}"),
-                       TimeRemainingColumn(), transient=True, disable=not progress or self.rank != 0)
-        task_id = bar.add_task("train", total=len(order), rate=0.0, loss=float("nan"))
         started = time.perf_counter()
-        bar.start()
-        for index in self.loaders["train"].split_batches(order, c.batch_size, shuffle=True, generator=gen):
-            if self.out_of_time():
-                break
-            step_started = time.perf_counter()
-            shard = index.tensor_split(self.world)[self.rank] if self.world > 1 else index
-            batch, items = self.loaders["train"].make_batch(shard, c.permute_augment, self.augment, gen)
-            batch, targets = to_device(batch, self.device), to_device(self.task.targets(items), self.device)
-            for group in self.optimizer.param_groups:
-                group["lr"] = self.lr_at(self.step)
-            with autocast(self.device, self.precision):
-                output = self.ddp_model(batch)
-            loss = self.task.loss(float32(output), targets, batch)
-            weighted = loss * (len(shard) * self.world / len(index))
-            self.optimizer.zero_grad(set_to_none=True)
-            weighted.backward()
-            if c.grad_clip > 0:
-                nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
-            self.optimizer.step()
-            self.step += 1
-            total += loss.item() * len(shard)
-            self.train_seconds += self._agreed_seconds(time.perf_counter() - step_started)
-            count += len(shard)
-            bar.update(task_id, advance=len(index), loss=total / count,
-                       rate=count * self.world / (time.perf_counter() - started))
-        bar.stop()
+        with Progress(f"epoch {self.epoch + 1}", len(order), "networks", enabled=progress and self.rank == 0) as bar:
+            for index in self.loaders["train"].split_batches(order, c.batch_size, shuffle=True, generator=gen):
+                if self.out_of_time():
+                    break
+                step_started = time.perf_counter()
+                shard = index.tensor_split(self.world)[self.rank] if self.world > 1 else index
+                batch, items = self.loaders["train"].make_batch(shard, c.permute_augment, self.augment, gen)
+                batch, targets = to_device(batch, self.device), to_device(self.task.targets(items), self.device)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = self.lr_at(self.step)
+                with autocast(self.device, self.precision):
+                    output = self.ddp_model(batch)
+                loss = self.task.loss(float32(output), targets, batch)
+                weighted = loss * (len(shard) * self.world / len(index))
+                self.optimizer.zero_grad(set_to_none=True)
+                weighted.backward()
+                if c.grad_clip > 0:
+                    nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
+                self.optimizer.step()
+                self.step += 1
+                total += loss.item() * len(shard)
+                self.train_seconds += self._agreed_seconds(time.perf_counter() - step_started)
+                count += len(shard)
+                rate = count * self.world / max(time.perf_counter() - started, 1e-9)
+                bar.update(len(index), f"{rate:.0f} networks/s  loss {total / count:.4f}")
         if self.world > 1:  # the mean over all processes' networks
             sums = torch.tensor([total, count], dtype=torch.float64, device=self.device)
             dist.all_reduce(sums)
@@ -416,10 +477,9 @@ class Trainer:
         return {k: torch.cat(v)[item_order] for k, v in parts.items()}
 
     def finish(self) -> dict:
-        best = self.out / "best.pt"
-        best = torch.load(best, weights_only=False, map_location="cpu") if best.exists() else None
-        if best is not None:
-            self.model.load_state_dict(best["model"])
+        best = self.out / BEST
+        if best.exists():
+            self.model.load_state_dict(load_weights(best)[0])
         test_predictions = self.predict("test")
         test = self.task.metrics(test_predictions)
         val = self.evaluate("val")
@@ -468,6 +528,20 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, over
     finally:
         if started_here:
             dist.destroy_process_group()
+
+
+def corpus_identity(manifest: dict) -> str:
+    """SHA-256 of what a corpus holds: its kind, layout, architectures, items (labels,
+    splits, ...) and the SHA-256 of every shard; the same for a rebuild with the same content."""
+    content = [manifest["kind"], manifest["layout"], manifest["architectures"], manifest["items"],
+               [[s.get("file"), s.get("sha256")] for s in manifest["shards"]]]
+    return hashlib.sha256(json.dumps(content, sort_keys=True, allow_nan=True).encode()).hexdigest()
+
+
+def _largest_graph(loaders: dict[str, GraphLoader]) -> int:
+    """Nodes of the largest network in any split."""
+    return max(max(g.num_nodes for g in ([loader.template] if loader.template is not None else loader.graphs))
+               for loader in loaders.values())
 
 
 def _corpus_kind(root: str) -> str:
