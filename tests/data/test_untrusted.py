@@ -131,6 +131,14 @@ def test_source_files_of_a_cnn_zoo_that_link_outside_are_refused(tmp_path, capsy
     assert "weights.npy" in err and "outside" in err
 
 
+def test_a_split_file_found_in_the_source_must_not_link_outside(tmp_path, capsys, inr_source):
+    root, _ = inr_source
+    (root / "mnist_splits.json").rename(tmp_path / "elsewhere.json")
+    (root / "mnist_splits.json").symlink_to(tmp_path / "elsewhere.json")
+    err = cli_error(capsys, ["data", "import", "--format", "inr-folder", str(root), "--out", str(tmp_path / "o")])
+    assert "the split file" in err and "outside" in err
+
+
 def _copy(corpus: Path, tmp_path: Path) -> tuple[Path, dict]:
     root = tmp_path / "corpus"
     shutil.copytree(corpus, root)
@@ -212,6 +220,7 @@ def test_a_manifest_architecture_is_checked_against_the_shards_before_a_model_is
     (lambda m: m["items"]["label"].__setitem__(3, 100000), "item 3 has label 100000"),
     (lambda m: m["items"]["label"].__setitem__(3, 2.5), "item 3 has label 2.5"),
     (lambda m: m["shards"][1].update(start=12), "shard 1 covers items 12..20"),
+    (lambda m: m["shards"][0].update(file="/dev/zero"), "shard file '/dev/zero'"),
 ])
 def test_hand_edited_manifests_are_refused_in_one_line(tmp_path, tiny_corpus, capsys, edit, needle):
     root, manifest = _copy(tiny_corpus, tmp_path)

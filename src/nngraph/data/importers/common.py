@@ -28,6 +28,8 @@ from nngraph.data.store import pid_alive, writer_lock
 from nngraph.errors import DataError
 
 SPLITS = ("train", "val", "test")
+# The Fashion-MNIST INR release lists 70,000 paths in about 5 MB of JSON.
+MAX_SPLIT_FILE_BYTES = 256 << 20
 
 
 def sha256_file(path: Path) -> str:
@@ -49,7 +51,7 @@ def find_split_file(src: Path, splits: str | os.PathLike | None) -> Path:
     if len(found) != 1:
         what = "no *splits*.json" if not found else f"{len(found)} split files ({', '.join(p.name for p in found)})"
         raise DataError(f"{src} holds {what}; name the split file with --splits FILE")
-    return found[0]
+    return inside(src, found[0], "the split file")
 
 
 def read_split_json(path: Path, columns: tuple[str, ...]) -> dict[str, dict[str, list]]:
@@ -57,8 +59,13 @@ def read_split_json(path: Path, columns: tuple[str, ...]) -> dict[str, dict[str,
     the DWSNets / neural-graphs split scripts. A split given as a plain list of paths
     (the Fashion-MNIST INR release) has no other columns.
     """
+    size = path.stat().st_size
+    if size > MAX_SPLIT_FILE_BYTES:
+        raise DataError(f"split file {path} has {size:,} bytes, more than a split file of networks holds "
+                        f"({MAX_SPLIT_FILE_BYTES:,}); pass the split file of the release")
     try:
-        data = json.loads(path.read_text())
+        with open(path, "rb") as f:
+            data = json.loads(f.read(size))
     except (OSError, ValueError) as exc:
         raise DataError(f"split file {path} is not valid JSON ({exc}); pass the split file of the release") from None
     if not isinstance(data, dict) or any(s not in data for s in SPLITS):
