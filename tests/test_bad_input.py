@@ -118,7 +118,8 @@ def test_invalid_option_is_one_line_exit_2_and_nothing_written(argv, needle, tmp
 
 def _train(inr_corpus, run, *extra: str) -> list[str]:
     return ["train", "--task", "classify", "--data", str(inr_corpus), "--model", "mlp", "--out", str(run),
-            "--epochs", "1", "--batch-size", "8", "--max-train", "8", "--hidden", "8", "--no-progress", *extra]
+            "--epochs", "1", "--batch-size", "8", "--max-train", "8", "--hidden", "8", "--warmup-ratio", "0.1",
+            "--no-progress", *extra]
 
 
 def test_an_existing_run_is_never_overwritten_or_resumed_with_other_settings(tmp_path, inr_corpus, capsys):
