@@ -43,3 +43,69 @@ def test_resume_without_checkpoint(tmp_path, inr_corpus, capsys):
     code = main(["train", "--task", "classify", "--data", str(inr_corpus), "--model", "mlp",
                  "--out", str(tmp_path / "r"), "--resume", "--no-progress"])
     assert code == 2 and "--resume" in capsys.readouterr().err
+
+
+def test_version(capsys):
+    import nngraph
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"nngraph {nngraph.__version__}"
+
+
+def test_import_and_help_load_neither_torch_nor_plotting():
+    """`import nngraph` and `nngraph --help` import no torch, PyG or matplotlib (start-up well under 1 s)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, contextlib, io\n"
+            "import nngraph\n"
+            "from nngraph.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.suppress(SystemExit):\n"
+            "    main(['--help'])\n"
+            "assert 'migrate-run' in out.getvalue() and 'train' in out.getvalue()\n"
+            "print(sorted(m for m in ('torch', 'torch_geometric', 'matplotlib') if m in sys.modules))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_threads_option_sets_torch_threads(tmp_path, inr_corpus, capsys, monkeypatch):
+    before = torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", str(before))
+    try:
+        assert main(["--threads", "1", "inspect", str(inr_corpus)]) == 0
+        assert torch.get_num_threads() == 1
+        assert main(["inspect", str(inr_corpus), "--threads", "0"]) == 2
+        assert "--threads must be" in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_demo_keeps_the_thread_count_it_is_given(tmp_path, monkeypatch):
+    """`nngraph demo` follows OMP_NUM_THREADS / --threads instead of forcing its own count."""
+    from nngraph import demo
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    seen = []
+    result = {"parameters": 1, "history": [], "train_seconds": 0.0, "val": {"accuracy": 0.5},
+              "test": {"accuracy": 0.5}}
+    monkeypatch.setattr(demo, "conversion_report", lambda seed: [])
+    monkeypatch.setattr("nngraph.data.build.build_inr_corpus", lambda *a, **k: seen.append(torch.get_num_threads()))
+    monkeypatch.setattr("nngraph.train.train", lambda *a, **k: seen.append(torch.get_num_threads()) or result)
+    try:
+        assert demo.run(str(tmp_path / "demo"), progress=False) == 0
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [1, 1, 1]
+
+
+def test_warmup_options_conflict_in_one_line(tmp_path, capsys):
+    argv = ["train", "--task", "classify", "--data", str(tmp_path / "none"), "--model", "mlp",
+            "--out", str(tmp_path / "r"), "--warmup-steps", "5", "--warmup-ratio", "0.1"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--warmup-steps and --warmup-ratio" in err and err.count("\n") == 1
+    assert main(argv[:-4] + ["--warmup-ratio", "2"]) == 2
+    assert "--warmup-ratio must be" in capsys.readouterr().err

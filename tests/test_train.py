@@ -209,3 +209,83 @@ def test_early_stopping_on_patience_tests_the_best_epoch_and_resumes(tmp_path, i
     assert resumed["test"] == result["test"]
     with pytest.raises(NNGraphError, match="patience 2 -> 3"):
         train(config(tmp_path / "killed", inr_corpus, epochs=50, patience=3), resume=True, progress=False)
+
+
+# ---- guard-rails ------------------------------------------------------------------------------
+
+
+def test_memory_estimate_covers_the_pair_states_autograd_saves():
+    """NG-T's estimate is at least what a training step's forward saves for backward (its
+    N^2 pair states), and not wildly more."""
+    from torch import nn
+
+    from nngraph.graph.batch import collate
+    from nngraph.graph.convert import to_graph
+    from nngraph.memory import step_bytes
+    from nngraph.models import create_model
+
+    mlp = nn.Sequential(nn.Linear(4, 20), nn.ReLU(), nn.Linear(20, 20), nn.ReLU(), nn.Linear(20, 2))
+    graph = to_graph(mlp, torch.zeros(1, 4))
+    batch = collate([graph] * 3)
+    for kwargs in (dict(SMALL_NGT), {"hidden": 32, "edge_hidden": 16, "layers": 3, "heads": 4}):
+        model = create_model("ngt", example=batch, out_dim=10, **kwargs)
+        storages = {}
+
+        def pack(t):
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(batch)
+        saved = sum(storages.values())
+        estimate = step_bytes(model, 3, graph.num_nodes)
+        assert saved <= estimate <= 3 * saved, (kwargs, saved, estimate)
+
+
+def test_a_batch_too_large_for_memory_is_refused_naming_one_that_fits(tmp_path, inr_corpus, monkeypatch):
+    from nngraph import memory
+    from nngraph.train import _largest_graph
+
+    fits = Trainer(config(tmp_path, inr_corpus))
+    per_network = memory.step_bytes(fits.model, 1, _largest_graph(fits.loaders))
+    monkeypatch.setattr(memory, "available_bytes", lambda device: int(3.5 * per_network / memory.FRACTION))
+    with pytest.raises(NNGraphError, match=r"about .* GB per training step.*use --batch-size 3 or smaller"):
+        Trainer(config(tmp_path, inr_corpus, batch_size=8))
+    Trainer(config(tmp_path, inr_corpus, batch_size=3))  # the size it names fits
+    monkeypatch.setattr(memory, "available_bytes", lambda device: per_network // 2)
+    with pytest.raises(NNGraphError, match="not enough for even one network"):
+        Trainer(config(tmp_path, inr_corpus, batch_size=1))
+
+
+def test_warmup_ratio_is_a_fraction_of_the_run_and_a_too_long_warmup_warns(tmp_path, inr_corpus, capsys):
+    trainer = Trainer(config(tmp_path, inr_corpus, warmup_ratio=0.25))  # 28 networks / 8: 4 steps x 2 epochs
+    assert (trainer.total_steps, trainer.warmup_steps) == (8, 2)
+    assert [trainer.lr_at(s) / 3e-3 for s in (0, 1, 2)] == [0.5, 1.0, 1.0]
+    assert trainer.lr_at(7) < 0.1 * 3e-3
+    assert "warning" not in capsys.readouterr().err
+    Trainer(config(tmp_path, inr_corpus, warmup_steps=50))
+    assert "warning: --warmup-steps 50 exceeds this run's 8 steps" in capsys.readouterr().err
+    budget = Trainer(config(tmp_path, inr_corpus, warmup_ratio=0.1, time_budget=10.0))  # warm-up in seconds
+    lrs = []
+    for seconds in (0.5, 1.0, 5.5, 10.0):
+        budget.train_seconds = seconds
+        lrs.append(budget.lr_at(0) / 3e-3)
+    assert lrs == pytest.approx([0.5, 1.0, 0.5, 0.0], abs=1e-9)
+    with pytest.raises(NNGraphError, match="--warmup-ratio"):
+        train(config(tmp_path, inr_corpus, warmup_ratio=1.5), progress=False)
+
+
+def test_progress_lines_at_a_steady_interval_when_output_is_not_a_terminal(capsys):
+    from nngraph.progress import Progress
+
+    now = [0.0]
+    with Progress("epoch 1", 100, "networks", terminal=False, interval=30.0, clock=lambda: now[0]) as bar:
+        for step in range(10):
+            now[0] += 10.0
+            bar.update(10, f"loss {step}")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == ["epoch 1: 30/100 networks, loss 2", "epoch 1: 60/100 networks, loss 5",
+                     "epoch 1: 90/100 networks, loss 8"]
+    with Progress("quiet", 10, enabled=False, terminal=False, interval=0.0) as bar:
+        bar.update(10)
+    assert capsys.readouterr().out == ""
