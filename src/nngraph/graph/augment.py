@@ -9,18 +9,17 @@ permutation invariant (the flat MLP baseline) learns the symmetry from it.
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import torch
 from torch_geometric.data import Batch
 
 from nngraph.graph.fast import one_architecture
-from nngraph.graph.graph import EDGE_KINDS
+from nngraph.graph.graph import EDGE_KINDS, NeuralGraph
 from nngraph.graph.permute import interchangeable_groups
 
 
 def interchangeable_classes(graph) -> list[torch.Tensor]:
-    """``permute.interchangeable_groups`` as one tensor [m, L_g] per group (m classes, L_g nodes)."""
+    """``permute.interchangeable_groups`` as one tensor [m, L_g] per group (m classes, L_g nodes); only
+    groups whose every shuffle is checked to map edges onto edges, so no draw can fail."""
     return [torch.tensor(classes) for classes in interchangeable_groups(graph)]
 
 
@@ -42,10 +41,9 @@ def random_permutation_augment(batch: Batch, generator: torch.Generator | None =
     kinds0 = batch.edge_kind[:e].cpu()
     key = (tuple(spec.params), n, e, tuple(torch.bincount(kinds0, minlength=len(EDGE_KINDS)).tolist()))
     if key not in _CLASSES:
-        template = SimpleNamespace(
-            num_nodes=n, node_layer=batch.node_layer[:n].cpu(), node_role=batch.node_role[:n].cpu(),
-            edge_kind=kinds0, edge_index=edge_index0.cpu(),
-        )
+        fields = {f: batch[f][:n].cpu() for f in ("node_layer", "node_role", "node_act", "node_norm", "node_hw")}
+        template = NeuralGraph(edge_index=edge_index0.cpu(), edge_kind=kinds0, edge_geom=batch.edge_geom[:e].cpu(),
+                               spec=spec, num_nodes=n, **fields)
         _CLASSES[key] = interchangeable_classes(template)
     perm = torch.arange(n).repeat(b, 1)  # [B, n]: new node k of graph b holds old node perm[b, k]
     for classes in _CLASSES[key]:  # classes [m, L_g]

@@ -154,7 +154,9 @@ class GraphBuilder:
         return first
 
     # ---- result ------------------------------------------------------------------
-    def finish(self, spec: ArchSpec, k_max: int | None = None) -> NeuralGraph:
+    def finish(self, spec: ArchSpec, k_max: int | None = None, weights: bool = True) -> NeuralGraph:
+        """The NeuralGraph; with ``weights`` False its edge_attr is left empty ([E, 0]): the structure
+        and node features only, all a permutation needs (a full-width ResNet's edge_attr is ~370 MB)."""
         window = [c for c in self.chunks if c.kind not in FLAT_KINDS]
         flat = [c for c in self.chunks if c.kind in FLAT_KINDS]
         needed = max([max(c.weights.shape[1:]) for c in window] + [1])
@@ -165,7 +167,7 @@ class GraphBuilder:
             raise ValueError(f"k_max={k_max} is smaller than the largest kernel ({needed})")
         elif k_max % 2 == 0:
             raise ValueError(f"k_max={k_max} must be odd (the window needs a centre)")
-        width = max([k_max * k_max] + [c.weights.shape[1] for c in flat])
+        width = max([k_max * k_max] + [c.weights.shape[1] for c in flat]) if weights else 0
         # Written chunk by chunk into preallocated tensors (a full-width ResNet has ~2 M edges).
         edge_index = torch.stack([torch.cat([c.src for c in self.chunks]), torch.cat([c.dst for c in self.chunks])])
         weights_device = self.chunks[0].weights.device if self.chunks else edge_index.device
@@ -175,9 +177,9 @@ class GraphBuilder:
         start = 0
         for chunk in self.chunks:
             rows = slice(start, start + len(chunk.src))
-            if chunk.kind in FLAT_KINDS:
+            if weights and chunk.kind in FLAT_KINDS:
                 edge_attr[rows] = layout.encode_flat(chunk.weights, width)
-            else:
+            elif weights:
                 edge_attr[rows] = layout.encode_kernels(chunk.weights, k_max, width)
             edge_kind[rows] = chunk.kind
             edge_geom[rows] = torch.tensor(chunk.geom, dtype=torch.long, device=edge_index.device)

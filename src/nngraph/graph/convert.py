@@ -109,7 +109,8 @@ def _count_consumers(graph: fx.Graph, modules: dict[str, nn.Module]) -> Counter:
     return consumers
 
 
-def to_graph(model: nn.Module, example_input: torch.Tensor, *, k_max: int | None = None) -> NeuralGraph:
+def to_graph(model: nn.Module, example_input: torch.Tensor, *, k_max: int | None = None,
+             weights: bool = True) -> NeuralGraph:
     """Convert ``model`` into its NeuralGraph.
 
     Args:
@@ -118,6 +119,8 @@ def to_graph(model: nn.Module, example_input: torch.Tensor, *, k_max: int | None
             it fixes the spatial sizes of feature maps.
         k_max: width of the kernel window of the edge features (default: the largest
             kernel of the model); set it to the largest kernel of a whole dataset.
+        weights: False leaves ``edge_attr`` empty ([E, 0]): structure and node features only
+            (what ``permute_neurons`` needs; the parameters stay readable from the spec's layout).
     """
     name = type(model).__name__
     _check_input(example_input, name)
@@ -159,7 +162,7 @@ def to_graph(model: nn.Module, example_input: torch.Tensor, *, k_max: int | None
     )
     _check_output(output, ctx, name)
     spec.params = _in_state_order(ctx.builder.params, state, ctx.buffers, name)
-    graph_out = ctx.builder.finish(spec, k_max)
+    graph_out = ctx.builder.finish(spec, k_max, weights)
     _assign_roles(graph_out, output.nodes)
     return graph_out
 
@@ -624,7 +627,7 @@ def first_unsupported_module(model: nn.Module) -> str | None:
     except Exception:  # noqa: BLE001 - not traceable: to_graph says so itself
         return None
     known = (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.Flatten, nn.AdaptiveAvgPool2d,
-             *conv_transpose.MODULES, *upsample.MODULES,
+             *conv_transpose.MODULES, *upsample.MODULES, nn.Conv1d, nn.PReLU, *pooling.MODULES,
              nn.MultiheadAttention, nn.Embedding,
              *activations.MODULES, *_PASS_MODULES)
     modules = dict(model.named_modules())

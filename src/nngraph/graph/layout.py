@@ -123,3 +123,22 @@ def _from_kernels(entry, kernels: torch.Tensor) -> torch.Tensor:
     """Inverse of ``_to_kernels``: [B, out * in_g, kh, kw] -> [B, *entry.shape]."""
     b, g, in_g, out_g, kh, kw = _grouped(entry, kernels.shape[0])
     return kernels.reshape(b, g, out_g, in_g, kh, kw).transpose(2, 3).reshape(b, *entry.shape)
+
+
+def edge_rows(entry, value: torch.Tensor) -> torch.Tensor:
+    """A weight tensor of ``entry`` (kernel, flat, kernel_t, tokens) as one row per edge it occupies,
+    [count, ...] in edge order: row e is what edge ``entry.offset + e`` holds."""
+    if entry.source == "tokens":  # [1, L, D] -> edge j holds [L]
+        return value.reshape(entry.shape[1], entry.count).t()
+    if entry.source == "kernel_t":
+        return _to_kernels(entry, value.unsqueeze(0))[0]
+    return value.reshape(entry.count, -1)
+
+
+def from_edge_rows(entry, rows: torch.Tensor) -> torch.Tensor:
+    """Inverse of ``edge_rows``: rows [count, ...] -> a tensor of ``entry.shape``."""
+    if entry.source == "tokens":
+        return rows.t().reshape(entry.shape)
+    if entry.source == "kernel_t":
+        return _from_kernels(entry, rows.unsqueeze(0))[0]
+    return rows.reshape(entry.shape)
