@@ -23,8 +23,9 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
 
 # The paper protocol, row by row (rerun to continue; ROWS=name,name for some rows; see --dry-run).
+# SUITE=mnist: the paper's own tables on MNIST INRs (README "The MNIST suite").
 bench-paper: $(STAMP)
-	$(BIN)/python benchmarks/run.py --paper $(if $(ROWS),--rows $(ROWS))
+	$(BIN)/python benchmarks/run.py --paper $(if $(SUITE),--suite $(SUITE)) $(if $(ROWS),--rows $(ROWS))
 
 # On a GPU machine, with its own Python's CUDA torch (nothing installed; README "GPUs, bf16, several GPUs").
 gpu-check:

@@ -1,5 +1,6 @@
 """The fixed protocol of the task benchmarks (tables 1-4 and 6), full and quick, and the
-paper protocol (``PAPER``, run by bench_paper.py: whole corpus, rows to their plateau).
+paper protocol (``PAPER``, run by bench_paper.py: whole corpus, rows to their plateau; the
+MNIST suite's epoch caps ``MNIST_CAPS``).
 
 Corpora (Fashion-MNIST from Debian's dataset-fashion-mnist):
 - INRs: ``limit`` images class-stratified over the dataset's own train/val/test split
@@ -85,10 +86,50 @@ PAPER = {
     # second of eager fp32 here, test accuracy within the seed spread (RESULTS 5f)
     "graph_speed": {"compile": True, "precision": "bf16"},
 }
+# The probing baselines (models/baselines/probing.py) train with ProbeGen's published recipe: Adam 3e-4
+# without weight decay, warm-up or clipping, cosine decay per step, batch 32 (the protocol's).
+PROBING_MODELS = ("probe", "probegen")
+PROBING_RECIPE = {"lr": 3e-4, "weight_decay": 0.0, "warmup_steps": 0, "grad_clip": 0.0}
+
+# The MNIST suite (bench_paper.py --suite mnist): every row capped in epochs (row: (epochs per run, seeds)),
+# so that a row's result does not depend on the machine's load; its wall time is recorded beside it.
+# Training seconds per epoch on this 2-core machine (55,000 training INRs, batch 32, 2 threads; graph models
+# compiled, bf16): measured by the Fashion-MNIST paper rows (the same SIREN 2-32-32-1, the same corpus size),
+# and for the models without such a row, from interleaved step times beside those rows' models
+# (README "The MNIST suite"): DWSNet steps as fast as NFN-NP, MLP 0.2x and the probing models 0.8-0.9x
+# DeepSets; the probe count changes NG-GNN's and NG-T's eager step time by less than the noise.
+MNIST_EPOCH_S = {
+    "mlp": 26, "deepsets": 37, "dwsnet": 110, "nfn-np": 111, "nfn-hnp": 144, "probe-128": 36, "probegen-128": 37,
+    "nggnn-p0": 169, "nggnn-p4": 165, "nggnn-p16": 165, "nggnn-p64": 137, "nggnn-gen128": 165,
+    "ngt-p0": 262, "ngt-p4": 300, "ngt-p16": 320, "ngt-p64": 360, "ngt-gen128": 380,
+    "nggnn-p0-nopos": 125, "ngt-p0-nopos": 262,
+    "dilate-dwsnet": 130, "dilate-nfn-np": 169, "dilate-nggnn-p0": 180, "dilate-nggnn-p4": 180,
+    "dilate-nggnn-p16": 180, "dilate-nggnn-p64": 180, "dilate-ngt-p0": 300, "dilate-ngt-p4": 330,
+    "dilate-ngt-p16": 340, "dilate-ngt-p64": 360,
+}
+# Caps: the 0- and 64-probe rows get the most epochs (the same number for both, so the probe comparison is at
+# equal epochs; the ablation rows those of their 0-probe row): 35-48 minutes of training, one seed. The 4- and
+# 16-probe rows half their epochs (about 20 minutes), the baselines and probing rows 15-35 minutes (MLP and
+# DeepSets three seeds). In all about 14 hours of training, 15 with evaluation and compilation.
+MNIST_CAPS = {
+    "mlp": (12, 3), "deepsets": (8, 3), "dwsnet": (18, 1), "nfn-np": (12, 1), "nfn-hnp": (10, 1),
+    "nggnn-p0": (16, 1), "nggnn-p4": (8, 1), "nggnn-p16": (8, 1), "nggnn-p64": (16, 1),
+    "ngt-p0": (8, 1), "ngt-p4": (4, 1), "ngt-p16": (4, 1), "ngt-p64": (8, 1),
+    "nggnn-p0-nopos": (16, 1), "ngt-p0-nopos": (8, 1),
+    "probe-128": (25, 1), "probegen-128": (25, 1), "nggnn-gen128": (10, 1), "ngt-gen128": (5, 1),
+    "dilate-dwsnet": (10, 1), "dilate-nfn-np": (8, 1),
+    "dilate-nggnn-p0": (14, 1), "dilate-nggnn-p4": (7, 1), "dilate-nggnn-p16": (7, 1), "dilate-nggnn-p64": (14, 1),
+    "dilate-ngt-p0": (8, 1), "dilate-ngt-p4": (4, 1), "dilate-ngt-p16": (4, 1), "dilate-ngt-p64": (8, 1),
+}
+# What a run costs beyond its training epochs: validation after every epoch (5,000 INRs, forward only),
+# the final test (10,000), loading the corpus and compiling: about 8 % (the Fashion-MNIST rows: 4-10 %).
+MNIST_OVERHEAD = 1.08
 
 
-def model_settings(model: str, probes: int = 0, positions: bool = True) -> tuple[str, dict, bool]:
-    """(registry name, model kwargs, permutation augmentation) of a benchmark model label."""
+def model_settings(model: str, probes: int = 0, positions: bool = True,
+                   generated: bool = False) -> tuple[str, dict, bool]:
+    """(registry name, model kwargs, permutation augmentation) of a benchmark model label;
+    ``generated``: the graph model's probes come from the deep linear generator."""
     if model == "mlp-aug":
         return "mlp", {}, True
     if model in GRAPH_MODELS:
@@ -97,5 +138,9 @@ def model_settings(model: str, probes: int = 0, positions: bool = True) -> tuple
             kwargs["heads"] = NGT_HEADS
         if not positions:
             kwargs["position_embeddings"] = False
+        if generated:
+            kwargs["probe_generator"] = "deep-linear"
         return model, kwargs, False
+    if model in PROBING_MODELS:
+        return model, {"probes": probes}, False
     return model, {}, False

@@ -5,6 +5,7 @@
     python benchmarks/run.py --render   # only render RESULTS.md from results/*.json
     python benchmarks/run.py --device cuda  # the model-speed and precision rows on a GPU
     python benchmarks/run.py --paper [--rows A,B] [--dry-run]  # the paper protocol, row by row (bench_paper.py)
+    python benchmarks/run.py --paper --suite mnist     # the paper's own tables on MNIST INRs (section 8)
 
 The task tables first (bench_tables.py: their jobs run two at a time), then the speed
 and memory measurements one after another on the otherwise idle machine.
@@ -98,13 +99,16 @@ def main() -> int:
                         help=f"device of {' and '.join(DEVICE_AWARE)} (default: cpu)")
     parser.add_argument("--paper", action="store_true",
                         help="the paper protocol (bench_paper.py): whole corpus, rows to their plateau, row by row")
+    parser.add_argument("--suite", default=None, choices=["fashion-mnist", "mnist"],
+                        help="with --paper: the suite (default fashion-mnist; mnist: the paper's own tables)")
     parser.add_argument("--rows", default=None, metavar="NAME[,NAME]", help="with --paper: only these rows")
     parser.add_argument("--dry-run", action="store_true", help="with --paper: list the rows and their state")
     args = parser.parse_args()
-    if (args.rows or args.dry_run) and not args.paper:
-        parser.error("--rows and --dry-run go with --paper")
+    if (args.rows or args.dry_run or args.suite) and not args.paper:
+        parser.error("--suite, --rows and --dry-run go with --paper")
     if args.paper:
-        flags = (["--rows", args.rows] if args.rows else []) + (["--dry-run"] if args.dry_run else [])
+        flags = ((["--suite", args.suite] if args.suite else []) + (["--rows", args.rows] if args.rows else [])
+                 + (["--dry-run"] if args.dry_run else []))
         return subprocess.call([sys.executable, str(HERE / "bench_paper.py"), *flags])
     if not args.render:
         for script, (full, quick) in SUITE.items():

@@ -1,6 +1,7 @@
 """The paper protocol's machinery (benchmarks/bench_paper.py) on a toy digits corpus: the plan
 keeps the 60-minute and 20-minute rules, rows run one at a time, results are written as rows
-end, reruns skip finished rows, and rows not run show as "not run"."""
+end, reruns skip finished rows, and rows not run show as "not run"; the MNIST suite's plan
+(epoch caps within the row limit and the machine-hours), its records and its rendering."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_paper import LABEL, Paper  # noqa: E402
+from bench_paper import LABEL, MNIST, Paper  # noqa: E402
 from nngraph.errors import NNGraphError  # noqa: E402
 
 
@@ -64,7 +65,8 @@ def test_rows_run_one_by_one_write_results_and_skip_when_done(tmp_path):
     assert "±" in statnn["nngraph (this CPU)"] and statnn["seeds"] == 2 and statnn["stop"]
     assert all(float(m) >= 0 for m in statnn["min to plateau"].split("/"))
     assert rows["NG-T, 64 probes"]["nngraph (this CPU)"] == "not run" and rows["NG-T, 64 probes"][LABEL] == 74.8
-    assert rows["ProbeGen-128"]["nngraph (this CPU)"] == "not in nngraph" and rows["ProbeGen-128"][LABEL] == 87.7
+    assert rows["ProbeGen, 128 probes"]["nngraph (this CPU)"] == "not run" and rows["ProbeGen, 128 probes"][LABEL] == 87.7
+    assert rows["ScaleGMN-B"]["nngraph (this CPU)"] == "not in nngraph" and rows["DWSNet"][LABEL] == 67.06
     assert any("ngt-p64 >= 85 %: not run" in note for note in table["notes"])
     dilate = json.loads((tmp_path / "results" / "7_paper_dilate.json").read_text())
     assert {r["model"]: r[LABEL + " (MNIST INRs)"] for r in dilate["rows"]}["NG-T, 64 probes"] == 1.75
@@ -147,3 +149,119 @@ def test_bench_flags(capfd):
     assert main(["bench", "--paper", "--dry-run", "--rows", "ngt-p64"]) == 0  # lists, runs nothing
     listing = capfd.readouterr().out
     assert "ngt-p64" in listing and "48 min" in listing and "dilate-ngt-p64" in listing
+
+
+MNIST_ROWS = {"mlp", "deepsets", "dwsnet", "nfn-np", "nfn-hnp", "nggnn-p0", "nggnn-p4", "nggnn-p16", "nggnn-p64",
+              "ngt-p0", "ngt-p4", "ngt-p16", "ngt-p64", "nggnn-p0-nopos", "ngt-p0-nopos", "probe-128", "probegen-128",
+              "nggnn-gen128", "ngt-gen128", "dilate-dwsnet", "dilate-nfn-np", "dilate-nggnn-p0", "dilate-nggnn-p4",
+              "dilate-nggnn-p16", "dilate-nggnn-p64", "dilate-ngt-p0", "dilate-ngt-p4", "dilate-ngt-p16",
+              "dilate-ngt-p64", "floor", "corpus"}
+
+
+def test_the_mnist_plan_fits_the_machine(tmp_path):
+    from protocol import MNIST_CAPS, PROBING_RECIPE
+
+    default = Paper(suite=MNIST, render=False)
+    # the corpus row is the build under way in benchmarks/work/mnist: done once its manifest says complete
+    assert default.corpus == ROOT / "benchmarks" / "work" / "mnist" / "inrs-dwsnet"
+    assert default.records == ROOT / "benchmarks" / "results" / "mnist_rows"
+    paper = Paper(root=tmp_path, results=tmp_path, suite=MNIST, render=False)
+    runs = {r.name: r for r in paper.rows}
+    assert set(runs) == MNIST_ROWS and set(MNIST_CAPS) == MNIST_ROWS - {"floor", "corpus"}
+    corpus = runs["corpus"]
+    assert corpus.jobs[0]["images"] == "mnist" and corpus.jobs[0]["limit"] is None
+    assert paper.state(corpus) == "not run"
+    (tmp_path / "inrs-dwsnet").mkdir()
+    (tmp_path / "inrs-dwsnet" / "manifest.json").write_text(json.dumps({"complete": False}))
+    assert paper.state(corpus) == "partial"
+    (tmp_path / "inrs-dwsnet" / "manifest.json").write_text(json.dumps({"complete": True}))
+    assert paper.state(corpus) == "done"
+    total = 0.0
+    for row in paper.rows:
+        if not row.capped:
+            continue
+        minutes = paper.estimate_minutes(row)
+        assert minutes <= 55 and row.budget_s is None, row.name  # every row within 60 minutes, with room
+        total += minutes
+        for job in row.jobs:
+            config = job["config"]
+            assert config["epochs"] == row.epochs and config["time_budget"] is None and config["patience"] is None
+            assert ("rotate_augment" in config) == (row.table == "classify")
+    assert total / 60 <= 15.5  # with the corpus build, about 16 machine-hours
+    epochs = {name: row.epochs for name, row in runs.items()}
+    for prefix in ("", "dilate-"):
+        for model in ("nggnn", "ngt"):
+            long, short = (epochs[f"{prefix}{model}-p{k}"] for k in (0, 64)), (
+                epochs[f"{prefix}{model}-p{k}"] for k in (4, 16))
+            assert min(long) > max(short)  # the 0- and 64-probe rows train longest
+            assert epochs[f"{prefix}{model}-p0"] == epochs[f"{prefix}{model}-p64"]  # compared at equal epochs
+    assert epochs["ngt-p0-nopos"] == epochs["ngt-p0"] and epochs["nggnn-p0-nopos"] == epochs["nggnn-p0"]
+    ngt = runs["ngt-gen128"].jobs[0]["config"]
+    assert ngt["model_kwargs"]["probe_generator"] == "deep-linear" and ngt["model_kwargs"]["probes"] == 128
+    assert ngt["compile"] and ngt["lr"] == 3e-3
+    probe = runs["probegen-128"].jobs[0]["config"]
+    assert probe["model"] == "probegen" and probe["model_kwargs"] == {"probes": 128}
+    assert all(probe[k] == v for k, v in PROBING_RECIPE.items())
+    assert runs["mlp"].seeds == 3 and runs["dwsnet"].jobs[0]["config"]["model"] == "dwsnet"
+    assert runs["dilate-dwsnet"].jobs[0]["out"].endswith("runs/dilate/dwsnet-s0")
+    listing = paper.listing()
+    assert "16 ep" in listing[[line.split()[0] for line in listing].index("nggnn-p0")]
+    assert listing[-1].startswith("training rows: about ")
+
+
+def test_the_mnist_suite_records_and_renders_its_rows(tmp_path):
+    """DWSNet's classifier and editor through the suite on a toy digits corpus: records in mnist_rows/,
+    the section-8 tables with the paper's numbers beside them, rows not run shown as such."""
+    paper = Paper(root=tmp_path / "work", results=tmp_path / "results", images="digits", render=False, suite=MNIST,
+                  settings={"inr_limit": 60, "threads": 1}, corpus_options={"steps": 20, "hidden": 8})
+    paper.run(["corpus", "dwsnet", "dilate-dwsnet"], log=lambda *a: None)
+    record = json.loads((tmp_path / "results" / "mnist_rows" / "dwsnet.json").read_text())
+    assert record["runs"][0]["metrics"]["epochs_run"] == MNIST.classify[2].epochs == paper.row("dwsnet").epochs
+    assert (tmp_path / "results" / "mnist_rows" / "dilate-dwsnet.json").exists()
+    assert not (tmp_path / "results" / "paper_rows").exists()
+    table = json.loads((tmp_path / "results" / "8_mnist_classify.json").read_text())
+    rows = {r["model"]: r for r in table["rows"]}
+    dws = rows["DWSNet"]
+    assert dws[LABEL] == "85.7 ± 0.6" and dws["seeds"] == 1 and dws["stop"] == "epochs"
+    assert dws["epochs"] == str(paper.row("dwsnet").epochs) and "min to 90 % (val)" in dws and dws["row wall min"] > 0
+    assert rows["NG-T, 64 probes"]["nngraph (this CPU)"] == "not run" and rows["NG-T, 64 probes"][LABEL] == 97.3
+    assert table["command"] == "python benchmarks/bench_paper.py --suite mnist"
+    assert "aim: dwsnet >= 83.7 %: " in "\n".join(table["notes"]) and "aim: ngt-p64 >= 97.3 %: not run" in table["notes"]
+    dilate = json.loads((tmp_path / "results" / "8_mnist_dilate.json").read_text())
+    rows = {r["model"]: r for r in dilate["rows"]}
+    assert float(rows["DWSNet"]["nngraph (this CPU)"]) > 0 and rows["NG-T, 4 probes"][LABEL + " (MNIST INRs)"] == 1.88
+    assert rows["NG-T, 4 probes"]["nngraph (this CPU)"] == "not run"
+    said = []
+    paper.run(["dwsnet"], log=said.append)
+    assert said == ["== dwsnet: done, skipped"]
+
+
+def test_mnist_claims_and_summary_from_records(tmp_path):
+    paper = Paper(root=tmp_path / "work", results=tmp_path / "results", render=False, suite=MNIST)
+
+    def record(name: str, values: list[float], metric: str = "accuracy") -> None:
+        runs = [{"run": f"{name}-s{i}", "metrics": {"test": {metric: v}}} for i, v in enumerate(values)]
+        path = tmp_path / "results" / "mnist_rows" / f"{name}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"row": name, "title": name, "wall_s": 60.0, "runs": runs}))
+
+    record("ngt-p0", [0.93])
+    record("ngt-p0-nopos", [0.80])
+    record("dwsnet", [0.86, 0.84])
+    record("dilate-ngt-p64", [0.0180], "mse")
+    record("dilate-nfn-np", [0.0200], "mse")
+    claims = paper.claims()
+    assert "claim: NG-T without probes against DWSNet: 93.0 against 85.0 % (+8.0 points; published +6.7) -> holds" \
+        in claims
+    assert ("claim: position embeddings, NG-T without probes: 93.0 against 80.0 % (+13.0 points; published +14.5) "
+            "-> holds") in claims
+    assert ("claim: dilation: NG-T (64 probes) against NFN-NP: MSE 1.800 against 2.000 x 1e-2 (0.90x; published "
+            "0.69x) -> holds") in claims
+    assert "claim: 64 probes against none, NG-T: not run" in claims
+    summary = paper.summary()
+    assert summary.startswith("Which of the paper's claims hold here: of its 15 comparisons, 3 are measured, and 3 "
+                              "hold")
+    assert "NG-T's dilation MSE is 0.90x NFN-NP's (published 0.69x" in summary
+    assert "DWSNet 85.0 against 85.7 (-0.7)" in summary and "ngt-p0 >= 91.4 %: 93.0 -> met" in summary
+    assert "dilate-ngt-p64 MSE <= 1.75 x 1e-2: 1.800 -> MISSED by 0.050" in summary
+    assert "NG-T dilation MSE <= 0.69x NFN-NP's: 0.90x (published 0.69x) -> MISSED" in summary
