@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
 
@@ -62,3 +64,19 @@ def test_render_writes_table_summary_and_notes_in_order(tmp_path, monkeypatch):
     assert body[0].startswith("command `python x.py`")
     assert body[1:4] == ["| model | accuracy |", "|---|---|", "| A | 0.5 |"]
     assert body[4:] == ["Two of three claims hold.", "- aim: met", "protocol: seeds [0, 1]"]
+
+
+def test_run_passes_the_paper_suite_on(monkeypatch, capsys):
+    """``run.py --paper --suite mnist`` hands the suite to bench_paper.py; ``--suite`` alone is refused."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import run
+
+    calls = []
+    monkeypatch.setattr(run.subprocess, "call", lambda command: calls.append(command) or 0)
+    monkeypatch.setattr(sys, "argv", ["run.py", "--paper", "--suite", "mnist", "--dry-run"])
+    assert run.main() == 0
+    assert calls[0][1].endswith("bench_paper.py") and calls[0][2:] == ["--suite", "mnist", "--dry-run"]
+    monkeypatch.setattr(sys, "argv", ["run.py", "--suite", "mnist"])
+    with pytest.raises(SystemExit) as exit_:
+        run.main()
+    assert exit_.value.code == 2 and "--suite, --rows and --dry-run go with --paper" in capsys.readouterr().err
