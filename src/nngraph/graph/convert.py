@@ -21,7 +21,7 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from nngraph.errors import InputShapeError, NonFiniteError, UnsupportedModelError
-from nngraph.graph import activations, conv_transpose, functional, ops, pooling, products, tokens, upsample
+from nngraph.graph import activations, conv_transpose, functional, guards, ops, pooling, products, tokens, upsample
 from nngraph.graph.builder import Value
 from nngraph.graph.context import Context
 from nngraph.graph.functional import ParamRef
@@ -123,7 +123,9 @@ def to_graph(model: nn.Module, example_input: torch.Tensor, *, k_max: int | None
             (what ``permute_neurons`` needs; the parameters stay readable from the spec's layout).
     """
     name = type(model).__name__
+    guards.check_not_meta(model, example_input, name)
     _check_input(example_input, name)
+    guards.check_no_hooks(model, name)
     state = model.state_dict()
     _check_finite(state, name)
     _check_no_shared_parameters(model, name)
@@ -151,6 +153,7 @@ def to_graph(model: nn.Module, example_input: torch.Tensor, *, k_max: int | None
             env[node] = _convert_node(ctx, node, env)
             if activations.mutates(node, ctx.modules):
                 _rebind(env, node, ctx)
+    guards.check_one_output(output, name)
     spec = ArchSpec(
         params=[],
         buffers=ctx.buffers,

@@ -71,6 +71,8 @@ from dataclasses import dataclass, field
 
 import torch
 from torch_geometric.data import Data
+from torch_geometric.data.data import DataEdgeAttr, DataTensorAttr
+from torch_geometric.data.storage import GlobalStorage
 
 # Node feature channels.
 X_BIAS, X_NORM_WEIGHT, X_NORM_BIAS, X_NORM_MEAN, X_NORM_VAR, X_ACT_PARAM, X_OFFSET, X_ACT_PARAM2 = range(8)
@@ -234,3 +236,7 @@ class NeuralGraph(Data):
             f"NeuralGraph({name + ', ' if name else ''}nodes={self.num_nodes}, "
             f"edges={self.edge_index.shape[1]}, d_v={self.x.shape[1]}, d_e={self.edge_attr.shape[1]})"
         )
+
+
+# A NeuralGraph loads with plain torch.load (weights_only=True): these are the classes its pickle names.
+torch.serialization.add_safe_globals([NeuralGraph, ArchSpec, ParamEntry, DataEdgeAttr, DataTensorAttr, GlobalStorage])
