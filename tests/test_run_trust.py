@@ -208,3 +208,42 @@ def test_every_kill_point_resumes_to_the_uninterrupted_run(tmp_path, inr_corpus,
     assert lines(out) == lines(straight_out)  # every epoch's line, once
     a, b = load_weights(out / BEST), load_weights(straight_out / BEST)
     assert a[1] == b[1] and all(torch.equal(a[0][k], b[0][k]) for k in b[0])
+
+
+def _damage(run, case: str) -> None:
+    from safetensors.torch import save
+
+    if case == "config not JSON":
+        (run / "config.json").write_text("{not json")
+    elif case == "config with a foreign field":
+        config = json.loads((run / "config.json").read_text())
+        (run / "config.json").write_text(json.dumps({**config, "exec": "rm -rf /"}))
+    elif case == "last not safetensors":
+        (run / LAST).write_bytes(b"\x00" * 64)
+    elif case == "last with a broken state tree":
+        (run / LAST).write_bytes(save({"x": torch.zeros(1)}, metadata={"nngraph": '{"$dict": {"model": {"$tensor": '
+                                                                                   '"missing"}}}'}))
+    elif case == "best of another model":
+        (run / BEST).write_bytes(save({"weight": torch.zeros(50_000)}, metadata={"epoch": "1"}))
+    elif case == "metrics not JSON":
+        (run / "metrics.json").write_text("[1, 2")
+
+
+@pytest.mark.parametrize("case", ["config not JSON", "config with a foreign field", "last not safetensors",
+                                  "last with a broken state tree", "best of another model", "metrics not JSON"])
+def test_a_damaged_or_crafted_run_folder_is_one_line(tmp_path, finished_run, inr_corpus, capsys, case):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    _damage(run, case)
+    commands = {"inspect": ["inspect", str(run)], "eval": ["eval", str(run)],
+                "resume": _argv(inr_corpus, run, "--resume")}  # the last: a resume rewrites metrics.json
+    failing = {"config not JSON": ("eval", "resume", "inspect"), "config with a foreign field": ("eval", "resume"),
+               "last not safetensors": ("resume",), "last with a broken state tree": ("resume",),
+               "best of another model": ("eval", "resume"), "metrics not JSON": ("inspect",)}[case]
+    for name, argv in commands.items():
+        code = main(argv)
+        if name in failing:
+            assert code == 2, name
+            _one_line_error(capsys)
+        else:
+            capsys.readouterr()

@@ -78,7 +78,10 @@ def load_state(path: str | Path) -> dict:
     if _KEY not in metadata:
         raise NNGraphError(f"{path} is not a checkpoint of an nngraph run (no state in its header); "
                            "start the run again with --overwrite")
-    return _decode(json.loads(metadata[_KEY]), tensors)
+    try:
+        return _decode(json.loads(metadata[_KEY]), tensors)
+    except (KeyError, TypeError, ValueError, AttributeError, RecursionError):
+        raise NNGraphError(f"{path} has a damaged header; start the run again with --overwrite") from None
 
 
 def save_weights(path: str | Path, state_dict: dict[str, torch.Tensor], **metadata: Any) -> None:

@@ -170,13 +170,13 @@ def run_eval(args) -> int:
     if not config_path.exists() or not best.exists():
         raise NNGraphError(f"{run} is not a run with a checkpoint (no config.json or {BEST}); train it with "
                            "`nngraph train`")
-    config = TrainConfig(**json.loads(config_path.read_text()))
+    config = TrainConfig.read(config_path)
     if args.data:
         config.data = args.data
     config.device = args.device
     config.precision = args.precision or config.precision
     trainer = Trainer(config)
-    trainer.model.load_state_dict(load_weights(best)[0])
+    trainer.load_model(load_weights(best)[0], best)
     result = {"task": config.task, "model": config.model,
               "val": trainer.evaluate("val"), "test": trainer.evaluate("test")}
     _print_result(result, str(run))
@@ -240,19 +240,7 @@ def run_inspect(args) -> int:
     if (path / "manifest.json").exists():
         _inspect_corpus(path, table)
     elif (path / "config.json").exists():
-        config = json.loads((path / "config.json").read_text())
-        for key in ("task", "model", "data", "epochs", "batch_size", "lr", "seed", "model_kwargs"):
-            table.add_row(key, json.dumps(config.get(key)))
-        if (path / "metrics.json").exists():
-            metrics = json.loads((path / "metrics.json").read_text())
-            table.add_row("best epoch", str(metrics["best_epoch"]))
-            table.add_row("parameters", f"{metrics['parameters']:,}")
-            for split in ("val", "test"):
-                values = {k: round(v, 4) for k, v in metrics[split].items() if not isinstance(v, list)}
-                table.add_row(split, json.dumps(values))
-        elif (path / "metrics.jsonl").exists():
-            lines = (path / "metrics.jsonl").read_text().splitlines()
-            table.add_row("epochs done", f"{len(lines)} of {config.get('epochs')} (resume with --resume)")
+        _inspect_run(path, table)
     elif path.is_file():
         _inspect_saved(path, table, draw=args.draw, input_shape=args.input_shape, trust=args.trust)
     elif not path.exists():
@@ -262,6 +250,30 @@ def run_inspect(args) -> int:
                            "check the path")
     console.print(table)
     return 0
+
+
+def _inspect_run(path: Path, table) -> None:
+    """A run folder's settings, progress and results: JSON files only, nothing executed."""
+    from nngraph.checkpoint import legacy_files
+    from nngraph.train import read_json_object
+
+    config = read_json_object(path / "config.json")
+    for key in ("task", "model", "data", "epochs", "batch_size", "lr", "seed", "model_kwargs"):
+        table.add_row(key, json.dumps(config.get(key)))
+    if legacy_files(path):
+        table.add_row("checkpoints", f"pickles of an earlier nngraph: convert with `nngraph migrate-run {path}`")
+    if (path / "metrics.json").exists():
+        metrics = read_json_object(path / "metrics.json")
+        table.add_row("best epoch", json.dumps(metrics.get("best_epoch")))
+        count = metrics.get("parameters")
+        table.add_row("parameters", f"{count:,}" if isinstance(count, int) else json.dumps(count))
+        for split in ("val", "test"):
+            scores = metrics.get(split) if isinstance(metrics.get(split), dict) else {}
+            values = {k: round(v, 4) for k, v in scores.items() if isinstance(v, (int, float))}
+            table.add_row(split, json.dumps(values))
+    elif (path / "metrics.jsonl").exists():
+        lines = (path / "metrics.jsonl").read_text(errors="replace").splitlines()
+        table.add_row("epochs done", f"{len(lines)} of {config.get('epochs')} (resume with --resume)")
 
 
 def _inspect_corpus(path: Path, table) -> None:

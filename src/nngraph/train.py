@@ -159,6 +159,24 @@ class TrainConfig:
             raise NNGraphError(f"--compile compiles the layers of {', '.join(compilable)}; {self.model} has none "
                                "to compile: drop --compile")
 
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> "TrainConfig":
+        """The config a run folder records (``config.json``), checked like a new one: a
+        damaged or hand-made file is refused in one line, and a run started before a field
+        existed gets that field's default."""
+        data = read_json_object(path)
+        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise NNGraphError(f"{path} has fields no run of this nngraph records ({', '.join(unknown[:3])}); "
+                               "pass a run folder written by `nngraph train`")
+        try:
+            config = cls(**data)
+        except TypeError as exc:  # a required field missing
+            raise NNGraphError(f"{path} is not a run's config ({exc}); pass a run folder written by "
+                               "`nngraph train`") from None
+        config.validate()
+        return config
+
     @property
     def augment(self) -> ParamAugment:
         """The weight-space augmentations of training batches."""
@@ -190,13 +208,11 @@ def prepare_run_folder(config: TrainConfig, resume: bool, overwrite: bool, clear
         if not (out / LAST).exists() and not (out / "config.json").exists():
             raise NNGraphError(f"--resume: no checkpoint in {out}; start the run without --resume")
         if (out / "config.json").exists():
-            old = json.loads((out / "config.json").read_text())
+            old = TrainConfig.read(out / "config.json").to_json()  # with the defaults of fields added since
             new = config.to_json()
-            defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)
-                        if f.default is not dataclasses.MISSING}
-            old = {**defaults, **old}  # a run started before a field existed had its default
             changed = [k for k in new if k not in _RESUMABLE_CHANGES and old.get(k) != new[k]
-                       and not (k == "data" and Path(old.get(k, "")).resolve() == Path(new[k]).resolve())]
+                       and not (k == "data" and isinstance(old[k], str)
+                                and Path(old[k]).resolve() == Path(new[k]).resolve())]
             if changed:
                 diff = ", ".join(f"{k} {json.dumps(old.get(k))} -> {json.dumps(new[k])}" for k in changed)
                 raise NNGraphError(f"--resume: {out} was started with other settings ({diff}); resume with its "
@@ -307,22 +323,29 @@ class Trainer:
                 "rng": torch.get_rng_state(), "config": self.config.to_json(), "corpus": self.corpus}
 
     def load(self, state: dict) -> None:
-        if state.get("corpus") not in (None, self.corpus):  # None: a run migrated from an earlier nngraph
+        if not isinstance(state, dict) or state.get("corpus") not in (None, self.corpus):  # None: a migrated run
             raise NNGraphError(f"--resume: the corpus {self.config.data} changed since {self.out} started (other "
                                "items or shard digests); resume on the corpus it was trained on, or start again "
                                "with --overwrite")
+        self.load_model(state.get("model"), self.out / LAST)
         try:
-            self.model.load_state_dict(state["model"])
-        except RuntimeError:
-            raise NNGraphError(
-                f"the checkpoint in {self.out} does not fit this model (its config or nngraph changed); "
-                "start the run in a new --out folder"
-            ) from None
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.epoch, self.step = state["epoch"], state["step"]
-        self.train_seconds, self.evaluated_at = state["train_seconds"], state["evaluated_at"]
-        self.best, self.best_epoch, self.history = state["best"], state["best_epoch"], state["history"]
-        torch.set_rng_state(state["rng"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.epoch, self.step = int(state["epoch"]), int(state["step"])
+            self.train_seconds, self.evaluated_at = float(state["train_seconds"]), float(state["evaluated_at"])
+            self.best, self.best_epoch, self.history = state["best"], int(state["best_epoch"]), list(state["history"])
+            torch.set_rng_state(state["rng"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise NNGraphError(f"{self.out / LAST} is damaged or not a checkpoint of this nngraph "
+                               f"({type(exc).__name__}: {' '.join(str(exc).split())[:80]}); start the run again "
+                               "with --overwrite") from None
+
+    def load_model(self, weights: Any, path: Path) -> None:
+        """The model's parameters from a checkpoint's ``weights`` (a state_dict), or one line."""
+        try:
+            self.model.load_state_dict(weights)
+        except (RuntimeError, TypeError, AttributeError):
+            raise NNGraphError(f"the checkpoint {path} does not fit this model (its config or nngraph changed, or "
+                               "the file was replaced); start the run in a new --out folder") from None
 
     # ---- loop ---------------------------------------------------------------------
     def fit(self, resume: bool = False, progress: bool = True) -> dict:
@@ -479,7 +502,7 @@ class Trainer:
     def finish(self) -> dict:
         best = self.out / BEST
         if best.exists():
-            self.model.load_state_dict(load_weights(best)[0])
+            self.load_model(load_weights(best)[0], best)
         test_predictions = self.predict("test")
         test = self.task.metrics(test_predictions)
         val = self.evaluate("val")
@@ -528,6 +551,18 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, over
     finally:
         if started_here:
             dist.destroy_process_group()
+
+
+def read_json_object(path: str | os.PathLike) -> dict:
+    """A JSON object from a file, or one line saying why it is not one."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError, RecursionError) as exc:
+        raise NNGraphError(f"{path} is not readable JSON ({type(exc).__name__}); pass a run folder written by "
+                           "`nngraph train`, or start the run again with --overwrite") from None
+    if not isinstance(data, dict):
+        raise NNGraphError(f"{path} holds no JSON object; pass a run folder written by `nngraph train`")
+    return data
 
 
 def corpus_identity(manifest: dict) -> str:
