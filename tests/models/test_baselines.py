@@ -326,16 +326,21 @@ def _weight_space_permutation(shapes, perms):
     return torch.cat(index)
 
 
-def test_dwsnet_layer_spans_every_equivariant_linear_map():
+@pytest.mark.parametrize("shapes, commutant_dim, terms", [
+    ([(3, 2), (3, 3), (1, 3)], 75, 13),  # 2-3-3-1: W_1 2 terms, b_1 2, W_2 4, b_2 2, W_3 2, b_3 1
+    ([(3, 2), (2, 3), (3, 2), (1, 3)], None, None),  # 2-3-2-3-1: blocks between layers two and more apart
+])
+def test_dwsnet_layer_spans_every_equivariant_linear_map(shapes, commutant_dim, terms):
     """The layer's linear maps (one channel, biases left out) are exactly the commutant of the hidden-neuron
-    permutations of a 2-3-3-1 MLP's weight space: every one commutes, and together they span all of them.
+    permutations of an MLP's weight space: every one commutes, and together they span all of them.
     The permutations act by permuting coordinates, so a commuting M is one constant per orbit of the
     coordinate pairs (i, j) -> (g[i], g[j]): the commutant's dimension is the number of those orbits."""
-    shapes = [(3, 2), (3, 3), (1, 3)]
     specs = weight_space(shapes)
-    dim = sum(o * i + o for o, i in shapes)  # 25
-    gens = [_weight_space_permutation(shapes, {k: p}) for k in (1, 2)
-            for p in (torch.tensor([1, 0, 2]), torch.tensor([1, 2, 0]))]  # generate S_3 x S_3
+    dim = sum(o * i + o for o, i in shapes)
+    gens = [_weight_space_permutation(shapes, {k: torch.roll(torch.arange(n), 1)})
+            for k, n in enumerate((s[0] for s in shapes[:-1]), start=1)]  # a cycle and a transposition per layer
+    gens += [_weight_space_permutation(shapes, {k: torch.tensor([1, 0, *range(2, n)])})
+             for k, n in enumerate((s[0] for s in shapes[:-1]), start=1)]
     parent = list(range(dim * dim))
 
     def root(a: int) -> int:
@@ -379,8 +384,8 @@ def test_dwsnet_layer_spans_every_equivariant_linear_map():
         matrix = as_matrix()
     for g in gens:  # a generic map commutes with every generator
         assert torch.allclose(matrix[g][:, g], matrix, atol=1e-9)
-    assert commutant == 75 and int(torch.linalg.matrix_rank(torch.stack(spans))) == commutant
-    assert len(layer.terms) == 13  # W_1 2, b_1 2, W_2 4, b_2 2, W_3 2, b_3 1
+    assert int(torch.linalg.matrix_rank(torch.stack(spans))) == commutant
+    assert commutant == (commutant_dim or commutant) and len(layer.terms) == (terms or len(layer.terms))
 
 
 def test_dwsnet_trains():
