@@ -401,6 +401,15 @@ def test_a_file_listed_in_two_splits_is_refused_naming_it(tmp_path, capsys, inr_
     assert rels[0] in err and "twice (in train and test)" in err
 
 
+def test_a_zoo_index_file_listing_a_row_twice_is_refused(tmp_path, capsys):
+    root = tmp_path / "zoo"
+    originals.write_small_zoo(root, runs=2)
+    (root / "split.csv").write_text("".join(f"{i}\n" for i in [0, 1, 2, 3, 4, 5, 2]))
+    err = cli_error(capsys, ["data", "import", "--format", "cnn-zoo", str(root), "--splits", str(root / "split.csv"),
+                             "--out", str(tmp_path / "o")])
+    assert "split.csv lists row 2 twice" in err
+
+
 def test_zoo_rows_without_a_finite_accuracy_are_dropped_and_counted(tmp_path):
     root = tmp_path / "zoo"
     arrays = originals.write_small_zoo(root, runs=6)

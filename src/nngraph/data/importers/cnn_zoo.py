@@ -150,6 +150,10 @@ def read_index(path: Path, rows: int) -> np.ndarray:
         raise DataError(f"index file {path} must hold one integer per line ({exc})") from None
     if order.size and (order.min() < 0 or order.max() >= rows):
         raise DataError(f"index file {path} holds rows outside 0..{rows - 1}; it belongs to another collection")
+    values, counts = np.unique(order, return_counts=True)
+    if (counts > 1).any():
+        raise DataError(f"index file {path} lists row {int(values[counts > 1][0])} twice; every network must be "
+                        f"in one split only")
     return order
 
 
