@@ -13,14 +13,15 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 # Lowest first; a module belongs to the first layer one of whose prefixes it matches.
 LAYERS = [
-    ("base", ("nngraph.errors", "nngraph.io", "nngraph.schedule", "nngraph.device", "nngraph.plots")),
+    ("base", ("nngraph.errors", "nngraph.io", "nngraph.schedule", "nngraph.device", "nngraph.plots",
+              "nngraph.checkpoint", "nngraph.progress")),
     ("graph", ("nngraph.graph",)),
     ("draw", ("nngraph.draw",)),
     ("data", ("nngraph.data", "nngraph.examples")),
     ("pipeline", ("nngraph.pipeline",)),
     ("models", ("nngraph.models",)),
     ("tasks", ("nngraph.tasks",)),
-    ("train", ("nngraph.train",)),
+    ("train", ("nngraph.train", "nngraph.memory")),
     ("cli", ("nngraph.cli", "nngraph.cli_runs", "nngraph.demo", "nngraph")),
 ]
 
