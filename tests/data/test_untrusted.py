@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import tracemalloc
 from pathlib import Path
@@ -170,6 +171,24 @@ def test_a_shard_linked_out_of_the_corpus_is_not_read(tmp_path, tiny_corpus, cap
     assert "outside the corpus" in err and "/dev/zero" in err
     with pytest.raises(DataError, match="outside the corpus"):
         InrDataset(root)
+
+
+def test_a_fifo_in_place_of_a_shard_is_refused_without_waiting_for_a_writer(tmp_path, tiny_corpus):
+    root, _ = _copy(tiny_corpus, tmp_path)
+    (root / "shard-00002.safetensors").unlink()
+    os.mkfifo(root / "shard-00002.safetensors")
+    outcome = []
+
+    def read():
+        try:
+            InrDataset(root)
+        except DataError as exc:
+            outcome.append(str(exc))
+
+    worker = threading.Thread(target=read, daemon=True)  # the old code blocks in open() for good
+    worker.start()
+    worker.join(timeout=60)
+    assert not worker.is_alive() and "shard-00002.safetensors is not a regular file" in outcome[0]
 
 
 # ----------------------------------------------------------------------------- 3. sizes before allocation

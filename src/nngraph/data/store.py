@@ -281,10 +281,11 @@ def read_header(path: Path) -> dict | None:
     """The JSON header of a safetensors file (names, dtypes, shapes, offsets) without its
     data, or None when the file is missing or its header is unreadable."""
     try:
+        info = os.stat(path)  # before open: opening a FIFO would wait for a writer
+        size = info.st_size
+        if not stat.S_ISREG(info.st_mode) or size < 8:
+            return None
         with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode) or size < 8:
-                return None
             n = int.from_bytes(f.read(8), "little")
             if n > min(size - 8, MAX_HEADER_BYTES):
                 return None

@@ -59,6 +59,8 @@ def read_split_json(path: Path, columns: tuple[str, ...]) -> dict[str, dict[str,
     the DWSNets / neural-graphs split scripts. A split given as a plain list of paths
     (the Fashion-MNIST INR release) has no other columns.
     """
+    if not path.is_file():
+        raise DataError(f"split file {path} is not a regular file; pass the split file of the release")
     size = path.stat().st_size
     if size > MAX_SPLIT_FILE_BYTES:
         raise DataError(f"split file {path} has {size:,} bytes, more than a split file of networks holds "

@@ -129,7 +129,10 @@ def read_checkpoint(path: Path, trust: bool = False) -> tuple[dict[str, torch.Te
     if not isinstance(obj, Mapping) or not isinstance(obj.get("model"), Mapping) or "config" not in obj:
         raise DataError(f"{path} is not a Wild Park checkpoint (a dict with 'model' and 'config'); "
                         f"point the split file to checkpoint.pt files")
-    config = plain(obj["config"])
+    try:
+        config = plain(obj["config"])
+    except RecursionError:
+        raise DataError(f"{path}: its config is nested too deeply to be a Wild Park sampler config") from None
     if not isinstance(config, dict):
         raise DataError(f"{path}: its config is a {type(config).__name__}, not a mapping of the CNN's settings")
     return obj["model"], config
