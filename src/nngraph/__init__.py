@@ -22,6 +22,7 @@ from nngraph.errors import NNGraphError
 # public name -> module that defines it
 _LAZY = {
     "NeuralGraph": "nngraph.graph.graph",
+    "canonicalise_signs": "nngraph.graph.signs",
     "collate": "nngraph.graph.batch",
     "create_model": "nngraph.models",
     "draw_graph": "nngraph.draw",

@@ -29,7 +29,8 @@ def _bias_free_mlp() -> nn.Module:
 
 GEN = torch.Generator().manual_seed(0)
 FAMILIES = {
-    "siren": (lambda: randomise(Siren(hidden=16, depth=3, variant="standard"), 0), torch.rand(30, 2, generator=GEN) * 2 - 1),
+    "siren": (lambda: randomise(Siren(hidden=16, depth=3, variant="standard"), 0),
+              torch.rand(30, 2, generator=GEN) * 2 - 1),
     "tanh-mlp": (lambda: randomise(nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 6), nn.Tanh(),
                                                  nn.Linear(6, 3)), 1), torch.randn(10, 4, generator=GEN)),
     "tanh-cnn": (lambda: randomise(_tanh_cnn(), 2), torch.randn(5, 1, 6, 6, generator=GEN)),
@@ -92,6 +93,10 @@ def test_canonicalisation_commutes_with_neuron_permutations(family):
     assert torch.equal(got.x, expected.x) and torch.equal(got.edge_attr, expected.edge_attr)
 
 
+def test_public_api():
+    assert nngraph.canonicalise_signs is canonicalise_signs and "canonicalise_signs" in nngraph.__all__
+
+
 def test_a_batch_canonicalises_like_its_graphs():
     graphs = [nngraph.to_graph(make(), x) for make, x in (FAMILIES["siren"], FAMILIES["tanh-mlp"])]
     graphs.append(flip_signs(graphs[0], _random_flips(graphs[0], 9)))
@@ -112,3 +117,24 @@ def test_only_free_signs_flip():
     signs[(graph.node_role == 1).nonzero()[0]] = -1
     with pytest.raises(NNGraphError):
         flip_signs(graph, signs)
+
+
+def test_loader_gives_canonical_networks(inr_corpus):
+    """GraphLoader(canonical_signs=True): the same functions as the stored INRs, every bias >= 0, and the
+    task's params are the canonical ones the batch holds."""
+    from nngraph.data.store import InrDataset
+    from nngraph.graph.fast import stacked_params
+    from nngraph.pipeline.loader import GraphLoader
+
+    stored = GraphLoader.for_splits({"train": InrDataset(inr_corpus, "train")})["train"]
+    loader = GraphLoader.for_splits({"train": InrDataset(inr_corpus, "train")}, canonical_signs=True)["train"]
+    index = torch.arange(6)
+    batch, items = loader.make_batch(index)
+    original, _ = stored.make_batch(index)
+    free = flippable_neurons(batch)
+    assert free.any() and (batch.x[free, 0] >= 0).all() and (original.x[free, 0] < 0).any()
+    coords = torch.rand(20, 2, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    torch.testing.assert_close(nngraph.execute(batch, coords)[0], nngraph.execute(original, coords)[0],
+                               rtol=1e-5, atol=1e-5)
+    for name, value in stacked_params(batch).items():
+        assert torch.equal(items["params"][name], value), name

@@ -73,7 +73,8 @@ def flip_signs(graph: Data, signs: torch.Tensor) -> Data:
     Only flippable neurons (``flippable_neurons``) may be flipped; returns a new graph (or
     batch), the input is not modified."""
     if bool((signs != 1).logical_and(~flippable_neurons(graph)).any()):
-        raise NNGraphError("signs flip a neuron whose sign is not free; flip only where flippable_neurons(graph) is True")
+        raise NNGraphError("signs flip a neuron whose sign is not free; "
+                           "flip only where flippable_neurons(graph) is True")
     s = signs.to(graph.x.dtype)
     src, dst = graph.edge_index
     new = copy.copy(graph)

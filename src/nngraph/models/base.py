@@ -100,7 +100,8 @@ class GraphMetanetwork(nn.Module):
             raise NNGraphError(f"{cls.__name__.lower()}: unknown probe_generator {source!r}; choose free, "
                                f"{', '.join(GENERATORS)} or none (free probes in the node features only)")
         if source is not None and not kwargs.get("probes"):
-            raise NNGraphError(f"{cls.__name__.lower()}: probe_generator={source!r} needs probes; pass probes=K (e.g. 128)")
+            raise NNGraphError(f"{cls.__name__.lower()}: probe_generator={source!r} needs probes; "
+                               "pass probes=K (e.g. 128)")
 
     @classmethod
     def example_sizes(cls, example: Batch, **kwargs: Any) -> dict[str, Any]:

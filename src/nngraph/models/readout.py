@@ -44,7 +44,8 @@ class InvariantReadout(nn.Module):
         self.num_outputs = num_outputs
         self.head = mlp([(2 + num_outputs) * hidden + extra, hidden, out_dim], dropout)
 
-    def forward(self, v: torch.Tensor, e: torch.Tensor, batch: Batch, extra: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, v: torch.Tensor, e: torch.Tensor, batch: Batch,
+                extra: torch.Tensor | None = None) -> torch.Tensor:
         """v [N, d] -> [B, out_dim]; the edge states e are not read (an invariant pooling of nodes)."""
         b = int(batch.num_graphs)
         hidden = batch.node_role == ROLE_HIDDEN

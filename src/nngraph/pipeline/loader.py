@@ -7,7 +7,10 @@ corpus-wide kernel window, so that every batch has the same feature sizes.
 Augmentations (training only): random neuron permutations, and the weight-space
 augmentations of ``param_augment`` (on an INR corpus's stacked parameters, before the
 graphs are built: only real parameters change). On a zoo only Gaussian noise applies,
-to the graph features (edge features and biases).
+to the graph features (edge features and biases). With ``canonical_signs`` every network
+is put in its canonical sign pattern once, when the loader is made (``graph.signs``: odd
+activations only; the same functions, one sign pattern per function): the batches and
+``items["params"]`` hold the canonical parameters, for training and evaluation alike.
 """
 
 from __future__ import annotations
@@ -21,8 +24,9 @@ from nngraph.errors import NNGraphError
 from nngraph.graph.augment import random_permutation_augment
 from nngraph.graph.batch import collate
 from nngraph.graph.convert import to_graph
-from nngraph.graph.fast import graphs_from_params
+from nngraph.graph.fast import graphs_from_params, stacked_params
 from nngraph.graph.permute import permute_graph
+from nngraph.graph.signs import canonicalise_signs
 from nngraph.pipeline.param_augment import ParamAugment
 
 
@@ -30,26 +34,29 @@ BUCKET_WINDOW = 16  # batches whose networks are sorted by size together (mixed 
 
 
 class GraphLoader:
-    def __init__(self, dataset, k_max: int | None = None, width: int | None = None):
+    def __init__(self, dataset, k_max: int | None = None, width: int | None = None, canonical_signs: bool = False):
         self.dataset = dataset
         self.kind = dataset.kind
         if self.kind == "inr":
             module = dataset.spec.build()
             self.template = to_graph(module, torch.zeros(1, module.hidden[0].in_features))
             self.graphs = None
+            self.params = canonical_params(self.template, dataset.params) if canonical_signs else dataset.params
         else:
             example = torch.zeros(1, *zoo_input_shape(dataset))
             self.graphs = [to_graph(dataset.model(i), example) for i in range(len(dataset))]
+            if canonical_signs:
+                self.graphs = [canonicalise_signs(g) for g in self.graphs]
             self.template = None
         self.k_max = k_max
         self.width = width
 
     @classmethod
-    def for_splits(cls, datasets: dict[str, Any]) -> dict[str, "GraphLoader"]:
+    def for_splits(cls, datasets: dict[str, Any], canonical_signs: bool = False) -> dict[str, "GraphLoader"]:
         """One loader per split of a corpus, all with the corpus-wide kernel window and edge
         width (the largest over the splits), so that every batch of the corpus has the same
         feature sizes whichever split it comes from."""
-        loaders = {split: cls(dataset) for split, dataset in datasets.items()}
+        loaders = {split: cls(dataset, canonical_signs=canonical_signs) for split, dataset in datasets.items()}
         k_max = max(loader.layout()[0] for loader in loaders.values())
         width = max(loader.layout()[1] for loader in loaders.values())
         for loader in loaders.values():
@@ -125,9 +132,17 @@ class GraphLoader:
         labels = [ds[i]["label"] for i in index.tolist()] if self.kind == "zoo" else ds.labels[index]
         items: dict[str, Any] = {"label": torch.as_tensor(labels)}
         if self.kind == "inr":
-            items["params"] = {k: v[index] for k, v in ds.params.items()}
+            items["params"] = {k: v[index] for k, v in self.params.items()}
             items["image"] = ds.images[index]
         return items
+
+
+def canonical_params(template, params: dict[str, torch.Tensor], chunk: int = 4096) -> dict[str, torch.Tensor]:
+    """Stacked parameters {name: [n, *shape]} of one architecture in their canonical sign pattern."""
+    n = len(next(iter(params.values())))
+    chunks = ({k: v[i:i + chunk] for k, v in params.items()} for i in range(0, n, chunk))
+    parts = [stacked_params(canonicalise_signs(graphs_from_params(template, part))) for part in chunks]
+    return {k: torch.cat([p[k] for p in parts]) for k in params}
 
 
 def zoo_input_shape(dataset) -> tuple[int, int, int]:
