@@ -1,5 +1,6 @@
-"""NG-GNN and NG-T on a batch mixing ResNet, MobileNetV2 and VGG graphs: each graph's prediction
-is the same alone as among the others, and invariant to neuron permutations."""
+"""NG-GNN and NG-T on batches mixing architectures (ResNet, MobileNetV2, VGG; squeeze-and-excitation
+classifiers; U-Nets): each graph's prediction is the same alone as among the others, and invariant to
+neuron permutations."""
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ from nngraph.graph.permute import permute_graph
 from nngraph.models import create_model
 from tests.graph.archs import VGG, MobileNetV2, ResNet
 from tests.graph.helpers import assert_batch_independent
+from tests.graph.modern_cnns import EfficientNetB0Small, MobileNetV3Small, SENetSmall, UNet
 from tests.graph.nets import randomise
 
 
@@ -31,4 +33,31 @@ def test_mixed_architecture_batch_is_batch_independent(name):
     with torch.no_grad():
         together = assert_batch_independent(model, graphs)
         permuted = nngraph.collate([permute_graph(g, seed=3)[0] for g in graphs])
+        assert (model(permuted) - together).abs().max() <= 1e-4
+
+
+def modern_graphs(family: str):
+    """Squeeze-and-excitation classifiers (EfficientNet-B0, MobileNetV3, SENet), or U-Nets with transposed-conv
+    and bilinear decoders (map outputs: one batch has one output shape)."""
+    x = torch.zeros(1, 3, 8, 8)
+    if family == "se-classifiers":
+        models = [randomise(EfficientNetB0Small(num_classes=5, width=4), 0),
+                  randomise(MobileNetV3Small(num_classes=5), 1), randomise(SENetSmall(num_classes=5), 2)]
+    else:
+        models = [randomise(UNet(bilinear=False), 4), randomise(UNet(bilinear=True), 5)]
+    return [nngraph.to_graph(m, x) for m in models]
+
+
+@pytest.mark.parametrize("family", ["se-classifiers", "unets"])
+@pytest.mark.parametrize("name", ["nggnn", "ngt"])
+def test_modern_cnn_batch_is_batch_independent_and_invariant(name, family):
+    graphs = modern_graphs(family)
+    batch = nngraph.collate(graphs)
+    torch.manual_seed(0)
+    model = create_model(name, example=batch, out_dim=3, probes=1, hidden=16, edge_hidden=8, layers=2).eval()
+    with torch.no_grad():
+        together = assert_batch_independent(model, graphs)
+        pairs = [permute_graph(g, seed=3) for g in graphs]
+        assert all((perm != torch.arange(len(perm))).any() for _, perm in pairs)
+        permuted = nngraph.collate([g for g, _ in pairs])
         assert (model(permuted) - together).abs().max() <= 1e-4

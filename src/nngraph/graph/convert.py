@@ -42,7 +42,7 @@ SUPPORTED = (
     "Hardsigmoid, ELU, SELU, Softplus, Mish, sin(w0*x)/Sine (also in place), residual a+b, x+constant, "
     "x[:, a:b] (+)= y, torch.cat on channels, Max/AvgPool1d/2d, AdaptiveMax/AvgPool1d/2d, mean over H,W, flatten, "
     "a * b of one shape, x * gate with a [B, C, 1, 1] gate (squeeze-and-excitation; view/expand_as of the gate), "
-    "Upsample/F.interpolate (nearest, bilinear/linear; size or whole scale_factor), "
+    "Upsample/F.interpolate (nearest, bilinear/linear; size or whole scale_factor), F.pad by zeros, "
     "Dropout, Identity; tokens [B, T, D]: flatten(2).transpose(1, 2), class token cat, + position embedding, "
     "Linear/LayerNorm/activations per token, x[:, t], x.mean(1), MultiheadAttention (self-attention), "
     "F.scaled_dot_product_attention, Embedding"
@@ -329,6 +329,8 @@ def _call_function(ctx: Context, node: fx.Node, env: dict) -> Value:
     if parsed is not None:
         act, param, param2 = parsed
         return ops.activation(ctx, node, values[0], act, param, where, param2)
+    if target is F.pad and values and args[0] is values[0]:
+        return _zero_pad(values[0], args, kwargs, where)
     if target in _PASS_FUNCTIONS and values:
         return values[0]
     if target in _FLATTEN and values:
@@ -436,6 +438,15 @@ def _flatten(ctx: Context, node: fx.Node, value: Value, args, kwargs, where: str
             f"{where}: only flattening to [batch, features] is supported, got {list(in_shape)} -> {list(out_shape)}"
         )
     return ops.flatten(ctx, node, value, where)
+
+
+def _zero_pad(value: Value, args, kwargs, where: str) -> Value:
+    """``F.pad(x, pads)`` with pads that are all 0 (a U-Net's size fix when the sizes already agree): x itself."""
+    pads = kwargs.get("pad", args[1] if len(args) > 1 else None)
+    if not isinstance(pads, (list, tuple)) or any(p != 0 for p in pads):
+        raise UnsupportedModelError(f"{where}: F.pad is supported only with zero padding (got {pads!r}); pad inside "
+                                    "the conv (padding=...) or use an input size where the maps' sizes agree")
+    return value
 
 
 def _expand_gate(ctx: Context, node: fx.Node, value: Value, where: str) -> Value:

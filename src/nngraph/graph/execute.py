@@ -361,10 +361,10 @@ class Plan:
             inp = hd.permute(2, 0, 1, 3, 4).reshape(p, G * n_in, *h.shape[2:])
             if g.kind == EDGE_CONV:
                 out = F.conv2d(inp, wd.reshape(G * n_out, n_in, kh, kw), None, (sh, sw), (ph, pw), (dh, dw), groups=G)
-            else:  # the output padding is what the target's size leaves over: out = (in - 1) s - 2 p + d (k - 1) + 1 + o
+            else:  # the output padding o is what the target's size leaves: out = (in - 1) s - 2 p + d (k - 1) + 1 + o
                 extra = [o - ((i - 1) * s - 2 * q + d * (k - 1) + 1)
                          for o, i, s, q, d, k in zip(g.out_hw, h.shape[2:], (sh, sw), (ph, pw), (dh, dw), (kh, kw))]
-                weight = wd.transpose(1, 2).reshape(G * n_in, n_out, kh, kw)  # conv_transpose2d: [in, out / groups, kh, kw]
+                weight = wd.transpose(1, 2).reshape(G * n_in, n_out, kh, kw)  # [in, out / groups, kh, kw]
                 out = F.conv_transpose2d(inp, weight, None, (sh, sw), (ph, pw), tuple(extra), G, (dh, dw))
             z = out.reshape(p, G, n_out, *out.shape[2:]).permute(1, 2, 0, 3, 4)  # [G, Cout, P, h, w]
         return z[g.t_graph, g.t_rank]  # [n_T, P, h, w]
