@@ -524,6 +524,9 @@ class Paper:
             dilate_notes = ["nngraph on Fashion-MNIST INRs; the published numbers are on MNIST INRs (another "
                             "image set): compare the ratios between models, not the values"]
         else:
+            protocol = {k: protocol[k] for k in ("inr_limit", "row_limit_s", "threads", "patience", "augment",
+                                                 "graph_speed")}  # the time-cap settings do not apply
+            protocol["probing recipe"] = PROBING_RECIPE
             protocol["epoch caps (epochs, seeds)"] = {r.name: [r.epochs, r.seeds] for r in self.rows if r.epochs}
             notes = ["nngraph: the whole MNIST INR corpus built here (dwsnet SIRENs, default recipe; 55,000 / 5,000 / "
                      "10,000), trained on this 2-core CPU; each run trains for its epoch cap (cosine decay over the "
