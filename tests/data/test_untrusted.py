@@ -341,21 +341,36 @@ def test_dead_staging_folders_are_removed_and_dead_locks_taken_over(tmp_path, in
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dataset", "out"]  # no lock, no stage left
 
 
+LOCK_HOLDER = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.write(fd, f"{os.getpid()}\\n".encode())
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
 def test_a_second_writer_to_one_out_is_refused(tmp_path, capsys, inr_source, tiny):
     root, _ = inr_source
-    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        (tmp_path / ".out.lock").write_text(f"{live.pid}\n")
-        err = cli_error(capsys, ["data", "import", "--format", "inr-folder", str(root), "--out", str(tmp_path / "out")])
-        assert f"another nngraph process (PID {live.pid}) is writing" in err
-        assert not (tmp_path / "out").exists() and (tmp_path / ".out.lock").exists()
-        (tmp_path / ".corpus.lock").write_text(f"{live.pid}\n")
-        with pytest.raises(DataError, match=f"PID {live.pid}"):
-            build_inr_corpus(tmp_path / "corpus", **tiny)
-        assert not (tmp_path / "corpus").exists()
-    finally:
-        live.kill()
-        live.wait()
+    for name in ("out", "corpus"):
+        holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(tmp_path / f".{name}.lock")],
+                                  stdout=subprocess.PIPE, text=True)
+        try:
+            assert holder.stdout.readline() == "locked\n"
+            if name == "out":
+                err = cli_error(capsys, ["data", "import", "--format", "inr-folder", str(root), "--out",
+                                         str(tmp_path / "out")])
+                assert f"another nngraph process (PID {holder.pid}) is writing" in err
+            else:
+                with pytest.raises(DataError, match=f"PID {holder.pid}"):
+                    build_inr_corpus(tmp_path / "corpus", **tiny)
+            assert not (tmp_path / name).exists() and (tmp_path / f".{name}.lock").exists()
+        finally:
+            holder.kill()
+            holder.wait()
+    import_inr_folder(root, tmp_path / "out", image_size=4, workers=1, **QUIET)  # the holder died: taken over
+    assert len(InrDataset(tmp_path / "out")) == 4 and not (tmp_path / ".out.lock").exists()
 
 
 CTRL_C_SCRIPT = """

@@ -30,6 +30,7 @@ safetensors headers (read without their data) before anything is built from it.
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -462,45 +463,46 @@ def pid_alive(pid: int) -> bool:
 
 @contextmanager
 def writer_lock(out: str | os.PathLike) -> Iterator[None]:
-    """Hold ``.{out}.lock`` (next to ``out``, holding this process's PID) for the block.
+    """Hold ``.{out}.lock`` (next to ``out``) for the block: one writer per corpus.
 
-    Refused in one line while another live process holds it; a lock whose PID is dead (a
-    killed writer) is taken over. On a read-only folder no lock can be taken, and none is
-    needed (nothing can write there).
+    The lock is an exclusive ``flock`` on that file, which holds the owner's PID for the
+    message. A second writer is refused in one line while the owner lives; the kernel
+    drops the lock of a process that dies (killed), so its file is simply taken over. On
+    a read-only folder no lock can be taken, and none is needed (nothing can write there).
     """
     out = Path(out)
     lock = out.parent / f".{out.name}.lock"
-    mine = out.parent / f".{out.name}.lock.{os.getpid()}"
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        mine.write_text(f"{os.getpid()}\n")  # complete before it becomes the lock: no reader sees it empty
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
         if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
             yield
             return
         raise
+    held = False
     try:
-        for _ in range(2):  # the second try follows the removal of a dead writer's lock
+        while not held:
             try:
-                os.link(mine, lock)  # atomic: fails if the lock exists
-                break
-            except FileExistsError:
-                try:
-                    owner = int(lock.read_text().split()[0])
-                except (OSError, ValueError, IndexError):
-                    owner = None
-                if owner is not None and pid_alive(owner):
-                    raise DataError(f"another nngraph process (PID {owner}) is writing {out}; wait for it to "
-                                    f"finish, or delete {lock} if that process is not nngraph") from None
-                lock.unlink(missing_ok=True)  # a killed writer's lock
-        else:
-            raise DataError(f"cannot take the lock {lock}; delete it if no nngraph process is writing {out}")
-    finally:
-        mine.unlink(missing_ok=True)
-    try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                raise DataError(f"another nngraph process (PID {owner}) is writing {out}; wait for it to finish "
+                                f"and rerun") from None
+            try:
+                held = os.stat(lock).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                held = False
+            if not held:  # its owner removed the file as this process opened it: lock the new one
+                os.close(fd)
+                fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
-        lock.unlink(missing_ok=True)
+        if held:
+            lock.unlink(missing_ok=True)  # while still held: a waiting opener sees another inode
+        os.close(fd)
 
 
 # --------------------------------------------------------------------------- datasets
