@@ -27,7 +27,8 @@ protocol sets none, see protocol.py).
 The caps keep a row (all its seeds, with setup and the evaluations) within 60
 minutes on the 2-core machine: a row longer than 20 minutes has one seed and a 48-minute
 cap, the others three seeds of 16 minutes each (the image CNN 14: ``cnn_train_share``).
-Long rows: the graph models, the NFNs (``LONG_MODELS``) and every dilation row. Runs go
+Long rows: the graph models, the NFNs (``LONG_MODELS``), DWSNet, the probing rows (ProbeGen's
+recipe, ``PROBING_RECIPE``) and every dilation row. Runs go
 one at a time with two threads. INR classification rows train with the published
 weight-space augmentations (``PAPER["augment"]``); graph models with compiled layers and
 bf16 autocast (``PAPER["graph_speed"]``).
@@ -136,15 +137,17 @@ class RowPlan:
         return base if self.task == "classify" else f"dilate-{base}"
 
 
-def _fashion_rows() -> tuple[RowPlan, ...]:
+def _fashion_rows() -> tuple[tuple[RowPlan, ...], tuple[RowPlan, ...]]:
+    """The Fashion-MNIST suite's classification and dilation rows, time-capped (``run_seconds``)."""
     classify = [("ngt", 64, True), ("nggnn", 64, True), ("ngt", 0, True), ("nggnn", 0, True), ("ngt", 0, False),
                 ("nggnn", 0, False), ("nfn-np", 0, True), ("nfn-hnp", 0, True), ("deepsets", 0, True),
                 ("statnn", 0, True)]
     rows = [RowPlan("classify", m, p, pos, long=m in LONG_MODELS) for m, p, pos in classify]
-    rows += [RowPlan("classify", "dwsnet", long=True), RowPlan("classify", "probe", 128, long=True), RowPlan("classify", "probegen", 128, long=True),
-             RowPlan("classify", "ngt", 128, generated=True, long=True),
-             RowPlan("classify", "nggnn", 128, generated=True, long=True)]
-    return tuple(rows), tuple(RowPlan("dilate", m, p, long=True) for m, p in (("nfn-np", 0), ("nggnn", 64), ("ngt", 64)))
+    rows += [RowPlan("classify", "dwsnet", long=True), RowPlan("classify", "probe", 128, long=True),
+             RowPlan("classify", "probegen", 128, long=True),
+             *(RowPlan("classify", m, 128, generated=True, long=True) for m in ("ngt", "nggnn"))]
+    dilate = (("nfn-np", 0), ("nggnn", 64), ("ngt", 64))
+    return tuple(rows), tuple(RowPlan("dilate", m, p, long=True) for m, p in dilate)
 
 
 def _mnist_rows() -> tuple[tuple[RowPlan, ...], tuple[RowPlan, ...]]:
