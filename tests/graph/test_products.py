@@ -36,6 +36,48 @@ class Elementwise(nn.Module):
         return self.out(g[:, :4] * torch.sigmoid(g[:, 4:]))
 
 
+class TimmSqueezeExcite(nn.Module):
+    """timm.layers.squeeze_excite.SqueezeExcite: x.mean keepdim, conv_reduce, act, conv_expand, gate."""
+
+    def __init__(self, channels: int, rd_channels: int):
+        super().__init__()
+        self.conv_reduce = nn.Conv2d(channels, rd_channels, kernel_size=1, bias=True)
+        self.bn = nn.Identity()
+        self.act = nn.ReLU(inplace=True)
+        self.conv_expand = nn.Conv2d(rd_channels, channels, kernel_size=1, bias=True)
+        self.gate = nn.Sigmoid()
+
+    def forward(self, x):
+        x_se = x.mean((2, 3), keepdim=True)
+        x_se = self.conv_reduce(x_se)
+        x_se = self.act(self.bn(x_se))
+        x_se = self.conv_expand(x_se)
+        return x * self.gate(x_se)
+
+
+class GatesWrittenOtherwise(nn.Module):
+    """timm's SE; a Linear SE gate unsqueezed with [:, :, None, None] and F.hardsigmoid(inplace=True);
+    one with .unsqueeze(-1).unsqueeze(-1); F.glu over channels and over features."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 8, 3, padding=1)
+        self.se = TimmSqueezeExcite(8, 4)
+        self.fc1, self.fc2 = nn.Linear(8, 4), nn.Linear(4, 8)
+        self.fc3 = nn.Linear(8, 8)
+        self.head = nn.Linear(4, 6)
+        self.out = nn.Linear(3, 2)
+
+    def forward(self, x):
+        h = self.se(F.relu(self.conv(x)))
+        g = F.hardsigmoid(self.fc2(F.relu(self.fc1(h.mean((2, 3))))), inplace=True)
+        h = h * g[:, :, None, None]
+        g = torch.tanh(self.fc3(h.mean((2, 3))))
+        h = torch.mul(h, g.unsqueeze(-1).unsqueeze(-1))
+        h = F.glu(h, dim=1).mean((2, 3))
+        return self.out(F.glu(self.head(h), dim=-1))
+
+
 class Square(nn.Module):
     """h * h: one tensor times itself."""
 
@@ -54,6 +96,7 @@ CASES = {
     "lukemelas-se": (lambda: LukeMelasSE(), (3, 6, 6)),
     "senet": (lambda: SENetSmall(), (3, 6, 6)),
     "elementwise": (lambda: Elementwise(), (2, 5, 5)),
+    "gates-written-otherwise": (lambda: GatesWrittenOtherwise(), (2, 5, 5)),
     "square": (lambda: Square(), (3,)),
 }
 

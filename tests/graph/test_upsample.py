@@ -97,6 +97,29 @@ def test_permutations_keep_the_function_and_move_channels(name):
     assert moved
 
 
+class _OutputSize(nn.Module):
+    """``up(x, output_size=skip.size())``: the output size picks the output padding."""
+
+    def __init__(self):
+        super().__init__()
+        self.down = nn.Conv2d(2, 4, 3, stride=2, padding=1)
+        self.up = nn.ConvTranspose2d(4, 2, 3, stride=2, padding=1)
+        self.out = nn.Linear(2, 3)
+
+    def forward(self, x):
+        h = self.up(torch.relu(self.down(x)), output_size=x.size())
+        return self.out((h + x).mean((2, 3)))
+
+
+def test_transposed_conv_with_output_size_executes_exactly():
+    model = randomise(_OutputSize(), 0)
+    x = torch.randn(3, 2, 6, 6, generator=torch.Generator().manual_seed(5))
+    graph = nngraph.to_graph(model, x)
+    with torch.no_grad():
+        assert_rel_close(execute(graph, x)[0], model(x))
+    assert_exact_params(nngraph.to_params(graph), model.state_dict())
+
+
 def test_transposed_conv_edges_hold_kernel_and_geometry():
     model, x = _case("convT-k3s2p1op1")
     graph = nngraph.to_graph(model, x)

@@ -41,7 +41,8 @@ SUPPORTED = (
     "(eval), LayerNorm (features), ReLU, ReLU6, GELU, SiLU, Tanh, Sigmoid, LeakyReLU, PReLU, Hardtanh, Hardswish, "
     "Hardsigmoid, ELU, SELU, Softplus, Mish, sin(w0*x)/Sine (also in place), residual a+b, x+constant, "
     "x[:, a:b] (+)= y, torch.cat on channels, Max/AvgPool1d/2d, AdaptiveMax/AvgPool1d/2d, mean over H,W, flatten, "
-    "a * b of one shape, x * gate with a [B, C, 1, 1] gate (squeeze-and-excitation; view/expand_as of the gate), "
+    "a * b of one shape, x * gate with a [B, C, 1, 1] gate (squeeze-and-excitation; view/unsqueeze/expand_as of the "
+    "gate), F.glu on features or channels, "
     "Upsample/F.interpolate (nearest, bilinear/linear; size or whole scale_factor), F.pad by zeros, "
     "Dropout, Identity; tokens [B, T, D]: flatten(2).transpose(1, 2), class token cat, + position embedding, "
     "Linear/LayerNorm/activations per token, x[:, t], x.mean(1), MultiheadAttention (self-attention), "
@@ -55,6 +56,7 @@ _PASS_FUNCTIONS = {F.dropout, "contiguous"}
 _FLATTEN = {torch.flatten, "flatten", "view", "reshape"}
 _MUL = {operator.mul, torch.mul, "mul", "mul_"}
 _EXPAND = {"expand", "expand_as"}
+_UNSQUEEZE = {torch.unsqueeze, "unsqueeze"}
 _CAT = {torch.cat, torch.concat}
 _POOL = {torch.mean, "mean"}
 _TRANSPOSE = {torch.transpose, "transpose"}
@@ -255,6 +257,9 @@ def _call_module(ctx: Context, node: fx.Node, env: dict) -> Value:
         kwargs = {k: _resolve(v, env) for k, v in node.kwargs.items()}
         return tokens.multihead_attention(ctx, node, module, _args(node, env), kwargs, path)
     value = _resolve(node.args[0], env)
+    if type(module) in conv_transpose.MODULES and isinstance(value, Value) and len(node.args) + len(node.kwargs) <= 2 \
+            and set(node.kwargs) <= {"output_size"}:  # output_size fixes the output padding: read off the traced shape
+        return conv_transpose.conv_transpose(ctx, node, module, value, path)
     if not isinstance(value, Value) or len(node.args) != 1 or node.kwargs:
         raise _unsupported(node, ctx)
     where = f"{path} ({type(module).__name__})"
@@ -304,6 +309,9 @@ def _call_function(ctx: Context, node: fx.Node, env: dict) -> Value:
             f"{where} uses parameter {ref.name!r} directly; nngraph converts parameters only as the weights of "
             "F.linear, F.conv1d, F.conv2d and F.prelu"
         )
+    if (target in _UNSQUEEZE or (target is operator.getitem and isinstance(args[1], tuple) and None in args[1])) \
+            and len(values) == 1 and args[0] is values[0]:
+        return _unsqueeze_units(ctx, node, values[0], where)
     if target is operator.getitem and len(values) == 1 and args[0] is values[0]:
         return ops.channel_slice(ctx, node, values[0], _channel_index(args[1], where), where)
     if target in _ADD and len(args) == 2 and not set(kwargs) - {"alpha"} and kwargs.get("alpha", 1) == 1:
@@ -315,6 +323,8 @@ def _call_function(ctx: Context, node: fx.Node, env: dict) -> Value:
         return ops.add_constant(ctx, node, values[0], -float(args[1]), where)
     if target in _MUL and len(values) == 2 and len(args) == 2 and not kwargs:
         return products.multiply(ctx, node, args[0], args[1], where)
+    if target is F.glu and len(values) == 1 and args[0] is values[0]:
+        return products.glu(ctx, node, values[0], kwargs.get("dim", args[1] if len(args) > 1 else -1), where)
     if target in _EXPAND and values and args[0] is values[0]:
         return _expand_gate(ctx, node, values[0], where)
     if target in upsample.FUNCTIONS and values and args[0] is values[0]:
@@ -438,6 +448,16 @@ def _flatten(ctx: Context, node: fx.Node, value: Value, args, kwargs, where: str
             f"{where}: only flattening to [batch, features] is supported, got {list(in_shape)} -> {list(out_shape)}"
         )
     return ops.flatten(ctx, node, value, where)
+
+
+def _unsqueeze_units(ctx: Context, node: fx.Node, value: Value, where: str) -> Value:
+    """``y.unsqueeze(-1)``, ``y[:, :, None, None]`` of units [B, C] (or of a [B, C, 1] gate): C maps of 1 x 1."""
+    in_shape, out_shape = tuple(ctx.shape(node.args[0])), tuple(ctx.shape(node))
+    rank = len(out_shape)
+    if value.kind not in ("vector", "map") or value.hw != (1, 1) or rank not in (3, 4) \
+            or out_shape[:2] != in_shape[:2] or any(d != 1 for d in out_shape[2:]):
+        raise UnsupportedModelError(f"{where}: only [batch, C] -> [batch, C, 1(, 1)] (a per-channel gate) is supported")
+    return Value(value.nodes, "map", (1, 1), value.root)
 
 
 def _zero_pad(value: Value, args, kwargs, where: str) -> Value:

@@ -26,8 +26,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from nngraph.errors import UnsupportedModelError
+from nngraph.graph import ops
 from nngraph.graph.builder import Value
-from nngraph.graph.graph import EDGE_IDENTITY, EDGE_MUL_A, EDGE_MUL_B, GEOM_COLUMNS, NO_GEOM
+from nngraph.graph.graph import ACT_SIGMOID, EDGE_IDENTITY, EDGE_MUL_A, EDGE_MUL_B, GEOM_COLUMNS, NO_GEOM
 
 if TYPE_CHECKING:
     from torch.fx import Node
@@ -84,3 +85,15 @@ def multiply(ctx: Context, node: Node, a: Value, b: Value, where: str) -> Value:
         )
     out = product_layer(ctx, a.nodes, a.hw, b.nodes, b.hw, a.hw)
     return Value(out, a.kind, a.hw, node.name)
+
+
+def glu(ctx: Context, node: Node, value: Value, dim: int, where: str) -> Value:
+    """``F.glu(x, dim)`` over features or channels: a * sigmoid(b) of x's two halves a, b (one product layer)."""
+    rank = len(ctx.shape(node.args[0]))
+    n = len(value.nodes)
+    if value.kind not in ("vector", "map") or dim % rank != 1 or n % 2:
+        raise UnsupportedModelError(f"{where}: F.glu is supported over the features or channels (dim=1) of an even count")
+    half = n // 2
+    a = Value(value.nodes[:half], value.kind, value.hw, value.root)
+    b = ops.activation(ctx, node, Value(value.nodes[half:], value.kind, value.hw, value.root), ACT_SIGMOID, 0.0, where)
+    return multiply(ctx, node, a, b, where)
