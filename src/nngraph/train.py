@@ -391,6 +391,8 @@ class Trainer:
             if progress and self.rank == 0:
                 print(f"epoch {self.epoch}/{self.config.epochs}  train loss {train_loss:.4f}  "
                       f"val {self.task.metric} {score:.4f}  ({record['seconds']:.1f} s)", flush=True)
+        if self.world > 1:  # every process tests the best checkpoint rank 0 has written
+            dist.barrier()
         return self.finish()
 
     def save_best(self) -> None:
