@@ -233,6 +233,13 @@ def test_a_manifest_architecture_is_checked_against_the_shards_before_a_model_is
     assert "no complete shard confirms it" in err
 
 
+def _move_boundary(manifest: dict, stop: int) -> None:
+    """Shards 0 and 1 split at ``stop`` instead of 10, items.shard to match: consistent
+    with itself, not with the shard files."""
+    manifest["shards"][0]["stop"] = manifest["shards"][1]["start"] = stop
+    manifest["items"]["shard"] = [0] * stop + [1] * (20 - stop) + [2] * 10
+
+
 @pytest.mark.parametrize("edit, needle", [
     (lambda m: m["shards"][-1].update(stop=10**12), "shard 2 covers items 20..1000000000000"),
     (lambda m: m["items"]["label"].pop(), "items.label has 29 values, items.split has 30"),
@@ -240,6 +247,7 @@ def test_a_manifest_architecture_is_checked_against_the_shards_before_a_model_is
     (lambda m: m["items"]["label"].__setitem__(3, 2.5), "item 3 has label 2.5"),
     (lambda m: m["shards"][1].update(start=12), "shard 1 covers items 12..20"),
     (lambda m: m["shards"][0].update(file="/dev/zero"), "shard file '/dev/zero'"),
+    (lambda m: _move_boundary(m, 9), "of shape [10, 32] for its 9 items 0..8"),
 ])
 def test_hand_edited_manifests_are_refused_in_one_line(tmp_path, tiny_corpus, capsys, edit, needle):
     root, manifest = _copy(tiny_corpus, tmp_path)

@@ -145,8 +145,9 @@ def read_manifest(root: str | os.PathLike, kind: str | None = None) -> dict:
                         f"use the matching dataset class")
     _check_columns(path, manifest)
     _check_shards(root, path, manifest)
+    headers = _check_headers(root, path, manifest)
     if manifest["kind"] == "inr":
-        _check_inr(root, path, manifest)
+        _check_inr(path, manifest, headers)
     return manifest
 
 
@@ -171,6 +172,8 @@ def _check_shards(root, path: Path, manifest: dict) -> None:
     shards, n = manifest["shards"], len(manifest["items"]["split"])
     if not isinstance(shards, list) or not isinstance(manifest["architectures"], list):
         raise _damaged(path, "shards and architectures must be lists")
+    if manifest["layout"] not in ("stacked", "per_item"):
+        raise _damaged(path, f"layout {manifest['layout']!r} is neither 'stacked' nor 'per_item'")
     stop = 0
     for k, entry in enumerate(shards):
         if not isinstance(entry, dict):
@@ -188,7 +191,35 @@ def _check_shards(root, path: Path, manifest: dict) -> None:
             raise _damaged(path, "items.shard does not match the shards' item ranges")
 
 
-def _check_inr(root, path: Path, manifest: dict) -> None:
+def _check_headers(root, path: Path, manifest: dict) -> list[tuple[dict, dict]]:
+    """(entry, safetensors header) of every complete shard whose header is readable (the
+    others are reported when read), after checking that its tensors hold its item range:
+    in a stacked layout every tensor has ``stop - start`` rows, in a per-item layout
+    every ``net{i}.*`` has ``start <= i < stop``."""
+    out = []
+    for entry in manifest["shards"]:
+        header = read_header(shard_path(root, entry)) if entry.get("complete") else None
+        if header is None:
+            continue
+        a, b = entry["start"], entry["stop"]
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            shape = info.get("shape") if isinstance(info, dict) else None
+            if not isinstance(shape, list):
+                raise _damaged(path, f"shard {entry['file']} lists tensor {name!r} without a shape")
+            if manifest["layout"] == "per_item" and not name.startswith(ITEM_PREFIX):
+                net = name.partition(".")[0]
+                if not (net.startswith("net") and net[3:].isdigit() and a <= int(net[3:]) < b):
+                    raise _damaged(path, f"shard {entry['file']} holds {name}, outside its networks {a}..{b - 1}")
+            elif shape[:1] != [b - a]:
+                raise _damaged(path, f"shard {entry['file']} holds {name} of shape {shape} for its {b - a} items "
+                                     f"{a}..{b - 1}")
+        out.append((entry, header))
+    return out
+
+
+def _check_inr(path: Path, manifest: dict, headers: list[tuple[dict, dict]]) -> None:
     """Labels are classes in range; the architecture matches the shards' tensor shapes
     (their safetensors headers, read without the data) before anything is built from it."""
     from nngraph.data.fitting import SirenSpec
@@ -203,19 +234,14 @@ def _check_inr(root, path: Path, manifest: dict) -> None:
     except (IndexError, TypeError, ValueError, NNGraphError) as exc:
         raise _damaged(path, f"architectures[0] is not a SIREN spec ({exc})") from None
     shapes = spec.param_shapes()
-    verified = False
-    for entry in manifest["shards"]:
-        header = read_header(shard_path(root, entry)) if entry.get("complete") else None
-        if header is None:
-            continue  # missing or damaged: reported when the shard is read
+    for entry, header in headers:
         m = entry["stop"] - entry["start"]
         for name, shape in shapes.items():
             got = header.get(name, {}).get("shape") if isinstance(header.get(name), dict) else None
             if got != [m, *shape]:
                 raise _damaged(path, f"the architecture says {name} is {[m, *shape]} for shard {entry['file']}, "
                                      f"its file holds {got}")
-        verified = True
-    if not verified and spec.n_params() > MAX_UNVERIFIED_INR_PARAMS:
+    if not headers and spec.n_params() > MAX_UNVERIFIED_INR_PARAMS:
         raise _damaged(path, f"its SIREN has {spec.n_params():,} parameters per INR and no complete shard confirms "
                              f"it (at most {MAX_UNVERIFIED_INR_PARAMS:,} unconfirmed)")
 
