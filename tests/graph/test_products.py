@@ -10,6 +10,7 @@ from torch import nn
 
 import nngraph
 from nngraph.errors import UnsupportedModelError
+from nngraph.graph.augment import random_permutation_augment
 from nngraph.graph.execute import execute
 from nngraph.graph.graph import EDGE_MUL_A, EDGE_MUL_B, GEOM_COLUMNS
 from nngraph.graph.permute import permute_graph
@@ -224,3 +225,23 @@ def test_unsupported_broadcasts_are_refused_in_one_line(model, words):
     assert "\n" not in message
     for word in words:
         assert word in message, message
+
+
+@pytest.mark.parametrize("name", ["efficientnet-b0", "mobilenetv3"])
+def test_permute_neurons_and_the_augmentation_keep_the_function(name):
+    """The model-level API (a permuted copy of the module) and the training augmentation (one permutation per
+    graph of a batch built by graphs_from_params)."""
+    model, x = _case(name)
+    with torch.no_grad():
+        expected = model(x)
+        permuted = nngraph.permute_neurons(model, seed=1, example_input=x)
+        assert_rel_close(permuted(x), expected)
+        assert any(not torch.equal(a, b) for a, b in zip(model.state_dict().values(), permuted.state_dict().values()))
+        graph = nngraph.to_graph(model, x)
+        stacked = {k: v.unsqueeze(0).repeat(3, *([1] * v.dim())) for k, v in model.state_dict().items()}
+        plain = nngraph.graphs_from_params(graph, stacked)
+        batch = random_permutation_augment(plain, torch.Generator().manual_seed(0))
+        assert not torch.equal(batch.edge_attr, plain.edge_attr)
+        y, _ = execute(batch, x)
+        for i in range(3):
+            assert_rel_close(y[i], expected)
