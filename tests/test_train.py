@@ -289,3 +289,17 @@ def test_progress_lines_at_a_steady_interval_when_output_is_not_a_terminal(capsy
     with Progress("quiet", 10, enabled=False, terminal=False, interval=0.0) as bar:
         bar.update(10)
     assert capsys.readouterr().out == ""
+
+
+def test_a_model_too_large_for_memory_is_refused_before_it_is_allocated(tmp_path, inr_corpus, monkeypatch):
+    """A config asking for a huge model (a hand-made config.json) is counted on the meta device first."""
+    from nngraph import memory
+
+    allocated = []
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 2 * 1024 ** 3)
+    monkeypatch.setattr(torch.nn.Linear, "reset_parameters",
+                        lambda self: allocated.append((self.weight.device.type, self.weight.numel())))
+    with pytest.raises(NNGraphError, match=r"ngt with these arguments has [\d,]+ parameters: about .* GB"):
+        Trainer(config(tmp_path, inr_corpus, model_kwargs={**SMALL_NGT, "hidden": 20_000, "heads": 2}))
+    assert max(n for device, n in allocated if device == "meta") >= 20_000 ** 2  # counted on the meta device
+    assert max(n for device, n in allocated if device != "meta") < 10_000  # only the corpus's small INRs were built

@@ -15,6 +15,11 @@ optimiser) scales with N, not N^2, and is left out. On the CPU the peak RSS grow
 forward and backward pass (N = 126, B = 4, five widths and depths) measured 0.96 to 1.06
 times this count, so the estimate is ``MARGIN`` = 1.25 times it.
 
+The model itself is counted before it is allocated: built on the ``meta`` device (shapes,
+no storage), its parameters cost 16 bytes each in training (weights, gradients and
+AdamW's two moments), so a config asking for a huge model (a hand-made ``config.json``
+with ``hidden = 50000``) is refused before anything is allocated.
+
 The policy: a batch whose estimate exceeds 80 % of the memory available on the run's
 device (``MemAvailable`` of /proc/meminfo, or ``os.sysconf`` where there is none; the free
 memory of a GPU) is refused in one line naming the largest batch size that fits. The run's
@@ -25,6 +30,7 @@ micro-batches would change its rounding).
 from __future__ import annotations
 
 import os
+from typing import Callable
 
 import torch
 from torch import nn
@@ -71,6 +77,25 @@ def available_bytes(device: torch.device) -> int | None:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError):
         return None
+
+
+def check_model_fits(name: str, build: Callable[[], nn.Module], device: torch.device) -> None:
+    """Refuse, in one line, a model whose training state would not fit the memory of
+    ``device``; ``build`` makes it (called on the meta device: nothing is allocated). Models
+    that cannot be built on the meta device are not checked."""
+    try:
+        with torch.device("meta"):
+            model = build()
+    except (NotImplementedError, RuntimeError, TypeError, ValueError):  # an op without a meta kernel
+        return
+    count = sum(p.numel() for p in model.parameters())
+    available = available_bytes(device)
+    if available is None or 16 * count <= FRACTION * available:
+        return
+    gb = 1024 ** 3
+    raise NNGraphError(f"{name} with these arguments has {count:,} parameters: about {16 * count / gb:.1f} GB with "
+                       f"gradients and AdamW state, and {available / gb:.1f} GB is available on {device}; use a "
+                       "smaller --hidden / --layers / --model-args")
 
 
 def check_fits(model: nn.Module, batch_size: int, nodes: int, device: torch.device) -> None:

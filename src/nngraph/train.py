@@ -80,7 +80,7 @@ from nngraph.checkpoint import BEST, LAST, LEGACY, load_state, load_weights, ref
 from nngraph.device import autocast, float32, resolve_device, resolve_precision, to_device
 from nngraph.errors import NNGraphError, storage_error
 from nngraph.io import atomic_write_json, atomic_write_json_lines
-from nngraph.memory import check_fits
+from nngraph.memory import check_fits, check_model_fits
 from nngraph.models import create_model, model_info, models_with
 from nngraph.models.readout import READOUTS
 from nngraph.pipeline.loader import GraphLoader
@@ -266,7 +266,11 @@ class Trainer:
                                f"{config.model} does not have; use {', '.join(models_with(self.task.readout))}")
         if info.chooses_readout:
             kwargs.setdefault("readout", self.task.readout)
-        self.model = create_model(config.model, example=example, out_dim=self.task.out_dim, **kwargs).to(self.device)
+        def build():
+            return create_model(config.model, example=example, out_dim=self.task.out_dim, **kwargs)
+
+        check_model_fits(config.model, build, self.device)
+        self.model = build().to(self.device)
         # the processes of a distributed run share the host's memory, and each has its own GPU
         per_device = config.batch_size if self.device.type == "cpu" else math.ceil(config.batch_size / self.world)
         check_fits(self.model, per_device, _largest_graph(self.loaders), self.device)
