@@ -245,8 +245,6 @@ def _run_side(name: str):
     """A subcommand of ``cli_runs`` with this module's formatter and common options."""
 
     def add(sub) -> None:
-        from nngraph import cli_runs
-
         getattr(cli_runs, f"add_{name.replace('-', '_')}")(sub, _Formatter, COMMON)
 
     return add
