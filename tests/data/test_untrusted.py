@@ -258,11 +258,28 @@ def test_hand_edited_manifests_are_refused_in_one_line(tmp_path, tiny_corpus, ca
     assert needle in cli_error(capsys, ["inspect", str(root)])
 
 
-def test_a_zoo_architecture_is_checked_on_the_meta_device(tmp_path, monkeypatch):
+@pytest.fixture(name="park_corpus")
+def _park_corpus(tmp_path, monkeypatch):
     src = tmp_path / "park"
     originals.write_wild_park(src, monkeypatch, per_split=(1, 1, 1))
     import_wild_park(src, tmp_path / "c", workers=1, **QUIET)
-    root, manifest = _copy(tmp_path / "c", tmp_path)
+    return tmp_path / "c"
+
+
+@pytest.mark.parametrize("column, value, needle", [("label", "0.5", "network 1 has label '0.5'"),
+                                                   ("label", None, "network 1 has label None"),
+                                                   ("arch", 7, "network 1 names architecture 7")])
+def test_hand_edited_zoo_columns_are_refused_in_one_line(tmp_path, park_corpus, capsys, column, value, needle):
+    root, manifest = _copy(park_corpus, tmp_path)
+    manifest["items"][column][1] = value
+    _save(root, manifest)
+    with pytest.raises(DataError, match="hand-edited"):
+        ZooDataset(root)
+    assert needle in cli_error(capsys, ["inspect", str(root)])
+
+
+def test_a_zoo_architecture_is_checked_on_the_meta_device(tmp_path, park_corpus, monkeypatch):
+    root, manifest = _copy(park_corpus, tmp_path)
     manifest["architectures"][0]["channels"] = [20000] * len(manifest["architectures"][0]["channels"])
     _save(root, manifest)
     built_for_real = []

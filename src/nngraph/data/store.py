@@ -148,6 +148,8 @@ def read_manifest(root: str | os.PathLike, kind: str | None = None) -> dict:
     headers = _check_headers(root, path, manifest)
     if manifest["kind"] == "inr":
         _check_inr(path, manifest, headers)
+    elif manifest["kind"] == "zoo":
+        _check_zoo(path, manifest)
     return manifest
 
 
@@ -217,6 +219,23 @@ def _check_headers(root, path: Path, manifest: dict) -> list[tuple[dict, dict]]:
                                      f"{a}..{b - 1}")
         out.append((entry, header))
     return out
+
+
+def _check_zoo(path: Path, manifest: dict) -> None:
+    """The networks of complete shards have a finite number as label (test accuracy) and
+    an architecture index into ``architectures``."""
+    items, n_archs = manifest["items"], len(manifest["architectures"])
+    if any(col not in items for col in ("label", "arch")):
+        raise _damaged(path, "a zoo needs the columns items.label and items.arch")
+    for entry in manifest["shards"]:
+        if not entry.get("complete"):
+            continue
+        for i in range(entry["start"], entry["stop"]):
+            label, arch = items["label"][i], items["arch"][i]
+            if not isinstance(label, (int, float)) or isinstance(label, bool) or not np.isfinite(label):
+                raise _damaged(path, f"network {i} has label {label!r}, not a finite number")
+            if not isinstance(arch, int) or isinstance(arch, bool) or not 0 <= arch < n_archs:
+                raise _damaged(path, f"network {i} names architecture {arch!r}, the manifest lists {n_archs}")
 
 
 def _check_inr(path: Path, manifest: dict, headers: list[tuple[dict, dict]]) -> None:
