@@ -194,6 +194,24 @@ def test_a_fifo_in_place_of_a_shard_is_refused_without_waiting_for_a_writer(tmp_
 # ----------------------------------------------------------------------------- 3. sizes before allocation
 
 
+@pytest.mark.parametrize("kind", ["device", "huge"])
+def test_a_manifest_that_is_a_device_or_huge_is_refused_unread(tmp_path, tiny_corpus, capsys, kind):
+    root, _ = _copy(tiny_corpus, tmp_path)
+    (root / MANIFEST).unlink()
+    if kind == "device":
+        (root / MANIFEST).symlink_to("/dev/zero")
+    else:
+        with open(root / MANIFEST, "wb") as f:
+            f.truncate(300 << 20)  # sparse
+    tracemalloc.start()
+    try:
+        err = cli_error(capsys, ["inspect", str(root)])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert "manifest.json is not a regular file of at most 256 MB" in err and peak < 20 << 20
+
+
 def test_reads_are_bounded_by_the_recorded_byte_count(tmp_path, tiny_corpus, capsys):
     root, manifest = _copy(tiny_corpus, tmp_path)
     with open(root / "shard-00001.safetensors", "wb") as f:
