@@ -114,6 +114,20 @@ def test_checkpoints_are_safetensors_and_hold_what_a_resume_needs(finished_run):
     assert load_weights(finished_run / BEST)[1]["epoch"] in (1, 2)
 
 
+def test_state_round_trip_keeps_keys_types_and_tensors(tmp_path):
+    from nngraph.checkpoint import save_state
+
+    w = torch.arange(6.0).view(2, 3)
+    state = {"a/b": w.t(), "a": {"b": w, 7: w[0]}, "mixed": [1, 2.5, None, float("inf"), "x", True],
+             "half": w.bfloat16(), "rng": torch.get_rng_state()}
+    save_state(tmp_path / "s.safetensors", state)
+    back = load_state(tmp_path / "s.safetensors")
+    assert torch.equal(back["a/b"], w.t()) and torch.equal(back["a"]["b"], w)  # no key collision
+    assert list(back["a"]) == ["b", 7] and torch.equal(back["a"][7], w[0])  # integer keys stay integers
+    assert back["mixed"] == state["mixed"] and back["half"].dtype == torch.bfloat16
+    assert torch.equal(back["rng"], state["rng"])
+
+
 def test_resume_refuses_a_changed_corpus(tmp_path, inr_corpus, capsys):
     corpus = tmp_path / "corpus"
     shutil.copytree(inr_corpus, corpus)

@@ -38,8 +38,9 @@ _KEY = "nngraph"  # metadata key of the JSON tree
 def _encode(obj: Any, path: str, tensors: dict[str, torch.Tensor]) -> Any:
     """``obj`` as JSON with its tensors moved into ``tensors`` (keys: their path in the tree)."""
     if isinstance(obj, torch.Tensor):
-        tensors[path] = obj.detach().to("cpu").contiguous().clone()  # clone: no shared storage
-        return {"$tensor": path}
+        key = path if path not in tensors else f"{path}#{len(tensors)}"  # a str key holding "/" could collide
+        tensors[key] = obj.detach().to("cpu", copy=True).contiguous()  # a copy: no storage shared with another
+        return {"$tensor": key}
     if isinstance(obj, dict):
         if all(isinstance(k, str) for k in obj):
             return {"$dict": {k: _encode(v, f"{path}/{k}", tensors) for k, v in obj.items()}}
@@ -88,7 +89,7 @@ def save_weights(path: str | Path, state_dict: dict[str, torch.Tensor], **metada
     """A model's ``state_dict`` as a plain safetensors file; ``metadata`` values stored as JSON."""
     from safetensors.torch import save
 
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
+    tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state_dict.items()}
     atomic_write_bytes(path, save(tensors, metadata={k: json.dumps(v) for k, v in metadata.items()}))
 
 
