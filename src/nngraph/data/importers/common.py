@@ -173,10 +173,11 @@ def staged_output(out: str | os.PathLike, log=print) -> Iterator[Path]:
     """
     out = check_out(out)
     with writer_lock(out):
-        out = check_out(out)  # another writer may have finished while this one waited for the check
+        out = check_out(out)  # another writer may have finished between the first check and the lock
         removed = remove_dead_stages(out)
         if removed:
-            log(f"removed {len(removed)} staging folder(s) of an interrupted import ({removed[0].name}, ...)")
+            log(f"removed {len(removed)} staging folder(s) of interrupted imports: "
+                + ", ".join(p.name for p in removed))
         stage = out.parent / f".{out.name}.importing-{os.getpid()}"
         stage.mkdir()
         try:
