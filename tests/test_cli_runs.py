@@ -109,3 +109,18 @@ def test_warmup_options_conflict_in_one_line(tmp_path, capsys):
     assert "--warmup-steps and --warmup-ratio" in err and err.count("\n") == 1
     assert main(argv[:-4] + ["--warmup-ratio", "2"]) == 2
     assert "--warmup-ratio must be" in capsys.readouterr().err
+
+
+def test_an_interrupted_train_names_resume(tmp_path, inr_corpus, capsys, monkeypatch):
+    from nngraph.train import Trainer
+
+    def interrupted(self, progress):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "train_epoch", interrupted)
+    argv = ["train", "--task", "classify", "--data", str(inr_corpus), "--model", "mlp", "--out", str(tmp_path / "r"),
+            "--epochs", "1", "--batch-size", "8", "--hidden", "8", "--no-progress"]
+    assert main(argv) == 130
+    assert "--resume" in capsys.readouterr().err
+    assert main(argv + ["--resume"]) == 130  # killed in its first epoch: --resume starts it
+    assert "rerun the same command" in capsys.readouterr().err

@@ -316,7 +316,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         if getattr(args, "debug", False):
             raise
-        print("error: interrupted; rerun the same command to resume", file=sys.stderr)
+        again = ("rerun it with --resume to continue the run" if args.command == "train" and not args.resume
+                 else "rerun the same command to resume")
+        print(f"error: interrupted; {again}", file=sys.stderr)
         return 130
 
 
