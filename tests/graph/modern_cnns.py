@@ -2,7 +2,9 @@
 
 - torchvision's ``SqueezeExcitation`` / ``Conv2dNormActivation`` / EfficientNet ``MBConv`` (SiLU,
   depthwise conv, SE with a SiLU squeeze, stochastic depth, ``result += input``);
-- torchvision's MobileNetV3 ``InvertedResidual`` (Hardswish / ReLU, SE with Hardsigmoid, dilation);
+- torchvision's MobileNetV3 ``InvertedResidual`` (Hardswish / ReLU, SE with Hardsigmoid, dilation), and
+  d-li14/mobilenetv3.pytorch's (``h_sigmoid`` = ``relu6(x + 3) / 6``, ``h_swish`` = ``x * h_sigmoid(x)``,
+  an SE of Linear layers on ``.view(b, c)``);
 - the lukemelas EfficientNet-PyTorch SE (``F.adaptive_avg_pool2d``, ``torch.sigmoid(x_squeezed) * x``)
   and the original SENet block (Linear fc layers, ``.view(b, c, 1, 1)``, ``x * y.expand_as(x)``);
 - milesial's Pytorch-UNet (``DoubleConv``, ``Down`` with MaxPool2d, ``Up`` with ConvTranspose2d or
@@ -178,6 +180,102 @@ class MobileNetV3Small(nn.Module):
         x = self.features(x)
         x = self.avgpool(x)
         x = torch.flatten(x, 1)
+        return self.classifier(x)
+
+
+class h_sigmoid(nn.Module):  # noqa: N801 - d-li14's names
+    def __init__(self, inplace=True):
+        super().__init__()
+        self.relu = nn.ReLU6(inplace=inplace)
+
+    def forward(self, x):
+        return self.relu(x + 3) / 6
+
+
+class h_swish(nn.Module):  # noqa: N801
+    def __init__(self, inplace=True):
+        super().__init__()
+        self.sigmoid = h_sigmoid(inplace=inplace)
+
+    def forward(self, x):
+        return x * self.sigmoid(x)
+
+
+class SELayerV3(nn.Module):
+    """d-li14's SELayer."""
+
+    def __init__(self, channel, reduction=4):
+        super().__init__()
+        self.avg_pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Sequential(
+            nn.Linear(channel, _make_divisible(channel // reduction, 8)),
+            nn.ReLU(inplace=True),
+            nn.Linear(_make_divisible(channel // reduction, 8), channel),
+            h_sigmoid(),
+        )
+
+    def forward(self, x):
+        b, c, _, _ = x.size()
+        y = self.avg_pool(x).view(b, c)
+        y = self.fc(y).view(b, c, 1, 1)
+        return x * y
+
+
+class InvertedResidualDLi14(nn.Module):
+    """d-li14/mobilenetv3.pytorch's InvertedResidual."""
+
+    def __init__(self, inp, hidden_dim, oup, kernel_size, stride, use_se, use_hs):
+        super().__init__()
+        self.identity = stride == 1 and inp == oup
+        pad = (kernel_size - 1) // 2
+        if inp == hidden_dim:
+            self.conv = nn.Sequential(
+                nn.Conv2d(hidden_dim, hidden_dim, kernel_size, stride, pad, groups=hidden_dim, bias=False),
+                nn.BatchNorm2d(hidden_dim),
+                h_swish() if use_hs else nn.ReLU(inplace=True),
+                SELayerV3(hidden_dim) if use_se else nn.Identity(),
+                nn.Conv2d(hidden_dim, oup, 1, 1, 0, bias=False),
+                nn.BatchNorm2d(oup),
+            )
+        else:
+            self.conv = nn.Sequential(
+                nn.Conv2d(inp, hidden_dim, 1, 1, 0, bias=False),
+                nn.BatchNorm2d(hidden_dim),
+                h_swish() if use_hs else nn.ReLU(inplace=True),
+                nn.Conv2d(hidden_dim, hidden_dim, kernel_size, stride, pad, groups=hidden_dim, bias=False),
+                nn.BatchNorm2d(hidden_dim),
+                SELayerV3(hidden_dim) if use_se else nn.Identity(),
+                h_swish() if use_hs else nn.ReLU(inplace=True),
+                nn.Conv2d(hidden_dim, oup, 1, 1, 0, bias=False),
+                nn.BatchNorm2d(oup),
+            )
+
+    def forward(self, x):
+        if self.identity:
+            return x + self.conv(x)
+        return self.conv(x)
+
+
+class MobileNetV3DLi14Small(nn.Module):
+    """d-li14's MobileNetV3 layout (conv_3x3_bn stem with h_swish, blocks, conv_1x1_bn, pool, classifier)."""
+
+    def __init__(self, num_classes: int = 5):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8), h_swish()),
+            InvertedResidualDLi14(8, 8, 8, 3, 2, 1, 0),
+            InvertedResidualDLi14(8, 24, 12, 3, 1, 0, 0),
+            InvertedResidualDLi14(12, 24, 12, 5, 1, 1, 1),
+        )
+        self.conv = nn.Sequential(nn.Conv2d(12, 24, 1, 1, 0, bias=False), nn.BatchNorm2d(24), h_swish())
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.classifier = nn.Sequential(nn.Linear(24, 32), h_swish(), nn.Dropout(0.2), nn.Linear(32, num_classes))
+
+    def forward(self, x):
+        x = self.features(x)
+        x = self.conv(x)
+        x = self.avgpool(x)
+        x = x.view(x.size(0), -1)
         return self.classifier(x)
 
 

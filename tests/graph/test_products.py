@@ -12,10 +12,10 @@ import nngraph
 from nngraph.errors import UnsupportedModelError
 from nngraph.graph.augment import random_permutation_augment
 from nngraph.graph.execute import execute
-from nngraph.graph.graph import EDGE_MUL_A, EDGE_MUL_B, GEOM_COLUMNS
+from nngraph.graph.graph import EDGE_IDENTITY, EDGE_MUL_A, EDGE_MUL_B, GEOM_COLUMNS, centre
 from nngraph.graph.permute import permute_graph
 from tests.graph.helpers import assert_exact_params, assert_rel_close, assert_relabelled
-from tests.graph.modern_cnns import EfficientNetB0Small, LukeMelasSE, MobileNetV3Small, SENetSmall
+from tests.graph.modern_cnns import EfficientNetB0Small, LukeMelasSE, MobileNetV3DLi14Small, MobileNetV3Small, SENetSmall
 from tests.graph.nets import randomise
 from tests.graph.transformers import ViT
 
@@ -94,6 +94,7 @@ class Square(nn.Module):
 CASES = {
     "efficientnet-b0": (lambda: EfficientNetB0Small(), (3, 8, 8)),
     "mobilenetv3": (lambda: MobileNetV3Small(), (3, 8, 8)),
+    "mobilenetv3-dli14": (lambda: MobileNetV3DLi14Small(), (3, 8, 8)),
     "lukemelas-se": (lambda: LukeMelasSE(), (3, 6, 6)),
     "senet": (lambda: SENetSmall(), (3, 6, 6)),
     "elementwise": (lambda: Elementwise(), (2, 5, 5)),
@@ -173,6 +174,27 @@ def test_attention_scores_are_products_of_the_same_mechanism():
     assert (q == torch.tensor([tokens, 1])).all() and (k == torch.tensor([1, tokens])).all()
     with torch.no_grad():
         assert_rel_close(execute(graph, x)[0], model(x))
+
+
+class _Scaled(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc, self.out = nn.Linear(3, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.out(torch.relu(0.5 * self.fc(x)) / 4)
+
+
+def test_constant_factors_are_identity_edges_weighted_by_them():
+    """c * x and x / c outside sin(w0 * x): a layer of identity edges of weight c (1 / c)."""
+    model = randomise(_Scaled(), 0)
+    x = torch.randn(5, 3, generator=torch.Generator().manual_seed(2))
+    graph = nngraph.to_graph(model, x)
+    weights = graph.edge_attr[graph.edge_kind == EDGE_IDENTITY, centre(graph.spec.k_max)]
+    assert sorted(set(weights.tolist())) == [0.25, 0.5] and len(weights) == 8
+    with torch.no_grad():
+        assert_rel_close(execute(graph, x)[0], model(x))
+    assert_exact_params(nngraph.to_params(graph), model.state_dict())
 
 
 def test_a_square_gets_one_factor_copied_so_no_edge_repeats():

@@ -42,7 +42,7 @@ SUPPORTED = (
     "Hardsigmoid, ELU, SELU, Softplus, Mish, sin(w0*x)/Sine (also in place), residual a+b, x+constant, "
     "x[:, a:b] (+)= y, torch.cat on channels, Max/AvgPool1d/2d, AdaptiveMax/AvgPool1d/2d, mean over H,W, flatten, "
     "a * b of one shape, x * gate with a [B, C, 1, 1] gate (squeeze-and-excitation; view/unsqueeze/expand_as of the "
-    "gate), F.glu on features or channels, "
+    "gate), F.glu on features or channels, c * x and x / c for a constant c, "
     "Upsample/F.interpolate (nearest, bilinear/linear; size or whole scale_factor), F.pad by zeros, "
     "Dropout, Identity; tokens [B, T, D]: flatten(2).transpose(1, 2), class token cat, + position embedding, "
     "Linear/LayerNorm/activations per token, x[:, t], x.mean(1), MultiheadAttention (self-attention), "
@@ -57,6 +57,7 @@ _FLATTEN = {torch.flatten, "flatten", "view", "reshape"}
 _MUL = {operator.mul, torch.mul, "mul", "mul_"}
 _EXPAND = {"expand", "expand_as"}
 _UNSQUEEZE = {torch.unsqueeze, "unsqueeze"}
+_DIV = {operator.truediv, torch.div, torch.true_divide, "div", "true_divide"}
 _CAT = {torch.cat, torch.concat}
 _POOL = {torch.mean, "mean"}
 _TRANSPOSE = {torch.transpose, "transpose"}
@@ -331,8 +332,13 @@ def _call_function(ctx: Context, node: fx.Node, env: dict) -> Value:
         return upsample.upsample(ctx, node, values[0], upsample.bind(args, kwargs), where)
     if target in (operator.mul, torch.mul, "mul") and len(values) == 1 and len(args) == 2:
         other = args[1 - args.index(values[0])]
+        if _is_number(other) and node.users and all(u.target in ctx.sine_targets for u in node.users):
+            return ops.scale(ctx, node, values[0], float(other), where)  # sin(w0 * x): w0 is the activation's
         if _is_number(other):
-            return ops.scale(ctx, node, values[0], float(other), where)
+            return products.scale(ctx, node, values[0], float(other), where)
+    if target in _DIV and len(values) == 1 and len(args) == 2 and args[0] is values[0] and _is_number(args[1]) \
+            and not kwargs and args[1] != 0:
+        return products.scale(ctx, node, values[0], 1.0 / float(args[1]), where)
     if target in _SINE and len(values) == 1:
         return ops.sine(ctx, node, values[0], where)
     parsed = activations.parse_function(node, args, kwargs) if values and args[0] is values[0] else None

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import torch
+
 from nngraph.errors import UnsupportedModelError
 from nngraph.graph import ops
 from nngraph.graph.builder import Value
@@ -97,3 +99,16 @@ def glu(ctx: Context, node: Node, value: Value, dim: int, where: str) -> Value:
     a = Value(value.nodes[:half], value.kind, value.hw, value.root)
     b = ops.activation(ctx, node, Value(value.nodes[half:], value.kind, value.hw, value.root), ACT_SIGMOID, 0.0, where)
     return multiply(ctx, node, a, b, where)
+
+
+def scale(ctx: Context, node: Node, value: Value, factor: float, where: str) -> Value:
+    """``c * x`` or ``x / c`` (factor 1 / c) for a constant c, outside ``sin(w0 * x)``: a fresh layer fed by
+    identity edges x_k -> s_k of weight c, s_k = c x_k (MobileNetV3's h_sigmoid ``relu6(x + 3) / 6``)."""
+    if value.kind not in ("vector", "map", "tokens") or value.scale is not None:
+        raise UnsupportedModelError(f"{where}: only [batch, F], [batch, C(, L)(, H, W)] or [batch, T, D] tensors can be "
+                                    "multiplied by a constant")
+    n = len(value.nodes)
+    builder = ctx.builder
+    out = builder.new_layer(n, value.hw)
+    builder.dense_edges(value.nodes, out, torch.full((n, 1), factor, dtype=builder.dtype), EDGE_IDENTITY, groups=n)
+    return Value(out, value.kind, value.hw, node.name)
