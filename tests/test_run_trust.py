@@ -261,3 +261,25 @@ def test_a_damaged_or_crafted_run_folder_is_one_line(tmp_path, finished_run, inr
             _one_line_error(capsys)
         else:
             capsys.readouterr()
+
+
+def test_a_second_writer_to_a_run_folder_is_refused(tmp_path, inr_corpus, capsys):
+    """While another process trains into --out, a second `nngraph train` there is one line; once it ends
+    (here: killed), the folder is free again."""
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    run.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom nngraph.io import lock_folder\n"
+                               f"lock_folder({str(run)!r}, 'test')\nprint('held', flush=True)\ntime.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        for extra in ((), ("--overwrite",), ("--resume",)):
+            assert main(_argv(inr_corpus, run, *extra)) == 2
+            assert "in use by another nngraph process" in _one_line_error(capsys)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(_argv(inr_corpus, run, "--epochs", "1")) == 0

@@ -9,6 +9,7 @@ no permission) raises ``StorageError`` in one line naming the path.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
@@ -16,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Iterator
 
-from nngraph.errors import storage_error
+from nngraph.errors import NNGraphError, storage_error
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -66,3 +67,35 @@ def atomic_write_json_lines(path: str | os.PathLike, records: list[Any]) -> None
     """Write ``records`` as JSON lines (one per record, NaN allowed) to ``path`` atomically:
     a log rewritten whole, so no line is ever lost or half-written."""
     atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in records).encode())
+
+
+# folder -> descriptor of its lock file, for the folders this process holds
+_LOCKS: dict[str, int] = {}
+LOCK_FILE = ".nngraph.lock"
+
+
+def lock_folder(folder: str | os.PathLike, what: str) -> None:
+    """Hold an exclusive lock on ``folder`` (``flock`` on a file in it) until ``unlock_folder``
+    or the end of the process, however it ends (a killed process holds nothing). A folder
+    another process holds is refused in one line; taking it again in this process is a no-op."""
+    key = str(Path(folder).resolve())
+    if key in _LOCKS:
+        return
+    try:
+        fd = os.open(Path(folder) / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+    except OSError as exc:
+        raise storage_error(Path(folder) / LOCK_FILE, exc) from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise NNGraphError(f"{folder} is in use by another nngraph process ({what}); wait for it to end, or "
+                           "choose another --out") from None
+    _LOCKS[key] = fd
+
+
+def unlock_folder(folder: str | os.PathLike) -> None:
+    """Release this process's lock on ``folder`` (if it holds one)."""
+    fd = _LOCKS.pop(str(Path(folder).resolve()), None)
+    if fd is not None:
+        os.close(fd)

@@ -79,7 +79,7 @@ from torch import nn
 from nngraph.checkpoint import BEST, LAST, LEGACY, load_state, load_weights, refuse_legacy, save_state, save_weights
 from nngraph.device import autocast, float32, resolve_device, resolve_precision, to_device
 from nngraph.errors import NNGraphError, storage_error
-from nngraph.io import atomic_write_json, atomic_write_json_lines
+from nngraph.io import atomic_write_json, atomic_write_json_lines, lock_folder, unlock_folder
 from nngraph.memory import check_fits, check_model_fits
 from nngraph.models import create_model, model_info, models_with
 from nngraph.models.readout import READOUTS
@@ -357,6 +357,8 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise storage_error(self.out, exc) from exc
+        if self.rank == 0:  # one writer per run folder
+            lock_folder(self.out, "a training run")
         last = self.out / LAST
         if resume:
             refuse_legacy(self.out)
@@ -544,17 +546,21 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, over
     """Run (or resume) a training run; returns the final metrics (also in ``metrics.json``).
 
     ``config.out`` may hold a run only with ``resume`` (same settings) or ``overwrite``
-    (its files are cleared first); settings are validated before any data is read.
+    (its files are cleared first); settings are validated before any data is read. One
+    process writes a run folder at a time: another one training into it is refused.
     """
     config.validate()
     started_here = _init_distributed(config.device)
     try:
         rank, world = _distributed_rank()
+        if rank == 0 and Path(config.out).is_dir():  # before anything in it is cleared or read
+            lock_folder(config.out, "a training run")
         prepare_run_folder(config, resume, overwrite, clear=rank == 0)
         if world > 1:  # no process looks at the folder again before rank 0 has cleared it
             dist.barrier()
         return Trainer(config).fit(resume=resume, progress=progress)
     finally:
+        unlock_folder(config.out)
         if started_here:
             dist.destroy_process_group()
 
