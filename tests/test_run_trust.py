@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import os
 import pickle
 import shutil
 
@@ -241,10 +242,17 @@ def _damage(run, case: str) -> None:
         (run / BEST).write_bytes(save({"weight": torch.zeros(50_000)}, metadata={"epoch": "1"}))
     elif case == "metrics not JSON":
         (run / "metrics.json").write_text("[1, 2")
+    elif case == "config is /dev/zero":  # an unbounded read
+        (run / "config.json").unlink()
+        (run / "config.json").symlink_to("/dev/zero")
+    elif case == "last is a FIFO":  # a read that would block forever
+        (run / LAST).unlink()
+        os.mkfifo(run / LAST)
 
 
 @pytest.mark.parametrize("case", ["config not JSON", "config with a foreign field", "last not safetensors",
-                                  "last with a broken state tree", "best of another model", "metrics not JSON"])
+                                  "last with a broken state tree", "best of another model", "metrics not JSON",
+                                  "config is /dev/zero", "last is a FIFO"])
 def test_a_damaged_or_crafted_run_folder_is_one_line(tmp_path, finished_run, inr_corpus, capsys, case):
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
@@ -253,7 +261,8 @@ def test_a_damaged_or_crafted_run_folder_is_one_line(tmp_path, finished_run, inr
                 "resume": _argv(inr_corpus, run, "--resume")}  # the last: a resume rewrites metrics.json
     failing = {"config not JSON": ("eval", "resume", "inspect"), "config with a foreign field": ("eval", "resume"),
                "last not safetensors": ("resume",), "last with a broken state tree": ("resume",),
-               "best of another model": ("eval", "resume"), "metrics not JSON": ("inspect",)}[case]
+               "best of another model": ("eval", "resume"), "metrics not JSON": ("inspect",),
+               "config is /dev/zero": ("inspect", "eval", "resume"), "last is a FIFO": ("resume",)}[case]
     for name, argv in commands.items():
         code = main(argv)
         if name in failing:

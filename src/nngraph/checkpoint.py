@@ -105,6 +105,8 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
 def _read(path: str | Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     from safetensors import SafetensorError, safe_open
 
+    if not Path(path).is_file():  # a device or FIFO in its place is never opened
+        raise NNGraphError(f"{path} is not a regular file; start the run again with --overwrite")
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             return f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}

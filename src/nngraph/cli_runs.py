@@ -255,6 +255,7 @@ def run_inspect(args) -> int:
 def _inspect_run(path: Path, table) -> None:
     """A run folder's settings, progress and results: JSON files only, nothing executed."""
     from nngraph.checkpoint import legacy_files
+    from nngraph.io import read_bounded
     from nngraph.train import read_json_object
 
     config = read_json_object(path / "config.json")
@@ -272,7 +273,7 @@ def _inspect_run(path: Path, table) -> None:
             values = {k: round(v, 4) for k, v in scores.items() if isinstance(v, (int, float))}
             table.add_row(split, json.dumps(values))
     elif (path / "metrics.jsonl").exists():
-        lines = (path / "metrics.jsonl").read_text(errors="replace").splitlines()
+        lines = read_bounded(path / "metrics.jsonl").splitlines()
         table.add_row("epochs done", f"{len(lines)} of {config.get('epochs')} (resume with --resume)")
 
 

@@ -69,6 +69,20 @@ def atomic_write_json_lines(path: str | os.PathLike, records: list[Any]) -> None
     atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in records).encode())
 
 
+def read_bounded(path: str | os.PathLike, limit: int = 64 * 1024 * 1024) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes; anything else (a device, a
+    FIFO, a folder, a larger file) is refused in one line before it is read."""
+    path = Path(path)
+    if not path.is_file():
+        raise NNGraphError(f"{path} is not a regular file; pass the files nngraph wrote")
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise NNGraphError(f"{path} is larger than {limit:,} bytes, more than nngraph writes there; pass the "
+                           "files nngraph wrote")
+    return data
+
+
 # folder -> descriptor of its lock file, for the folders this process holds
 _LOCKS: dict[str, int] = {}
 LOCK_FILE = ".nngraph.lock"

@@ -79,7 +79,7 @@ from torch import nn
 from nngraph.checkpoint import BEST, LAST, LEGACY, load_state, load_weights, refuse_legacy, save_state, save_weights
 from nngraph.device import autocast, float32, resolve_device, resolve_precision, to_device
 from nngraph.errors import NNGraphError, storage_error
-from nngraph.io import atomic_write_json, atomic_write_json_lines, lock_folder, unlock_folder
+from nngraph.io import atomic_write_json, atomic_write_json_lines, lock_folder, read_bounded, unlock_folder
 from nngraph.memory import check_fits, check_model_fits
 from nngraph.models import create_model, model_info, models_with
 from nngraph.models.readout import READOUTS
@@ -568,7 +568,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, over
 def read_json_object(path: str | os.PathLike) -> dict:
     """A JSON object from a file, or one line saying why it is not one."""
     try:
-        data = json.loads(Path(path).read_text())
+        data = json.loads(read_bounded(path))
     except (OSError, ValueError, RecursionError) as exc:
         raise NNGraphError(f"{path} is not readable JSON ({type(exc).__name__}); pass a run folder written by "
                            "`nngraph train`, or start the run again with --overwrite") from None
