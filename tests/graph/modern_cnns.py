@@ -8,7 +8,9 @@
 - the lukemelas EfficientNet-PyTorch SE (``F.adaptive_avg_pool2d``, ``torch.sigmoid(x_squeezed) * x``)
   and the original SENet block (Linear fc layers, ``.view(b, c, 1, 1)``, ``x * y.expand_as(x)``);
 - milesial's Pytorch-UNet (``DoubleConv``, ``Down`` with MaxPool2d, ``Up`` with ConvTranspose2d or
-  bilinear ``nn.Upsample``, ``F.pad`` to the skip's size, ``torch.cat([x2, x1], dim=1)``).
+  bilinear ``nn.Upsample``, ``F.pad`` to the skip's size, ``torch.cat([x2, x1], dim=1)``), and
+  jvanvugt/pytorch-unet's (``nn.ModuleList`` paths, ``F.max_pool2d``, upconv or upsample + 1x1 conv,
+  ``center_crop`` of the bridge by ``x.shape[2:]``, BatchNorm after ReLU).
 """
 
 from __future__ import annotations
@@ -418,3 +420,74 @@ class UNet(nn.Module):
         x = self.up2(x, x2)
         x = self.up3(x, x1)
         return self.outc(x)
+
+
+class UNetConvBlock(nn.Module):
+    """jvanvugt/pytorch-unet's UNetConvBlock (ReLU, then BatchNorm)."""
+
+    def __init__(self, in_size, out_size, padding, batch_norm):
+        super().__init__()
+        block = [nn.Conv2d(in_size, out_size, kernel_size=3, padding=int(padding)), nn.ReLU()]
+        if batch_norm:
+            block.append(nn.BatchNorm2d(out_size))
+        block += [nn.Conv2d(out_size, out_size, kernel_size=3, padding=int(padding)), nn.ReLU()]
+        if batch_norm:
+            block.append(nn.BatchNorm2d(out_size))
+        self.block = nn.Sequential(*block)
+
+    def forward(self, x):
+        return self.block(x)
+
+
+class UNetUpBlock(nn.Module):
+    """jvanvugt/pytorch-unet's UNetUpBlock: upconv or bilinear upsample + 1x1 conv, centre crop of the bridge."""
+
+    def __init__(self, in_size, out_size, up_mode, padding, batch_norm):
+        super().__init__()
+        if up_mode == "upconv":
+            self.up = nn.ConvTranspose2d(in_size, out_size, kernel_size=2, stride=2)
+        else:
+            self.up = nn.Sequential(nn.Upsample(mode="bilinear", scale_factor=2), nn.Conv2d(in_size, out_size, 1))
+        self.conv_block = UNetConvBlock(in_size, out_size, padding, batch_norm)
+
+    def center_crop(self, layer, target_size):
+        _, _, layer_height, layer_width = layer.size()
+        diff_y = (layer_height - target_size[0]) // 2
+        diff_x = (layer_width - target_size[1]) // 2
+        return layer[:, :, diff_y:(diff_y + target_size[0]), diff_x:(diff_x + target_size[1])]
+
+    def forward(self, x, bridge):
+        up = self.up(x)
+        crop1 = self.center_crop(bridge, up.shape[2:])
+        out = torch.cat([up, crop1], 1)
+        return self.conv_block(out)
+
+
+class UNetJvanvugt(nn.Module):
+    """jvanvugt/pytorch-unet's UNet (padding=True: the crops keep every position), depth 3, wf 2."""
+
+    def __init__(self, in_channels=3, n_classes=2, depth=3, wf=2, padding=True, batch_norm=True, up_mode="upconv"):
+        super().__init__()
+        self.padding = padding
+        self.depth = depth
+        prev_channels = in_channels
+        self.down_path = nn.ModuleList()
+        for i in range(depth):
+            self.down_path.append(UNetConvBlock(prev_channels, 2 ** (wf + i), padding, batch_norm))
+            prev_channels = 2 ** (wf + i)
+        self.up_path = nn.ModuleList()
+        for i in reversed(range(depth - 1)):
+            self.up_path.append(UNetUpBlock(prev_channels, 2 ** (wf + i), up_mode, padding, batch_norm))
+            prev_channels = 2 ** (wf + i)
+        self.last = nn.Conv2d(prev_channels, n_classes, kernel_size=1)
+
+    def forward(self, x):
+        blocks = []
+        for i, down in enumerate(self.down_path):
+            x = down(x)
+            if i != len(self.down_path) - 1:
+                blocks.append(x)
+                x = F.max_pool2d(x, 2)
+        for i, up in enumerate(self.up_path):
+            x = up(x, blocks[-i - 1])
+        return self.last(x)

@@ -16,7 +16,7 @@ from nngraph.graph.fast import stacked_params
 from nngraph.graph.graph import EDGE_CONV_T, EDGE_UPSAMPLE_BILINEAR, EDGE_UPSAMPLE_NEAREST, GEOM_COLUMNS
 from nngraph.graph.permute import permute_graph
 from tests.graph.helpers import assert_exact_params, assert_rel_close, assert_relabelled
-from tests.graph.modern_cnns import UNet
+from tests.graph.modern_cnns import UNet, UNetJvanvugt
 from tests.graph.nets import randomise
 
 
@@ -62,6 +62,8 @@ CASES = {
     "interpolate-nearest-1d": (lambda: Decoder(Interpolate(size=11), 4, 4, spatial=1), (2, 5)),
     "unet-transposed": (lambda: UNet(bilinear=False), (3, 8, 8)),
     "unet-bilinear": (lambda: UNet(bilinear=True), (3, 8, 8)),
+    "unet-jvanvugt-upconv": (lambda: UNetJvanvugt(up_mode="upconv"), (3, 8, 8)),
+    "unet-jvanvugt-upsample": (lambda: UNetJvanvugt(up_mode="upsample"), (3, 8, 8)),
 }
 
 
@@ -75,7 +77,7 @@ def _case(name: str, seed: int = 0):
 def test_upsampling_executes_exactly_and_gives_back_parameters(name):
     model, x = _case(name)
     graph = nngraph.to_graph(model, x)
-    transposed = "convT" in name or name == "unet-transposed"
+    transposed = "convT" in name or name in ("unet-transposed", "unet-jvanvugt-upconv")
     kinds = (EDGE_CONV_T,) if transposed else (EDGE_UPSAMPLE_NEAREST, EDGE_UPSAMPLE_BILINEAR)
     assert torch.isin(graph.edge_kind, torch.tensor(kinds)).any()
     with torch.no_grad():

@@ -245,6 +245,9 @@ def _shape_constant(ctx: Context, node: fx.Node, env: dict) -> Any:
         isinstance(a, (int, tuple)) and not isinstance(a, bool) for a in args
     ):
         return node.target(*args)
+    if node.op == "call_function" and node.target is operator.getitem and isinstance(args[0], tuple) \
+            and isinstance(args[1], slice):  # x.shape[2:]
+        return args[0][args[1]]
     return None
 
 
@@ -314,7 +317,7 @@ def _call_function(ctx: Context, node: fx.Node, env: dict) -> Value:
             and len(values) == 1 and args[0] is values[0]:
         return _unsqueeze_units(ctx, node, values[0], where)
     if target is operator.getitem and len(values) == 1 and args[0] is values[0]:
-        return ops.channel_slice(ctx, node, values[0], _channel_index(args[1], where), where)
+        return ops.channel_slice(ctx, node, values[0], _channel_index(_whole_positions(ctx, node, args[1]), where), where)
     if target in _ADD and len(args) == 2 and not set(kwargs) - {"alpha"} and kwargs.get("alpha", 1) == 1:
         if len(values) == 2:
             return ops.residual(ctx, node, args[0], args[1], where)
@@ -454,6 +457,18 @@ def _flatten(ctx: Context, node: fx.Node, value: Value, args, kwargs, where: str
             f"{where}: only flattening to [batch, features] is supported, got {list(in_shape)} -> {list(out_shape)}"
         )
     return ops.flatten(ctx, node, value, where)
+
+
+def _whole_positions(ctx: Context, node: fx.Node, index: Any) -> Any:
+    """``index`` without its slices of H, W (or L) when they select every position (a U-Net's centre crop of a
+    skip that already has the target size: ``x[:, :, 0:H, 0:W]``)."""
+    if not isinstance(index, tuple) or len(index) < 3:
+        return index
+    spatial = index[2:]
+    same = tuple(ctx.shape(node))[2:] == tuple(ctx.shape(node.args[0]))[2:]
+    if same and all(isinstance(p, slice) and p.step in (None, 1) for p in spatial):
+        return index[:2]
+    return index
 
 
 def _unsqueeze_units(ctx: Context, node: fx.Node, value: Value, where: str) -> Value:
