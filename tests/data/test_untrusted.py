@@ -8,12 +8,12 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import multiprocessing
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 import tracemalloc
@@ -416,47 +416,54 @@ def test_a_second_writer_to_one_out_is_refused(tmp_path, capsys, inr_source, tin
     assert len(InrDataset(tmp_path / "out")) == 4 and not (tmp_path / ".out.lock").exists()
 
 
-CTRL_C_SCRIPT = """
-import sys, time
-from nngraph import cli
-from nngraph.data.importers import inr_folder
+READING_MARK = Path()
 
-real = inr_folder._load_chunk
 
-def slow(task):
-    print("reading", flush=True)
+def _slow_chunk(task):
+    """A worker task that says it started, then reads for a minute (a worker pool pickles
+    its function by name, so it lives at module level)."""
+    READING_MARK.touch()
     time.sleep(60)
-    return real(task)
-
-inr_folder._load_chunk = slow
-sys.exit(cli.main(sys.argv[1:]))
-"""
 
 
-def test_ctrl_c_ends_an_import_in_one_line(tmp_path):
+def _import_in_own_session(args: list[str], err_path: Path) -> None:
+    """A forked child: its own process group (as a shell job), stderr to a file, exit with
+    the command's status."""
+    os.setsid()
+    sys.stderr = open(err_path, "w", buffering=1)  # noqa: SIM115 - the child exits below
+    os.dup2(sys.stderr.fileno(), 2)  # the workers' stderr too
+    code = cli.main(args)
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def test_ctrl_c_ends_an_import_in_one_line(tmp_path, monkeypatch):
     root = tmp_path / "dataset"
-    originals.write_mnist_inrs(root, per_split=(520, 1, 1))  # two worker tasks (512 files each)
-    out = tmp_path / "out"
-    env = {**os.environ, "PYTHONPATH": str(Path(cli.__file__).parents[1])}  # the nngraph under test
-    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(CTRL_C_SCRIPT), "data", "import", "--format",
-                             "inr-folder", str(root), "--out", str(out), "--workers", "2"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            start_new_session=True)
+    originals.write_mnist_inrs(root, per_split=(2, 1, 1))
+    reading = tmp_path / "reading"
+    monkeypatch.setattr(sys.modules[__name__], "READING_MARK", reading)
+    monkeypatch.setattr(inr_folder, "_load_chunk", _slow_chunk)
+    monkeypatch.setattr(inr_folder, "LOAD_CHUNK", 2)  # two worker tasks
+    args = ["data", "import", "--format", "inr-folder", str(root), "--out", str(tmp_path / "out"), "--workers", "2"]
+    err_path = tmp_path.parent / f"{tmp_path.name}-stderr"
+    child = multiprocessing.get_context("fork").Process(target=_import_in_own_session, args=(args, err_path))
+    child.start()
     try:
-        for line in proc.stdout:  # wait until the workers are reading
-            if line.startswith("reading"):
-                break
-        time.sleep(0.5)
+        deadline = time.monotonic() + 60
+        while not reading.exists() and time.monotonic() < deadline:  # the workers are reading
+            time.sleep(0.05)
+        time.sleep(0.3)
         t0 = time.monotonic()
-        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the whole process group
-        _, err = proc.communicate(timeout=30)
-        assert time.monotonic() - t0 < 15
+        os.killpg(child.pid, signal.SIGINT)  # Ctrl-C reaches the whole process group
+        child.join(timeout=30)
+        assert time.monotonic() - t0 < 15 and child.exitcode == 130
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 130, err
+        if child.is_alive():
+            os.killpg(child.pid, signal.SIGKILL)
+            child.join()
+    err = err_path.read_text()
     assert err.startswith("error: import interrupted") and err.count("\n") == 1 and "Traceback" not in err, err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["dataset"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dataset", "reading"]
 
 
 # ----------------------------------------------------------------------------- 5. labels
