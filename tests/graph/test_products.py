@@ -215,6 +215,45 @@ def test_networks_with_products_run_batched_with_others():
             assert_rel_close(y[i], m(x))
 
 
+class _GateNet(nn.Module):
+    """conv -> (pool -> 1x1 conv -> sigmoid) gate -> product: the product is the 4th layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc, self.out = nn.Conv2d(2, 4, 3, padding=1), nn.Conv2d(4, 4, 1), nn.Linear(4, 3)
+
+    def forward(self, x):
+        h = self.conv(x)
+        return self.out((h * torch.sigmoid(self.fc(h.mean((2, 3), keepdim=True)))).mean((2, 3)))
+
+
+class _MapProductNet(nn.Module):
+    """conv -> two 1x1 convs -> product of two maps: the product is the 4th layer too."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.b1, self.b2 = nn.Conv2d(2, 4, 3, padding=1), nn.Conv2d(4, 4, 1), nn.Conv2d(4, 4, 1)
+        self.out = nn.Linear(4, 3)
+
+    def forward(self, x):
+        h = self.conv(x)
+        return self.out((h * self.b2(torch.tanh(self.b1(h)))).mean((2, 3)))
+
+
+def test_one_product_layer_of_a_batch_mixes_gates_and_maps():
+    """Product nodes of one layer index in two graphs, one with 1 x 1 gate operands and one with H x W
+    operands, are executed as one block (operands broadcast per graph)."""
+    x = torch.randn(3, 2, 5, 5, generator=torch.Generator().manual_seed(4))
+    models = [randomise(_GateNet(), 0), randomise(_MapProductNet(), 1)]
+    graphs = [nngraph.to_graph(m, x) for m in models]
+    layers = {int(g.node_layer[_gates(g)[0][0]]) for g in graphs}
+    assert len(layers) == 1, "the two product layers must share a layer index"
+    with torch.no_grad():
+        y, _ = execute(nngraph.collate(graphs), x)
+        for i, m in enumerate(models):
+            assert_rel_close(y[i], m(x))
+
+
 class _SpatialGate(nn.Module):
     def __init__(self):
         super().__init__()
