@@ -163,9 +163,11 @@ class TwiceUsed(nn.Module):
 
 
 class ScaledByParameter(nn.Module):
+    """One scale for the whole layer (a per-unit scale of 3 values is layer scale, converted)."""
+
     def __init__(self):
         super().__init__()
-        self.a, self.scale = nn.Linear(3, 3), nn.Parameter(torch.ones(3))
+        self.a, self.scale = nn.Linear(3, 3), nn.Parameter(torch.ones(1))
 
     def forward(self, x):
         return self.a(x) * self.scale

@@ -137,10 +137,12 @@ class GraphBuilder:
             flat = flat.reshape(-1, 1, 1)
         return self._add(_EdgeChunk(src_t, dst_t, flat.to(self.dtype), kind, geom))
 
-    def pair_edges(self, src: list[int], dst: list[int], kind: int, geom: tuple[int, ...] = NO_GEOM) -> int:
-        """Identity edges src[k] -> dst[k] of weight 1 (residual, identity, pooling)."""
-        ones = torch.ones(len(src), 1, 1, dtype=self.dtype)
-        return self._add(_EdgeChunk(torch.tensor(src), torch.tensor(dst), ones, kind, geom))
+    def pair_edges(self, src: list[int], dst: list[int], kind: int, geom: tuple[int, ...] = NO_GEOM,
+                   weights: torch.Tensor | None = None) -> int:
+        """Edges src[k] -> dst[k] of weight 1 (residual, identity, pooling), or ``weights[k]`` (layer scale)."""
+        values = torch.ones(len(src), 1, 1, dtype=self.dtype) if weights is None else \
+            weights.detach().reshape(len(src), 1, 1).to(self.dtype)
+        return self._add(_EdgeChunk(torch.tensor(src), torch.tensor(dst), values, kind, geom))
 
     def const_edges(self, nodes: list[int], values: torch.Tensor, geom: tuple[int, ...]) -> int:
         """Self-loops j -> j carrying values[k] [L] for nodes[k] (a per-token constant, see graph.py)."""

@@ -21,7 +21,8 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from nngraph.errors import InputShapeError, NonFiniteError, UnsupportedModelError
-from nngraph.graph import activations, conv_transpose, functional, guards, ops, pooling, products, tokens, upsample
+from nngraph.graph import (activations, conv_transpose, functional, guards, layouts, norms, ops, pooling, products,
+                           tokens, upsample)
 from nngraph.graph.builder import Value
 from nngraph.graph.context import Context
 from nngraph.graph.functional import ParamRef
@@ -38,9 +39,13 @@ from nngraph.graph.activations import Sine
 SUPPORTED = (
     "Linear, Conv1d/Conv2d (any groups, depthwise), ConvTranspose1d/2d (any groups, output_padding), "
     "F.linear/F.conv1d/F.conv2d on parameters, BatchNorm1d/2d "
-    "(eval), LayerNorm (features), ReLU, ReLU6, GELU, SiLU, Tanh, Sigmoid, LeakyReLU, PReLU, Hardtanh, Hardswish, "
+    "(eval), LayerNorm (features; channels of a channels-last map), GroupNorm, InstanceNorm1d/2d, "
+    "softmax/log_softmax over features or channels, ReLU, ReLU6, GELU, SiLU, Tanh, Sigmoid, LeakyReLU, PReLU, "
+    "Hardtanh, Hardswish, "
     "Hardsigmoid, ELU, SELU, Softplus, Mish, sin(w0*x)/Sine (also in place), residual a+b, x+constant, "
-    "x[:, a:b] (+)= y, torch.cat on channels, Max/AvgPool1d/2d, AdaptiveMax/AvgPool1d/2d, mean over H,W, flatten, "
+    "x[:, a:b] (+)= y, torch.cat, chunk and split on channels, x.permute(0, 2, 3, 1) (channels last: Linear and "
+    "LayerNorm over C at every position) and back, gamma * x with one gamma per channel (layer scale), "
+    "Max/AvgPool1d/2d, AdaptiveMax/AvgPool1d/2d, mean over H,W, flatten, "
     "a * b of one shape, x * gate with a [B, C, 1, 1] gate (squeeze-and-excitation; view/unsqueeze/expand_as of the "
     "gate), F.glu on features or channels, c * x and x / c for a constant c, "
     "Upsample/F.interpolate (nearest, bilinear/linear; size or whole scale_factor), F.pad by zeros, "
@@ -61,6 +66,8 @@ _DIV = {operator.truediv, torch.div, torch.true_divide, "div", "true_divide"}
 _CAT = {torch.cat, torch.concat}
 _POOL = {torch.mean, "mean"}
 _TRANSPOSE = {torch.transpose, "transpose"}
+_SOFTMAX = {F.softmax: False, torch.softmax: False, "softmax": False,  # target -> log_softmax?
+            F.log_softmax: True, torch.log_softmax: True, "log_softmax": True}
 
 
 class _Proxy(fx.Proxy):
@@ -87,7 +94,7 @@ def _is_passthrough(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
         return isinstance(m, _PASS_MODULES + (nn.Flatten,))
     if node.op in ("call_function", "call_method"):
         if node.target in _PASS_FUNCTIONS or node.target in _FLATTEN or node.target in _TRANSPOSE \
-                or _channel_slice(node) is not None:
+                or node.target in layouts.PERMUTE or _channel_slice(node) is not None:
             return True
         return node.target in _CAT and len(node.args[0]) == 1
     return False
@@ -279,6 +286,8 @@ def _call_module(ctx: Context, node: fx.Node, env: dict) -> Value:
         return tokens.embedding(ctx, node, module, value, path)
     if type(module) is nn.LayerNorm:
         return ops.layernorm(ctx, node, module, value, path)
+    if type(module) in norms.MODULES:
+        return norms.module_rule(ctx, node, module, value, path)
     if type(module) in activations.MODULES:
         act, param, param2 = activations.MODULES[type(module)](module)
         return ops.activation(ctx, node, value, act, param, where, param2)
@@ -305,13 +314,19 @@ def _call_function(ctx: Context, node: fx.Node, env: dict) -> Value:
     token_value = _token_op(ctx, node, args, kwargs, values, where)
     if token_value is not None:
         return token_value
+    layout_value = layouts.rule(ctx, node, args, kwargs, values, where)
+    if layout_value is not None:
+        return layout_value
+    if target in _SOFTMAX and len(values) == 1 and args[0] is values[0] and kwargs.get("dtype") is None:
+        dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
+        return norms.softmax(ctx, node, values[0], dim, _SOFTMAX[target], where)
     if any(isinstance(a, ParamRef) for a in [*args, *kwargs.values()]):
         if functional.is_layer(target):
             return functional.layer(ctx, node, args, kwargs, where)
         ref = next(a for a in [*args, *kwargs.values()] if isinstance(a, ParamRef))
         raise UnsupportedModelError(
             f"{where} uses parameter {ref.name!r} directly; nngraph converts parameters only as the weights of "
-            "F.linear, F.conv1d, F.conv2d and F.prelu"
+            "F.linear, F.conv1d, F.conv2d, F.prelu and F.layer_norm, or as one factor per channel (gamma * x)"
         )
     if (target in _UNSQUEEZE or (target is operator.getitem and isinstance(args[1], tuple) and None in args[1])) \
             and len(values) == 1 and args[0] is values[0]:
@@ -682,7 +697,7 @@ def first_unsupported_module(model: nn.Module) -> str | None:
     except Exception:  # noqa: BLE001 - not traceable: to_graph says so itself
         return None
     known = (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.Flatten, nn.AdaptiveAvgPool2d,
-             *conv_transpose.MODULES, *upsample.MODULES, nn.Conv1d, nn.PReLU, *pooling.MODULES,
+             *conv_transpose.MODULES, *upsample.MODULES, nn.Conv1d, nn.PReLU, *pooling.MODULES, *norms.MODULES,
              nn.MultiheadAttention, nn.Embedding,
              *activations.MODULES, *_PASS_MODULES)
     modules = dict(model.named_modules())

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch_geometric.data import Batch
 
 from nngraph.errors import InputShapeError, NonFiniteError
-from nngraph.graph import pooling, upsample
+from nngraph.graph import norms, pooling, upsample
 from nngraph.graph.layout import decode_kernels
 from nngraph.graph.graph import (
     graph_specs,
@@ -256,7 +256,8 @@ class Plan:
         for g in groups:
             g.slot = torch.searchsorted(targets, g.targets)
         layer = _Layer(targets, groups)
-        if (batch.node_norm[targets] == NORM_LAYER).any():
+        statistics = torch.tensor((NORM_LAYER, *norms.LAYER_NORMS), device=targets.device)  # over a layer's nodes
+        if torch.isin(batch.node_norm[targets], statistics).any():
             graphs, which = torch.unique(batch.batch[targets], return_inverse=True)
             layer.ln_graph, layer.ln_count = which, torch.bincount(which, minlength=len(graphs))
         block_of[targets] = len(self.layers) + 1
@@ -407,8 +408,11 @@ class Plan:
             scale = feats[:, X_NORM_WEIGHT].view(view) / torch.sqrt(feats[:, X_NORM_VAR].view(view) + eps)
             normed = (z - feats[:, X_NORM_MEAN].view(view)) * scale + feats[:, X_NORM_BIAS].view(view)
             z = torch.where((norm == NORM_BATCH).view(view), normed, z)
-        if g.ln_graph is not None:
+        if g.ln_graph is not None and (norm == NORM_LAYER).any():
             z = torch.where((norm == NORM_LAYER).view(view), self._layernorm(batch, g, z, feats), z)
+        if (norm > NORM_LAYER).any():
+            z = norms.apply(z, norm, batch.node_eps[nodes], feats[:, X_NORM_WEIGHT], feats[:, X_NORM_BIAS],
+                            g.ln_graph, g.ln_count)
         return _activate(z, batch.node_act[nodes], feats[:, X_ACT_PARAM], feats[:, X_ACT_PARAM2])
 
     def _layernorm(self, batch: Batch, g: _Layer, z: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:

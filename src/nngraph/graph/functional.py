@@ -48,7 +48,7 @@ def param_ref(ctx: Context, node: Node, state_names: set[str]) -> ParamRef:
 
 _CONV = {F.conv1d: 1, F.conv2d: 2}
 _CONV_ARGS = ("weight", "bias", "stride", "padding", "dilation", "groups")
-TARGETS = (F.linear, F.conv1d, F.conv2d, F.prelu)
+TARGETS = (F.linear, F.conv1d, F.conv2d, F.prelu, F.layer_norm)
 
 
 def layer(ctx: Context, node: Node, args: list, kwargs: dict, where: str) -> Value:
@@ -56,6 +56,8 @@ def layer(ctx: Context, node: Node, args: list, kwargs: dict, where: str) -> Val
     value = args[0]
     if not isinstance(value, Value):
         raise UnsupportedModelError(f"{where}: the input of a functional layer must be computed from the model's input")
+    if node.target is F.layer_norm:
+        return _layer_norm(ctx, node, value, args, kwargs, where)
     names = ("weight", "bias") if node.target is F.linear else ("weight",) if node.target is F.prelu else _CONV_ARGS
     bound = dict(zip(names, args[1:]))
     bound.update(kwargs)
@@ -78,6 +80,21 @@ def layer(ctx: Context, node: Node, args: list, kwargs: dict, where: str) -> Val
                                else tup(bound.get("padding", 0)), kernel, dilation, where)
     options = (tup(bound.get("stride", 1)), padding, dilation, int(bound.get("groups", 1)))
     return ops.conv_layer(ctx, node, value, w, b, options, where)
+
+
+def _layer_norm(ctx: Context, node: Node, value: Value, args: list, kwargs: dict, where: str) -> Value:
+    """F.layer_norm(x, normalized_shape, weight, bias, eps) (ConvNeXt's channels-last LayerNorm)."""
+    bound = dict(zip(("normalized_shape", "weight", "bias", "eps"), args[1:]))
+    bound.update(kwargs)
+    weight, bias = bound.get("weight"), bound.get("bias")
+    for p in (weight, bias):
+        if p is not None and not isinstance(p, ParamRef):
+            raise UnsupportedModelError(f"{where}: weights must be parameters of the model (nn.Parameter), not computed")
+    _use(ctx, [p for p in (weight, bias) if p is not None], where)
+    shape = bound["normalized_shape"]
+    return ops.layer_norm(ctx, node, value, tuple(shape) if isinstance(shape, (list, tuple)) else (shape,),
+                          float(bound.get("eps", 1e-5)), (weight.name, weight.tensor) if weight is not None else None,
+                          (bias.name, bias.tensor) if bias is not None else None, where)
 
 
 def _use(ctx: Context, refs: list[ParamRef], where: str) -> None:

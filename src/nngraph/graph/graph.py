@@ -67,6 +67,7 @@ k_max the largest kernel size rounded up to an odd number:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -100,8 +101,9 @@ ACTIVATIONS = ("none", "relu", "gelu", "gelu_tanh", "silu", "tanh", "sigmoid", "
                "hardtanh", "hardswish", "hardsigmoid", "elu", "selu", "softplus", "mish", "prelu", "softmax")
 
 # Normalisations applied at a node.
-NORM_NONE, NORM_BATCH, NORM_LAYER = range(3)
-NORMS = ("none", "batchnorm", "layernorm")
+# GroupNorm, InstanceNorm and softmax / log-softmax over a layer's neurons: see ``norms.py``.
+NORM_NONE, NORM_BATCH, NORM_LAYER, NORM_GROUP, NORM_INSTANCE, NORM_SOFTMAX, NORM_LOG_SOFTMAX = range(7)
+NORMS = ("none", "batchnorm", "layernorm", "groupnorm", "instancenorm", "softmax", "log_softmax")
 
 # Node roles: inputs and outputs keep their order under permutations; hidden nodes move.
 ROLE_INPUT, ROLE_HIDDEN, ROLE_OUTPUT = range(3)
@@ -155,6 +157,9 @@ class ParamEntry:
         ConvTranspose weight. Edge ``offset + j * in_g + i`` holds W[g_j * in_g + i, j - g_j * out / g]
         with g_j the group of output j (for an embedding: edge ``offset + j * V + v`` holds W[v, j]).
 
+      - ``"diag"``: one value per channel, any shape of that many elements ([C], [C, 1, 1],
+        [1, C, 1, 1]: layer scale); edge ``offset + j`` (an identity edge into node j) holds element j.
+
     ``sources`` is the number of source nodes per output unit (in, or C for ``flat``;
     in / groups for a grouped convolution, whose edges stay within their group).
     """
@@ -176,6 +181,8 @@ class ParamEntry:
             return self.shape[-1] * self.sources
         if self.source == "kernel_t":
             return self.shape[0] * self.shape[1]
+        if self.source == "diag":
+            return math.prod(self.shape)
         return self.shape[0] * self.sources
 
 

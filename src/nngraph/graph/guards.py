@@ -29,7 +29,8 @@ def check_no_hooks(model: nn.Module, name: str) -> None:
             "_pre_hook), which nngraph cannot represent; remove them (handle.remove()) before converting"
         )
     for path, module in model.named_modules():
-        which = "forward hook" if module._forward_hooks else "forward pre-hook" if module._forward_pre_hooks else None
+        which = ("forward hook" if module._forward_hooks
+                 else "forward pre-hook" if module._forward_pre_hooks else None)
         if which:
             raise UnsupportedModelError(
                 f"{f'{name}.{path}' if path else name} ({type(module).__name__}) has a {which}, which nngraph cannot represent; remove it "

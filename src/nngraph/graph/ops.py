@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 
 def _open(ctx: Context, value: Value, slot: str, where: str) -> list[int]:
     """Nodes that may take pointwise ``slot``: the value's own, or a fresh identity layer."""
-    if value.kind not in ("vector", "map", "tokens", "tbd"):
+    if value.kind not in ("vector", "map", "tokens", "tbd", "cl"):
         raise UnsupportedModelError(
             f"{where}: a pointwise op on a flattened C x H x W map is not supported; "
             "flatten right before a Linear, or pool first"
@@ -85,7 +85,7 @@ def linear_layer(ctx: Context, node: Node, value: Value, weight: tuple[str, torc
     if w.dim() != 2:
         raise UnsupportedModelError(f"{where}: a linear weight must be [out, in], got {list(w.shape)}")
     builder = ctx.builder
-    tokens = value.kind == "tokens"
+    tokens = value.kind in ("tokens", "cl")  # a Linear over the last axis, at every position
     out_nodes = builder.new_layer(w.shape[0], value.hw if tokens else (1, 1))
     if value.kind == "vector" or tokens:
         first = builder.dense_edges(value.nodes, out_nodes, w, EDGE_LINEAR)
@@ -99,13 +99,13 @@ def linear_layer(ctx: Context, node: Node, value: Value, weight: tuple[str, torc
         ctx.record_edges(name, w, "flat", first, channels)
     else:
         raise UnsupportedModelError(
-            f"{where} reads a [batch, C, H, W] or [batch, C, L] map (a Linear over its last dimension is not "
-            "supported); flatten it or pool it first"
+            f"{where} reads a [batch, C, H, W] or [batch, C, L] map; for a Linear over the channels permute it "
+            "channels last (x.permute(0, 2, 3, 1)), else flatten it or pool it first"
         )
     if bias is not None:
         builder.record_node_param(bias[0], out_nodes, X_BIAS, bias[1])
     if tokens:
-        return Value(out_nodes, "tokens", value.hw, node.name)
+        return Value(out_nodes, value.kind, value.hw, node.name)
     return Value(out_nodes, "vector", (1, 1), node.name)
 
 
@@ -188,22 +188,33 @@ def batchnorm(ctx: Context, node: Node, module: nn.modules.batchnorm._BatchNorm,
 
 
 def layernorm(ctx: Context, node: Node, module: nn.LayerNorm, value: Value, path: str) -> Value:
+    """nn.LayerNorm: see ``layer_norm``."""
+    return layer_norm(ctx, node, value, tuple(module.normalized_shape), float(module.eps),
+                      (f"{path}.weight", module.weight) if module.weight is not None else None,
+                      (f"{path}.bias", module.bias) if module.bias is not None else None, f"{path} (LayerNorm)")
+
+
+def layer_norm(ctx: Context, node: Node, value: Value, shape: tuple[int, ...], eps: float,
+               weight: tuple[str, torch.Tensor] | None, bias: tuple[str, torch.Tensor] | None, where: str) -> Value:
     """LayerNorm over the units of one layer: z <- (z - mean_layer) / sqrt(var_layer + eps) * gamma + beta.
 
-    On tokens the statistics are taken over the D nodes at each token position.
+    On tokens (and a channels-last map) the statistics are taken over the D nodes at each
+    position. ``weight`` and ``bias`` are (state_dict name, tensor) of a module or of raw parameters.
     """
-    where = f"{path} (LayerNorm)"
-    if value.kind not in ("vector", "tokens") or tuple(module.normalized_shape) != (len(value.nodes),):
-        raise UnsupportedModelError(f"{where}: only LayerNorm over the features of a [batch, F] tensor is supported")
+    if value.kind not in ("vector", "tokens", "cl") or tuple(shape) != (len(value.nodes),):
+        raise UnsupportedModelError(
+            f"{where}: only LayerNorm over the features of a [batch, F] tensor (or of tokens, or the channels of a "
+            "channels-last map) is supported"
+        )
     nodes = _open(ctx, value, "norm", where)
     builder = ctx.builder
     for n in nodes:
         builder.node_norm[n] = NORM_LAYER
-        builder.node_eps[n] = float(module.eps)
-    if module.weight is not None:
-        builder.record_node_param(f"{path}.weight", nodes, X_NORM_WEIGHT, module.weight)
-    if module.bias is not None:
-        builder.record_node_param(f"{path}.bias", nodes, X_NORM_BIAS, module.bias)
+        builder.node_eps[n] = eps
+    if weight is not None:
+        builder.record_node_param(weight[0], nodes, X_NORM_WEIGHT, weight[1])
+    if bias is not None:
+        builder.record_node_param(bias[0], nodes, X_NORM_BIAS, bias[1])
     return Value(nodes, value.kind, value.hw, node.name)
 
 
@@ -263,7 +274,7 @@ def add_constant(ctx: Context, node: Node, value: Value, constant: float, where:
 
 def residual(ctx: Context, node: Node, a: Value, b: Value, where: str) -> Value:
     """``a + b``: a new layer s with residual edges a_k -> s_k and b_k -> s_k."""
-    if a.kind != b.kind or len(a.nodes) != len(b.nodes) or a.hw != b.hw or a.kind not in ("vector", "map", "tokens", "tbd"):
+    if a.kind != b.kind or len(a.nodes) != len(b.nodes) or a.hw != b.hw or a.kind not in ("vector", "map", "tokens", "tbd", "cl"):
         raise UnsupportedModelError(
             f"{where}: residual addition needs two tensors of the same shape (no broadcasting, no flattened maps)"
         )

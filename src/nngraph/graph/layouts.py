@@ -1,0 +1,111 @@
+"""Layouts of a map and per-channel operations: channels-last, chunks of channels, layer scale.
+
+A map [B, C, H, W] is C nodes whose value is an H x W map. ``x.permute(0, 2, 3, 1)`` gives
+the same neurons in the channels-last layout [B, H, W, C] (``Value.kind`` ``cl``): nothing
+is added, and the ops of that layout act on the last axis as they act on tokens' features:
+a Linear over C is a linear edge applied at every position (ConvNeXt's pointwise
+"convolutions"), a LayerNorm(C) normalises over the C nodes at each position.
+``x.permute(0, 3, 1, 2)`` goes back.
+
+``x.chunk(k, dim)`` / ``x.split(size, dim)`` on the channel (or feature) axis are channel
+slices: views of the value's nodes, no node added.
+
+Layer scale ``gamma * x`` (ConvNeXt, DeiT-III / CaiT's ``LayerScale``) with a parameter
+gamma of one value per channel: a fresh layer s fed by identity edges x_c -> s_c whose
+weights are gamma_c (a diagonal weight; ``ParamEntry`` source ``diag``):
+
+    s_c = gamma_c * x_c
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from nngraph.errors import UnsupportedModelError
+from nngraph.graph.builder import Value
+from nngraph.graph import functional
+from nngraph.graph.functional import ParamRef
+from nngraph.graph.graph import EDGE_IDENTITY, ParamEntry
+
+if TYPE_CHECKING:
+    from torch.fx import Node
+
+    from nngraph.graph.context import Context
+
+PERMUTE = {torch.permute, "permute"}
+_MUL = {operator.mul, torch.mul, "mul"}
+_SPLIT = {torch.chunk, "chunk", torch.split, "split"}
+_UNBIND = {torch.unbind, "unbind"}
+# Channel axis of each layout, counted from the end for the channels-last ones.
+_LAST_AXIS_KINDS = ("tokens", "cl")
+
+
+def rule(ctx: Context, node: Node, args: list, kwargs: dict, values: list, where: str) -> Any:
+    """The value of ``node`` if it is an op of this module, else None."""
+    target = node.target
+    if target in PERMUTE and len(values) == 1 and args[0] is values[0]:
+        dims = kwargs.get("dims", args[1] if len(args) == 2 and isinstance(args[1], (list, tuple)) else args[1:])
+        return permute(values[0], tuple(dims), where)
+    if target in _MUL and len(args) == 2 and len(values) == 1 and any(isinstance(a, ParamRef) for a in args):
+        ref = next(a for a in args if isinstance(a, ParamRef))
+        return layer_scale(ctx, node, values[0], ref, where)
+    if target in _SPLIT and values and args[0] is values[0]:
+        dim = kwargs.get("dim", args[2] if len(args) > 2 else 0)
+        return split_channels(ctx, node, values[0], dim, where)
+    if target in _UNBIND and values:
+        raise UnsupportedModelError(f"{where}: unbind removes the channel axis; use x.chunk(C, dim=1) (keeps it)")
+    return None
+
+
+def permute(value: Value, dims: tuple[int, ...], where: str) -> Value:
+    """[B, C, H, W] <-> [B, H, W, C]: the same nodes in the other layout."""
+    if value.kind == "map" and dims == (0, 2, 3, 1):
+        return Value(value.nodes, "cl", value.hw, value.root)
+    if value.kind == "cl" and dims == (0, 3, 1, 2):
+        return Value(value.nodes, "map", value.hw, value.root)
+    raise UnsupportedModelError(
+        f"{where}: only x.permute(0, 2, 3, 1) of a [batch, C, H, W] map (channels last) and x.permute(0, 3, 1, 2) "
+        f"back are supported, got dims {list(dims)}"
+    )
+
+
+def _channel_axis(value: Value, rank: int) -> int:
+    return rank - 1 if value.kind in _LAST_AXIS_KINDS else 1
+
+
+def split_channels(ctx: Context, node: Node, value: Value, dim: int, where: str) -> tuple[Value, ...]:
+    """``x.chunk(k, dim)`` / ``x.split(size or sizes, dim)`` along the channels: a tuple of channel slices."""
+    rank = len(ctx.shape(node.args[0]))
+    if value.kind not in ("vector", "map", *_LAST_AXIS_KINDS) or value.scale is not None \
+            or dim % rank != _channel_axis(value, rank):
+        raise UnsupportedModelError(f"{where}: chunk / split is supported only along the channel (feature) axis")
+    pieces = []
+    start = 0
+    for meta in node.meta["tensor_meta"]:  # one shape per piece, as the example ran
+        size = int(meta.shape[dim])
+        pieces.append(Value(value.nodes[start:start + size], value.kind, value.hw, node.name))
+        start += size
+    return tuple(pieces)
+
+
+def layer_scale(ctx: Context, node: Node, value: Value, ref: ParamRef, where: str) -> Value:
+    """``gamma * x`` with one gamma per channel: identity edges weighted by gamma into a fresh layer."""
+    rank = len(ctx.shape(node))
+    c = len(value.nodes)
+    per_channel = {1: (c,)} if value.kind in _LAST_AXIS_KINDS or value.kind == "vector" else {
+        1: (c, *(1,) * (rank - 2)), 2: (1, c, *(1,) * (rank - 2))}
+    shape = tuple(ref.tensor.shape)
+    if value.kind not in ("vector", "map", *_LAST_AXIS_KINDS) or shape not in per_channel.values():
+        raise UnsupportedModelError(
+            f"{where}: parameter {ref.name!r} multiplied in must hold one value per channel (layer scale), shaped "
+            f"{list(next(iter(per_channel.values())))}; got {list(shape)}"
+        )
+    functional._use(ctx, [ref], where)
+    builder = ctx.builder
+    out = builder.new_layer(c, value.hw)
+    first = builder.pair_edges(value.nodes, out, EDGE_IDENTITY, weights=ref.tensor.reshape(c))
+    builder.params.append(ParamEntry(ref.name, shape, "diag", first, sources=1))
+    return Value(out, value.kind, value.hw, node.name)

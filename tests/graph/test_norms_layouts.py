@@ -1,0 +1,146 @@
+"""GroupNorm, InstanceNorm, LayerNorm over channels (channels last), chunk / split, layer scale and
+softmax outputs (issue 31 items 2 and 4): execute equals the model, to_params is exact, permutations
+keep the function and move neurons, and the metanetworks read the new graphs."""
+
+import pytest
+import torch
+from torch import nn
+
+import nngraph
+from nngraph.errors import UnsupportedModelError
+from nngraph.graph.graph import NORM_GROUP, NORM_INSTANCE, NORM_LAYER, NORM_LOG_SOFTMAX, ROLE_HIDDEN
+from nngraph.graph.permute import permute_graph
+from nngraph.models import create_model
+from tests.graph.helpers import assert_batch_independent, assert_exact_params, assert_rel_close, assert_relabelled
+from tests.graph.nets import randomise
+from tests.graph.norm_nets import ChunkGLU, ConvNeXtBlocks, DeiT3, MnistNet, Norms, ResNetGN
+
+
+def _cases():
+    img = torch.randn(3, 3, 8, 8)
+    return [
+        ("resnet-gn", lambda s: ResNetGN(), img),
+        ("convnext", lambda s: ConvNeXtBlocks(), img),
+        ("deit3-layerscale", lambda s: DeiT3(), img),
+        ("mnist-example", lambda s: MnistNet(), torch.randn(2, 1, 28, 28)),
+        ("instancenorm", lambda s: Norms(affine=False, track=False), torch.randn(3, 2, 5, 5)),
+        ("instancenorm-affine-running", lambda s: Norms(affine=True, track=True), torch.randn(3, 2, 5, 5)),
+        ("chunk-glu-softmax", lambda s: ChunkGLU(), torch.randn(3, 2, 6, 6)),
+    ]
+
+
+CASES = _cases()
+
+
+def _model(make, seed: int = 0) -> nn.Module:
+    model = randomise(make(seed), seed)
+    for m in model.modules():  # non-trivial running statistics of the instance norms too
+        if isinstance(m, nn.InstanceNorm2d) and m.track_running_stats:
+            m.running_mean.uniform_(-0.3, 0.3)
+            m.running_var.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+@pytest.mark.parametrize("name,make,x", CASES, ids=[c[0] for c in CASES])
+def test_executes_exactly_and_gives_its_parameters_back(name, make, x):
+    model = _model(make)
+    graph = nngraph.to_graph(model, x)
+    with torch.no_grad():
+        assert_rel_close(nngraph.execute(graph, x)[0], model(x), rel=1e-4)
+    assert_exact_params(nngraph.to_params(graph), model.state_dict())
+
+
+@pytest.mark.parametrize("name,make,x", CASES, ids=[c[0] for c in CASES])
+def test_permutations_keep_the_function_and_move_neurons(name, make, x):
+    model = _model(make)
+    graph = nngraph.to_graph(model, x)
+    moved = False
+    for seed in range(3):
+        permuted = nngraph.permute_neurons(model, seed=seed, example_input=x)
+        with torch.no_grad():
+            assert_rel_close(permuted(x), model(x), rel=1e-4)
+        new, perm = permute_graph(graph, seed)
+        assert_relabelled(new, graph, perm)
+        assert_exact_params(permuted.state_dict(), nngraph.to_params(new))
+        moved |= bool((perm != torch.arange(graph.num_nodes)).any())
+    assert moved
+
+
+def test_group_norm_is_one_layer_per_group_and_channels_stay_in_their_group():
+    model = _model(lambda s: ResNetGN(width=4))
+    graph = nngraph.to_graph(model, torch.randn(1, 3, 8, 8))
+    grouped = graph.node_norm == NORM_GROUP
+    layers = graph.node_layer[grouped].unique()
+    assert len(layers) == 2 * 6  # six GroupNorm(2, C): two layers each
+    assert all(int((graph.node_layer == l).sum()) in (2, 4) for l in layers.tolist())  # C / 2 channels per group
+    for seed in range(4):
+        _, perm = permute_graph(graph, seed)
+        assert torch.equal(graph.node_layer[perm], graph.node_layer)  # nodes never leave their group's layer
+
+
+def test_channels_last_layer_norm_linear_and_layer_scale_are_graph_structure():
+    model = _model(lambda s: ConvNeXtBlocks())
+    graph = nngraph.to_graph(model, torch.randn(1, 3, 8, 8))
+    spec = {p.name: p for p in graph.spec.params}
+    assert spec["stage1.0.gamma"].source == "diag" and spec["stage1.0.pwconv1.weight"].source == "kernel"
+    first = spec["stage1.0.gamma"].offset
+    gamma = graph.edge_attr[first:first + 4, graph.spec.k_max ** 2 // 2]
+    assert torch.equal(gamma, model.stage1[0].gamma.detach())  # the layer scale is carried by identity edges
+    ln = graph.node_norm == NORM_LAYER
+    assert int(ln.sum()) == 2 * 4 + 8 + 8  # the blocks' LayerNorms over C (4, 4, 8) and the head's (8)
+    assert {tuple(hw) for hw in graph.node_hw[ln].tolist()} == {(4, 4), (2, 2), (1, 1)}
+
+
+def test_instance_norm_and_log_softmax_are_node_norms():
+    graph = nngraph.to_graph(_model(lambda s: Norms(False, False)), torch.randn(1, 2, 5, 5))
+    assert int((graph.node_norm == NORM_INSTANCE).sum()) == 6 + 4
+    mnist = nngraph.to_graph(_model(lambda s: MnistNet()), torch.randn(1, 1, 28, 28))
+    out = mnist.node_role == 2
+    assert torch.equal(mnist.node_norm[out], torch.full((10,), NORM_LOG_SOFTMAX))
+
+
+class _Bad(nn.Module):
+    def __init__(self, op: str):
+        super().__init__()
+        self.op, self.conv, self.scale = op, nn.Conv2d(2, 4, 3), nn.Parameter(torch.ones(1))
+
+    def forward(self, x):
+        h = self.conv(x)
+        if self.op == "softmax-batch":
+            return torch.softmax(h, dim=0).mean((2, 3))
+        if self.op == "permute-other":
+            return h.permute(0, 3, 2, 1).mean((1, 2))
+        if self.op == "split-spatial":
+            return h.split(2, dim=2)[0].mean((2, 3))
+        if self.op == "unbind":
+            return h.unbind(1)[0].mean((1, 2))
+        return self.scale * h.mean((2, 3))
+
+
+@pytest.mark.parametrize("op,words", [
+    ("softmax-batch", "softmax / log_softmax over the features or channels"),
+    ("permute-other", "x.permute(0, 2, 3, 1)"),
+    ("split-spatial", "along the channel"),
+    ("unbind", "x.chunk(C, dim=1)"),
+    ("scale", "one value per channel"),
+])
+def test_other_layouts_are_refused_in_one_line(op, words):
+    with pytest.raises(UnsupportedModelError) as info:
+        nngraph.to_graph(_Bad(op).eval(), torch.randn(2, 2, 5, 5))
+    assert words in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["nggnn", "ngt"])
+def test_metanetworks_read_the_new_families_in_one_batch(name):
+    x = torch.zeros(1, 3, 8, 8)
+    graphs = [nngraph.to_graph(_model(make, i), x) for i, (_, make, _) in enumerate(CASES[:3])]
+    batch = nngraph.collate(graphs)
+    torch.manual_seed(0)
+    model = create_model(name, example=batch, out_dim=3, probes=1, hidden=16, edge_hidden=8, layers=2).eval()
+    with torch.no_grad():
+        together = assert_batch_independent(model, graphs)
+        for seed in (1, 2):
+            permuted = nngraph.collate([permute_graph(g, seed=seed)[0] for g in graphs])
+            assert (model(permuted) - together).abs().max() <= 1e-4
+    hidden = torch.cat([g.node_role for g in graphs]) == ROLE_HIDDEN
+    assert bool(hidden.any())
