@@ -292,3 +292,31 @@ def test_a_second_writer_to_a_run_folder_is_refused(tmp_path, inr_corpus, capsys
         holder.kill()
         holder.wait()
     assert main(_argv(inr_corpus, run, "--epochs", "1")) == 0
+
+
+def test_run_folder_writes_never_follow_a_symlink_out(tmp_path, inr_corpus, monkeypatch, capsys):
+    """A received run folder whose files link outside it: writes replace the links, never the targets."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me\n")
+    out = tmp_path / "run"
+    original = Trainer.train_epoch
+
+    def dies_in_epoch_two(self, progress):
+        if self.epoch == 1:
+            raise KeyboardInterrupt("killed")
+        return original(self, progress)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(Trainer, "train_epoch", dies_in_epoch_two)
+        with pytest.raises(KeyboardInterrupt):
+            train(_config(out, inr_corpus), progress=False)
+    (out / "metrics.jsonl").unlink()
+    (out / "metrics.jsonl").symlink_to(victim)
+    train(_config(out, inr_corpus), resume=True, progress=False)
+    assert victim.read_text() == "keep me\n"
+    assert not (out / "metrics.jsonl").is_symlink() and len((out / "metrics.jsonl").read_text().splitlines()) == EPOCHS
+    (out / ".nngraph.lock").unlink()
+    (out / ".nngraph.lock").symlink_to(tmp_path / "created-outside")
+    assert main(_argv(inr_corpus, out, "--resume")) == 2
+    assert ".nngraph.lock" in _one_line_error(capsys)
+    assert not (tmp_path / "created-outside").exists()

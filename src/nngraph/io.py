@@ -96,7 +96,7 @@ def lock_folder(folder: str | os.PathLike, what: str) -> None:
     if key in _LOCKS:
         return
     try:
-        fd = os.open(Path(folder) / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+        fd = os.open(Path(folder) / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666 & ~_UMASK)
     except OSError as exc:
         raise storage_error(Path(folder) / LOCK_FILE, exc) from exc
     try:
