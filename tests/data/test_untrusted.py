@@ -26,7 +26,7 @@ from nngraph import cli
 from nngraph.data import park
 from nngraph.data.build import build_inr_corpus
 from nngraph.data.importers import import_cnn_zoo, import_inr_folder, import_wild_park, inr_folder, torchfile
-from nngraph.data.store import MANIFEST, InrDataset, ZooDataset, read_manifest
+from nngraph.data.store import MANIFEST, InrDataset, ZooDataset, read_manifest, write_shard
 from nngraph.errors import DataError
 from tests.data import originals
 
@@ -282,6 +282,15 @@ def _park_corpus(tmp_path, monkeypatch):
     originals.write_wild_park(src, monkeypatch, per_split=(1, 1, 1))
     import_wild_park(src, tmp_path / "c", workers=1, **QUIET)
     return tmp_path / "c"
+
+
+def test_a_shard_replaced_by_a_file_of_another_size_is_rebuilt_not_refused(tmp_path, tiny, tiny_corpus):
+    """Header checks skip shards whose size is not the recorded one: those are damaged, and a
+    rerun rebuilds them (a crafted manifest is refused; a damaged file is repaired)."""
+    root, _ = _copy(tiny_corpus, tmp_path)
+    write_shard(root / "shard-00001.safetensors", {"hidden.0.weight": torch.zeros(10, 8, 2)}, {"psnr": [0.0] * 10})
+    build_inr_corpus(root, **tiny)
+    assert (root / "shard-00001.safetensors").read_bytes() == (tiny_corpus / "shard-00001.safetensors").read_bytes()
 
 
 @pytest.mark.parametrize("column, value, needle", [("label", "0.5", "network 1 has label '0.5'"),

@@ -195,13 +195,14 @@ def _check_shards(root, path: Path, manifest: dict) -> None:
 
 
 def _check_headers(root, path: Path, manifest: dict) -> list[tuple[dict, dict]]:
-    """(entry, safetensors header) of every complete shard whose header is readable (the
-    others are reported when read), after checking that its tensors hold its item range:
+    """(entry, safetensors header) of every complete shard of the recorded size whose
+    header is readable (the others are damaged: reported, or rebuilt by a rerun, when
+    read), after checking that its tensors hold its item range:
     in a stacked layout every tensor has ``stop - start`` rows, in a per-item layout
     every ``net{i}.*`` has ``start <= i < stop``."""
     out = []
     for entry in manifest["shards"]:
-        header = read_header(shard_path(root, entry)) if entry.get("complete") else None
+        header = read_header(shard_path(root, entry), entry.get("bytes")) if entry.get("complete") else None
         if header is None:
             continue
         a, b = entry["start"], entry["stop"]
@@ -324,14 +325,15 @@ def _read_checked(path: Path, entry: dict) -> tuple[bytes, str | None]:
     return data, None
 
 
-def read_header(path: Path) -> dict | None:
+def read_header(path: Path, size: int | None = None) -> dict | None:
     """The JSON header of a safetensors file (names, dtypes, shapes, offsets) without its
-    data, or None when the file is missing or its header is unreadable."""
+    data, or None when the file is missing, not ``size`` bytes long (when given) or its
+    header is unreadable."""
     try:
         info = os.stat(path)  # before open: opening a FIFO would wait for a writer
-        size = info.st_size
-        if not stat.S_ISREG(info.st_mode) or size < 8:
+        if not stat.S_ISREG(info.st_mode) or info.st_size < 8 or size not in (None, info.st_size):
             return None
+        size = info.st_size
         with open(path, "rb") as f:
             n = int.from_bytes(f.read(8), "little")
             if n > min(size - 8, MAX_HEADER_BYTES):
