@@ -61,7 +61,8 @@ class ResNetGN(nn.Module):
 
 
 class LayerNorm(nn.Module):
-    """ConvNeXt's LayerNorm; the channels-last branch (the one its blocks use)."""
+    """ConvNeXt's LayerNorm: F.layer_norm channels last (in its blocks), written by hand channels first
+    (in its stem and down-sampling layers)."""
 
     def __init__(self, normalized_shape: int, eps: float = 1e-6, data_format: str = "channels_last"):
         super().__init__()
@@ -105,14 +106,17 @@ class ConvNeXtBlock(nn.Module):
 
 
 class ConvNeXtBlocks(nn.Module):
-    """A ConvNeXt stage: patchify stem (conv), two blocks, a strided conv, one block; the ConvNeXt head
-    (global average pooling, LayerNorm, Linear)."""
+    """ConvNeXt as models/convnext.py builds it, two stages: stem (patchify conv, channels-first LayerNorm),
+    two blocks (one without layer scale), down-sampling (channels-first LayerNorm, strided conv), one block;
+    the head (global average pooling, LayerNorm, Linear)."""
 
     def __init__(self, dims=(4, 8), classes: int = 3):
         super().__init__()
-        self.stem = nn.Conv2d(3, dims[0], kernel_size=2, stride=2)
+        self.stem = nn.Sequential(nn.Conv2d(3, dims[0], kernel_size=2, stride=2),
+                                  LayerNorm(dims[0], eps=1e-6, data_format="channels_first"))
         self.stage1 = nn.Sequential(ConvNeXtBlock(dims[0]), ConvNeXtBlock(dims[0], 0.0))
-        self.down = nn.Conv2d(dims[0], dims[1], kernel_size=2, stride=2)
+        self.down = nn.Sequential(LayerNorm(dims[0], eps=1e-6, data_format="channels_first"),
+                                  nn.Conv2d(dims[0], dims[1], kernel_size=2, stride=2))
         self.stage2 = nn.Sequential(ConvNeXtBlock(dims[1]))
         self.norm = nn.LayerNorm(dims[-1], eps=1e-6)
         self.head = nn.Linear(dims[-1], classes)

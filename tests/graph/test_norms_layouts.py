@@ -78,7 +78,7 @@ def test_group_norm_is_one_layer_per_group_and_channels_stay_in_their_group():
         assert torch.equal(graph.node_layer[perm], graph.node_layer)  # nodes never leave their group's layer
 
 
-def test_channels_last_layer_norm_linear_and_layer_scale_are_graph_structure():
+def test_layer_norms_over_channels_linear_and_layer_scale_are_graph_structure():
     model = _model(lambda s: ConvNeXtBlocks())
     graph = nngraph.to_graph(model, torch.randn(1, 3, 8, 8))
     spec = {p.name: p for p in graph.spec.params}
@@ -87,7 +87,7 @@ def test_channels_last_layer_norm_linear_and_layer_scale_are_graph_structure():
     gamma = graph.edge_attr[first:first + 4, graph.spec.k_max ** 2 // 2]
     assert torch.equal(gamma, model.stage1[0].gamma.detach())  # the layer scale is carried by identity edges
     ln = graph.node_norm == NORM_LAYER
-    assert int(ln.sum()) == 2 * 4 + 8 + 8  # the blocks' LayerNorms over C (4, 4, 8) and the head's (8)
+    assert int(ln.sum()) == 4 + 2 * 4 + 4 + 8 + 8  # stem, blocks (4, 4), down-sampling, block (8), head (8)
     assert {tuple(hw) for hw in graph.node_hw[ln].tolist()} == {(4, 4), (2, 2), (1, 1)}
 
 
@@ -114,6 +114,8 @@ class _Bad(nn.Module):
             return h.split(2, dim=2)[0].mean((2, 3))
         if self.op == "unbind":
             return h.unbind(1)[0].mean((1, 2))
+        if self.op == "centre-only":
+            return (h - h.mean(1, keepdim=True)).mean((2, 3))
         return self.scale * h.mean((2, 3))
 
 
@@ -123,6 +125,7 @@ class _Bad(nn.Module):
     ("split-spatial", "along the channel"),
     ("unbind", "x.chunk(C, dim=1)"),
     ("scale", "one value per channel"),
+    ("centre-only", "LayerNorm over channels written out"),
 ])
 def test_other_layouts_are_refused_in_one_line(op, words):
     with pytest.raises(UnsupportedModelError) as info:

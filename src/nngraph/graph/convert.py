@@ -21,8 +21,8 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from nngraph.errors import InputShapeError, NonFiniteError, UnsupportedModelError
-from nngraph.graph import (activations, conv_transpose, functional, guards, layouts, norms, ops, pooling, products,
-                           tokens, upsample)
+from nngraph.graph import (activations, conv_transpose, functional, guards, handwritten, layouts, norms, ops, pooling,
+                           products, tokens, upsample)
 from nngraph.graph.builder import Value
 from nngraph.graph.context import Context
 from nngraph.graph.functional import ParamRef
@@ -311,6 +311,9 @@ def _call_function(ctx: Context, node: fx.Node, env: dict) -> Value:
     args = _args(node, env)
     kwargs = {k: _resolve(v, env) for k, v in node.kwargs.items()}
     values = [a for a in args if isinstance(a, Value)]
+    formula = handwritten.rule(ctx, node, args, kwargs, where)
+    if formula is not None:
+        return formula
     token_value = _token_op(ctx, node, args, kwargs, values, where)
     if token_value is not None:
         return token_value

@@ -43,7 +43,12 @@ def param_ref(ctx: Context, node: Node, state_names: set[str]) -> ParamRef:
             f"{ctx.name}: tensor attribute {node.target!r} is not a parameter or buffer; register it with "
             "nn.Parameter or register_buffer"
         )
-    return ParamRef(node.target, functools.reduce(getattr, node.target.split("."), ctx.gm))
+    return ParamRef(node.target, state_tensor(ctx, node.target))
+
+
+def state_tensor(ctx: Context, name: str) -> torch.Tensor:
+    """The model's parameter or buffer of state_dict name ``name`` (a ``ParamRef`` may hold a view of it)."""
+    return functools.reduce(getattr, name.split("."), ctx.gm)
 
 
 _CONV = {F.conv1d: 1, F.conv2d: 2}

@@ -107,5 +107,6 @@ def layer_scale(ctx: Context, node: Node, value: Value, ref: ParamRef, where: st
     builder = ctx.builder
     out = builder.new_layer(c, value.hw)
     first = builder.pair_edges(value.nodes, out, EDGE_IDENTITY, weights=ref.tensor.reshape(c))
-    builder.params.append(ParamEntry(ref.name, shape, "diag", first, sources=1))
+    builder.params.append(ParamEntry(ref.name, tuple(functional.state_tensor(ctx, ref.name).shape), "diag", first,
+                                     sources=1))
     return Value(out, value.kind, value.hw, node.name)
