@@ -265,6 +265,7 @@ def _move_boundary(manifest: dict, stop: int) -> None:
     (lambda m: m["items"]["label"].__setitem__(3, 2.5), "item 3 has label 2.5"),
     (lambda m: m["shards"][1].update(start=12), "shard 1 covers items 12..20"),
     (lambda m: m["shards"][0].update(file="/dev/zero"), "shard file '/dev/zero'"),
+    (lambda m: m["shards"][0].pop("bytes"), "complete shard 0 lacks its byte count"),
     (lambda m: _move_boundary(m, 9), "of shape [10, 32] for its 9 items 0..8"),
 ])
 def test_hand_edited_manifests_are_refused_in_one_line(tmp_path, tiny_corpus, capsys, edit, needle):

@@ -185,6 +185,9 @@ def _check_shards(root, path: Path, manifest: dict) -> None:
         a, b = entry.get("start"), entry.get("stop")
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in (a, b)) or a != stop or b <= a or b > n:
             raise _damaged(path, f"shard {k} covers items {a!r}..{b!r}; the shards must tile 0..{n} in order")
+        if entry.get("complete") and (not isinstance(entry.get("bytes"), int) or isinstance(entry["bytes"], bool)
+                                      or not isinstance(entry.get("sha256"), str)):
+            raise _damaged(path, f"complete shard {k} lacks its byte count or SHA-256 (reads are bounded by them)")
         stop = b
     if stop != n:
         raise _damaged(path, f"the shards cover items 0..{stop}, the columns hold {n}")
