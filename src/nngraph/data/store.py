@@ -22,9 +22,10 @@ A corpus may come from someone else, so reading trusts nothing in it: the manife
 regular file of at most ``MAX_MANIFEST_BYTES``; its columns all have one length n; its
 shards tile ``[0, n)``; a shard's file name is a plain name that resolves inside the
 corpus folder after symlinks (so no read or write follows it out); a shard is read only
-when ``os.stat`` gives the byte count the manifest records, and never past it; and the
-architecture of an INR corpus is checked against the tensor shapes in the shards'
-safetensors headers (read without their data) before anything is built from it.
+when ``os.stat`` gives the byte count the manifest records, and never past it; every
+complete shard's safetensors header (read without its data) must hold its item range;
+the architecture of an INR corpus is checked against those tensor shapes, and a zoo's
+against its networks' tensors on the ``meta`` device, before anything is built from it.
 """
 
 from __future__ import annotations
@@ -237,7 +238,8 @@ def _check_zoo(path: Path, manifest: dict) -> None:
             continue
         for i in range(entry["start"], entry["stop"]):
             label, arch = items["label"][i], items["arch"][i]
-            if not isinstance(label, (int, float)) or isinstance(label, bool) or not np.isfinite(label):
+            if not isinstance(label, (int, float)) or isinstance(label, bool) \
+                    or (isinstance(label, float) and not np.isfinite(label)):
                 raise _damaged(path, f"network {i} has label {label!r}, not a finite number")
             if not isinstance(arch, int) or isinstance(arch, bool) or not 0 <= arch < n_archs:
                 raise _damaged(path, f"network {i} names architecture {arch!r}, the manifest lists {n_archs}")
