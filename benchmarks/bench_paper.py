@@ -692,12 +692,38 @@ def _minutes_to_best(metrics: dict) -> str:
     return "?"
 
 
+def step_time_lines(paper: Paper, names: list[str] | None = None, rounds: int = 5) -> list[str]:
+    """Interleaved training-step times (``common.interleaved_step_times``: eager fp32, the running
+    thread count, a batch of 32 random SIRENs 2-32-32-1) of the suite's training rows (or ``names``),
+    each with its ratio to DeepSets' step: the measurement ``MNIST_EPOCH_S`` scales from rows whose
+    epoch times are known."""
+    import torch
+    from common import interleaved_step_times, siren_graphs
+    from nngraph.models import create_model
+
+    _, graphs = siren_graphs(32)
+    rows = [paper.row(n) for n in names] if names else [r for r in paper.rows if r.jobs[0]["kind"] == "train"]
+    models = {}
+    for row in rows:
+        config = row.jobs[0]["config"]
+        torch.manual_seed(0)
+        extra = {"readout": "parameters"} if row.table == "dilate" else {}
+        models[row.name] = (row.table, create_model(config["model"], example=graphs, out_dim=1 if extra else 10,
+                                                    **config["model_kwargs"], **extra))
+    times = interleaved_step_times(models, graphs, rounds=rounds)
+    reference = times.get("deepsets")
+    return [f"{name:<18} {1000 * t:8.1f} ms" + (f"  {t / reference:5.2f}x DeepSets" if reference else "")
+            for name, t in times.items()]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--suite", default="fashion-mnist", choices=sorted(SUITES),
                         help="fashion-mnist (RESULTS section 7) or mnist (the paper's own tables, section 8)")
     parser.add_argument("--rows", default=None, metavar="NAME[,NAME]", help="run only these rows (see --dry-run)")
     parser.add_argument("--dry-run", action="store_true", help="list the rows, their budgets and state; run nothing")
+    parser.add_argument("--step-times", action="store_true",
+                        help="time a training step of each row's model (or --rows), interleaved; run nothing")
     args = parser.parse_args(argv)
     paper = Paper(suite=SUITES[args.suite])
     names = [n.strip() for n in args.rows.split(",") if n.strip()] if args.rows else None
@@ -706,6 +732,9 @@ def main(argv: list[str] | None = None) -> int:
             paper.row(name)
         if args.dry_run:
             print("\n".join(paper.listing()))
+            return 0
+        if args.step_times:
+            print("\n".join(step_time_lines(paper, names)))
             return 0
         if paper.state(paper.row("corpus")) != "done":
             from nngraph.data.images import load_images

@@ -107,6 +107,43 @@ def forward_backward_seconds(name: str, batch, steps: int = 2) -> float:
     return statistics.median(times)
 
 
+def interleaved_step_times(models: dict[str, tuple[str, torch.nn.Module]], graphs, rounds: int = 5,
+                           steps: int = 2) -> dict[str, float]:
+    """Median seconds of one training step (forward, loss, backward, AdamW) of each model on the
+    batch ``graphs``: {name: (task, model)}, task "classify" (cross-entropy into 10 classes) or
+    "dilate" (the dilation loss of 28 x 28 renders). The models take turns, ``steps`` steps each per
+    round for ``rounds`` rounds after one untimed step, so a loaded machine slows all of them alike:
+    compare them as ratios."""
+    from nngraph.tasks.dilate import DilateTask
+
+    gen = torch.Generator().manual_seed(0)
+    count = graphs.num_graphs
+    labels = torch.randint(0, 10, (count,), generator=gen)
+    dilate = DilateTask(28, 28, 30.0, 0.5)
+    target = {"target": torch.rand(count, 28, 28, generator=gen)}
+    optimisers = {name: torch.optim.AdamW(model.parameters(), 1e-3) for name, (_, model) in models.items()}
+
+    def step(name: str) -> None:
+        task, model = models[name]
+        out = model(graphs)
+        loss = (dilate._per_network_mse(out, target, graphs).mean() if task == "dilate"
+                else torch.nn.functional.cross_entropy(out, labels))
+        optimisers[name].zero_grad()
+        loss.backward()
+        optimisers[name].step()
+
+    for name in models:
+        step(name)
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(rounds):
+        for name in models:
+            start = time.perf_counter()
+            for _ in range(steps):
+                step(name)
+            times[name].append((time.perf_counter() - start) / steps)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def write_result(name: str, title: str, command: str, wall_s: float, rows: list[dict], quick: bool = False,
                  directory: Path = RESULTS, **extra) -> Path:
     """Write ``results/<name>.json`` (``quick_<name>.json`` for a quick run; into ``directory`` if

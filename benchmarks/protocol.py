@@ -96,7 +96,7 @@ PROBING_RECIPE = {"lr": 3e-4, "weight_decay": 0.0, "warmup_steps": 0, "grad_clip
 # Training seconds per epoch on this 2-core machine (55,000 training INRs, batch 32, 2 threads; graph models
 # compiled, bf16): measured by the Fashion-MNIST paper rows (the same SIREN 2-32-32-1, the same corpus size),
 # and for the models without such a row, from interleaved step times beside those rows' models
-# (README "The MNIST suite"): DWSNet steps as fast as NFN-NP, MLP 0.2x and the probing models 0.8-1.0x
+# (``bench_paper.py --suite mnist --step-times``, README "The MNIST suite"): DWSNet steps as fast as NFN-NP, MLP 0.2x and the probing models 0.8-1.0x
 # DeepSets; the probe count changes NG-GNN's and NG-T's eager step time by less than the noise.
 MNIST_EPOCH_S = {
     "mlp": 26, "deepsets": 37, "dwsnet": 110, "nfn-np": 111, "nfn-hnp": 144, "probe-128": 36, "probegen-128": 37,

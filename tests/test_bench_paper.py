@@ -267,3 +267,13 @@ def test_mnist_claims_and_summary_from_records(tmp_path):
     assert "DWSNet 85.0 against 85.7 (-0.7)" in summary and "ngt-p0 >= 91.4 %: 93.0 -> met" in summary
     assert "dilate-ngt-p64 MSE <= 1.75 x 1e-2: 1.800 -> MISSED by 0.050" in summary
     assert "NG-T dilation MSE <= 0.69x NFN-NP's: 0.90x (published 0.69x) -> MISSED" in summary
+
+
+def test_step_times_of_suite_rows_are_interleaved_and_compared_with_deepsets():
+    """``bench_paper.py --step-times``: each row's model on a batch of SIRENs, a classifier and an editor."""
+    from bench_paper import step_time_lines
+
+    paper = Paper(suite=MNIST, render=False)
+    lines = step_time_lines(paper, ["deepsets", "mlp", "dilate-dwsnet"], rounds=1)
+    assert [line.split()[0] for line in lines] == ["deepsets", "mlp", "dilate-dwsnet"]
+    assert lines[0].endswith("1.00x DeepSets") and all(float(line.split()[1]) > 0 for line in lines)
