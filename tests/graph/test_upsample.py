@@ -1,7 +1,8 @@
 """Up-sampling as graph structure: ConvTranspose1d/2d (conv_transpose kernel edges; stride, padding,
-output padding, dilation, groups) and nn.Upsample / F.interpolate (nearest, bilinear, linear; size or
-scale factor), and milesial's U-Net with both decoders. Execute equals the model, to_params and the
-fast path are exact, permutations keep the function and move channels."""
+output padding, dilation, groups), nn.Upsample / F.interpolate (nearest, bilinear, linear; size or
+scale factor), zero padding and spatial crops (pad edges), and milesial's and jvanvugt's U-Nets with both
+decoders, also at sizes that need F.pad or crops. Execute equals the model, to_params and the fast path
+are exact, permutations keep the function and move channels."""
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from nngraph.errors import UnsupportedModelError
 from nngraph.graph.augment import random_permutation_augment
 from nngraph.graph.execute import execute
 from nngraph.graph.fast import stacked_params
-from nngraph.graph.graph import EDGE_CONV_T, EDGE_UPSAMPLE_BILINEAR, EDGE_UPSAMPLE_NEAREST, GEOM_COLUMNS
+from nngraph.graph.graph import EDGE_CONV_T, EDGE_PAD, EDGE_UPSAMPLE_BILINEAR, EDGE_UPSAMPLE_NEAREST, GEOM_COLUMNS
 from nngraph.graph.permute import permute_graph
 from tests.graph.helpers import assert_exact_params, assert_rel_close, assert_relabelled
 from tests.graph.modern_cnns import UNet, UNetJvanvugt
@@ -43,6 +44,13 @@ class Interpolate(nn.Module):
         return F.interpolate(x, **self.kwargs)
 
 
+class _Crop(nn.Module):
+    """x[:, :, 1:-1, 2:] and F.pad(x, [0, 1, 2, 0]): a crop, then zeros on two sides."""
+
+    def forward(self, x):
+        return F.pad(x[:, :, 1:-1, 2:], [0, 1, 2, 0])
+
+
 T2, T1 = nn.ConvTranspose2d, nn.ConvTranspose1d
 CASES = {
     "convT-k2s2": (lambda: Decoder(T2(4, 6, 2, stride=2), 4, 6), (2, 5, 5)),
@@ -64,7 +72,13 @@ CASES = {
     "unet-bilinear": (lambda: UNet(bilinear=True), (3, 8, 8)),
     "unet-jvanvugt-upconv": (lambda: UNetJvanvugt(up_mode="upconv"), (3, 8, 8)),
     "unet-jvanvugt-upsample": (lambda: UNetJvanvugt(up_mode="upsample"), (3, 8, 8)),
+    "unet-odd-size-pad": (lambda: UNet(bilinear=False), (3, 11, 13)),
+    "unet-jvanvugt-crop": (lambda: UNetJvanvugt(depth=2, wf=1, padding=False), (3, 20, 20)),
+    "pad-zeropad2d": (lambda: Decoder(nn.ZeroPad2d((1, 2, 0, 3)), 4, 4), (2, 4, 4)),
+    "pad-constantpad1d": (lambda: Decoder(nn.ConstantPad1d((2, 1), 0.0), 4, 4, spatial=1), (2, 5)),
+    "pad-functional-crop": (lambda: Decoder(_Crop(), 4, 4), (2, 7, 6)),
 }
+TRANSPOSED = ("unet-transposed", "unet-jvanvugt-upconv", "unet-odd-size-pad", "unet-jvanvugt-crop")
 
 
 def _case(name: str, seed: int = 0):
@@ -77,8 +91,8 @@ def _case(name: str, seed: int = 0):
 def test_upsampling_executes_exactly_and_gives_back_parameters(name):
     model, x = _case(name)
     graph = nngraph.to_graph(model, x)
-    transposed = "convT" in name or name in ("unet-transposed", "unet-jvanvugt-upconv")
-    kinds = (EDGE_CONV_T,) if transposed else (EDGE_UPSAMPLE_NEAREST, EDGE_UPSAMPLE_BILINEAR)
+    kinds = (EDGE_CONV_T,) if "convT" in name or name in TRANSPOSED else \
+        (EDGE_PAD,) if name.startswith("pad-") else (EDGE_UPSAMPLE_NEAREST, EDGE_UPSAMPLE_BILINEAR)
     assert torch.isin(graph.edge_kind, torch.tensor(kinds)).any()
     with torch.no_grad():
         assert_rel_close(execute(graph, x)[0], model(x))
@@ -181,36 +195,32 @@ def test_unsupported_interpolations_are_refused_in_one_line(up, words):
         assert word in message, message
 
 
-class _OddUNetPad(nn.Module):
+class _ReflectPad(nn.Module):
     def __init__(self):
         super().__init__()
         self.conv = nn.Conv2d(2, 2, 3, padding=1)
 
     def forward(self, x):
-        return F.pad(self.conv(x), [0, 1, 0, 1]).mean((2, 3))
+        return F.pad(self.conv(x), [0, 1, 0, 1], mode="reflect").mean((2, 3))
 
 
-def test_nonzero_pad_is_refused_in_one_line():
+def test_padding_other_than_zeros_is_refused_in_one_line():
     with pytest.raises(UnsupportedModelError) as info:
-        nngraph.to_graph(_OddUNetPad().eval(), torch.randn(1, 2, 4, 4))
-    assert "\n" not in str(info.value) and "F.pad" in str(info.value)
+        nngraph.to_graph(_ReflectPad().eval(), torch.randn(1, 2, 4, 4))
+    assert "\n" not in str(info.value) and "F.pad" in str(info.value) and "zeros" in str(info.value)
 
 
-@pytest.mark.parametrize("name", ["unet-transposed", "unet-bilinear"])
-def test_permute_neurons_and_the_augmentation_keep_the_function(name):
-    """The model-level API (a permuted copy of the module) and the training augmentation (one permutation per
-    graph of a batch built by graphs_from_params)."""
-    model, x = _case(name)
-    with torch.no_grad():
-        expected = model(x)
-        permuted = nngraph.permute_neurons(model, seed=1, example_input=x)
-        assert_rel_close(permuted(x), expected)
-        assert any(not torch.equal(a, b) for a, b in zip(model.state_dict().values(), permuted.state_dict().values()))
-        graph = nngraph.to_graph(model, x)
-        stacked = {k: v.unsqueeze(0).repeat(3, *([1] * v.dim())) for k, v in model.state_dict().items()}
-        plain = nngraph.graphs_from_params(graph, stacked)
-        batch = random_permutation_augment(plain, torch.Generator().manual_seed(0))
-        assert not torch.equal(batch.edge_attr, plain.edge_attr)
-        y, _ = execute(batch, x)
-        for i in range(3):
-            assert_rel_close(y[i], expected)
+def test_unet_size_fixes_are_pad_edges_with_their_offsets():
+    """milesial's F.pad of the up-sampled map to its skip's size (an 11 x 13 input: 4 x 6 -> 5 x 6) places it at
+    offsets >= 0 of a larger map; jvanvugt's centre crop of the bridge (no padding) reads it at negative ones."""
+    top_left = [GEOM_COLUMNS.index(c) for c in ("pad_h", "pad_w")]
+    model, x = _case("unet-odd-size-pad")
+    graph = nngraph.to_graph(model, x)
+    pad = graph.edge_kind == EDGE_PAD
+    src, dst = graph.edge_index[:, pad]
+    assert pad.any() and (graph.edge_geom[pad][:, top_left] >= 0).all()
+    assert (graph.node_hw[dst].prod(1) > graph.node_hw[src].prod(1)).all()
+    model, x = _case("unet-jvanvugt-crop")
+    graph = nngraph.to_graph(model, x)
+    offsets = graph.edge_geom[graph.edge_kind == EDGE_PAD][:, top_left]
+    assert len(offsets) and (offsets < 0).all()

@@ -21,8 +21,8 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from nngraph.errors import InputShapeError, NonFiniteError, UnsupportedModelError
-from nngraph.graph import (activations, conv_transpose, functional, guards, handwritten, layouts, norms, ops, pooling,
-                           products, tokens, upsample)
+from nngraph.graph import (activations, conv_transpose, functional, guards, handwritten, layouts, norms, ops, padding,
+                           pooling, products, tokens, upsample)
 from nngraph.graph.builder import Value
 from nngraph.graph.context import Context
 from nngraph.graph.functional import ParamRef
@@ -48,7 +48,8 @@ SUPPORTED = (
     "Max/AvgPool1d/2d, AdaptiveMax/AvgPool1d/2d, mean over H,W, flatten, "
     "a * b of one shape, x * gate with a [B, C, 1, 1] gate (squeeze-and-excitation; view/unsqueeze/expand_as of the "
     "gate), F.glu on features or channels, c * x and x / c for a constant c, "
-    "Upsample/F.interpolate (nearest, bilinear/linear; size or whole scale_factor), F.pad by zeros, "
+    "Upsample/F.interpolate (nearest, bilinear/linear; size or whole scale_factor), F.pad/ZeroPad1d/2d with zeros, "
+    "spatial crops x[:, :, a:b, c:d], "
     "Dropout, Identity; tokens [B, T, D]: flatten(2).transpose(1, 2), class token cat, + position embedding, "
     "Linear/LayerNorm/activations per token, x[:, t], x.mean(1), MultiheadAttention (self-attention), "
     "F.scaled_dot_product_attention, Embedding"
@@ -299,6 +300,8 @@ def _call_module(ctx: Context, node: fx.Node, env: dict) -> Value:
         return conv_transpose.conv_transpose(ctx, node, module, value, path)
     if type(module) in upsample.MODULES:
         return upsample.upsample(ctx, node, value, upsample.module_arguments(module), where)
+    if type(module) in padding.MODULES:
+        return padding.pad(ctx, node, value, padding.module_pads(module, where), "constant", 0, where)
     if type(module) in pooling.MODULES:
         target = pooling.MODULES[type(module)]
         return _pool(ctx, node, value, target, pooling.module_arguments(module), where)
@@ -335,6 +338,9 @@ def _call_function(ctx: Context, node: fx.Node, env: dict) -> Value:
             and len(values) == 1 and args[0] is values[0]:
         return _unsqueeze_units(ctx, node, values[0], where)
     if target is operator.getitem and len(values) == 1 and args[0] is values[0]:
+        cropped = padding.crop(ctx, node, values[0], args[1], where) if isinstance(args[1], tuple) else None
+        if cropped is not None:
+            return cropped
         return ops.channel_slice(ctx, node, values[0], _channel_index(_whole_positions(ctx, node, args[1]), where), where)
     if target in _ADD and len(args) == 2 and not set(kwargs) - {"alpha"} and kwargs.get("alpha", 1) == 1:
         if len(values) == 2:
@@ -367,7 +373,8 @@ def _call_function(ctx: Context, node: fx.Node, env: dict) -> Value:
         act, param, param2 = parsed
         return ops.activation(ctx, node, values[0], act, param, where, param2)
     if target is F.pad and values and args[0] is values[0]:
-        return _zero_pad(values[0], args, kwargs, where)
+        bound = dict(zip(("pad", "mode", "value"), args[1:])) | kwargs
+        return padding.pad(ctx, node, values[0], bound.get("pad"), bound.get("mode"), bound.get("value"), where)
     if target in _PASS_FUNCTIONS and values:
         return values[0]
     if target in _FLATTEN and values:
@@ -497,15 +504,6 @@ def _unsqueeze_units(ctx: Context, node: fx.Node, value: Value, where: str) -> V
             or out_shape[:2] != in_shape[:2] or any(d != 1 for d in out_shape[2:]):
         raise UnsupportedModelError(f"{where}: only [batch, C] -> [batch, C, 1(, 1)] (a per-channel gate) is supported")
     return Value(value.nodes, "map", (1, 1), value.root)
-
-
-def _zero_pad(value: Value, args, kwargs, where: str) -> Value:
-    """``F.pad(x, pads)`` with pads that are all 0 (a U-Net's size fix when the sizes already agree): x itself."""
-    pads = kwargs.get("pad", args[1] if len(args) > 1 else None)
-    if not isinstance(pads, (list, tuple)) or any(p != 0 for p in pads):
-        raise UnsupportedModelError(f"{where}: F.pad is supported only with zero padding (got {pads!r}); pad inside "
-                                    "the conv (padding=...) or use an input size where the maps' sizes agree")
-    return value
 
 
 def _expand_gate(ctx: Context, node: fx.Node, value: Value, where: str) -> Value:
@@ -700,7 +698,7 @@ def first_unsupported_module(model: nn.Module) -> str | None:
     except Exception:  # noqa: BLE001 - not traceable: to_graph says so itself
         return None
     known = (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.Flatten, nn.AdaptiveAvgPool2d,
-             *conv_transpose.MODULES, *upsample.MODULES, nn.Conv1d, nn.PReLU, *pooling.MODULES, *norms.MODULES,
+             *conv_transpose.MODULES, *upsample.MODULES, *padding.MODULES, nn.Conv1d, nn.PReLU, *pooling.MODULES, *norms.MODULES,
              nn.MultiheadAttention, nn.Embedding,
              *activations.MODULES, *_PASS_MODULES)
     modules = dict(model.named_modules())

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch_geometric.data import Batch
 
 from nngraph.errors import InputShapeError, NonFiniteError
-from nngraph.graph import norms, pooling, upsample
+from nngraph.graph import norms, padding, pooling, upsample
 from nngraph.graph.layout import decode_kernels
 from nngraph.graph.graph import (
     graph_specs,
@@ -77,6 +77,7 @@ from nngraph.graph.graph import (
     EDGE_MAXPOOL,
     EDGE_MUL_A,
     EDGE_MUL_B,
+    EDGE_PAD,
     EDGE_PLACE,
     EDGE_POOL,
     NORM_BATCH,
@@ -390,6 +391,8 @@ class Plan:
             h = pooling.apply(h, g.kind, g.geom)  # [E_g, P, h', w']
         elif g.kind in upsample.KINDS:
             h = upsample.apply(h, g.kind, g.geom)  # [E_g, P, out_h, out_w]
+        elif g.kind == EDGE_PAD:
+            h = padding.apply(h, g.geom)  # [E_g, P, out_h, out_w]
         elif g.kind in PRODUCT_KINDS:  # the operand's layout in the product (products.py)
             h = h.reshape(*h.shape[:2], g.geom[10], g.geom[11])
         msg = h * batch.edge_attr[g.edges, centre(self.k_max)].view(-1, 1, 1, 1)

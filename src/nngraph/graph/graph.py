@@ -83,10 +83,10 @@ NEUTRAL_NODE = (0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0)
 # Edge kinds.
 (EDGE_LINEAR, EDGE_CONV, EDGE_RESIDUAL, EDGE_FLATTEN, EDGE_POOL, EDGE_IDENTITY, EDGE_MAXPOOL, EDGE_AVGPOOL,
  EDGE_PLACE, EDGE_CONST, EDGE_MUL_A, EDGE_MUL_B, EDGE_ATTN_SUM, EDGE_ATTN_MIX, EDGE_ATTN_V,
- EDGE_CONV_T, EDGE_UPSAMPLE_NEAREST, EDGE_UPSAMPLE_BILINEAR) = range(18)
+ EDGE_CONV_T, EDGE_UPSAMPLE_NEAREST, EDGE_UPSAMPLE_BILINEAR, EDGE_PAD) = range(19)
 EDGE_KINDS = ("linear", "conv", "residual", "flatten", "pool", "identity", "maxpool", "avgpool",
               "place", "const", "mul_a", "mul_b", "attn_sum", "attn_mix", "attn_v",
-              "conv_transpose", "upsample_nearest", "upsample_bilinear")
+              "conv_transpose", "upsample_nearest", "upsample_bilinear", "pad")
 # The two operands of a product node (see the module docstring): z_j = A_j * B_j.
 PRODUCT_KINDS = (EDGE_MUL_A, EDGE_MUL_B)
 # Kinds whose values fill the first channels of edge_attr (not the centred kernel window).
