@@ -202,6 +202,18 @@ class MnistNet(nn.Module):
 # ---- small cases of each op ---------------------------------------------------------------
 
 
+class ReshapedLayerScale(nn.Module):
+    """timm's ConvNeXt block scales with ``x.mul(self.gamma.reshape(1, -1, 1, 1))`` on channels first."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.gamma, self.fc = nn.Conv2d(2, 4, 3, padding=1), nn.Parameter(torch.ones(4)), nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = self.conv(x)
+        return self.fc((h + h.mul(self.gamma.reshape(1, -1, 1, 1))).mean((2, 3)))
+
+
 class Norms(nn.Module):
     """InstanceNorm2d (affine or not, running statistics or not), InstanceNorm1d, GroupNorm(1, C)."""
 

@@ -13,7 +13,7 @@ from nngraph.graph.permute import permute_graph
 from nngraph.models import create_model
 from tests.graph.helpers import assert_batch_independent, assert_exact_params, assert_rel_close, assert_relabelled
 from tests.graph.nets import randomise
-from tests.graph.norm_nets import ChunkGLU, ConvNeXtBlocks, DeiT3, MnistNet, Norms, ResNetGN
+from tests.graph.norm_nets import ChunkGLU, ConvNeXtBlocks, DeiT3, MnistNet, Norms, ReshapedLayerScale, ResNetGN
 
 
 def _cases():
@@ -26,6 +26,7 @@ def _cases():
         ("instancenorm", lambda s: Norms(affine=False, track=False), torch.randn(3, 2, 5, 5)),
         ("instancenorm-affine-running", lambda s: Norms(affine=True, track=True), torch.randn(3, 2, 5, 5)),
         ("chunk-glu-softmax", lambda s: ChunkGLU(), torch.randn(3, 2, 6, 6)),
+        ("layer-scale-reshaped", lambda s: ReshapedLayerScale(), torch.randn(3, 2, 5, 5)),
     ]
 
 
@@ -103,6 +104,7 @@ class _Bad(nn.Module):
     def __init__(self, op: str):
         super().__init__()
         self.op, self.conv, self.scale = op, nn.Conv2d(2, 4, 3), nn.Parameter(torch.ones(1))
+        self.mix = nn.Linear(9, 9)
 
     def forward(self, x):
         h = self.conv(x)
@@ -114,6 +116,8 @@ class _Bad(nn.Module):
             return h.split(2, dim=2)[0].mean((2, 3))
         if self.op == "unbind":
             return h.unbind(1)[0].mean((1, 2))
+        if self.op == "token-mixing":  # MLP-Mixer: tokens [B, T, D], a Linear over T
+            return self.mix(h.flatten(2).transpose(1, 2).transpose(1, 2)).mean(2)
         if self.op == "centre-only":
             return (h - h.mean(1, keepdim=True)).mean((2, 3))
         return self.scale * h.mean((2, 3))
@@ -126,6 +130,7 @@ class _Bad(nn.Module):
     ("unbind", "x.chunk(C, dim=1)"),
     ("scale", "one value per channel"),
     ("centre-only", "LayerNorm over channels written out"),
+    ("token-mixing", "token mixing, as MLP-Mixer's"),
 ])
 def test_other_layouts_are_refused_in_one_line(op, words):
     with pytest.raises(UnsupportedModelError) as info:

@@ -58,6 +58,13 @@ def rule(ctx: Context, node: Node, args: list, kwargs: dict, where: str) -> Any:
     markers = [a for a in args if isinstance(a, Marker)]
     if target is operator.getitem and isinstance(args[0], ParamRef):
         return _expand(args[0], args[1], where)
+    if target in ("reshape", "view") and args and isinstance(args[0], ParamRef):  # timm: gamma.reshape(1, -1, 1, 1)
+        shape = args[1] if len(args) == 2 and isinstance(args[1], (list, tuple)) else args[1:]
+        view = args[0].tensor.reshape(*shape)
+        if args[0].tensor.dim() != 1 or sum(d != 1 for d in view.shape) > 1:
+            raise UnsupportedModelError(f"{where}: parameter {args[0].name!r} is reshaped; only a per-channel view of a "
+                                        "[C] parameter (gamma.reshape(1, -1, 1, 1)) is supported")
+        return ParamRef(args[0].name, view)
     if target in _MEAN and args and isinstance(args[0], (Value, Marker)) and _over_channels(args, kwargs):
         if isinstance(args[0], Value) and args[0].kind == "map":
             return Marker("mean", args[0])

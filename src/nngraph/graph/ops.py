@@ -97,10 +97,15 @@ def linear_layer(ctx: Context, node: Node, value: Value, weight: tuple[str, torc
         weights = w.reshape(w.shape[0], channels, h * wd)
         first = builder.dense_edges(value.nodes, out_nodes, weights, EDGE_FLATTEN)
         ctx.record_edges(name, w, "flat", first, channels)
+    elif value.kind == "map" and value.hw[0] == 1:
+        raise UnsupportedModelError(
+            f"{where} mixes the L positions of a [batch, C, L] sequence (token mixing, as MLP-Mixer's after "
+            "x.transpose(1, 2)); a Linear over positions is not supported: only over features or channels"
+        )
     else:
         raise UnsupportedModelError(
-            f"{where} reads a [batch, C, H, W] or [batch, C, L] map; for a Linear over the channels permute it "
-            "channels last (x.permute(0, 2, 3, 1)), else flatten it or pool it first"
+            f"{where} reads a [batch, C, H, W] map; for a Linear over the channels permute it channels last "
+            "(x.permute(0, 2, 3, 1)), else flatten it or pool it first"
         )
     if bias is not None:
         builder.record_node_param(bias[0], out_nodes, X_BIAS, bias[1])
