@@ -1,4 +1,4 @@
-"""``nngraph train | eval | migrate-run | inspect | demo | bench``: the run side of the command line.
+"""``nngraph train | eval | predict | embed | migrate-run | inspect | demo | bench``: the run side of the command line.
 
 Each subcommand is one ``add_<name>(subparsers)`` function, as in ``cli.py``; ``HELP``
 holds their one-line summaries (``nngraph --help`` lists them without building the
@@ -19,6 +19,8 @@ from nngraph.errors import NNGraphError
 HELP = {
     "train": "train a metanetwork on a corpus",
     "eval": "evaluate a run's best checkpoint",
+    "predict": "a trained run's predictions for networks (state_dict files) into a CSV",
+    "embed": "a trained run's embeddings of networks (state_dict files) into .npy or .csv",
     "migrate-run": "convert a run folder of an earlier nngraph (pickle checkpoints) to safetensors",
     "inspect": "what a corpus, a run or a saved network holds; draw a network's graph",
     "demo": "the main job on embedded data",
@@ -156,12 +158,16 @@ def add_eval(sub, formatter, common) -> None:
                                    "(or of --data, a corpus of the same kind and architecture layout).")
     p.add_argument("run", metavar="RUN", help="run folder written by `nngraph train`")
     p.add_argument("--data", default=None, metavar="DIR", help="corpus to evaluate on (default: the run's)")
+    p.add_argument("--predictions", default=None, metavar="CSV",
+                   help="write the test split's per-network predictions here (index: the network's item in the "
+                        "corpus, target, prediction, loss)")
     _add_device_options(p, default_precision=None)
     p.set_defaults(func=run_eval)
 
 
 def run_eval(args) -> int:
     from nngraph.checkpoint import BEST, load_weights, refuse_legacy
+    from nngraph.run import resolve_corpus
     from nngraph.train import TrainConfig, Trainer
 
     run = Path(args.run)
@@ -171,15 +177,126 @@ def run_eval(args) -> int:
         raise NNGraphError(f"{run} is not a run with a checkpoint (no config.json or {BEST}); train it with "
                            "`nngraph train`")
     config = TrainConfig.read(config_path)
-    if args.data:
-        config.data = args.data
+    config.data = args.data or resolve_corpus(run, config.data)
     config.device = args.device
     config.precision = args.precision or config.precision
     trainer = Trainer(config)
     trainer.load_model(load_weights(best)[0], best)
+    test = trainer.predict("test")
     result = {"task": config.task, "model": config.model,
-              "val": trainer.evaluate("val"), "test": trainer.evaluate("test")}
+              "val": trainer.evaluate("val"), "test": trainer.task.metrics(test)}
     _print_result(result, str(run))
+    if args.predictions:
+        _write_split_predictions(args.predictions, trainer.loaders["test"].dataset.rows, test)
+        print(f"predictions: {args.predictions}")
+    return 0
+
+
+def _write_split_predictions(path: str, rows, predictions: dict) -> None:
+    """CSV of a split's per-network predictions: index (item in the corpus), target, prediction
+    and the task's other per-network numbers (loss, mse)."""
+    names = {"label": "target", "predicted": "prediction"}
+    keys = sorted((k for k, v in predictions.items() if v.ndim == 1), key=lambda k: (k not in names, names.get(k, k)))
+    lines = [",".join(["index", *(names.get(k, k) for k in keys)])]
+    columns = [predictions[k].tolist() for k in keys]
+    lines += [",".join([str(int(row)), *(repr(c[i]) for c in columns)]) for i, row in enumerate(rows)]
+    _write_text(path, "\n".join(lines) + "\n")
+
+
+def _write_text(path: str, text: str) -> None:
+    _write_bytes(path, text.encode())
+
+
+def _write_bytes(path: str, data: bytes) -> None:
+    """``data`` written atomically to ``path``, or one line naming the storage problem."""
+    from nngraph.errors import storage_error
+    from nngraph.io import atomic_write_bytes
+
+    try:
+        atomic_write_bytes(path, data)
+    except OSError as exc:
+        raise storage_error(path, exc) from exc
+
+
+def add_predict(sub, formatter, common) -> None:
+    p = sub.add_parser("predict", formatter_class=formatter, parents=[common], help=HELP["predict"],
+                       description="Predict with the best model of RUN (no corpus needed): one CSV row per network "
+                                   "file, in order. classify: label and class probabilities; generalize: the "
+                                   "predicted accuracy.\n\nNetworks are state_dicts of an architecture the run "
+                                   "was trained on (recorded in RUN/model.json): .safetensors, or .pt / .pth "
+                                   "loaded as tensors only (no code runs). Other networks (any architecture the "
+                                   "model can read) go through Python: nngraph.load_run(RUN).predict([module]).")
+    p.add_argument("run", metavar="RUN", help="run folder written by `nngraph train`")
+    p.add_argument("networks", nargs="+", metavar="NETWORK", help="state_dict files (.safetensors, .pt, .pth)")
+    p.add_argument("--out", default="predictions.csv", metavar="CSV", help="where to write (default: predictions.csv)")
+    p.add_argument("--device", default="auto", metavar="{auto,cpu,cuda,cuda:N}",
+                   help="where to run: auto takes a GPU when there is one (default: auto)")
+    p.set_defaults(func=run_predict)
+
+
+def run_predict(args) -> int:
+    from nngraph.run import load_run
+
+    run = load_run(args.run, args.device)
+    predictions = run.predict([run.load_network(f) for f in args.networks])
+    if "probabilities" in predictions:
+        probabilities = predictions["probabilities"]
+        header = ["network", "label", *(f"p{c}" for c in range(probabilities.shape[1]))]
+        rows = [[int(label), *(repr(float(p)) for p in ps)]
+                for label, ps in zip(predictions["label"], probabilities)]
+    elif "prediction" in predictions:
+        header, rows = ["network", "prediction"], [[repr(float(v))] for v in predictions["prediction"]]
+    else:
+        raise NNGraphError(f"the {run.config.task} task predicts whole networks (edited parameters), not a "
+                           "table; use nngraph.load_run(RUN).predict(networks) from Python")
+    lines = [",".join(header)] + [",".join(map(str, [_csv_field(f), *row])) for f, row in zip(args.networks, rows)]
+    _write_text(args.out, "\n".join(lines) + "\n")
+    print(f"{len(rows)} predictions: {args.out}")
+    return 0
+
+
+def _csv_field(text: str) -> str:
+    """A CSV field: quoted when it holds a comma, quote or line break."""
+    return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n\r') else text
+
+
+def add_embed(sub, formatter, common) -> None:
+    p = sub.add_parser("embed", formatter_class=formatter, parents=[common], help=HELP["embed"],
+                       description="Embed networks with the best model of RUN (no corpus needed): per network, the "
+                                   "readout's pooled states before its head [D] (mean and max of the hidden "
+                                   "neurons' states and the output neurons' states), for retrieval or "
+                                   "clustering. --out .npy: an array [n, D] in the files' order; .csv: one row per "
+                                   "file (network, e0..e{D-1}).\n\nNetworks as for `nngraph predict`.")
+    p.add_argument("run", metavar="RUN", help="run folder written by `nngraph train`")
+    p.add_argument("networks", nargs="+", metavar="NETWORK", help="state_dict files (.safetensors, .pt, .pth)")
+    p.add_argument("--out", default="embeddings.npy", metavar="FILE",
+                   help="embeddings.npy (numpy array) or .csv (default: embeddings.npy)")
+    p.add_argument("--device", default="auto", metavar="{auto,cpu,cuda,cuda:N}",
+                   help="where to run: auto takes a GPU when there is one (default: auto)")
+    p.set_defaults(func=run_embed)
+
+
+def run_embed(args) -> int:
+    import io
+
+    import numpy as np
+
+    from nngraph.run import load_run
+
+    suffix = Path(args.out).suffix
+    if suffix not in (".npy", ".csv"):
+        raise NNGraphError(f"--out {args.out}: write embeddings to a .npy or .csv file")
+    run = load_run(args.run, args.device)
+    z = run.embed([run.load_network(f) for f in args.networks]).numpy()  # [n, D]
+    if suffix == ".npy":
+        buffer = io.BytesIO()
+        np.save(buffer, z)
+        _write_bytes(args.out, buffer.getvalue())
+    else:
+        lines = [",".join(["network", *(f"e{d}" for d in range(z.shape[1]))])]
+        lines += [",".join([_csv_field(f), *(repr(float(v)) for v in row)]) for f, row in zip(args.networks, z)]
+        _write_text(args.out, "\n".join(lines) + "\n")
+    print(f"{z.shape[0]} embeddings of size {z.shape[1]}: {args.out}")
     return 0
 
 

@@ -187,7 +187,7 @@ class TrainConfig:
 # Files of a run folder (cleared by --overwrite). A folder holding any of the records has trained
 # at least one epoch; one with only config.json (killed in its first epoch) has nothing to lose.
 RUN_RECORDS = ("metrics.jsonl", "metrics.json", LAST, BEST, *LEGACY)
-RUN_FILES = (*RUN_RECORDS, "config.json", "learning_curves.png", "confusion_matrix.png", "predicted_vs_true.png",
+RUN_FILES = (*RUN_RECORDS, "config.json", "model.json", "learning_curves.png", "confusion_matrix.png", "predicted_vs_true.png",
              "dilation.png")
 # config.json fields that a resumed run may change: they do not alter what is trained.
 _RESUMABLE_CHANGES = ("out", "compile")
@@ -258,7 +258,8 @@ class Trainer:
         if config.max_train is not None:
             self.train_index = self.train_index[: config.max_train]
         torch.manual_seed(config.seed)
-        example, _ = self.loaders["train"].make_batch(self.train_index[: min(512, len(self.train_index))])
+        example_index = self.train_index[: min(512, len(self.train_index))]
+        example, _ = self.loaders["train"].make_batch(example_index)
         kwargs = dict(config.model_kwargs)
         info = model_info(config.model)
         if self.task.readout not in info.readouts:
@@ -266,6 +267,9 @@ class Trainer:
                                f"{config.model} does not have; use {', '.join(models_with(self.task.readout))}")
         if info.chooses_readout:
             kwargs.setdefault("readout", self.task.readout)
+        self.record = model_record(config, self.task, kind, train_set, example_index, self.loaders["train"],
+                                   {**kwargs, "out_dim": self.task.out_dim})
+
         def build():
             return create_model(config.model, example=example, out_dim=self.task.out_dim, **kwargs)
 
@@ -370,6 +374,9 @@ class Trainer:
             raise NNGraphError(f"--resume: no checkpoint in {self.out}; start the run without --resume")
         if self.rank == 0 and not (resume and (self.out / "config.json").exists()):  # a resumed run keeps its record
             atomic_write_json(self.out / "config.json", self.config.to_json(), indent=2, allow_nan=True)
+        if self.rank == 0:  # what rebuilds the model without the corpus (nngraph.run.load_run)
+            atomic_write_json(self.out / MODEL_RECORD, {**self.record, "corpus_path": corpus_paths(self.config.data,
+                                                                                                   self.out)}, indent=2)
         while self.epoch < self.config.epochs and not self.out_of_time() and not self.plateaued():
             start = time.perf_counter()
             train_loss = self.train_epoch(progress)
@@ -563,6 +570,61 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, over
         unlock_folder(config.out)
         if started_here:
             dist.destroy_process_group()
+
+
+MODEL_RECORD = "model.json"
+
+
+def model_record(config: TrainConfig, task, kind: str, train_set, example_index: torch.Tensor, loader: GraphLoader,
+                 model_args: dict[str, Any]) -> dict:
+    """What rebuilds a run's model without its corpus (``model.json``, read by ``nngraph.run``).
+
+    The model is rebuilt by ``create_model(model, example=batch, **model_args)`` on a batch of
+    one freshly built network per architecture of the training example (``architectures``:
+    SIREN specs of an INR corpus, CNN specs of a zoo), taking inputs of ``input_shape`` and
+    collated in the corpus's edge window (``k_max``, ``width``): that batch has the example's
+    layers, positions, degrees and kernel window, so every size (and every normalisation
+    buffer's shape) is the trained model's; the buffers' values then come from the weights.
+    ``task``: its name and constructor arguments (classes, loss, image size); ``activations``
+    and ``edge_kinds``: the vocabulary the model's embeddings were made for.
+    """
+    from nngraph.graph.graph import ACTIVATIONS, EDGE_KINDS
+    from nngraph.pipeline.loader import zoo_input_shape
+
+    if kind == "inr":
+        architectures = [train_set.spec.to_dict()]
+        input_shape = [train_set.spec.in_features]
+    else:
+        architectures = []
+        for i in example_index.tolist():
+            if train_set[i]["arch"] not in architectures:
+                architectures.append(train_set[i]["arch"])
+        input_shape = list(zoo_input_shape(train_set))
+    return {"format": 1, "kind": kind, "architectures": architectures, "input_shape": input_shape,
+            "k_max": loader.k_max, "width": loader.width, "model": config.model, "model_args": model_args,
+            "task": {"name": config.task, "args": task_arguments(task)}, "activations": list(ACTIVATIONS),
+            "edge_kinds": list(EDGE_KINDS)}
+
+
+def task_arguments(task) -> dict[str, Any]:
+    """The constructor arguments that rebuild ``task`` without its corpus (``create_task(name, **args)``):
+    each argument of its class's ``__init__`` read back from the attribute ``<name>_name`` or, when
+    there is none, ``<name>`` (a value, not a method: GeneralizeTask keeps ``loss`` as ``loss_name``)."""
+    import inspect
+
+    found = {}
+    for name in list(inspect.signature(type(task).__init__).parameters)[1:]:
+        value = getattr(task, f"{name}_name", getattr(task, name, None))
+        if value is not None and not callable(value):
+            found[name] = value
+    return found
+
+
+def corpus_paths(data: str, out: Path) -> dict[str, str]:
+    """The corpus as an absolute path and relative to the run folder (either may still exist
+    when the run is read from elsewhere or moved together with its corpus)."""
+    absolute = Path(data).resolve()
+    return {"absolute": str(absolute), "relative": os.path.relpath(absolute, out.resolve())}
 
 
 def read_json_object(path: str | os.PathLike) -> dict:

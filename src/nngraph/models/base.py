@@ -87,10 +87,26 @@ class GraphMetanetwork(nn.Module):
         return v, e, outputs
 
     def read(self, v: torch.Tensor, e: torch.Tensor, batch: Batch, probe_outputs: torch.Tensor | None):
-        """The readout of the final states (and of the outputs on the probes, when given)."""
+        """The readout of the final states (and of the outputs on the probes, when given); inside
+        ``embed``, the invariant readout's pooled representation instead of its head's output."""
+        readout = self.readout.pool if self._pooling else self.readout
         if probe_outputs is None:
-            return self.readout(v, e, batch)
-        return self.readout(v, e, batch, probe_outputs)
+            return readout(v, e, batch)
+        return readout(v, e, batch, probe_outputs)
+
+    _pooling = False  # True only while ``embed`` runs the forward pass
+
+    def embed(self, batch: Batch) -> torch.Tensor:
+        """Per-network embeddings [B, D]: the invariant readout's pooled states (``InvariantReadout.pool``),
+        what its head maps to the output; the same forward pass up to the head."""
+        if not hasattr(self.readout, "pool"):
+            raise NNGraphError(f"{type(self).__name__} has a per-parameter readout, which makes no per-network "
+                               "embedding; embed with a model trained with an invariant readout")
+        self._pooling = True
+        try:
+            return self(batch)
+        finally:
+            self._pooling = False
 
     @classmethod
     def check_args(cls, kwargs: dict[str, Any]) -> None:

@@ -47,6 +47,12 @@ class InvariantReadout(nn.Module):
     def forward(self, v: torch.Tensor, e: torch.Tensor, batch: Batch,
                 extra: torch.Tensor | None = None) -> torch.Tensor:
         """v [N, d] -> [B, out_dim]; the edge states e are not read (an invariant pooling of nodes)."""
+        return self.head(self.pool(v, e, batch, extra))
+
+    def pool(self, v: torch.Tensor, e: torch.Tensor, batch: Batch,
+             extra: torch.Tensor | None = None) -> torch.Tensor:
+        """The head's input r_b before the MLP: [mean, max, V_out_1..m(, extra)] [B, (2 + m) d (+ extra)],
+        a network's embedding (invariant to its hidden neurons' order)."""
         b = int(batch.num_graphs)
         hidden = batch.node_role == ROLE_HIDDEN
         graph = batch.batch[hidden]
@@ -61,7 +67,7 @@ class InvariantReadout(nn.Module):
         if out_states.shape[0] != b * self.num_outputs:
             raise ValueError(f"every network must have {self.num_outputs} output neurons for this readout")
         parts = [mean, top, out_states.reshape(b, -1)] + ([] if extra is None else [extra.to(v.dtype)])
-        return self.head(torch.cat(parts, dim=1))
+        return torch.cat(parts, dim=1)
 
 
 class ParameterReadout(nn.Module):
