@@ -179,3 +179,41 @@ def test_eval_finds_the_corpus_beside_a_moved_run(trained, tmp_path, monkeypatch
         assert "test" in capsys.readouterr().out
     finally:
         hidden.rename(folder)
+
+
+@pytest.fixture(scope="module")
+def zoo_run(tmp_path_factory):
+    """An NG-GNN generalization run on a zoo of 10 CNNs of mixed architectures (20 training steps each)."""
+    from nngraph.data import zoo
+    from nngraph.data.build import build_zoo_corpus
+
+    folder = tmp_path_factory.mktemp("zoo-run")
+    sample = zoo.sample_training
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(zoo, "sample_training", lambda rng: {**sample(rng), "steps": 20, "batch_size": 32})
+        build_zoo_corpus(folder / "zoo", 10, "digits", seed=0, test_limit=200, shard_size=5, workers=1,
+                         progress=False, log=lambda *a: None)
+    config = TrainConfig(task="generalize", data=str(folder / "zoo"), model="nggnn", out=str(folder / "run"), epochs=1,
+                         batch_size=4, lr=3e-3, warmup_steps=1, model_kwargs={"hidden": 16, "edge_hidden": 8, "layers": 1})
+    train(config, progress=False)
+    return config
+
+
+def test_a_zoo_run_of_mixed_architectures_rebuilds_and_reads_other_depths(zoo_run):
+    from nngraph.data.zoo import build_cnn
+
+    loaded = nngraph.load_run(zoo_run.out)
+    archs = loaded.record["architectures"]
+    assert len({len(a["layers"]) for a in archs}) > 1  # the example mixed depths
+    trainer = Trainer(zoo_run)
+    trainer.load_model(load_weights(loaded.path / "best.safetensors")[0], loaded.path / "best.safetensors")
+    dataset = trainer.loaders["train"].dataset
+    predictions = loaded.predict([dataset.model(i) for i in range(len(dataset))], batch_size=3)
+    torch.testing.assert_close(predictions["prediction"], trainer.predict("train")["predicted"])
+    shallow = build_cnn({**archs[0], "layers": archs[0]["layers"][:1]}).eval()  # one conv layer: a new depth
+    out = loaded.predict([shallow])["prediction"]
+    assert out.shape == (1,) and 0 < float(out) < 1
+    assert loaded.embed([shallow, dataset.model(0)]).shape == (2, (2 + 10) * 16)  # mean, max, 10 outputs
+    wide = build_cnn({**archs[0], "layers": [{**archs[0]["layers"][0], "kernel": 7}]}).eval()
+    with pytest.raises(NNGraphError, match="7x7 kernel window; this run's model reads at most 5x5"):
+        loaded.predict([wide])

@@ -5,7 +5,8 @@ code: its checkpoints are safetensors files (tensors and a JSON header, no pickl
 
 - ``best.safetensors``: the best epoch's model weights, a plain ``state_dict`` (its keys
   are the model's parameter names; the header's metadata holds ``epoch``). Together with
-  ``config.json`` it is what a run keeps of its model.
+  ``config.json`` and ``model.json`` (what rebuilds the model without the corpus, see
+  ``nngraph.run``) it is what a run keeps of its model.
 - ``last.safetensors``: everything a resume needs, as one file written atomically (the
   commit point of an epoch): model and optimiser state, counters, history, RNG state and
   the corpus identity. Nested state is stored as a JSON tree in the metadata whose

@@ -26,9 +26,10 @@ history, RNG and the corpus identity), then ``best.safetensors`` when the epoch 
 best so far, then ``metrics.jsonl`` (rewritten atomically from the history). The last two
 are derived from the first, so a resume after a kill between any two writes restores them
 (the best weights are then the committed model's) and continues exactly; a run killed
-before its first commit holds only ``config.json`` and ``--resume`` starts it from the
-beginning. The corpus identity (a digest of the manifest's items and shard digests) is
-checked on resume: a rebuilt corpus with other content is refused.
+before its first commit holds only ``config.json`` and ``model.json`` (written at the start:
+what rebuilds the model without the corpus, see ``model_record`` and ``nngraph.run``) and
+``--resume`` starts it from the beginning. The corpus identity (a digest of the manifest's
+items and shard digests) is checked on resume: a rebuilt corpus with other content is refused.
 
 Warm-up: ``warmup_steps`` linear steps, or with ``warmup_ratio`` r a fraction of the run
 (r times its steps; with a time budget T, the first r T training seconds). A warm-up
@@ -185,7 +186,7 @@ class TrainConfig:
 
 
 # Files of a run folder (cleared by --overwrite). A folder holding any of the records has trained
-# at least one epoch; one with only config.json (killed in its first epoch) has nothing to lose.
+# at least one epoch; one with only config.json and model.json (killed in its first epoch) has nothing to lose.
 RUN_RECORDS = ("metrics.jsonl", "metrics.json", LAST, BEST, *LEGACY)
 RUN_FILES = (*RUN_RECORDS, "config.json", "model.json", "learning_curves.png", "confusion_matrix.png", "predicted_vs_true.png",
              "dilation.png")
