@@ -131,6 +131,7 @@ def test_cli_predict_embed_and_eval_predictions(trained, tmp_path, monkeypatch, 
 
     # eval from another directory: the run's corpus through model.json's absolute path
     assert main(["eval", str(run), "--predictions", "test.csv", "--device", "cpu"]) == 0
+    assert (tmp_path / "test.csv").read_text().splitlines()[0] == "index,target,prediction,loss"
     rows = list(csv.DictReader((tmp_path / "test.csv").open()))
     dataset = InrDataset(folder / "inrs", "test")
     assert [int(r["index"]) for r in rows] == dataset.rows.tolist()

@@ -196,7 +196,8 @@ def _write_split_predictions(path: str, rows, predictions: dict) -> None:
     """CSV of a split's per-network predictions: index (item in the corpus), target, prediction
     and the task's other per-network numbers (loss, mse)."""
     names = {"label": "target", "predicted": "prediction"}
-    keys = sorted((k for k, v in predictions.items() if v.ndim == 1), key=lambda k: (k not in names, names.get(k, k)))
+    first = [k for k in names if k in predictions]  # target, then prediction
+    keys = first + sorted(k for k, v in predictions.items() if v.ndim == 1 and k not in names)
     lines = [",".join(["index", *(names.get(k, k) for k in keys)])]
     columns = [predictions[k].tolist() for k in keys]
     lines += [",".join([str(int(row)), *(repr(c[i]) for c in columns)]) for i, row in enumerate(rows)]
