@@ -37,8 +37,13 @@ def trained(tmp_path_factory, inr_corpus):
 
 
 def split_networks(folder) -> list[torch.nn.Module]:
-    """The test split's INRs as torch modules."""
-    dataset = InrDataset(folder / "inrs", "test")
+    """The test split's INRs (of the corpus copy in folder/inrs) as torch modules."""
+    return split_networks_of(folder / "inrs")
+
+
+def split_networks_of(corpus) -> list[torch.nn.Module]:
+    """The test split's INRs of ``corpus`` as torch modules."""
+    dataset = InrDataset(corpus, "test")
     networks = []
     for i in range(len(dataset)):
         network = dataset.spec.build()
@@ -195,7 +200,8 @@ def zoo_run(tmp_path_factory):
         build_zoo_corpus(folder / "zoo", 10, "digits", seed=0, test_limit=200, shard_size=5, workers=1,
                          progress=False, log=lambda *a: None)
     config = TrainConfig(task="generalize", data=str(folder / "zoo"), model="nggnn", out=str(folder / "run"), epochs=1,
-                         batch_size=4, lr=3e-3, warmup_steps=1, model_kwargs={"hidden": 16, "edge_hidden": 8, "layers": 1})
+                         batch_size=4, lr=3e-3, warmup_steps=1,
+                         model_kwargs={"hidden": 16, "edge_hidden": 8, "layers": 1})
     train(config, progress=False)
     return config
 
@@ -218,3 +224,23 @@ def test_a_zoo_run_of_mixed_architectures_rebuilds_and_reads_other_depths(zoo_ru
     wide = build_cnn({**archs[0], "layers": [{**archs[0]["layers"][0], "kernel": 7}]}).eval()
     with pytest.raises(NNGraphError, match="7x7 kernel window; this run's model reads at most 5x5"):
         loaded.predict([wide])
+
+
+def test_an_editing_run_predicts_edited_parameters_and_refuses_embeddings(tmp_path, inr_corpus):
+    """dilate: the task's image size, w0 and offset come back from model.json; the per-parameter
+    readout's edits equal the Trainer's; such a model has no per-network embedding."""
+    config = TrainConfig(task="dilate", data=str(inr_corpus), model="ngt", out=str(tmp_path / "run"), epochs=1,
+                         batch_size=8, warmup_steps=1,
+                         model_kwargs={k: SMALL_NGT[k] for k in SMALL_NGT if k != "probes"})
+    train(config, progress=False)
+    loaded = nngraph.load_run(tmp_path / "run")
+    trainer = Trainer(config)
+    trainer.load_model(load_weights(tmp_path / "run" / "best.safetensors")[0], tmp_path / "run" / "best.safetensors")
+    output, targets, batch = trainer.test_examples(3)
+    expected = trainer.task.edited_params(output, targets, batch)
+    got = loaded.predict(split_networks_of(inr_corpus)[:3])
+    assert set(got) == set(expected)
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name])
+    with pytest.raises(NNGraphError, match="per-parameter readout, which makes no per-network embedding"):
+        loaded.embed(split_networks_of(inr_corpus)[:1])

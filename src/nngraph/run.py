@@ -106,8 +106,8 @@ class TrainedRun:
         task = self.record["task"]
         try:
             self.task = create_task(task["name"], None, **task["args"])
-            example = collate([self._graph(self._build(arch), i) for i, arch in enumerate(self.record["architectures"])],
-                              self.k_max, self.width)
+            networks = [self._build(arch) for arch in self.record["architectures"]]
+            example = collate([self._graph(n, i) for i, n in enumerate(networks)], self.k_max, self.width)
             with torch.random.fork_rng(devices=[]):  # the rebuild's initial weights are overwritten
                 self.model = create_model(self.record["model"], example=example, **self.record["model_args"])
         except NNGraphError:
@@ -222,9 +222,10 @@ class TrainedRun:
             except NNGraphError:
                 raise
             except (ValueError, RuntimeError, IndexError) as exc:
-                raise NNGraphError(f"this run's {self.config.model} model cannot read networks {start}.."
-                                   f"{start + int(batch.num_graphs) - 1} ({' '.join(str(exc).split())[:120]}); pass networks "
-                                   "like the ones it was trained on") from None
+                last = start + int(batch.num_graphs) - 1
+                raise NNGraphError(f"this run's {self.config.model} model cannot read networks {start}..{last} "
+                                   f"({' '.join(str(exc).split())[:120]}); pass networks like the ones it was "
+                                   "trained on") from None
             results.append((output, batch))
         return results
 

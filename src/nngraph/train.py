@@ -186,10 +186,11 @@ class TrainConfig:
 
 
 # Files of a run folder (cleared by --overwrite). A folder holding any of the records has trained
-# at least one epoch; one with only config.json and model.json (killed in its first epoch) has nothing to lose.
+# at least one epoch; one with only config.json and model.json (killed in its first epoch) has
+# nothing to lose.
 RUN_RECORDS = ("metrics.jsonl", "metrics.json", LAST, BEST, *LEGACY)
-RUN_FILES = (*RUN_RECORDS, "config.json", "model.json", "learning_curves.png", "confusion_matrix.png", "predicted_vs_true.png",
-             "dilation.png")
+RUN_FILES = (*RUN_RECORDS, "config.json", "model.json", "learning_curves.png", "confusion_matrix.png",
+             "predicted_vs_true.png", "dilation.png")
 # config.json fields that a resumed run may change: they do not alter what is trained.
 _RESUMABLE_CHANGES = ("out", "compile")
 
