@@ -206,7 +206,7 @@ def zoo_run(tmp_path_factory):
     return config
 
 
-def test_a_zoo_run_of_mixed_architectures_rebuilds_and_reads_other_depths(zoo_run):
+def test_a_zoo_run_of_mixed_architectures_rebuilds_and_reads_other_depths(zoo_run, tmp_path):
     from nngraph.data.zoo import build_cnn
 
     loaded = nngraph.load_run(zoo_run.out)
@@ -224,6 +224,16 @@ def test_a_zoo_run_of_mixed_architectures_rebuilds_and_reads_other_depths(zoo_ru
     wide = build_cnn({**archs[0], "layers": [{**archs[0]["layers"][0], "kernel": 7}]}).eval()
     with pytest.raises(NNGraphError, match="7x7 kernel window; this run's model reads at most 5x5"):
         loaded.predict([wide])
+    # a state_dict file is matched to the run's architectures by its tensors, never by a guess
+    save_file(dataset.model(0).state_dict(), tmp_path / "net.safetensors")
+    network = loaded.load_network(tmp_path / "net.safetensors")
+    torch.testing.assert_close(loaded.predict([network])["prediction"], predictions["prediction"][:1])
+    shapes = {k: v.shape for k, v in network.state_dict().items()}
+    arch = next(a for a in archs if {k: v.shape for k, v in build_cnn(a).state_dict().items()} == shapes)
+    other = "relu" if arch["activation"] != "relu" else "tanh"
+    loaded.record["architectures"].append({**arch, "activation": other})  # same tensors, another function
+    with pytest.raises(NNGraphError, match="fits 2 of this run's architectures"):
+        loaded.load_network(tmp_path / "net.safetensors")
 
 
 def test_an_editing_run_predicts_edited_parameters_and_refuses_embeddings(tmp_path, inr_corpus):

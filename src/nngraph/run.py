@@ -164,8 +164,9 @@ class TrainedRun:
         """A network of one of the run's architectures from a state_dict file: ``.safetensors``, or
         ``.pt`` / ``.pth`` read with ``torch.load(weights_only=True)`` (tensors only, no code runs).
 
-        The run knows its architectures (``model.json``), so a state_dict is enough; the first one
-        whose parameter names and shapes it fits is built. Networks of other architectures are
+        The run knows its architectures (``model.json``), so a state_dict is enough: the one
+        architecture whose parameter names and shapes it fits is built (fitting several, which
+        differ only in strides or activations, is refused: that would be a guess). Networks of other architectures are
         passed as modules from Python (``predict([module])``). ``.pt2`` files of ``torch.export``
         are refused: the exported module is an aten graph with hooks, which ``to_graph`` cannot read.
         """
@@ -193,13 +194,20 @@ class TrainedRun:
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise NNGraphError(f"{path} holds no state_dict (a dict of tensors); save one with "
                                "torch.save(model.state_dict(), ...)")
+        fitting = []
         for arch in self.record["architectures"]:
             network = self._build(arch)
             try:
                 network.load_state_dict(state)
             except RuntimeError:
                 continue
-            return network.eval()
+            fitting.append(network.eval())
+        if len(fitting) == 1:
+            return fitting[0]
+        if fitting:  # same tensors, other strides or activations: another function, so no guess
+            raise NNGraphError(f"{path} fits {len(fitting)} of this run's architectures (same tensors, other strides "
+                               "or activations); pass it as a module from Python: "
+                               "nngraph.load_run(RUN).predict([module])")
         raise NNGraphError(f"{path} fits none of this run's {len(self.record['architectures'])} architecture(s) "
                            f"(see {self.path / MODEL_RECORD}); pass networks of another architecture as modules "
                            "from Python: nngraph.load_run(RUN).predict([module])")
