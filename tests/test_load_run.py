@@ -153,6 +153,11 @@ def test_cli_bad_input_is_one_line_with_exit_code_2(trained, tmp_path, capsys):
     damaged = tmp_path / "damaged"
     shutil.copytree(run, damaged)
     (damaged / "model.json").write_text('{"kind": "inr"')
+    edited = tmp_path / "edited"
+    shutil.copytree(run, edited)
+    record = json.loads((edited / "model.json").read_text())
+    record["model_args"]["hidden"] = 4096  # not the trained model, and a large one
+    (edited / "model.json").write_text(json.dumps(record))
     missing_record = tmp_path / "old"
     shutil.copytree(run, missing_record)
     (missing_record / "model.json").unlink()
@@ -160,6 +165,7 @@ def test_cli_bad_input_is_one_line_with_exit_code_2(trained, tmp_path, capsys):
         (["predict", str(tmp_path / "nothing"), str(tmp_path / "other.safetensors")], "not a run folder"),
         (["predict", str(damaged), str(tmp_path / "other.safetensors")], "not readable JSON"),
         (["embed", str(missing_record), str(tmp_path / "other.safetensors")], "no model.json"),
+        (["embed", str(edited), str(tmp_path / "other.safetensors")], "does not describe the model of"),
         (["predict", str(run), str(tmp_path / "other.safetensors")], "fits none of this run's 1 architecture"),
         (["predict", str(run), str(tmp_path / "other.pt2")], "pass a state_dict as .safetensors"),
         (["predict", str(run), str(tmp_path / "absent.pt")], "is not a file"),

@@ -106,6 +106,7 @@ class TrainedRun:
         task = self.record["task"]
         try:
             self.task = create_task(task["name"], None, **task["args"])
+            self._check_agrees(record_path)
             networks = [self._build(arch) for arch in self.record["architectures"]]
             example = collate([self._graph(n, i) for i, n in enumerate(networks)], self.k_max, self.width)
             with torch.random.fork_rng(devices=[]):  # the rebuild's initial weights are overwritten
@@ -122,15 +123,27 @@ class TrainedRun:
                                "train the run again") from None
         self.model.to(self.device).eval()
 
+    def _check_agrees(self, record_path: Path) -> None:
+        """``model.json`` names the model, arguments and task of ``config.json`` (checked there):
+        a hand-edited record cannot build another model than the one trained."""
+        args = dict(self.record["model_args"])
+        out_dim, _ = args.pop("out_dim", None), args.pop("readout", None)
+        if (self.record["model"], args, self.task.name, out_dim) != (self.config.model, self.config.model_kwargs,
+                                                                     self.config.task, self.task.out_dim):
+            raise NNGraphError(f"{record_path} does not describe the model of {self.path / 'config.json'} (one of "
+                               "them was edited or replaced); train the run again")
+
     def _build(self, arch: dict) -> nn.Module:
-        """A network of one recorded architecture (fresh weights: only its structure is used)."""
-        if self.record["kind"] == "inr":
-            from nngraph.data.fitting import SirenSpec
+        """A network of one recorded architecture (fresh weights, drawn without touching the global
+        RNG: only its structure is used, or the weights a state_dict then loads)."""
+        with torch.random.fork_rng(devices=[]):
+            if self.record["kind"] == "inr":
+                from nngraph.data.fitting import SirenSpec
 
-            return SirenSpec.from_dict(arch).build()
-        from nngraph.data.zoo import build_cnn
+                return SirenSpec.from_dict(arch).build()
+            from nngraph.data.zoo import build_cnn
 
-        return build_cnn(arch)
+            return build_cnn(arch)
 
     def _graph(self, network: Any, i: int) -> NeuralGraph:
         """Network ``i`` as a graph the model can read, or one line saying why it cannot be."""
