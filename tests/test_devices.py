@@ -52,6 +52,7 @@ FACTORIES = {"arange", "zeros", "ones", "empty", "full", "rand", "randn", "randi
 HOST_SIDE = {
     ("graph/builder.py", "*"): "conversion builds a graph from a CPU module's Python lists; move it with .to()",
     ("graph/convert.py", "_assign_roles"): "conversion (as builder.py)",
+    ("graph/products.py", "scale"): "a constant factor's edge weights, built on the host with the graph (as builder.py)",
     ("graph/permute.py", "_tie_class_permutation"): "drawn on the host from Python lists; permute_graph moves it",
     ("graph/permute.py", "guess_input"): "example input for converting a CPU module",
     ("graph/augment.py", "*"): "augmentation indices computed on the host, then moved to the batch's device",
@@ -64,6 +65,7 @@ HOST_SIDE = {
     ("tasks/*", "*"): "targets from host dataset columns (moved with the batch) and metrics on the host",
     ("train.py", "*"): "split order and index batches: host-side, as the batches are built there",
     ("cli_runs.py", "_inspect_corpus"): "example input for converting a CPU module",
+    ("run.py", "TrainedRun._graph"): "example input for converting a user's module, on the host like to_graph",
     ("examples.py", "*"): "the bundled example networks and their inputs, on the CPU",
 }
 

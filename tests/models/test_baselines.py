@@ -263,10 +263,31 @@ def test_nfn_conversion_and_batchnorm_folding():
     torch.testing.assert_close(folded, cnn.bn(cnn.stem(IMAGES)), rtol=1e-4, atol=1e-5)
 
 
+class _UpConv(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.up = torch.nn.ConvTranspose2d(1, 2, 2, stride=2)
+        self.head = torch.nn.Conv2d(2, 3, 1)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.up(x))).mean((2, 3))
+
+
+class _LayerScaled(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc, self.gamma, self.out = torch.nn.Linear(4, 5), torch.nn.Parameter(torch.rand(5)), torch.nn.Linear(5, 2)
+
+    def forward(self, x):
+        return self.out(self.gamma * torch.relu(self.fc(x)))
+
+
 def test_nfn_refuses_what_it_cannot_read():
     cases = [
         (randomise(TwoBranchCNN(classes=3), 0), IMAGES, "flattened"),  # flatten head (and concatenation)
         (randomise(NormedMLP(features=4, hidden=6, classes=2), 0), torch.randn(3, 4), "BatchNorm"),  # LayerNorm
+        (_UpConv().eval(), IMAGES, "kernel_t"),  # a ConvTranspose2d weight
+        (_LayerScaled().eval(), torch.randn(3, 4), "diag"),  # a layer scale gamma * x
     ]
     for net, x, match in cases:
         batch = nngraph.collate([nngraph.to_graph(net, x)])

@@ -217,7 +217,7 @@ class DWSNet(nn.Module):
     def set_normalisation(self, weight_rms, bias_rms) -> None:
         """Scale layer i's weights by 1/weight_rms[i] and biases by 1/bias_rms[i] (1 where the RMS is ~0)."""
         for buf, rms in ((self.w_scale, weight_rms), (self.b_scale, bias_rms)):
-            r = torch.as_tensor([float(v) for v in rms])
+            r = torch.as_tensor([float(v) for v in rms], device=buf.device)
             buf.copy_(torch.where(r > 1e-8, 1.0 / r.clamp(min=1e-8), torch.ones_like(r)))
 
     def forward(self, batch: Batch) -> torch.Tensor | dict[str, torch.Tensor]:

@@ -110,9 +110,15 @@ def chain_layout(batch: Batch) -> list[ChainLayer]:
         raise UnsupportedModelError(
             "nfn baselines cannot read a Linear on a flattened feature map; use global pooling, or the deepsets/statnn/graph models"
         )
-    if any(p.source in ("tokens", "kernel_t") for p in weights):
+    if any(p.source == "tokens" for p in weights):
         raise UnsupportedModelError(
             "nfn baselines cannot read transformers (token constants, embeddings); use the deepsets/statnn/graph models"
+        )
+    unread = sorted({p.source for p in weights if p.source != "kernel"})
+    if unread:
+        raise UnsupportedModelError(
+            f"nfn baselines read only Linear and Conv2d weights, not {', '.join(unread)} parameters (transposed "
+            "convolutions, layer scales, ...); use the deepsets/statnn/graph models"
         )
     if not weights:
         raise UnsupportedModelError("nfn baselines need at least one Linear or Conv2d layer")
