@@ -21,7 +21,7 @@ LAYERS = [
     ("pipeline", ("nngraph.pipeline",)),
     ("models", ("nngraph.models",)),
     ("tasks", ("nngraph.tasks",)),
-    ("train", ("nngraph.train", "nngraph.memory")),
+    ("train", ("nngraph.train", "nngraph.memory", "nngraph.run")),
     ("cli", ("nngraph.cli", "nngraph.cli_runs", "nngraph.demo", "nngraph")),
 ]
 
