@@ -227,12 +227,17 @@ def add_predict(sub, formatter, common) -> None:
                                    "was trained on (recorded in RUN/model.json): .safetensors, or .pt / .pth "
                                    "loaded as tensors only (no code runs). Other networks (any architecture the "
                                    "model can read) go through Python: nngraph.load_run(RUN).predict([module]).")
+    _add_run_and_networks(p)
+    p.add_argument("--out", default="predictions.csv", metavar="CSV", help="where to write (default: predictions.csv)")
+    p.set_defaults(func=run_predict)
+
+
+def _add_run_and_networks(p) -> None:
+    """The arguments `predict` and `embed` share: RUN, the network files, --device."""
     p.add_argument("run", metavar="RUN", help="run folder written by `nngraph train`")
     p.add_argument("networks", nargs="+", metavar="NETWORK", help="state_dict files (.safetensors, .pt, .pth)")
-    p.add_argument("--out", default="predictions.csv", metavar="CSV", help="where to write (default: predictions.csv)")
     p.add_argument("--device", default="auto", metavar="{auto,cpu,cuda,cuda:N}",
                    help="where to run: auto takes a GPU when there is one (default: auto)")
-    p.set_defaults(func=run_predict)
 
 
 def run_predict(args) -> int:
@@ -268,12 +273,9 @@ def add_embed(sub, formatter, common) -> None:
                                    "neurons' states and the output neurons' states), for retrieval or "
                                    "clustering. --out .npy: an array [n, D] in the files' order; .csv: one row per "
                                    "file (network, e0..e{D-1}).\n\nNetworks as for `nngraph predict`.")
-    p.add_argument("run", metavar="RUN", help="run folder written by `nngraph train`")
-    p.add_argument("networks", nargs="+", metavar="NETWORK", help="state_dict files (.safetensors, .pt, .pth)")
+    _add_run_and_networks(p)
     p.add_argument("--out", default="embeddings.npy", metavar="FILE",
                    help="embeddings.npy (numpy array) or .csv (default: embeddings.npy)")
-    p.add_argument("--device", default="auto", metavar="{auto,cpu,cuda,cuda:N}",
-                   help="where to run: auto takes a GPU when there is one (default: auto)")
     p.set_defaults(func=run_embed)
 
 

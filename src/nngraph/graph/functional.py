@@ -64,13 +64,7 @@ def layer(ctx: Context, node: Node, args: list, kwargs: dict, where: str) -> Val
     if node.target is F.layer_norm:
         return _layer_norm(ctx, node, value, args, kwargs, where)
     names = ("weight", "bias") if node.target is F.linear else ("weight",) if node.target is F.prelu else _CONV_ARGS
-    bound = dict(zip(names, args[1:]))
-    bound.update(kwargs)
-    weight, bias = bound.get("weight"), bound.get("bias")
-    for p in (weight, bias):
-        if p is not None and not isinstance(p, ParamRef):
-            raise UnsupportedModelError(f"{where}: weights must be parameters of the model (nn.Parameter), not computed")
-    _use(ctx, [p for p in (weight, bias) if p is not None], where)
+    bound, weight, bias = _bind_parameters(ctx, names, args, kwargs, where)
     w = (weight.name, weight.tensor)
     b = (bias.name, bias.tensor) if bias is not None else None
     if node.target is F.linear:
@@ -87,15 +81,23 @@ def layer(ctx: Context, node: Node, args: list, kwargs: dict, where: str) -> Val
     return ops.conv_layer(ctx, node, value, w, b, options, where)
 
 
-def _layer_norm(ctx: Context, node: Node, value: Value, args: list, kwargs: dict, where: str) -> Value:
-    """F.layer_norm(x, normalized_shape, weight, bias, eps) (ConvNeXt's channels-last LayerNorm)."""
-    bound = dict(zip(("normalized_shape", "weight", "bias", "eps"), args[1:]))
+def _bind_parameters(ctx: Context, names: tuple[str, ...], args: list, kwargs: dict,
+                     where: str) -> tuple[dict, ParamRef | None, ParamRef | None]:
+    """The call's arguments after the input by name, and its weight and bias, which must be
+    the model's own parameters (each marked as used)."""
+    bound = dict(zip(names, args[1:]))
     bound.update(kwargs)
     weight, bias = bound.get("weight"), bound.get("bias")
     for p in (weight, bias):
         if p is not None and not isinstance(p, ParamRef):
             raise UnsupportedModelError(f"{where}: weights must be parameters of the model (nn.Parameter), not computed")
     _use(ctx, [p for p in (weight, bias) if p is not None], where)
+    return bound, weight, bias
+
+
+def _layer_norm(ctx: Context, node: Node, value: Value, args: list, kwargs: dict, where: str) -> Value:
+    """F.layer_norm(x, normalized_shape, weight, bias, eps) (ConvNeXt's channels-last LayerNorm)."""
+    bound, weight, bias = _bind_parameters(ctx, ("normalized_shape", "weight", "bias", "eps"), args, kwargs, where)
     shape = bound["normalized_shape"]
     return ops.layer_norm(ctx, node, value, tuple(shape) if isinstance(shape, (list, tuple)) else (shape,),
                           float(bound.get("eps", 1e-5)), (weight.name, weight.tensor) if weight is not None else None,
