@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from nngraph.data.fitting import (
-    FitRecipe, SirenSpec, _BatchFit, default_recipe, fit_chunk, fit_inrs, init_params, pack, psnr_of, render,
+    FitProgress, FitRecipe, SirenSpec, _BatchFit, default_recipe, fit_chunk, fit_inrs, init_params, pack, psnr_of, render,
     unpack,
 )
 from nngraph.data.images import load_images
@@ -97,3 +97,17 @@ def test_recipe_validation_and_defaults():
         fit_inrs(torch.rand(3, 4, 4), SirenSpec(), FitRecipe(steps=1), [1, 2], progress=False)
     r = FitRecipe(steps=100, lr=1.0, schedule="cosine", final_lr_ratio=0.1)
     assert r.lr_at(0) == 1.0 and math.isclose(r.lr_at(50), 0.55) and math.isclose(r.lr_at(100), 0.1)
+
+
+def test_a_fit_off_a_terminal_prints_progress_lines(digits, capsys, monkeypatch):
+    """With output redirected (not a terminal) a long build prints a progress line at a steady
+    interval instead of nothing between its first and last line."""
+    monkeypatch.setattr("sys.stdout.isatty", lambda: False)
+    bar = FitProgress(12, "INRs (dwsnet)", enabled=True)
+    bar.progress.interval = 0.0  # every update is past the interval
+    fit_inrs(digits[:12], SirenSpec(variant="dwsnet"), FitRecipe(steps=5, lr=1e-3, target_psnr=None), range(12),
+             chunk_size=4, workers=1, progress=bar)
+    bar.close()
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("INRs (dwsnet): ")]
+    assert lines[-1].startswith("INRs (dwsnet): 12/12 INRs") and "mean PSNR" in lines[-1]
+    assert len(lines) == 3  # one per chunk of 4

@@ -53,6 +53,7 @@ import torch
 
 from nngraph.data.inr import VARIANT_OFFSET, VARIANTS, Siren, init_bounds, pixel_grid
 from nngraph.errors import NNGraphError
+from nngraph.progress import Progress
 from nngraph.schedule import cosine_decay
 
 
@@ -489,22 +490,12 @@ class FitResult:
 
 
 class FitProgress:
-    """Rich progress bar: INRs done, INRs/s, ETA and running mean PSNR."""
+    """INRs done of ``total``, with INRs/s and the running mean PSNR: a live bar on a terminal,
+    one line every 30 s elsewhere (``nngraph.progress``), so a long build is never silent."""
 
     def __init__(self, total: int, description: str, enabled: bool):
-        self.enabled = enabled and total > 0
-        self.total = total
-        if self.enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.bar = Progress(
-                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("INRs"),
-                TextColumn("{task.fields[rate]:>7.1f} INRs/s"), TextColumn("mean PSNR {task.fields[psnr]:5.2f} dB"),
-                TextColumn("ETA"), TimeRemainingColumn(),
-                transient=False,
-            )
-            self.task = self.bar.add_task(description, total=total, rate=0.0, psnr=float("nan"))
-            self.bar.start()
+        self.progress = Progress(description, total, "INRs", enabled and total > 0)
+        self.progress.__enter__()
         self.t0 = time.perf_counter()
         self.done = 0
         self.psnr_sum = 0.0
@@ -512,13 +503,11 @@ class FitProgress:
     def update(self, n: int, psnr_sum: float):
         self.done += n
         self.psnr_sum += psnr_sum
-        if self.enabled:
-            rate = self.done / max(time.perf_counter() - self.t0, 1e-9)
-            self.bar.update(self.task, completed=self.done, rate=rate, psnr=self.psnr_sum / max(self.done, 1))
+        rate = self.done / max(time.perf_counter() - self.t0, 1e-9)
+        self.progress.update(n, f"{rate:.1f} INRs/s, mean PSNR {self.psnr_sum / max(self.done, 1):.2f} dB")
 
     def close(self):
-        if self.enabled:
-            self.bar.stop()
+        self.progress.__exit__(None, None, None)
 
 
 def fit_inrs(

@@ -58,6 +58,7 @@ from torch import nn
 from nngraph.device import to_device
 from nngraph.errors import NNGraphError
 from nngraph.graph.activations import ACTIVATION_MODULES
+from nngraph.progress import Progress
 from nngraph.schedule import cosine_decay
 
 SPEC_VERSION = 1
@@ -588,30 +589,15 @@ def generate(
         pool = multiprocessing.get_context("fork").Pool(workers, _worker_init, (data,))
         records = pool.imap(_worker_make_net, [(i, seed, fixed_arch) for i in indices])
     try:
-        with _progress_bar(progress, fixed_arch) as bar:
-            task = bar.add_task("zoo", total=count, acc=float("nan"), rate=0.0)
+        label = "CNN zoo" + (" (fixed arch)" if fixed_arch else "")
+        with Progress(label, count, "nets", progress) as bar:  # a live bar, or a line every 30 s
             total_acc, started = 0.0, time.perf_counter()
             for done, record in enumerate(records, 1):
                 total_acc += record["test_accuracy"]
                 rate = done / max(time.perf_counter() - started, 1e-9)
-                bar.update(task, advance=1, acc=total_acc / done, rate=rate)
+                bar.update(1, f"{rate:.2f} nets/s, mean acc {total_acc / done:.3f}")
                 yield record
     finally:
         if pool is not None:
             pool.terminate()
             pool.join()
-
-
-def _progress_bar(enabled: bool, fixed_arch: bool):
-    """A rich progress bar with nets done, nets/s, ETA and running mean accuracy."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(
-        TextColumn("CNN zoo" + (" (fixed arch)" if fixed_arch else "")),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]:.2f} nets/s"),
-        TextColumn("mean acc {task.fields[acc]:.3f}"),
-        TimeRemainingColumn(),
-        disable=not enabled,
-    )
