@@ -150,6 +150,10 @@ def test_bench_flags(capfd):
     assert main(["bench", "--paper", "--dry-run", "--rows", "ngt-p64"]) == 0  # lists, runs nothing
     listing = capfd.readouterr().out
     assert "ngt-p64" in listing and "48 min" in listing and "dilate-ngt-p64" in listing
+    assert main(["bench", "--suite", "mnist"]) == 2
+    assert main(["bench", "--paper", "--suite", "mnist", "--dry-run"]) == 0  # the MNIST plan
+    listing = capfd.readouterr().out
+    assert "ngt-p0-nopos" in listing and "dilate-dwsnet" in listing
 
 
 MNIST_ROWS = {"mlp", "deepsets", "dwsnet", "nfn-np", "nfn-hnp", "nggnn-p0", "nggnn-p4", "nggnn-p16", "nggnn-p64",

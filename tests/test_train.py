@@ -303,3 +303,28 @@ def test_a_model_too_large_for_memory_is_refused_before_it_is_allocated(tmp_path
         Trainer(config(tmp_path, inr_corpus, model_kwargs={**SMALL_NGT, "hidden": 20_000, "heads": 2}))
     assert max(n for device, n in allocated if device == "meta") >= 20_000 ** 2  # counted on the meta device
     assert max(n for device, n in allocated if device != "meta") < 10_000  # only the corpus's small INRs were built
+
+
+def test_canonical_signs_reach_every_split_and_the_loaded_run(tmp_path, inr_corpus):
+    """--canonical-signs: the trainer's batches of every split hold canonical networks (every free bias
+    >= 0, some negative in the stored ones), and a loaded run canonicalises the networks it is given, so
+    a network and its sign-flipped copy get one prediction."""
+    import nngraph
+    from nngraph.graph.signs import flip_signs, flippable_neurons
+
+    result = train(config(tmp_path, inr_corpus, epochs=1, canonical_signs=True), progress=False)
+    assert result["test"]["accuracy"] >= 0.0
+    trainer = Trainer(config(tmp_path / "again", inr_corpus, canonical_signs=True))
+    plain = Trainer(config(tmp_path / "plain", inr_corpus))
+    for split in ("train", "val", "test"):
+        batch, _ = trainer.loaders[split].make_batch(torch.arange(4))
+        stored, _ = plain.loaders[split].make_batch(torch.arange(4))
+        free = flippable_neurons(batch)
+        assert free.any() and (batch.x[free, 0] >= 0).all() and (stored.x[free, 0] < 0).any(), split
+    run = nngraph.load_run(tmp_path / "run")
+    g = nngraph.to_graph(plain.loaders["test"].dataset.module(0), torch.zeros(1, 2))
+    flip = flippable_neurons(g) & (torch.arange(g.num_nodes) % 2 == 0)
+    flipped = flip_signs(g, torch.where(flip, -1, 1))
+    assert not torch.equal(flipped.x, g.x)
+    a, b = run.predict([g])["probabilities"], run.predict([flipped])["probabilities"]
+    assert torch.equal(a, b)

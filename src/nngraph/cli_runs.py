@@ -66,12 +66,15 @@ def add_train(sub, formatter, common) -> None:
     p.add_argument("--grad-clip", type=float, default=default["grad_clip"],
                    help="clip the gradient norm to this (0: off)")
     p.add_argument("--seed", type=int, default=default["seed"], help="seed of initialisation, shuffling and augmentation")
-    p.add_argument("--probes", type=int, default=None, help="probe inputs of NG-GNN / NG-T (default: the model's, 0)")
-    p.add_argument("--hidden", type=int, default=None, help="node width of NG-GNN / NG-T (default: the model's, 64)")
-    p.add_argument("--layers", type=int, default=None, help="layers of NG-GNN / NG-T (default: the model's, 4)")
+    p.add_argument("--probes", type=int, default=None, help="probe inputs of NG-GNN / NG-T / probe / probegen (default: the model's)")
+    p.add_argument("--hidden", type=int, default=None, help="node width of NG-GNN / NG-T, head width of probe / probegen (default: the model's)")
+    p.add_argument("--layers", type=int, default=None, help="layers of NG-GNN / NG-T, head layers of probe / probegen (default: the model's)")
     p.add_argument("--model-args", type=_json_dict, default={}, metavar="JSON",
                    help="further model keyword arguments, e.g. '{\"heads\": 4, \"reverse_edges\": true}'")
     p.add_argument("--permute-augment", action="store_true", help="random neuron permutations of training networks")
+    p.add_argument("--canonical-signs", action="store_true",
+                   help="put every network in its canonical sign pattern first (hidden neurons of odd activations, "
+                        "sine/tanh, flipped so that their bias is >= 0; the function is unchanged)")
     p.add_argument("--weight-noise", type=float, default=default["weight_noise"],
                    help="std of Gaussian noise added to every training parameter")
     p.add_argument("--rotate-augment", type=float, default=default["rotate_augment"], metavar="DEGREES",
@@ -124,7 +127,8 @@ def run_train(args) -> int:
     config = TrainConfig(task=args.task, data=args.data, model=args.model, out=out, epochs=args.epochs,
                          batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                          **warmup, warmup_ratio=args.warmup_ratio, grad_clip=args.grad_clip, seed=args.seed,
-                         permute_augment=args.permute_augment, weight_noise=args.weight_noise,
+                         permute_augment=args.permute_augment, canonical_signs=args.canonical_signs,
+                         weight_noise=args.weight_noise,
                          rotate_augment=args.rotate_augment, translate_augment=args.translate_augment,
                          scale_augment=args.scale_augment, weight_dropout=args.weight_dropout,
                          patience=args.patience, model_kwargs=kwargs,
@@ -576,6 +580,8 @@ def add_bench(sub, formatter, common) -> None:
     p.add_argument("--paper", action="store_true",
                    help="the paper protocol: the whole Fashion-MNIST INR corpus, every row to its plateau (at most "
                         "60 minutes a row), row by row over several sittings; a rerun skips finished rows")
+    p.add_argument("--suite", default=None, choices=["fashion-mnist", "mnist"],
+                   help="with --paper: the Fashion-MNIST protocol (default) or the paper's own MNIST tables")
     p.add_argument("--rows", default=None, metavar="NAME[,NAME]", help="with --paper: run only these rows")
     p.add_argument("--dry-run", action="store_true", help="with --paper: list the rows, budgets and state")
     p.add_argument("--device", default="auto", metavar="{auto,cpu,cuda,cuda:N}",
@@ -589,10 +595,11 @@ def run_bench(args) -> int:
         raise NNGraphError("the benchmarks live in the source checkout; run `nngraph bench` from a git clone")
     from nngraph.device import resolve_device
 
-    if (args.rows or args.dry_run) and not args.paper:
-        raise NNGraphError("--rows and --dry-run go with --paper; e.g. `nngraph bench --paper --dry-run`")
+    if (args.rows or args.dry_run or args.suite) and not args.paper:
+        raise NNGraphError("--suite, --rows and --dry-run go with --paper; e.g. `nngraph bench --paper --dry-run`")
     if args.paper:
-        flags = ["--paper"] + (["--rows", args.rows] if args.rows else []) + (["--dry-run"] if args.dry_run else [])
+        flags = (["--paper"] + (["--suite", args.suite] if args.suite else []) + (["--rows", args.rows] if args.rows else [])
+                 + (["--dry-run"] if args.dry_run else []))
         return subprocess.call([sys.executable, str(script), *flags])
     flags = ["--render"] if args.render else ["--quick"] if args.quick else []
     return subprocess.call([sys.executable, str(script), *flags, "--device", str(resolve_device(args.device))])

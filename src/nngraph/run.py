@@ -35,6 +35,7 @@ from nngraph.errors import InputShapeError, NNGraphError
 from nngraph.graph.batch import collate
 from nngraph.graph.convert import to_graph
 from nngraph.graph.graph import NeuralGraph
+from nngraph.graph.signs import canonicalise_signs
 from nngraph.train import MODEL_RECORD, TrainConfig, read_json_object
 
 _RECORD_KEYS = ("kind", "architectures", "input_shape", "k_max", "width", "model", "model_args", "task",
@@ -229,7 +230,8 @@ class TrainedRun:
         networks = [networks] if isinstance(networks, (nn.Module, NeuralGraph)) else list(networks)
         if not networks:
             raise NNGraphError("no networks given; pass a list of torch modules or NeuralGraphs")
-        return [self._graph(n, i) for i, n in enumerate(networks)]
+        graphs = [self._graph(n, i) for i, n in enumerate(networks)]
+        return [canonicalise_signs(g) for g in graphs] if self.config.canonical_signs else graphs
 
     @torch.no_grad()
     def _run(self, networks: Iterable[Any], batch_size: int, embed: bool) -> list[tuple[Any, Any]]:

@@ -107,6 +107,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     seed: int = 0
     permute_augment: bool = False
+    canonical_signs: bool = False  # every network in its canonical sign pattern (odd activations; graph/signs.py)
     weight_noise: float = 0.0  # std of Gaussian noise on every training parameter
     rotate_augment: float = 0.0  # degrees: INR coordinates rotated by U(-r, r) (folded into the first layer)
     translate_augment: float = 0.0  # INR coordinates shifted by U(-t, t) per axis (the image spans [-1, 1])
@@ -255,7 +256,8 @@ class Trainer:
             raise NNGraphError("coordinate augmentations and --weight-dropout need an INR corpus; "
                                f"{config.data} is a {kind} corpus")
         self.loaders = GraphLoader.for_splits(
-            {"train": train_set, **{split: open_dataset(kind, config.data, split) for split in ("val", "test")}})
+            {"train": train_set, **{split: open_dataset(kind, config.data, split) for split in ("val", "test")}},
+            canonical_signs=config.canonical_signs)
         self.train_index = torch.arange(len(train_set))
         if config.max_train is not None:
             self.train_index = self.train_index[: config.max_train]
