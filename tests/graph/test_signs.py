@@ -17,6 +17,12 @@ def _tanh_cnn() -> nn.Module:
                          nn.Linear(4 * 4 * 4, 3))
 
 
+def _tanh_upconv() -> nn.Module:
+    """A transposed convolution between two tanh layers: its kernels flip with both of their channels."""
+    return nn.Sequential(nn.Conv2d(1, 3, 3), nn.Tanh(), nn.ConvTranspose2d(3, 4, 2, stride=2), nn.Tanh(),
+                         nn.Conv2d(4, 2, 3), nn.Flatten(), nn.Linear(2 * 6 * 6, 3))
+
+
 def _bias_free_mlp() -> nn.Module:
     """No biases: the sum of incoming weights decides; one neuron's weights sum to 0: the first one decides."""
     net = nn.Sequential(nn.Linear(3, 5, bias=False), nn.Tanh(), nn.Linear(5, 4, bias=False), nn.Tanh(),
@@ -34,6 +40,7 @@ FAMILIES = {
     "tanh-mlp": (lambda: randomise(nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 6), nn.Tanh(),
                                                  nn.Linear(6, 3)), 1), torch.randn(10, 4, generator=GEN)),
     "tanh-cnn": (lambda: randomise(_tanh_cnn(), 2), torch.randn(5, 1, 6, 6, generator=GEN)),
+    "tanh-upconv": (lambda: randomise(_tanh_upconv(), 3), torch.randn(5, 1, 6, 6, generator=GEN)),
     "bias-free": (_bias_free_mlp, torch.randn(10, 3, generator=GEN)),
 }
 
@@ -82,7 +89,7 @@ def test_sign_flipped_copies_canonicalise_to_the_same_parameters(family):
         assert torch.equal(other.x, canonical.x) and torch.equal(other.edge_attr, canonical.edge_attr)
 
 
-@pytest.mark.parametrize("family", ["siren", "tanh-mlp", "tanh-cnn"])
+@pytest.mark.parametrize("family", ["siren", "tanh-mlp", "tanh-cnn", "tanh-upconv"])
 def test_canonicalisation_commutes_with_neuron_permutations(family):
     make, x = FAMILIES[family]
     graph = nngraph.to_graph(make(), x)

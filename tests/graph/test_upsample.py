@@ -224,3 +224,25 @@ def test_unet_size_fixes_are_pad_edges_with_their_offsets():
     graph = nngraph.to_graph(model, x)
     offsets = graph.edge_geom[graph.edge_kind == EDGE_PAD][:, top_left]
     assert len(offsets) and (offsets < 0).all()
+
+
+def test_baselines_read_transposed_conv_weights():
+    """StatNN summarises every kernel entry of a ConvTranspose (its layer gets weight statistics), and
+    DeepSets' node features of its output channels see their incoming kernels: both change with them."""
+    from nngraph.models.baselines.deepsets import node_set_features
+    from nngraph.models.baselines.statnn import weight_values
+
+    model, x = _case("convT-k3s3-groups2-nobias")
+    graph = nngraph.to_graph(model, x)
+    batch = nngraph.collate([graph])
+    values, edge_id = weight_values(batch)
+    upconv = batch.edge_kind[edge_id] == EDGE_CONV_T
+    assert int(upconv.sum()) == model.up.weight.numel()  # each kernel entry once, no window padding
+    assert torch.equal(values[upconv].sort().values, model.up.weight.detach().reshape(-1).sort().values)
+    with torch.no_grad():
+        model.up.weight.mul_(2.0)
+    doubled = nngraph.collate([nngraph.to_graph(model, x)])
+    targets = torch.unique(batch.edge_index[1, batch.edge_kind == EDGE_CONV_T])
+    kernel = batch.spec[0].k_max
+    before, after = node_set_features(batch, kernel)[targets], node_set_features(doubled, kernel)[targets]
+    assert not torch.allclose(before, after)

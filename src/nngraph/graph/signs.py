@@ -9,8 +9,8 @@ h_j; negating its outgoing weights w_j. as well gives the next layer the same su
 so every hidden layer of n such neurons has 2^n sign patterns of one function. In the
 graph a flip s_j = -1 multiplies bias and offset of node j and every edge at j by -1:
 x_j <- s_j x_j (bias, offset channels), w_ij <- s_i s_j w_ij. This holds for a neuron
-whose edges in and out are all weights (Linear, conv, flattened-map weights: a kernel
-is linear in its source's map) and which has no normalisation; other neurons (inputs,
+whose edges in and out are all weights (Linear, conv, transposed conv, flattened-map weights:
+a kernel is linear in its source's map) and which has no normalisation; other neurons (inputs,
 outputs, residual/pooling/attention nodes, normalised or non-odd units) keep s = +1.
 
 ``canonicalise_signs`` picks, layer by layer in topological order, the pattern in which
@@ -40,6 +40,7 @@ from nngraph.graph.graph import (
     ACT_SINE,
     ACT_TANH,
     EDGE_CONV,
+    EDGE_CONV_T,
     EDGE_FLATTEN,
     EDGE_LINEAR,
     NORM_NONE,
@@ -49,7 +50,7 @@ from nngraph.graph.graph import (
 )
 
 ODD_ACTIVATIONS = (ACT_NONE, ACT_TANH, ACT_SINE)
-WEIGHT_KINDS = (EDGE_LINEAR, EDGE_CONV, EDGE_FLATTEN)
+WEIGHT_KINDS = (EDGE_LINEAR, EDGE_CONV, EDGE_CONV_T, EDGE_FLATTEN)
 
 
 def flippable_neurons(graph: Data) -> torch.Tensor:

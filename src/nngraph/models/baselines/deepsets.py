@@ -34,6 +34,7 @@ from nngraph.graph import layout
 from nngraph.graph.graph import (
     ACTIVATIONS,
     EDGE_CONV,
+    EDGE_CONV_T,
     EDGE_FLATTEN,
     EDGE_LINEAR,
     NORMS,
@@ -46,7 +47,7 @@ from nngraph.models.baselines.mlp import mlp, reset_mlp
 from nngraph.models.baselines.standardise import Standardised
 from nngraph.models.registry import register_model
 
-PARAM_KINDS = (EDGE_LINEAR, EDGE_CONV, EDGE_FLATTEN)
+PARAM_KINDS = (EDGE_LINEAR, EDGE_CONV, EDGE_CONV_T, EDGE_FLATTEN)  # every edge that carries a weight tensor
 
 
 def batch_k_max(batch: Batch) -> int:
@@ -57,7 +58,7 @@ def batch_k_max(batch: Batch) -> int:
 def edge_encoding(batch: Batch, kernel: int) -> torch.Tensor:
     """Weights of every edge in a layout that does not depend on the batch: [E, kernel^2 + 2].
 
-    - window edges (Linear, conv, residual, ...): the batch's k_max x k_max window
+    - window edges (Linear, conv, transposed conv, residual, ...): the batch's k_max x k_max window
       centre-cropped/padded to ``kernel`` x ``kernel`` (a scalar weight at its centre);
     - flatten edges (the H*W weights from one channel to one Linear unit): the mean of
       those weights at the window's centre (what the unit would see of a constant map)

@@ -1,7 +1,7 @@
 """StatNN: weight statistics + MLP (Unterthiner et al. 2020, "Predicting Neural Network
 Accuracy from Weights").
 
-For every parametric layer l of a network (the nodes that Linear / conv / flatten edges
+For every parametric layer l of a network (the nodes that Linear / (transposed) conv / flatten edges
 point into, numbered 0..L-1 in topological order), two sets of numbers are summarised:
 its weights W_l (every real kernel entry of its incoming parametric edges, no window
 padding) and its biases b_l (channel 0 of those target nodes). Each set S gets
@@ -34,7 +34,7 @@ import torch
 from torch_geometric.data import Batch
 from torch_geometric.utils import scatter
 
-from nngraph.graph.graph import EDGE_CONV, EDGE_FLATTEN, X_BIAS, centre, graph_specs
+from nngraph.graph.graph import EDGE_CONV, EDGE_CONV_T, EDGE_FLATTEN, X_BIAS, centre, graph_specs
 from nngraph.graph.layout import kernel_mask
 from nngraph.models.baselines.deepsets import PARAM_KINDS, batch_k_max
 from nngraph.models.baselines.mlp import mlp, reset_mlp
@@ -77,7 +77,7 @@ def segment_stats(values: torch.Tensor, seg: torch.Tensor, num_segments: int) ->
 def weight_values(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     """Every real weight of every parametric edge: (values [M], edge id [M]).
 
-    Conv edges contribute their kh x kw kernel (from ``edge_geom``), Linear edges their
+    Conv and transposed-conv edges contribute their kh x kw kernel (from ``edge_geom``), Linear edges their
     scalar at the window centre, flatten edges their first H*W entries.
     """
     k = batch_k_max(batch)
@@ -91,7 +91,7 @@ def weight_values(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     hw = batch.node_hw[batch.edge_index[0]].prod(1)  # [E]
     flat_mask = cols.unsqueeze(0) < hw.unsqueeze(1)
     mask = torch.where(
-        (kind == EDGE_CONV).unsqueeze(1), conv_mask, torch.where((kind == EDGE_FLATTEN).unsqueeze(1), flat_mask, lin_mask)
+        ((kind == EDGE_CONV) | (kind == EDGE_CONV_T)).unsqueeze(1), conv_mask, torch.where((kind == EDGE_FLATTEN).unsqueeze(1), flat_mask, lin_mask)
     )
     mask = mask & torch.isin(kind, torch.tensor(PARAM_KINDS, device=kind.device)).unsqueeze(1)
     edge_id = torch.arange(e, device=attr.device).unsqueeze(1).expand(e, width)
