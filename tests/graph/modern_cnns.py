@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from functools import partial
 
 import torch
@@ -491,3 +492,224 @@ class UNetJvanvugt(nn.Module):
         for i, up in enumerate(self.up_path):
             x = up(x, blocks[-i - 1])
         return self.last(x)
+
+
+class Mlp(nn.Module):
+    """timm.layers.Mlp: fc1, GELU, dropout, (identity norm), fc2, dropout."""
+
+    def __init__(self, in_features, hidden_features, drop=0.0):
+        super().__init__()
+        self.fc1, self.act, self.drop1 = nn.Linear(in_features, hidden_features), nn.GELU(), nn.Dropout(drop)
+        self.norm, self.fc2, self.drop2 = nn.Identity(), nn.Linear(hidden_features, in_features), nn.Dropout(drop)
+
+    def forward(self, x):
+        return self.drop2(self.fc2(self.norm(self.drop1(self.act(self.fc1(x))))))
+
+
+class DropPath(nn.Module):
+    """timm's DropPath: the identity at eval (stochastic depth only while training)."""
+
+    def __init__(self, p=0.0):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x):
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = x.new_empty(x.shape[0], *(1,) * (x.dim() - 1)).bernoulli_(1 - self.p)
+        return x * keep / (1 - self.p)
+
+
+class MixerBlock(nn.Module):
+    """timm.models.mlp_mixer.MixerBlock: token mixing over the transposed tokens, then channel mixing."""
+
+    def __init__(self, dim, seq_len, mlp_ratio=(0.5, 4.0), drop_path=0.1):
+        super().__init__()
+        tokens_dim, channels_dim = int(mlp_ratio[0] * dim), int(mlp_ratio[1] * dim)
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp_tokens = Mlp(seq_len, tokens_dim)
+        self.drop_path = DropPath(drop_path)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp_channels = Mlp(dim, channels_dim)
+
+    def forward(self, x):
+        x = x + self.drop_path(self.mlp_tokens(self.norm1(x).transpose(1, 2)).transpose(1, 2))
+        x = x + self.drop_path(self.mlp_channels(self.norm2(x)))
+        return x
+
+
+class PatchEmbed(nn.Module):
+    """timm.layers.PatchEmbed: a strided Conv2d, flatten(2).transpose(1, 2) to tokens [B, T, D]."""
+
+    def __init__(self, patch_size, in_chans, embed_dim):
+        super().__init__()
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.norm = nn.Identity()
+
+    def forward(self, x):
+        return self.norm(self.proj(x).flatten(2).transpose(1, 2))
+
+
+class MlpMixer(nn.Module):
+    """timm.models.mlp_mixer.MlpMixer (small): stem, blocks, LayerNorm, mean over tokens, head."""
+
+    def __init__(self, num_classes=5, img_size=8, in_chans=3, patch_size=2, num_blocks=2, embed_dim=8):
+        super().__init__()
+        self.stem = PatchEmbed(patch_size, in_chans, embed_dim)
+        seq_len = (img_size // patch_size) ** 2
+        self.blocks = nn.Sequential(*[MixerBlock(embed_dim, seq_len) for _ in range(num_blocks)])
+        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.head = nn.Linear(embed_dim, num_classes)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = self.blocks(x)
+        x = self.norm(x)
+        x = x.mean(dim=1)
+        return self.head(x)
+
+
+class _DenseLayer(nn.Module):
+    """torchvision.models.densenet._DenseLayer (eval, no dropout): BN-ReLU-1x1 conv, BN-ReLU-3x3 conv of the cat."""
+
+    def __init__(self, num_input_features, growth_rate, bn_size):
+        super().__init__()
+        self.norm1, self.relu1 = nn.BatchNorm2d(num_input_features), nn.ReLU(inplace=True)
+        self.conv1 = nn.Conv2d(num_input_features, bn_size * growth_rate, kernel_size=1, stride=1, bias=False)
+        self.norm2, self.relu2 = nn.BatchNorm2d(bn_size * growth_rate), nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(bn_size * growth_rate, growth_rate, kernel_size=3, stride=1, padding=1, bias=False)
+
+    def forward(self, input):
+        prev_features = [input] if isinstance(input, torch.Tensor) else input
+        concated_features = torch.cat(prev_features, 1)
+        bottleneck_output = self.conv1(self.relu1(self.norm1(concated_features)))
+        return self.conv2(self.relu2(self.norm2(bottleneck_output)))
+
+
+class _DenseBlock(nn.ModuleDict):
+    def __init__(self, num_layers, num_input_features, bn_size, growth_rate):
+        super().__init__()
+        for i in range(num_layers):
+            self.add_module(f"denselayer{i + 1}", _DenseLayer(num_input_features + i * growth_rate, growth_rate, bn_size))
+
+    def forward(self, init_features):
+        features = [init_features]
+        for _, layer in self.items():
+            features.append(layer(features))
+        return torch.cat(features, 1)
+
+
+class DenseNetSmall(nn.Module):
+    """torchvision.models.DenseNet's structure at small widths: stem, dense blocks, transition, final ReLU,
+    F.adaptive_avg_pool2d, torch.flatten, classifier."""
+
+    def __init__(self, growth_rate=4, block_config=(2, 2), num_init_features=8, bn_size=2, num_classes=5):
+        super().__init__()
+        self.features = nn.Sequential(OrderedDict([
+            ("conv0", nn.Conv2d(3, num_init_features, kernel_size=3, stride=1, padding=1, bias=False)),
+            ("norm0", nn.BatchNorm2d(num_init_features)), ("relu0", nn.ReLU(inplace=True)),
+            ("pool0", nn.MaxPool2d(kernel_size=3, stride=2, padding=1)),
+        ]))
+        num_features = num_init_features
+        for i, num_layers in enumerate(block_config):
+            self.features.add_module(f"denseblock{i + 1}", _DenseBlock(num_layers, num_features, bn_size, growth_rate))
+            num_features += num_layers * growth_rate
+            if i != len(block_config) - 1:
+                self.features.add_module(f"transition{i + 1}", nn.Sequential(OrderedDict([
+                    ("norm", nn.BatchNorm2d(num_features)), ("relu", nn.ReLU(inplace=True)),
+                    ("conv", nn.Conv2d(num_features, num_features // 2, kernel_size=1, stride=1, bias=False)),
+                    ("pool", nn.AvgPool2d(kernel_size=2, stride=2))])))
+                num_features //= 2
+        self.features.add_module("norm5", nn.BatchNorm2d(num_features))
+        self.classifier = nn.Linear(num_features, num_classes)
+
+    def forward(self, x):
+        features = self.features(x)
+        out = F.relu(features, inplace=True)
+        out = F.adaptive_avg_pool2d(out, (1, 1))
+        out = torch.flatten(out, 1)
+        return self.classifier(out)
+
+
+class BasicConv2d(nn.Module):
+    """torchvision.models.googlenet.BasicConv2d."""
+
+    def __init__(self, in_channels, out_channels, **kwargs):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, bias=False, **kwargs)
+        self.bn = nn.BatchNorm2d(out_channels, eps=0.001)
+
+    def forward(self, x):
+        return F.relu(self.bn(self.conv(x)), inplace=True)
+
+
+class Inception(nn.Module):
+    """torchvision.models.googlenet.Inception: four branches concatenated on channels."""
+
+    def __init__(self, in_channels, ch1x1, ch3x3red, ch3x3, ch5x5red, ch5x5, pool_proj):
+        super().__init__()
+        self.branch1 = BasicConv2d(in_channels, ch1x1, kernel_size=1)
+        self.branch2 = nn.Sequential(BasicConv2d(in_channels, ch3x3red, kernel_size=1),
+                                     BasicConv2d(ch3x3red, ch3x3, kernel_size=3, padding=1))
+        self.branch3 = nn.Sequential(BasicConv2d(in_channels, ch5x5red, kernel_size=1),
+                                     BasicConv2d(ch5x5red, ch5x5, kernel_size=3, padding=1))
+        self.branch4 = nn.Sequential(nn.MaxPool2d(kernel_size=3, stride=1, padding=1, ceil_mode=True),
+                                     BasicConv2d(in_channels, pool_proj, kernel_size=1))
+
+    def forward(self, x):
+        outputs = [self.branch1(x), self.branch2(x), self.branch3(x), self.branch4(x)]
+        return torch.cat(outputs, 1)
+
+
+class GoogLeNetSmall(nn.Module):
+    """A GoogLeNet stem, two Inception blocks around a ceil-mode max pool, dropout, fc (eval)."""
+
+    def __init__(self, num_classes=5):
+        super().__init__()
+        self.conv1 = BasicConv2d(3, 8, kernel_size=3, stride=1, padding=1)
+        self.inception3a = Inception(8, 4, 4, 6, 2, 3, 3)
+        self.maxpool3 = nn.MaxPool2d(3, stride=2, ceil_mode=True)
+        self.inception3b = Inception(16, 4, 4, 4, 2, 4, 4)
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.dropout = nn.Dropout(p=0.2)
+        self.fc = nn.Linear(16, num_classes)
+
+    def forward(self, x):
+        x = self.inception3b(self.maxpool3(self.inception3a(self.conv1(x))))
+        x = torch.flatten(self.avgpool(x), 1)
+        return self.fc(self.dropout(x))
+
+
+class MixConvSlices(nn.Module):
+    """A MixConv written with slices: channels [:4] get a 3x3 depthwise conv, [4:] a 5x5 one, then cat."""
+
+    def __init__(self, num_classes=5):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 10, 3, padding=1)
+        self.dw3 = nn.Conv2d(4, 4, 3, padding=1, groups=4)
+        self.dw5 = nn.Conv2d(6, 6, 5, padding=2, groups=6)
+        self.pw = nn.Conv2d(10, 8, 1)
+        self.head = nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        x = F.relu(self.stem(x))
+        x = torch.cat([self.dw3(x[:, :4]), self.dw5(x[:, 4:])], dim=1)
+        x = F.relu(self.pw(F.silu(x)))
+        return self.head(x.mean((2, 3)))
+
+
+class SplitClassifier(nn.Module):
+    """A classifier that splits features with chunk and split: two branches summed, a head reading a split."""
+
+    def __init__(self, num_classes=5):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 12, 3, padding=1)
+        self.fa, self.fb = nn.Linear(6, 8), nn.Linear(6, 8)
+        self.head = nn.Linear(5, num_classes)
+
+    def forward(self, x):
+        h = torch.flatten(F.adaptive_avg_pool2d(F.relu(self.conv(x)), 1), 1)
+        a, b = h.chunk(2, dim=1)
+        s = torch.relu(self.fa(a)) + torch.tanh(self.fb(b))
+        first, _ = torch.split(s, [5, 3], dim=1)
+        return self.head(first)

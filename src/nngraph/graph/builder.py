@@ -149,6 +149,12 @@ class GraphBuilder:
         idx = torch.tensor(nodes, dtype=torch.long)
         return self._add(_EdgeChunk(idx, idx.clone(), values.detach().to(self.dtype), EDGE_CONST, geom))
 
+    def flat_edges(self, src: list[int], dst: list[int], values: torch.Tensor, kind: int,
+                   geom: tuple[int, ...]) -> int:
+        """Edges src[k] -> dst[k] of a flat kind (``FLAT_KINDS``) carrying values[k] [L] in their first L entries."""
+        return self._add(_EdgeChunk(torch.tensor(src, dtype=torch.long), torch.tensor(dst, dtype=torch.long),
+                                    values.detach().to(self.dtype), kind, geom))
+
     def _add(self, chunk: _EdgeChunk) -> int:
         first = self.num_edges
         self.chunks.append(chunk)

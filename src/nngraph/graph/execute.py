@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch_geometric.data import Batch
 
 from nngraph.errors import InputShapeError, NonFiniteError
-from nngraph.graph import norms, padding, pooling, upsample
+from nngraph.graph import mixing, norms, padding, pooling, upsample
 from nngraph.graph.layout import decode_kernels
 from nngraph.graph.graph import (
     graph_specs,
@@ -80,6 +80,7 @@ from nngraph.graph.graph import (
     EDGE_PAD,
     EDGE_PLACE,
     EDGE_POOL,
+    EDGE_TOKEN_MIX,
     NORM_BATCH,
     NORM_LAYER,
     PRODUCT_KINDS,
@@ -381,6 +382,9 @@ class Plan:
             msg = F.pad(values, (offset, out_len - offset - length))[:, None, None, :]  # [E_g, 1, 1, T]
             return msg.new_zeros(len(g.targets), *msg.shape[1:]).index_add(0, g.e_target, msg)
         h = _collect(g.gather, blocks)  # [E_g, P, h, w]
+        if g.kind == EDGE_TOKEN_MIX:  # a Linear over positions, its T' x T map on every edge (mixing.py)
+            msg = mixing.apply(h, batch.edge_attr[g.edges], g.geom)
+            return msg.new_zeros(len(g.targets), *msg.shape[1:]).index_add(0, g.e_target, msg)
         if g.kind == EDGE_PLACE:  # flattened source at positions [o, o + S) of a 1 x T_out target
             flat = h.reshape(*h.shape[:2], 1, -1)
             offset, out_len = g.geom[5], g.geom[11]

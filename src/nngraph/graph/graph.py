@@ -52,6 +52,8 @@ linear edge applied at every position). Token edges:
   ``attn_sum`` sums a head's s_c into its score node a_h (act softmax, param 1/sqrt(d_h)
   over the last axis); ``attn_mix`` (from a_h) and ``attn_v`` (from v_c) give the head's
   output o_c(t) = sum_t' a_h(t, t') v_c(t').
+- ``token_mix`` (``mixing.py``): a Linear over positions, z_c(t') = sum_t M[t', t] h_c(t), one edge
+  per channel c -> c' carrying the T' x T map M shared by every channel (MLP-Mixer's token mixing).
 
 Edge features ``edge_attr`` [E, d_e] with d_e = max(k_max^2, max flattened H*W, max token constant L, 1),
 k_max the largest kernel size rounded up to an odd number:
@@ -63,6 +65,8 @@ k_max the largest kernel size rounded up to an odd number:
 - the H*W weights from one channel of a flattened map to one Linear unit fill the first
   H*W entries, in the row-major order of ``torch.flatten``.
 - the L values of a const self-loop (a token constant) fill the first L entries.
+- the T'·T weights of a ``token_mix`` edge (a Linear over the T positions of a channel, shared by
+  every channel: ``mixing.py``) fill the first T'·T entries, row-major.
 """
 
 from __future__ import annotations
@@ -83,14 +87,14 @@ NEUTRAL_NODE = (0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0)
 # Edge kinds.
 (EDGE_LINEAR, EDGE_CONV, EDGE_RESIDUAL, EDGE_FLATTEN, EDGE_POOL, EDGE_IDENTITY, EDGE_MAXPOOL, EDGE_AVGPOOL,
  EDGE_PLACE, EDGE_CONST, EDGE_MUL_A, EDGE_MUL_B, EDGE_ATTN_SUM, EDGE_ATTN_MIX, EDGE_ATTN_V,
- EDGE_CONV_T, EDGE_UPSAMPLE_NEAREST, EDGE_UPSAMPLE_BILINEAR, EDGE_PAD) = range(19)
+ EDGE_CONV_T, EDGE_UPSAMPLE_NEAREST, EDGE_UPSAMPLE_BILINEAR, EDGE_PAD, EDGE_TOKEN_MIX) = range(20)
 EDGE_KINDS = ("linear", "conv", "residual", "flatten", "pool", "identity", "maxpool", "avgpool",
               "place", "const", "mul_a", "mul_b", "attn_sum", "attn_mix", "attn_v",
-              "conv_transpose", "upsample_nearest", "upsample_bilinear", "pad")
+              "conv_transpose", "upsample_nearest", "upsample_bilinear", "pad", "token_mix")
 # The two operands of a product node (see the module docstring): z_j = A_j * B_j.
 PRODUCT_KINDS = (EDGE_MUL_A, EDGE_MUL_B)
 # Kinds whose values fill the first channels of edge_attr (not the centred kernel window).
-FLAT_KINDS = (EDGE_FLATTEN, EDGE_CONST)
+FLAT_KINDS = (EDGE_FLATTEN, EDGE_CONST, EDGE_TOKEN_MIX)
 
 # Activations applied at a node.
 # ReLU6 is Hardtanh(0, 6); PReLU is a LeakyReLU whose slope is a parameter (own id: it varies across networks).
@@ -159,6 +163,9 @@ class ParamEntry:
 
       - ``"diag"``: one value per channel, any shape of that many elements ([C], [C, 1, 1],
         [1, C, 1, 1]: layer scale); edge ``offset + j`` (an identity edge into node j) holds element j.
+      - ``"copies"``: one tensor of any shape (a token-mixing weight [T', T] or bias [T'], ``mixing.py``)
+        repeated on the ``sources`` consecutive edges from ``offset``: each holds it flattened in its
+        first entries; it is read from the first.
 
     ``sources`` is the number of source nodes per output unit (in, or C for ``flat``;
     in / groups for a grouped convolution, whose edges stay within their group).
@@ -183,6 +190,8 @@ class ParamEntry:
             return self.shape[0] * self.shape[1]
         if self.source == "diag":
             return math.prod(self.shape)
+        if self.source == "copies":
+            return self.sources
         return self.shape[0] * self.sources
 
 

@@ -16,6 +16,8 @@ networks at once (``to_params`` is their B = 1 case).
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from nngraph.graph.graph import ArchSpec, kernel_hw
@@ -79,6 +81,8 @@ def write_params(spec: ArchSpec, params: dict[str, torch.Tensor], x: torch.Tenso
             edge_attr[:, rows] = encode_flat(value.reshape(b, entry.count, hw), width)
         elif entry.source == "tokens":  # [B, 1, L, D] -> edge j holds [L]
             edge_attr[:, rows] = encode_flat(value.reshape(b, entry.shape[1], entry.count).transpose(1, 2), width)
+        elif entry.source == "copies":  # [B, *shape] -> every one of its edges holds it flattened
+            edge_attr[:, rows] = encode_flat(value.reshape(b, 1, -1).expand(b, entry.count, -1), width)
         elif entry.source == "kernel_t":  # [B, in, out_g, kh, kw] -> kernels [B, out, in_g, kh, kw]
             edge_attr[:, rows] = encode_kernels(_to_kernels(entry, value), k, width)
         else:
@@ -99,6 +103,8 @@ def read_params(spec: ArchSpec, x: torch.Tensor, edge_attr: torch.Tensor) -> dic
             out[entry.name] = edge_attr[:, rows, :hw].reshape(b, *entry.shape)
         elif entry.source == "tokens":
             out[entry.name] = edge_attr[:, rows, : entry.shape[1]].transpose(1, 2).reshape(b, *entry.shape)
+        elif entry.source == "copies":  # read from the first of its edges
+            out[entry.name] = edge_attr[:, entry.offset, : math.prod(entry.shape)].reshape(b, *entry.shape)
         elif entry.source == "kernel_t":
             out[entry.name] = _from_kernels(entry, decode_kernels(edge_attr[:, rows], k, *kernel_hw(entry.shape)))
         else:
@@ -130,6 +136,8 @@ def edge_rows(entry, value: torch.Tensor) -> torch.Tensor:
     [count, ...] in edge order: row e is what edge ``entry.offset + e`` holds."""
     if entry.source == "tokens":  # [1, L, D] -> edge j holds [L]
         return value.reshape(entry.shape[1], entry.count).t()
+    if entry.source == "copies":
+        return value.reshape(1, -1).expand(entry.count, -1)
     if entry.source == "kernel_t":
         return _to_kernels(entry, value.unsqueeze(0))[0]
     return value.reshape(entry.count, -1)
@@ -139,6 +147,8 @@ def from_edge_rows(entry, rows: torch.Tensor) -> torch.Tensor:
     """Inverse of ``edge_rows``: rows [count, ...] -> a tensor of ``entry.shape``."""
     if entry.source == "tokens":
         return rows.t().reshape(entry.shape)
+    if entry.source == "copies":
+        return rows[0].reshape(entry.shape)
     if entry.source == "kernel_t":
         return _from_kernels(entry, rows.unsqueeze(0))[0]
     return rows.reshape(entry.shape)

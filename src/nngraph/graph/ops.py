@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from nngraph.errors import UnsupportedModelError
+from nngraph.graph import mixing
 from nngraph.graph.builder import Value
 from nngraph.graph.graph import (
     ACT_PRELU,
@@ -97,11 +98,8 @@ def linear_layer(ctx: Context, node: Node, value: Value, weight: tuple[str, torc
         weights = w.reshape(w.shape[0], channels, h * wd)
         first = builder.dense_edges(value.nodes, out_nodes, weights, EDGE_FLATTEN)
         ctx.record_edges(name, w, "flat", first, channels)
-    elif value.kind == "map" and value.hw[0] == 1:
-        raise UnsupportedModelError(
-            f"{where} mixes the L positions of a [batch, C, L] sequence (token mixing, as MLP-Mixer's after "
-            "x.transpose(1, 2)); a Linear over positions is not supported: only over features or channels"
-        )
+    elif mixing.is_sequence(ctx, node, value):  # token mixing: one [T', T] map shared by every channel
+        return mixing.linear_over_positions(ctx, node, value, weight, bias, where)
     else:
         raise UnsupportedModelError(
             f"{where} reads a [batch, C, H, W] map; for a Linear over the channels permute it channels last "

@@ -49,6 +49,7 @@ from nngraph.graph.graph import (
     EDGE_PLACE,
     EDGE_POOL,
     EDGE_RESIDUAL,
+    EDGE_TOKEN_MIX,
     EDGE_UPSAMPLE_BILINEAR,
     EDGE_UPSAMPLE_NEAREST,
     ROLE_HIDDEN,
@@ -58,7 +59,7 @@ from nngraph.graph.graph import (
 from nngraph.graph.symmetry import Blocks, EdgeMap, edge_blocks, edge_map, node_colours
 
 _TIE_KINDS = (EDGE_RESIDUAL, EDGE_IDENTITY, EDGE_POOL, EDGE_MAXPOOL, EDGE_AVGPOOL, EDGE_UPSAMPLE_NEAREST,
-              EDGE_UPSAMPLE_BILINEAR, EDGE_PAD, EDGE_PLACE, EDGE_MUL_A, EDGE_MUL_B, EDGE_ATTN_V)
+              EDGE_UPSAMPLE_BILINEAR, EDGE_PAD, EDGE_PLACE, EDGE_MUL_A, EDGE_MUL_B, EDGE_ATTN_V, EDGE_TOKEN_MIX)
 
 
 def permute_graph(graph: NeuralGraph, seed: int = 0) -> tuple[NeuralGraph, torch.Tensor]:
