@@ -209,3 +209,107 @@ def test_unsupported_gets_one_line_naming_it(model, x, words):
     assert "\n" not in message
     for word in words:
         assert word in message, message
+
+
+# ---- the 14 families of issue 31, written as their reference code writes them ---------------------------------
+
+def _families():
+    """name -> (model factory (seed -> eval model), input shape). Small widths, except the full-width ResNet-18;
+    five outputs each (five classes, or five maps for the U-Net), so that one readout reads them all."""
+    from tests.graph.modern_cnns import (DenseNetSmall, EfficientNetB0Small, GoogLeNetSmall, MixConvSlices,
+                                         MlpMixer, MobileNetV3Small, SplitClassifier, UNet)
+    from tests.graph.norm_nets import ConvNeXtBlocks, DeiT3, MnistNet, ResNetGN
+
+    image = (3, 8, 8)
+    return {
+        "efficientnet-b0-block": (lambda s: randomise(EfficientNetB0Small(width=4), s), image),
+        "mobilenetv3-block": (lambda s: randomise(MobileNetV3Small(), s), image),
+        "resnet-gn": (lambda s: randomise(ResNetGN(classes=5), s), image),
+        "unet": (lambda s: randomise(UNet(n_classes=5, bilinear=False), s), image),
+        "convnext-t-blocks": (lambda s: randomise(ConvNeXtBlocks(classes=5), s), image),
+        "mlp-mixer": (lambda s: randomise(MlpMixer(), s), image),
+        "deit3-layerscale": (lambda s: randomise(DeiT3(classes=5), s), image),
+        "mnist-example": (lambda s: randomise(MnistNet(), s), (1, 28, 28)),
+        "densenet": (lambda s: randomise(DenseNetSmall(), s), image),
+        "googlenet-inception": (lambda s: randomise(GoogLeNetSmall(), s), image),
+        "functional-siren": (lambda s: FunctionalSiren(seed=s), (2,)),
+        "resnet18-full-width": (lambda s: randomise(ResNet(), s), (3, 32, 32)),
+        "mixconv-slices": (lambda s: randomise(MixConvSlices(), s), image),
+        "chunk-split-classifier": (lambda s: randomise(SplitClassifier(), s), image),
+    }
+
+
+FAMILIES = _families()
+FULL_WIDTH = "resnet18-full-width"
+
+
+def _family(name: str, seed: int = 0, batch: int = 3):
+    make, shape = FAMILIES[name]
+    x = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(seed + 40))
+    if name == "functional-siren":
+        x = x.clamp(-1, 1)
+    return make(seed).eval(), x
+
+
+def test_the_issue_lists_fourteen_families():
+    assert len(FAMILIES) == 14
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_family_executes_exactly_and_gives_its_parameters_back(name):
+    model, x = _family(name, batch=1 if name == FULL_WIDTH else 3)
+    graph = nngraph.to_graph(model, x)
+    with torch.no_grad():
+        assert_rel_close(nngraph.execute(graph, x)[0], model(x), rel=1e-4)
+    assert_exact_params(nngraph.to_params(graph), model.state_dict())
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_family_permutations_keep_the_function_and_move_neurons(name):
+    model, x = _family(name, batch=1 if name == FULL_WIDTH else 3)
+    with torch.no_grad():
+        expected = model(x)
+        for seed in (0,) if name == FULL_WIDTH else (0, 1):
+            permuted = nngraph.permute_neurons(model, seed=seed, example_input=x)
+            assert_rel_close(permuted(x), expected, rel=1e-4)
+            assert any(not torch.equal(a, b) for a, b in zip(model.state_dict().values(),
+                                                             permuted.state_dict().values()))
+    if name != FULL_WIDTH:  # the graph-side relabelling, edge by edge (1.9 M edges would take minutes)
+        graph = nngraph.to_graph(model, x)
+        new, perm = permute_graph(graph, 1)
+        assert_relabelled(new, graph, perm)
+        assert bool((perm != torch.arange(graph.num_nodes)).any())
+        assert_exact_params(nngraph.to_params(new), nngraph.permute_neurons(model, seed=1, example_input=x).state_dict())
+
+
+def _metanetwork_batches() -> list[list[str]]:
+    """Every family that reads a 3 x 8 x 8 image (11 of them; and ResNet-18 at width 4), in three mixed batches of
+    similar sizes (NG-T's attention costs the batch's largest graph squared: one batch of all takes ~45 s here)."""
+    names = [n for n, (_, shape) in FAMILIES.items() if shape == (3, 8, 8)] + ["resnet18-width-4"]
+    return [names[i::3] for i in range(3)]
+
+
+def _image_family(name: str, seed: int) -> nn.Module:
+    if name == "resnet18-width-4":
+        return randomise(ResNet(width=4, num_classes=5), seed).eval()
+    return _family(name, seed=seed)[0]
+
+
+@pytest.mark.parametrize("names", _metanetwork_batches(), ids=["batch-a", "batch-b", "batch-c"])
+@pytest.mark.parametrize("kind", ["nggnn", "ngt"])
+def test_metanetworks_are_invariant_and_batch_independent_on_the_families(kind, names):
+    """NG-GNN and NG-T on a mixed batch of families: each graph's prediction does not depend on its batch-mates,
+    and permuted graphs predict the same."""
+    from nngraph.models import create_model
+    from tests.graph.helpers import assert_batch_independent
+
+    x = torch.zeros(1, 3, 8, 8)
+    graphs = [nngraph.to_graph(_image_family(n, seed=i), x) for i, n in enumerate(names)]
+    torch.manual_seed(0)
+    model = create_model(kind, example=nngraph.collate(graphs), out_dim=3, probes=0, hidden=16, edge_hidden=8,
+                         layers=2).eval()
+    with torch.no_grad():
+        together = assert_batch_independent(model, graphs, atol=1e-4)
+        permuted = nngraph.collate([permute_graph(g, seed=3)[0] for g in graphs])
+        assert (model(permuted) - together).abs().max() <= 1e-4
+        assert together.std(0).max() > 0  # the networks get different predictions
