@@ -104,7 +104,7 @@ class _Bad(nn.Module):
     def __init__(self, op: str):
         super().__init__()
         self.op, self.conv, self.scale = op, nn.Conv2d(2, 4, 3), nn.Parameter(torch.ones(1))
-        self.mix = nn.Linear(9, 9)
+        self.mix3 = nn.Linear(3, 3)
 
     def forward(self, x):
         h = self.conv(x)
@@ -116,8 +116,8 @@ class _Bad(nn.Module):
             return h.split(2, dim=2)[0].mean((2, 3))
         if self.op == "unbind":
             return h.unbind(1)[0].mean((1, 2))
-        if self.op == "token-mixing":  # MLP-Mixer: tokens [B, T, D], a Linear over T
-            return self.mix(h.flatten(2).transpose(1, 2).transpose(1, 2)).mean(2)
+        if self.op == "linear-over-width":  # a Linear over the W positions of a 2-d map: not a sequence
+            return self.mix3(h).mean((2, 3))
         if self.op == "centre-only":
             return (h - h.mean(1, keepdim=True)).mean((2, 3))
         return self.scale * h.mean((2, 3))
@@ -130,7 +130,7 @@ class _Bad(nn.Module):
     ("unbind", "x.chunk(C, dim=1)"),
     ("scale", "one value per channel"),
     ("centre-only", "LayerNorm over channels written out"),
-    ("token-mixing", "token mixing, as MLP-Mixer's"),
+    ("linear-over-width", "over the L positions of a [batch, C, L] sequence"),
 ])
 def test_other_layouts_are_refused_in_one_line(op, words):
     with pytest.raises(UnsupportedModelError) as info:
@@ -152,3 +152,50 @@ def test_metanetworks_read_the_new_families_in_one_batch(name):
             assert (model(permuted) - together).abs().max() <= 1e-4
     hidden = torch.cat([g.node_role for g in graphs]) == ROLE_HIDDEN
     assert bool(hidden.any())
+
+
+class _SequenceMixing(nn.Module):
+    """A Linear over the positions of a Conv1d's [B, C, L] output (no bias), then one with a bias."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.mix1, self.mix2 = nn.Conv1d(2, 4, 3), nn.Linear(5, 6, bias=False), nn.Linear(6, 3)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.head(self.mix2(torch.relu(self.mix1(self.conv(x)))).mean(2))
+
+
+def test_token_mixing_is_one_shared_map_per_channel_and_positions_never_move():
+    """Every token_mix edge carries the same T' x T map (and every bias self-loop the same bias); a permutation
+    moves channels together through the edge and leaves the maps as they are; the fast path writes every copy."""
+    from nngraph.graph.fast import graphs_from_params, stacked_params
+    from nngraph.graph.graph import EDGE_CONST, EDGE_TOKEN_MIX
+    from tests.graph.modern_cnns import MlpMixer
+
+    for model, x in ((randomise(_SequenceMixing(), 1).eval(), torch.randn(3, 2, 7)),
+                     (randomise(MlpMixer(), 2).eval(), torch.randn(2, 3, 8, 8))):
+        graph = nngraph.to_graph(model, x)
+        with torch.no_grad():
+            assert_rel_close(nngraph.execute(graph, x)[0], model(x), rel=1e-4)
+        assert_exact_params(nngraph.to_params(graph), model.state_dict())
+        mix = graph.edge_kind == EDGE_TOKEN_MIX
+        assert bool(mix.any())
+        src, dst = graph.edge_index[:, mix]
+        assert len(set(src.tolist())) == len(src) == len(set(dst.tolist()))  # one edge per channel
+        for layer in graph.node_layer[dst].unique():
+            rows = graph.edge_attr[mix][graph.node_layer[dst] == layer]
+            assert torch.equal(rows, rows[:1].expand_as(rows))  # the same map on every channel
+        for seed in (0, 1):
+            new, perm = permute_graph(graph, seed)
+            assert_relabelled(new, graph, perm)
+            with torch.no_grad():
+                assert_rel_close(nngraph.execute(new, x)[0], model(x), rel=1e-4)
+        stack = {k: torch.stack([v, 2 * v]) for k, v in model.state_dict().items()}
+        batch = graphs_from_params(graph, stack)
+        back = stacked_params(batch)
+        assert all(torch.equal(back[k], stack[k]) for k in stack)
+        twice = batch.edge_attr[graph.num_edges:][mix]
+        assert torch.equal(twice, 2 * graph.edge_attr[mix])  # every copy written, not only the first
+    consts = graph.edge_kind == EDGE_CONST
+    assert int(consts.sum()) == 8 * 4  # the token MLPs' biases: one self-loop per channel, 4 Linear layers

@@ -103,7 +103,9 @@ def linear_layer(ctx: Context, node: Node, value: Value, weight: tuple[str, torc
     else:
         raise UnsupportedModelError(
             f"{where} reads a [batch, C, H, W] map; for a Linear over the channels permute it channels last "
-            "(x.permute(0, 2, 3, 1)), else flatten it or pool it first"
+            "(x.permute(0, 2, 3, 1)); a Linear over positions is supported only over the L positions of a "
+            "[batch, C, L] sequence (MLP-Mixer's token mixing: x.flatten(2), or tokens .transpose(1, 2)); "
+            "else flatten it or pool it first"
         )
     if bias is not None:
         builder.record_node_param(bias[0], out_nodes, X_BIAS, bias[1])
