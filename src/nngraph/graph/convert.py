@@ -51,7 +51,8 @@ SUPPORTED = (
     "Upsample/F.interpolate (nearest, bilinear/linear; size or whole scale_factor), F.pad/ZeroPad1d/2d with zeros, "
     "spatial crops x[:, :, a:b, c:d], "
     "Dropout, Identity; tokens [B, T, D]: flatten(2).transpose(1, 2), class token cat, + position embedding, "
-    "Linear/LayerNorm/activations per token, x[:, t], x.mean(1), MultiheadAttention (self-attention), "
+    "Linear/LayerNorm/activations per token, a Linear over the positions of a [B, C, L] sequence (MLP-Mixer's "
+    "token mixing after x.transpose(1, 2)), x[:, t], x.mean(1), MultiheadAttention (self-attention), "
     "F.scaled_dot_product_attention, Embedding"
 )
 
