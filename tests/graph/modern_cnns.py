@@ -538,6 +538,14 @@ class MixerBlock(nn.Module):
         return x
 
 
+class PermuteMixerBlock(MixerBlock):
+    """The same block written with ``x.permute(0, 2, 1)`` for the token transpose (as many re-implementations do)."""
+
+    def forward(self, x):
+        x = x + self.drop_path(self.mlp_tokens(self.norm1(x).permute(0, 2, 1)).permute(0, 2, 1))
+        return x + self.drop_path(self.mlp_channels(self.norm2(x)))
+
+
 class PatchEmbed(nn.Module):
     """timm.layers.PatchEmbed: a strided Conv2d, flatten(2).transpose(1, 2) to tokens [B, T, D]."""
 
@@ -553,11 +561,12 @@ class PatchEmbed(nn.Module):
 class MlpMixer(nn.Module):
     """timm.models.mlp_mixer.MlpMixer (small): stem, blocks, LayerNorm, mean over tokens, head."""
 
-    def __init__(self, num_classes=5, img_size=8, in_chans=3, patch_size=2, num_blocks=2, embed_dim=8):
+    def __init__(self, num_classes=5, img_size=8, in_chans=3, patch_size=2, num_blocks=2, embed_dim=8, block=None):
         super().__init__()
         self.stem = PatchEmbed(patch_size, in_chans, embed_dim)
         seq_len = (img_size // patch_size) ** 2
-        self.blocks = nn.Sequential(*[MixerBlock(embed_dim, seq_len) for _ in range(num_blocks)])
+        block = block or MixerBlock
+        self.blocks = nn.Sequential(*[block(embed_dim, seq_len) for _ in range(num_blocks)])
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.head = nn.Linear(embed_dim, num_classes)
 

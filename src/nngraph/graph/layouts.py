@@ -5,7 +5,8 @@ the same neurons in the channels-last layout [B, H, W, C] (``Value.kind`` ``cl``
 is added, and the ops of that layout act on the last axis as they act on tokens' features:
 a Linear over C is a linear edge applied at every position (ConvNeXt's pointwise
 "convolutions"), a LayerNorm(C) normalises over the C nodes at each position.
-``x.permute(0, 3, 1, 2)`` goes back.
+``x.permute(0, 3, 1, 2)`` goes back; ``x.permute(0, 2, 1)`` of tokens [B, T, D] is their
+transpose to [B, D, T] (``tokens.transpose``: a Linear on it mixes positions, ``mixing.py``).
 
 ``x.chunk(k, dim)`` / ``x.split(size, dim)`` on the channel (or feature) axis are channel
 slices: views of the value's nodes, no node added.
@@ -26,7 +27,7 @@ import torch
 
 from nngraph.errors import UnsupportedModelError
 from nngraph.graph.builder import Value
-from nngraph.graph import functional
+from nngraph.graph import functional, tokens
 from nngraph.graph.functional import ParamRef
 from nngraph.graph.graph import EDGE_IDENTITY, ParamEntry
 
@@ -66,9 +67,11 @@ def permute(value: Value, dims: tuple[int, ...], where: str) -> Value:
         return Value(value.nodes, "cl", value.hw, value.root)
     if value.kind == "cl" and dims == (0, 3, 1, 2):
         return Value(value.nodes, "map", value.hw, value.root)
+    if value.kind in ("map", "tokens") and tuple(d % 3 for d in dims) == (0, 2, 1):  # [B, D, T] <-> [B, T, D]
+        return tokens.transpose(value, (1, 2), 3, where)
     raise UnsupportedModelError(
         f"{where}: only x.permute(0, 2, 3, 1) of a [batch, C, H, W] map (channels last) and x.permute(0, 3, 1, 2) "
-        f"back are supported, got dims {list(dims)}"
+        f"back, and x.permute(0, 2, 1) of tokens [batch, T, D] are supported, got dims {list(dims)}"
     )
 
 
