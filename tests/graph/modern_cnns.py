@@ -722,3 +722,40 @@ class SplitClassifier(nn.Module):
         s = torch.relu(self.fa(a)) + torch.tanh(self.fb(b))
         first, _ = torch.split(s, [5, 3], dim=1)
         return self.head(first)
+
+
+class PreNormResidual(nn.Module):
+    """lucidrains/mlp-mixer-pytorch's PreNormResidual: fn(norm(x)) + x."""
+
+    def __init__(self, dim, fn):
+        super().__init__()
+        self.fn, self.norm = fn, nn.LayerNorm(dim)
+
+    def forward(self, x):
+        return self.fn(self.norm(x)) + x
+
+
+def FeedForward(dim, expansion_factor=4, dropout=0.0, dense=nn.Linear):  # noqa: N802 - the reference's name
+    inner_dim = int(dim * expansion_factor)
+    return nn.Sequential(dense(dim, inner_dim), nn.GELU(), nn.Dropout(dropout), dense(inner_dim, dim), nn.Dropout(dropout))
+
+
+class LucidrainsMixer(nn.Module):
+    """lucidrains' MLPMixer: token mixing by Conv1d(T, T * f, 1) on [B, T, D] (the tokens read as channels),
+    channel mixing by Linear; the patch Rearrange written as a strided conv, the Reduce as a mean over tokens."""
+
+    def __init__(self, image_size=8, channels=3, patch_size=2, dim=8, depth=2, num_classes=5, expansion_factor=4,
+                 expansion_factor_token=0.5):
+        super().__init__()
+        num_patches = (image_size // patch_size) ** 2
+        chan_first, chan_last = partial(nn.Conv1d, kernel_size=1), nn.Linear
+        self.embed = nn.Conv2d(channels, dim, patch_size, stride=patch_size)
+        self.layers = nn.Sequential(*[nn.Sequential(
+            PreNormResidual(dim, FeedForward(num_patches, expansion_factor, 0.0, chan_first)),
+            PreNormResidual(dim, FeedForward(dim, expansion_factor_token, 0.0, chan_last)),
+        ) for _ in range(depth)])
+        self.norm, self.head = nn.LayerNorm(dim), nn.Linear(dim, num_classes)
+
+    def forward(self, x):
+        x = self.embed(x).flatten(2).transpose(1, 2)
+        return self.head(self.norm(self.layers(x)).mean(1))

@@ -171,10 +171,11 @@ def test_token_mixing_is_one_shared_map_per_channel_and_positions_never_move():
     moves channels together through the edge and leaves the maps as they are; the fast path writes every copy."""
     from nngraph.graph.fast import graphs_from_params, stacked_params
     from nngraph.graph.graph import EDGE_CONST, EDGE_TOKEN_MIX
-    from tests.graph.modern_cnns import MlpMixer, PermuteMixerBlock
+    from tests.graph.modern_cnns import LucidrainsMixer, MlpMixer, PermuteMixerBlock
 
     for model, x in ((randomise(_SequenceMixing(), 1).eval(), torch.randn(3, 2, 7)),
                      (randomise(MlpMixer(block=PermuteMixerBlock), 3).eval(), torch.randn(2, 3, 8, 8)),
+                     (randomise(LucidrainsMixer(), 4).eval(), torch.randn(2, 3, 8, 8)),
                      (randomise(MlpMixer(), 2).eval(), torch.randn(2, 3, 8, 8))):
         graph = nngraph.to_graph(model, x)
         with torch.no_grad():

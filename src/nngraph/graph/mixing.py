@@ -4,7 +4,8 @@ Tokens [B, T, D] are D nodes whose value is a 1 x T sequence. ``x.transpose(1, 2
 them a [B, D, T] tensor (the same D nodes: ``tokens.transpose``), and a ``Linear(T, T')``
 on it mixes the T positions of each channel with one weight M [T', T] shared by all
 channels (timm / google-research ``MixerBlock``: ``mlp_tokens(norm1(x).transpose(1, 2))``).
-The same holds for a Linear on the last axis of any [B, C, L] sequence (a Conv1d's output).
+The same holds for a Linear on the last axis of any [B, C, L] sequence (a Conv1d's output), and for a
+pointwise ``Conv1d(T, T', 1)`` on the tokens [B, T, D] themselves (lucid-rains' ``mlp-mixer-pytorch``).
 In the graph it is a layer of C nodes of length T' fed by ``token_mix`` edges, one per
 channel c -> c' (the c-th node of the new layer), each carrying M:
 
@@ -60,9 +61,9 @@ def _bias_geom(length: int) -> tuple[int, ...]:
 def linear_over_positions(ctx: Context, node: Node, value: Value, weight: tuple[str, torch.Tensor],
                           bias: tuple[str, torch.Tensor] | None, where: str) -> Value:
     """``Linear(T, T')`` applied to a [B, C, T] sequence: C nodes of length T' (see the module docstring)."""
-    name, w = weight  # [T', T]
+    name, w = weight  # [T', T] (or a pointwise Conv1d's [T', T, 1])
     length = value.hw[1]
-    if w.dim() != 2 or w.shape[1] != length:
+    if w.dim() not in (2, 3) or w.shape[1] != length:
         raise UnsupportedModelError(f"{where}: a Linear over the {length} positions needs a [T', {length}] weight, "
                                     f"got {list(w.shape)}")
     out_length = int(w.shape[0])
@@ -78,6 +79,19 @@ def linear_over_positions(ctx: Context, node: Node, value: Value, weight: tuple[
         first = builder.flat_edges(out, out, values, EDGE_CONST, _bias_geom(out_length))
         builder.params.append(ParamEntry(b_name, tuple(b.shape), "copies", first, sources=c))
     return Value(out, "map", (1, out_length), node.name)
+
+
+def conv_over_tokens(ctx: Context, node: Node, value: Value, weight: tuple[str, torch.Tensor],
+                     bias: tuple[str, torch.Tensor] | None, options: tuple, where: str) -> Value:
+    """``nn.Conv1d(T, T', 1)`` applied to tokens [B, T, D] (lucid-rains' Mixer: the token axis read as channels):
+    the Linear over positions with M = W[:, :, 0]; the result stays tokens [B, T', D]."""
+    name, w = weight  # [T', T, 1]
+    stride, padding, dilation, groups = options
+    if w.dim() != 3 or w.shape[2] != 1 or tuple(stride) != (1,) or tuple(padding) != (0,) or groups != 1:
+        raise UnsupportedModelError(f"{where}: a Conv1d over the token axis of [batch, T, D] tokens must be pointwise "
+                                    "(kernel 1, stride 1, no padding, groups 1): it mixes the T positions")
+    mixed = linear_over_positions(ctx, node, value, (name, w), bias, where)
+    return Value(mixed.nodes, "tokens", mixed.hw, node.name)
 
 
 def apply(h: torch.Tensor, attr: torch.Tensor, geom: list[int]) -> torch.Tensor:

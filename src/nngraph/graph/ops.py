@@ -133,6 +133,8 @@ def conv_layer(ctx: Context, node: Node, value: Value, weight: tuple[str, torch.
     for Conv1d: its kernel k becomes 1 x k on the 1 x L map of a sequence). With groups
     g, output j reads only the input channels of its group (in / g edges per output).
     """
+    if value.kind == "tokens":  # Conv1d(T, T', 1) on [B, T, D]: token mixing
+        return mixing.conv_over_tokens(ctx, node, value, weight, bias, options, where)
     stride, padding, dilation, groups = options
     name, w = weight
     spatial = w.dim() - 2
