@@ -247,3 +247,60 @@ class ChunkGLU(nn.Module):
         p, q = torch.split(h, [3, 1], dim=1)
         y = torch.cat([self.fa(p), torch.tanh(self.fb(q))], 1).mean((2, 3))
         return torch.softmax(self.fc(y), dim=-1)
+
+
+# ---- timm's Attention (packed qkv, unbind(0)) and DeiT-III block ------------------------------
+
+
+class TimmAttention(nn.Module):
+    """timm.models.vision_transformer.Attention (fused path): one qkv Linear, reshape, permute, unbind."""
+
+    def __init__(self, dim, num_heads=2, qkv_bias=True):
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.q_norm, self.k_norm = nn.Identity(), nn.Identity()
+        self.attn_drop, self.proj, self.proj_drop = nn.Dropout(0.0), nn.Linear(dim, dim), nn.Dropout(0.0)
+
+    def forward(self, x):
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        q, k = self.q_norm(q), self.k_norm(k)
+        x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)
+        x = x.transpose(1, 2).reshape(B, N, C)
+        return self.proj_drop(self.proj(x))
+
+
+class TimmLayerScaleBlock(nn.Module):
+    """timm's Block with init_values (DeiT-III): x + ls1(attn(norm1(x))), x + ls2(mlp(norm2(x)))."""
+
+    def __init__(self, dim, num_heads=2, mlp_ratio=2.0, init_values=1e-5):
+        super().__init__()
+        self.norm1, self.attn = nn.LayerNorm(dim, eps=1e-6), TimmAttention(dim, num_heads)
+        self.ls1 = LayerScale(dim, init_values)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = nn.Sequential(nn.Linear(dim, int(dim * mlp_ratio)), nn.GELU(), nn.Linear(int(dim * mlp_ratio), dim))
+        self.ls2 = LayerScale(dim, init_values)
+
+    def forward(self, x):
+        x = x + self.ls1(self.attn(self.norm1(x)))
+        return x + self.ls2(self.mlp(self.norm2(x)))
+
+
+class TimmDeiT3(nn.Module):
+    """Patch embedding, class token, position embedding, two timm LayerScale blocks, norm, class-token head."""
+
+    def __init__(self, dim=8, classes=5):
+        super().__init__()
+        self.patch = nn.Conv2d(3, dim, 4, stride=4)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 5, dim))
+        self.blocks = nn.Sequential(TimmLayerScaleBlock(dim), TimmLayerScaleBlock(dim))
+        self.norm, self.head = nn.LayerNorm(dim, eps=1e-6), nn.Linear(dim, classes)
+
+    def forward(self, x):
+        x = self.patch(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+        return self.head(self.norm(self.blocks(x))[:, 0])

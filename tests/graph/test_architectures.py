@@ -218,7 +218,7 @@ def _families():
     five outputs each (five classes, or five maps for the U-Net), so that one readout reads them all."""
     from tests.graph.modern_cnns import (DenseNetSmall, EfficientNetB0Small, GoogLeNetSmall, MixConvSlices,
                                          MlpMixer, MobileNetV3Small, SplitClassifier, UNet)
-    from tests.graph.norm_nets import ConvNeXtBlocks, DeiT3, MnistNet, ResNetGN
+    from tests.graph.norm_nets import ConvNeXtBlocks, MnistNet, ResNetGN, TimmDeiT3
 
     image = (3, 8, 8)
     return {
@@ -228,7 +228,7 @@ def _families():
         "unet": (lambda s: randomise(UNet(n_classes=5, bilinear=False), s), image),
         "convnext-t-blocks": (lambda s: randomise(ConvNeXtBlocks(classes=5), s), image),
         "mlp-mixer": (lambda s: randomise(MlpMixer(), s), image),
-        "deit3-layerscale": (lambda s: randomise(DeiT3(classes=5), s), image),
+        "deit3-layerscale": (lambda s: randomise(TimmDeiT3(classes=5), s), image),  # timm: packed qkv, unbind(0)
         "mnist-example": (lambda s: randomise(MnistNet(), s), (1, 28, 28)),
         "densenet": (lambda s: randomise(DenseNetSmall(), s), image),
         "googlenet-inception": (lambda s: randomise(GoogLeNetSmall(), s), image),

@@ -97,8 +97,8 @@ def test_wrong_example_input_shape():
     assert "[2, 5]" in one_line(info)
     with pytest.raises(InputShapeError):
         nngraph.to_graph(model, torch.zeros(2, 1, 1, 1, 4))
-    with pytest.raises(UnsupportedModelError) as info:  # a sequence [batch, C, L] is valid input, but not for a Linear
-        nngraph.to_graph(model, torch.zeros(2, 1, 4))
+    with pytest.raises(UnsupportedModelError) as info:  # a map [batch, C, H, W] is valid input, but not for a Linear
+        nngraph.to_graph(model, torch.zeros(2, 1, 4, 4))  # (on a sequence [batch, C, L] it mixes positions: mixing.py)
     assert "layers.0 (Linear)" in one_line(info)
     with pytest.raises(InputShapeError):
         nngraph.to_graph(model, torch.zeros(2, 4, dtype=torch.long))

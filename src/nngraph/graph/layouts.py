@@ -5,7 +5,9 @@ the same neurons in the channels-last layout [B, H, W, C] (``Value.kind`` ``cl``
 is added, and the ops of that layout act on the last axis as they act on tokens' features:
 a Linear over C is a linear edge applied at every position (ConvNeXt's pointwise
 "convolutions"), a LayerNorm(C) normalises over the C nodes at each position.
-``x.permute(0, 3, 1, 2)`` goes back; ``x.permute(0, 2, 1)`` of tokens [B, T, D] is their
+``x.permute(0, 3, 1, 2)`` goes back; timm's packed attention projection
+``qkv(x).reshape(B, T, 3, H, d).permute(2, 0, 3, 1, 4).unbind(0)`` (or ``qkv[0]``, ``qkv[1]``, ``qkv[2]``)
+gives q, k, v as three thirds of the Linear's neurons, laid out as heads; ``x.permute(0, 2, 1)`` of tokens [B, T, D] is their
 transpose to [B, D, T] (``tokens.transpose``: a Linear on it mixes positions, ``mixing.py``).
 
 ``x.chunk(k, dim)`` / ``x.split(size, dim)`` on the channel (or feature) axis are channel
@@ -56,8 +58,14 @@ def rule(ctx: Context, node: Node, args: list, kwargs: dict, values: list, where
     if target in _SPLIT and values and args[0] is values[0]:
         dim = kwargs.get("dim", args[2] if len(args) > 2 else 0)
         return split_channels(ctx, node, values[0], dim, where)
+    if target in _UNBIND and values and values[0].kind == "packed_heads" \
+            and kwargs.get("dim", args[1] if len(args) > 1 else 0) == 0:
+        return unpack(values[0], int(ctx.shape(node.args[0])[0]))
+    if target is operator.getitem and values and values[0].kind == "packed_heads" and isinstance(args[1], int):
+        return unpack(values[0], int(ctx.shape(node.args[0])[0]))[args[1]]  # qkv[0], qkv[1], qkv[2]
     if target in _UNBIND and values:
-        raise UnsupportedModelError(f"{where}: unbind removes the channel axis; use x.chunk(C, dim=1) (keeps it)")
+        raise UnsupportedModelError(f"{where}: unbind removes the channel axis; use x.chunk(C, dim=1) (keeps it); "
+                                    "unbind(0) is supported on timm's packed qkv [3, B, H, T, d]")
     return None
 
 
@@ -67,12 +75,22 @@ def permute(value: Value, dims: tuple[int, ...], where: str) -> Value:
         return Value(value.nodes, "cl", value.hw, value.root)
     if value.kind == "cl" and dims == (0, 3, 1, 2):
         return Value(value.nodes, "map", value.hw, value.root)
+    if value.kind == "packed" and dims == (2, 0, 3, 1, 4):  # [B, T, 3, H, d] -> [3, B, H, T, d]
+        return Value(value.nodes, "packed_heads", value.hw, value.root, heads=value.heads)
     if value.kind in ("map", "tokens") and tuple(d % 3 for d in dims) == (0, 2, 1):  # [B, D, T] <-> [B, T, D]
         return tokens.transpose(value, (1, 2), 3, where)
     raise UnsupportedModelError(
         f"{where}: only x.permute(0, 2, 3, 1) of a [batch, C, H, W] map (channels last) and x.permute(0, 3, 1, 2) "
         f"back, and x.permute(0, 2, 1) of tokens [batch, T, D] are supported, got dims {list(dims)}"
     )
+
+
+def unpack(value: Value, parts: int) -> tuple[Value, ...]:
+    """``qkv.unbind(0)`` of timm's packed projection [parts, B, H, T, d]: the parts' neurons (part s holds the
+    Linear's outputs s·D .. (s + 1)·D - 1, in the order h·d + c of attention heads) as [B, H, T, d] values."""
+    size = len(value.nodes) // parts
+    return tuple(Value(value.nodes[s * size:(s + 1) * size], "heads", value.hw, value.root, heads=value.heads)
+                 for s in range(parts))
 
 
 def _channel_axis(value: Value, rank: int) -> int:

@@ -91,6 +91,9 @@ def reshape(value: Value, in_shape: tuple[int, ...], out_shape: tuple[int, ...],
             return Value(value.nodes, "split", value.hw, value.root, heads=int(out_shape[2]))
     if value.kind == "split" and len(out_shape) == 3 and tuple(out_shape) == (*in_shape[:2], in_shape[2] * in_shape[3]):
         return Value(value.nodes, "tokens", value.hw, value.root)
+    if value.kind == "tokens" and len(out_shape) == 5 and tuple(out_shape[:2]) == tuple(in_shape[:2]) \
+            and out_shape[2] * out_shape[3] * out_shape[4] == in_shape[2]:  # timm's packed qkv [B, T, 3, H, d]
+        return Value(value.nodes, "packed", value.hw, value.root, heads=int(out_shape[3]))
     if value.kind in ("tokens", "split", "heads", "tbd"):
         raise UnsupportedModelError(f"{where}: reshape {list(in_shape)} -> {list(out_shape)} of tokens is not supported")
     return None
