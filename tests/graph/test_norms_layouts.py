@@ -201,3 +201,30 @@ def test_token_mixing_is_one_shared_map_per_channel_and_positions_never_move():
         assert torch.equal(twice, 2 * graph.edge_attr[mix])  # every copy written, not only the first
     consts = graph.edge_kind == EDGE_CONST
     assert int(consts.sum()) == 8 * 4  # the token MLPs' biases: one self-loop per channel, 4 Linear layers
+
+
+def test_timm_packed_qkv_unbinds_into_heads_and_indexing_does_the_same():
+    """timm's ``q, k, v = qkv.unbind(0)`` and the older ``qkv[0], qkv[1], qkv[2]`` give the same graph, exact."""
+    from tests.graph.norm_nets import TimmAttention, TimmDeiT3
+
+    class IndexedAttention(TimmAttention):
+        def forward(self, x):
+            B, N, C = x.shape
+            qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+            q, k, v = qkv[0], qkv[1], qkv[2]
+            x = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+            return self.proj(x.transpose(1, 2).reshape(B, N, C))
+
+    x = torch.randn(2, 3, 8, 8)
+    unbound = randomise(TimmDeiT3(), 5).eval()
+    indexed = randomise(TimmDeiT3(), 5).eval()
+    for block in indexed.blocks:
+        attn = IndexedAttention(8, 2)
+        attn.load_state_dict(block.attn.state_dict())
+        block.attn = attn
+    graphs = [nngraph.to_graph(m, x) for m in (unbound, indexed)]
+    assert torch.equal(graphs[0].edge_index, graphs[1].edge_index)
+    assert torch.equal(graphs[0].edge_attr, graphs[1].edge_attr)
+    with torch.no_grad():
+        assert_rel_close(nngraph.execute(graphs[1], x)[0], indexed(x), rel=1e-4)
+    assert_exact_params(nngraph.to_params(graphs[1]), indexed.state_dict())
