@@ -438,7 +438,8 @@ def _token_op(ctx: Context, node: fx.Node, args: list, kwargs: dict, values: lis
             raise UnsupportedModelError(f"{where}: only x.mean(1) (the mean over tokens) of a [batch, T, D] tensor is supported")
         return ops.global_pool(ctx, node, value, False, where)
     if value.kind in ("split", "heads"):
-        raise UnsupportedModelError(f"{where}: only reshapes, transposes and attention are supported on attention heads")
+        raise UnsupportedModelError(f"{where}: only reshapes, transposes and F.scaled_dot_product_attention are "
+                                    "supported on attention heads (write q @ k.transpose(-2, -1) ... @ v as it)")
     return None
 
 
