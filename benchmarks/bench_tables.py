@@ -217,7 +217,7 @@ def no_edit_mse(corpus: Path) -> float:
     """Test MSE of the unedited INRs against the dilated images: what an editor must beat."""
     import torch
 
-    from nngraph.data.store import InrDataset
+    from nngraph.data.corpus import InrDataset
     from nngraph.tasks.dilate import DilateTask, dilate_images
 
     test = InrDataset(str(corpus), "test")

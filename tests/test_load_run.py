@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 import nngraph
 from nngraph.checkpoint import load_weights
 from nngraph.cli import main
-from nngraph.data.store import InrDataset
+from nngraph.data.corpus import InrDataset
 from nngraph.errors import NNGraphError
 from nngraph.train import TrainConfig, Trainer, train
 

@@ -255,7 +255,9 @@ def run_predict(args) -> int:
         rows = [[int(label), *(repr(float(p)) for p in ps)]
                 for label, ps in zip(predictions["label"], probabilities)]
     elif "prediction" in predictions:
-        header, rows = ["network", "prediction"], [[repr(float(v))] for v in predictions["prediction"]]
+        values = predictions["prediction"].reshape(len(args.networks), -1)  # [n, d]: d > 1 for vector targets
+        names = ["prediction"] if values.shape[1] == 1 else [f"prediction{j}" for j in range(values.shape[1])]
+        header, rows = ["network", *names], [[repr(float(v)) for v in row] for row in values]
     else:
         raise NNGraphError(f"the {run.config.task} task predicts whole networks (edited parameters), not a "
                            "table; use nngraph.load_run(RUN).predict(networks) from Python")
@@ -402,15 +404,15 @@ def _inspect_run(path: Path, table) -> None:
 
 
 def _inspect_corpus(path: Path, table) -> None:
-    import torch
-
     from rich.console import Console
 
+    from nngraph.data.corpus import corpus_class
     from nngraph.data.store import read_manifest, rebuild_hint, shard_problem
     from nngraph.errors import DataError
-    from nngraph.graph.convert import to_graph
 
     manifest = read_manifest(path)
+    corpus = corpus_class(manifest["kind"], path)
+    corpus.check(path, manifest)
     items = manifest["items"]
     table.add_row("kind", manifest["kind"])
     table.add_row("networks", str(len(items["split"])))
@@ -428,14 +430,8 @@ def _inspect_corpus(path: Path, table) -> None:
         raise DataError(f"corpus {path} is damaged: shard {name} {problem}"
                         + (f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else "")
                         + f"; {rebuild_hint(path, manifest)} to rebuild the damaged shards")
-    if manifest["kind"] == "inr":
-        from nngraph.data.fitting import SirenSpec
-
-        spec = SirenSpec.from_dict(manifest["architectures"][0])
-        graph = to_graph(spec.build(), torch.zeros(1, spec.in_features))
-        table.add_row("architecture", json.dumps(manifest["architectures"][0]))
-        table.add_row("graph", f"{graph.num_nodes} nodes, {graph.num_edges} edges")
-        table.add_row("fitting", json.dumps(manifest.get("config", {}).get("recipe")))
+    for name, value in corpus.describe(manifest).items():
+        table.add_row(name, value)
     table.add_row("summary", json.dumps(manifest.get("summary", {})))
 
 

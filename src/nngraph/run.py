@@ -17,8 +17,9 @@ shape) or NeuralGraphs, batched as in training: ``collate`` in the run's edge wi
 network the model cannot read (a wider kernel window, an activation or edge kind beyond
 its vocabulary, another input shape or number of outputs) is refused in one line.
 Predictions per task: classify {"probabilities" [B, C], "label" [B]}; generalize
-{"prediction" [B]} (the predicted accuracy σ(u)); dilate {parameter: [B, *shape]} (the
-edited INR's parameters θ + s Δθ).
+{"prediction" [B]} (the predicted accuracy σ(u)); regress {"prediction" [B] or [B, d]}
+(μ + σ u in the targets' units); dilate {parameter: [B, *shape]} (the edited INR's
+parameters θ + s Δθ).
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ class TrainedRun:
         try:
             self.task = create_task(task["name"], None, **task["args"])
             self._check_agrees(record_path)
-            networks = [self._build(arch) for arch in self.record["architectures"]]
+            networks = self._networks(record_path)
             example = collate([self._graph(n, i) for i, n in enumerate(networks)], self.k_max, self.width)
             with torch.random.fork_rng(devices=[]):  # the rebuild's initial weights are overwritten
                 self.model = create_model(self.record["model"], example=example, **self.record["model_args"])
@@ -134,17 +135,28 @@ class TrainedRun:
             raise NNGraphError(f"{record_path} does not describe the model of {self.path / 'config.json'} (one of "
                                "them was edited or replaced); train the run again")
 
-    def _build(self, arch: dict) -> nn.Module:
-        """A network of one recorded architecture (fresh weights, drawn without touching the global
-        RNG: only its structure is used, or the weights a state_dict then loads)."""
+    def _networks(self, record_path: Path) -> list[nn.Module | NeuralGraph]:
+        """A network per recorded architecture, rebuilt by the class of the run's corpus: a module
+        (fresh weights, drawn without touching the global RNG: only its structure is used, or the
+        weights a state_dict then loads) or a graph template (``architecture_tensors``)."""
+        import base64
+        import binascii
+
+        from safetensors import SafetensorError
+        from safetensors.torch import load as st_load
+
+        from nngraph.data.corpus import corpus_class
+
+        tensors = {}
+        if "architecture_tensors" in self.record:
+            try:
+                tensors = st_load(base64.b64decode(self.record["architecture_tensors"], validate=True))
+            except (SafetensorError, binascii.Error, TypeError, ValueError):
+                raise NNGraphError(f"{record_path}: architecture_tensors is not a base64 safetensors file "
+                                   "(damaged); train the run again to rewrite it") from None
         with torch.random.fork_rng(devices=[]):
-            if self.record["kind"] == "inr":
-                from nngraph.data.fitting import SirenSpec
-
-                return SirenSpec.from_dict(arch).build()
-            from nngraph.data.zoo import build_cnn
-
-            return build_cnn(arch)
+            return corpus_class(self.record["kind"], self.path).rebuild(self.record["architectures"], tensors,
+                                                                        str(record_path))
 
     def _graph(self, network: Any, i: int) -> NeuralGraph:
         """Network ``i`` as a graph the model can read, or one line saying why it cannot be."""
@@ -174,7 +186,7 @@ class TrainedRun:
                                    f"{', '.join(names)}); pass networks built from those")
         return graph
 
-    def load_network(self, path: str | os.PathLike) -> nn.Module:
+    def load_network(self, path: str | os.PathLike) -> nn.Module | NeuralGraph:
         """A network of one of the run's architectures from a state_dict file: ``.safetensors``, or
         ``.pt`` / ``.pth`` read with ``torch.load(weights_only=True)`` (tensors only, no code runs).
 
@@ -208,9 +220,14 @@ class TrainedRun:
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise NNGraphError(f"{path} holds no state_dict (a dict of tensors); save one with "
                                "torch.save(model.state_dict(), ...)")
+        from nngraph.data import templates
+
         fitting = []
-        for arch in self.record["architectures"]:
-            network = self._build(arch)
+        for network in self._networks(self.path / MODEL_RECORD):
+            if isinstance(network, NeuralGraph):  # a stored architecture: the state_dict into its template
+                if templates.fits(network, state):
+                    fitting.append(templates.graph_of(network, state))
+                continue
             try:
                 network.load_state_dict(state)
             except RuntimeError:
@@ -254,7 +271,7 @@ class TrainedRun:
 
     def predict(self, networks: Iterable[Any], batch_size: int = 64) -> dict[str, torch.Tensor]:
         """Per-network predictions (see the module's docstring), on the CPU, in the networks' order."""
-        from nngraph.tasks import ClassifyTask, DilateTask, GeneralizeTask
+        from nngraph.tasks import ClassifyTask, DilateTask, GeneralizeTask, RegressTask
 
         parts: dict[str, list[torch.Tensor]] = {}
         for output, batch in self._run(networks, batch_size, embed=False):
@@ -263,6 +280,9 @@ class TrainedRun:
                 found = {"probabilities": probabilities, "label": probabilities.argmax(dim=1)}
             elif isinstance(self.task, GeneralizeTask):
                 found = {"prediction": torch.sigmoid(output.float().reshape(len(output), -1)[:, 0])}  # [B]
+            elif isinstance(self.task, RegressTask):
+                predicted = self.task.predict(output.float())  # [B, d]
+                found = {"prediction": predicted[:, 0] if predicted.shape[1] == 1 else predicted}  # [B] or [B, d]
             elif isinstance(self.task, DilateTask):
                 found = self.task.edited_params(output, {}, batch)  # {name: [B, *shape]}
             else:

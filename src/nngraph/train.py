@@ -231,10 +231,11 @@ def prepare_run_folder(config: TrainConfig, resume: bool, overwrite: bool, clear
                 raise storage_error(out / name, exc) from exc
 
 
-def open_dataset(kind: str, root: str, split: str):
-    from nngraph.data.store import InrDataset, ZooDataset
+def open_dataset(root: str, split: str):
+    """One split of the corpus in ``root``, of the corpus class its manifest names."""
+    from nngraph.data.corpus import Corpus
 
-    return (InrDataset if kind == "inr" else ZooDataset)(root, split)
+    return Corpus.open(root, split)
 
 
 class Trainer:
@@ -246,17 +247,15 @@ class Trainer:
         self.rank, self.world = _distributed_rank()
         self.device = _process_device(config.device, self.world)
         self.precision = resolve_precision(config.precision)
-        kind = _corpus_kind(config.data)
-        train_set = open_dataset(kind, config.data, "train")
+        train_set = open_dataset(config.data, "train")
         self.corpus = corpus_identity(train_set.manifest)
         self.task = create_task(config.task, train_set)
-        if self.task.corpus != kind:
-            raise NNGraphError(f"task {config.task!r} needs a {self.task.corpus} corpus, but {config.data} is a {kind} corpus")
-        if kind != "inr" and config.augment not in (ParamAugment(), ParamAugment(noise=config.weight_noise)):
+        if not train_set.weight_augments and config.augment not in (ParamAugment(),
+                                                                    ParamAugment(noise=config.weight_noise)):
             raise NNGraphError("coordinate augmentations and --weight-dropout need an INR corpus; "
-                               f"{config.data} is a {kind} corpus")
+                               f"{config.data} is a {train_set.kind} corpus")
         self.loaders = GraphLoader.for_splits(
-            {"train": train_set, **{split: open_dataset(kind, config.data, split) for split in ("val", "test")}},
+            {"train": train_set, **{split: open_dataset(config.data, split) for split in ("val", "test")}},
             canonical_signs=config.canonical_signs)
         self.train_index = torch.arange(len(train_set))
         if config.max_train is not None:
@@ -271,7 +270,7 @@ class Trainer:
                                f"{config.model} does not have; use {', '.join(models_with(self.task.readout))}")
         if info.chooses_readout:
             kwargs.setdefault("readout", self.task.readout)
-        self.record = model_record(config, self.task, kind, train_set, example_index, self.loaders["train"],
+        self.record = model_record(config, self.task, train_set, example_index, self.loaders["train"],
                                    {**kwargs, "out_dim": self.task.out_dim})
 
         def build():
@@ -579,32 +578,31 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, over
 MODEL_RECORD = "model.json"
 
 
-def model_record(config: TrainConfig, task, kind: str, train_set, example_index: torch.Tensor, loader: GraphLoader,
+def model_record(config: TrainConfig, task, train_set, example_index: torch.Tensor, loader: GraphLoader,
                  model_args: dict[str, Any]) -> dict:
     """What rebuilds a run's model without its corpus (``model.json``, read by ``nngraph.run``).
 
     The model is rebuilt by ``create_model(model, example=batch, **model_args)`` on a batch of
     one freshly built network per architecture of the training example (``architectures``:
-    SIREN specs of an INR corpus, CNN specs of a zoo), taking inputs of ``input_shape`` and
+    SIREN specs of an INR corpus, CNN specs or graph templates of a zoo, whose tensors are
+    ``architecture_tensors``: a base64 safetensors file), taking inputs of ``input_shape`` and
     collated in the corpus's edge window (``k_max``, ``width``): that batch has the example's
     layers, positions, degrees and kernel window, so every size (and every normalisation
     buffer's shape) is the trained model's; the buffers' values then come from the weights.
     ``task``: its name and constructor arguments (classes, loss, image size); ``activations``
     and ``edge_kinds``: the vocabulary the model's embeddings were made for.
     """
-    from nngraph.graph.graph import ACTIVATIONS, EDGE_KINDS
-    from nngraph.pipeline.loader import zoo_input_shape
+    import base64
 
-    if kind == "inr":
-        architectures = [train_set.spec.to_dict()]
-        input_shape = [train_set.spec.in_features]
-    else:
-        architectures = []
-        for i in example_index.tolist():
-            if train_set[i]["arch"] not in architectures:
-                architectures.append(train_set[i]["arch"])
-        input_shape = list(zoo_input_shape(train_set))
-    return {"format": 1, "kind": kind, "architectures": architectures, "input_shape": input_shape,
+    from safetensors.torch import save as st_save
+
+    from nngraph.data.store import canonical_safetensors
+    from nngraph.graph.graph import ACTIVATIONS, EDGE_KINDS
+
+    architectures, input_shape, tensors = train_set.architecture_record(example_index)
+    extra = {"architecture_tensors": base64.b64encode(canonical_safetensors(st_save(tensors))).decode()} \
+        if tensors else {}
+    return {"format": 1, "kind": train_set.kind, "architectures": architectures, "input_shape": input_shape, **extra,
             "k_max": loader.k_max, "width": loader.width, "model": config.model, "model_args": model_args,
             "task": {"name": config.task, "args": task_arguments(task)}, "activations": list(ACTIVATIONS),
             "edge_kinds": list(EDGE_KINDS)}
@@ -653,14 +651,7 @@ def corpus_identity(manifest: dict) -> str:
 
 def _largest_graph(loaders: dict[str, GraphLoader]) -> int:
     """Nodes of the largest network in any split."""
-    return max(max(g.num_nodes for g in ([loader.template] if loader.template is not None else loader.graphs))
-               for loader in loaders.values())
-
-
-def _corpus_kind(root: str) -> str:
-    from nngraph.data.store import read_manifest
-
-    return read_manifest(root)["kind"]
+    return max(loader.largest_graph() for loader in loaders.values())
 
 
 def _distributed_rank() -> tuple[int, int]:

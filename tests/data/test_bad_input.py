@@ -13,7 +13,8 @@ import torch
 import nngraph.data.store as store
 from nngraph.data.build import build_inr_corpus
 from nngraph.data.images import load_images
-from nngraph.data.store import MANIFEST, InrDataset, read_manifest, shard_metadata, write_shard
+from nngraph.data.corpus import InrDataset
+from nngraph.data.store import MANIFEST, read_manifest, shard_metadata, write_shard
 from nngraph.errors import DataError
 
 

@@ -1,7 +1,7 @@
 import pytest
 
 from nngraph import cli
-from nngraph.data.store import InrDataset
+from nngraph.data.corpus import InrDataset
 
 
 def test_help_shows_every_option_with_default(capsys):

@@ -18,7 +18,7 @@ import nngraph
 from nngraph import cli
 from nngraph.data.importers import import_cnn_zoo, import_inr_folder, import_wild_park
 from nngraph.data.inr import pixel_grid
-from nngraph.data.store import InrDataset, ZooDataset
+from nngraph.data.corpus import InrDataset, ZooDataset
 from nngraph.train import TrainConfig, train
 from tests.data import originals
 

@@ -9,7 +9,8 @@ from nngraph.data.build import build_inr_corpus
 from nngraph.data.fitting import SirenSpec, psnr_of
 from nngraph.data.images import load_images
 from nngraph.data.inr import pixel_grid
-from nngraph.data.store import FORMAT_VERSION, MANIFEST, InrDataset, ZooDataset, read_manifest
+from nngraph.data.corpus import InrDataset, ZooDataset
+from nngraph.data.store import FORMAT_VERSION, MANIFEST, read_manifest
 from nngraph.errors import DataError
 
 

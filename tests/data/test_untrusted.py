@@ -26,7 +26,8 @@ from nngraph import cli
 from nngraph.data import park
 from nngraph.data.build import build_inr_corpus
 from nngraph.data.importers import import_cnn_zoo, import_inr_folder, import_wild_park, inr_folder, torchfile
-from nngraph.data.store import MANIFEST, InrDataset, ZooDataset, read_manifest, write_shard
+from nngraph.data.corpus import Corpus, InrDataset, ZooDataset
+from nngraph.data.store import MANIFEST, read_manifest, write_shard
 from nngraph.errors import DataError
 from tests.data import originals
 
@@ -273,7 +274,7 @@ def test_hand_edited_manifests_are_refused_in_one_line(tmp_path, tiny_corpus, ca
     edit(manifest)
     _save(root, manifest)
     with pytest.raises(DataError, match="hand-edited"):
-        read_manifest(root)
+        Corpus.open(root)
     assert needle in cli_error(capsys, ["inspect", str(root)])
 
 

@@ -4,7 +4,8 @@ import torch
 from nngraph.data import zoo
 from nngraph.data.build import build_zoo_corpus
 from nngraph.data.images import load_images
-from nngraph.data.store import ZooDataset, read_manifest
+from nngraph.data.corpus import ZooDataset
+from nngraph.data.store import read_manifest
 
 OPTS = dict(count=3, images="digits", seed=0, test_limit=100, shard_size=2, workers=1, progress=False,
             log=lambda *a: None)

@@ -129,7 +129,7 @@ def test_only_free_signs_flip():
 def test_loader_gives_canonical_networks(inr_corpus):
     """GraphLoader(canonical_signs=True): the same functions as the stored INRs, every bias >= 0, and the
     task's params are the canonical ones the batch holds."""
-    from nngraph.data.store import InrDataset
+    from nngraph.data.corpus import InrDataset
     from nngraph.graph.fast import stacked_params
     from nngraph.pipeline.loader import GraphLoader
 

@@ -199,7 +199,7 @@ def test_generalize_monotone_prediction_has_tau_one():
     m = task.metrics(task.predictions(logits, targets, None))
     assert m["kendall_tau"] == pytest.approx(1.0)
     assert m["r2"] < 1.0  # the ranking is perfect, the values are not
-    assert task.metric == "kendall_tau" and task.higher_is_better and task.out_dim == 1 and task.corpus == "zoo"
+    assert task.metric == "kendall_tau" and task.higher_is_better and task.out_dim == 1 and task.target_kinds == ("scalar",)
 
 
 def test_generalize_metrics_agree_with_scipy_and_sklearn():
@@ -254,17 +254,17 @@ def test_classify_confusion_matrix_counts():
 
 
 def test_create_task_from_corpus(inr_corpus):
-    from nngraph.data.store import InrDataset
+    from nngraph.data.corpus import InrDataset
 
     ds = InrDataset(inr_corpus, "train")
-    assert set(TASKS) == {"classify", "dilate", "generalize"}
+    assert set(TASKS) == {"classify", "dilate", "generalize", "regress"}
     cls = create_task("classify", ds)
     all_labels = InrDataset(inr_corpus).labels
     assert cls.num_classes == int(all_labels.max()) + 1
     dil = create_task("dilate", ds)
     assert (dil.height, dil.width, dil.w0, dil.offset) == (8, 8, 30.0, 0.5)
     assert create_task("generalize", None, loss="mse").loss_name == "mse"
-    with pytest.raises(NNGraphError, match="zoo"):
+    with pytest.raises(NNGraphError, match="learns scalar targets, but .* holds class targets; use --task classify"):
         create_task("generalize", ds)
     with pytest.raises(NNGraphError, match="unknown task"):
         create_task("segment", ds)
@@ -281,7 +281,7 @@ def test_create_task_from_corpus(inr_corpus):
 
 
 def test_dilation_floor_fits_dilated_images(inr_corpus):
-    from nngraph.data.store import InrDataset
+    from nngraph.data.corpus import InrDataset
 
     mean, per_image, params, targets = dilation_floor(inr_corpus, "train", steps=60, limit=6, return_fits=True)
     assert per_image.shape == (6,) and math.isfinite(mean)

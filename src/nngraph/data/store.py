@@ -24,8 +24,9 @@ shards tile ``[0, n)``; a shard's file name is a plain name that resolves inside
 corpus folder after symlinks (so no read or write follows it out); a shard is read only
 when ``os.stat`` gives the byte count the manifest records, and never past it; every
 complete shard's safetensors header (read without its data) must hold its item range;
-the architecture of an INR corpus is checked against those tensor shapes, and a zoo's
-against its networks' tensors on the ``meta`` device, before anything is built from it.
+the kind-specific checks (an INR corpus's architecture against those tensor shapes, a
+zoo's targets and architectures) are the corpus classes' (``data.corpus``), which sit above
+this byte layer: it imports no builder.
 """
 
 from __future__ import annotations
@@ -147,15 +148,11 @@ def read_manifest(root: str | os.PathLike, kind: str | None = None) -> dict:
                         f"use the matching dataset class")
     _check_columns(path, manifest)
     _check_shards(root, path, manifest)
-    headers = _check_headers(root, path, manifest)
-    if manifest["kind"] == "inr":
-        _check_inr(path, manifest, headers)
-    elif manifest["kind"] == "zoo":
-        _check_zoo(path, manifest)
+    complete_headers(root, manifest)
     return manifest
 
 
-def _damaged(path: Path, what: str) -> DataError:
+def damaged(path: Path, what: str) -> DataError:
     return DataError(f"{path}: {what} (damaged or hand-edited); rebuild the corpus into an empty --out folder")
 
 
@@ -166,44 +163,45 @@ def _check_columns(path: Path, manifest: dict) -> None:
     for col, values in items.items():
         if not isinstance(values, list) or len(values) != n:
             got = len(values) if isinstance(values, list) else type(values).__name__
-            raise _damaged(path, f"items.{col} has {got} values, items.split has {n}")
+            raise damaged(path, f"items.{col} has {got} values, items.split has {n}")
     if manifest.get("n_items", n) != n:
-        raise _damaged(path, f"n_items is {manifest['n_items']!r} but the columns hold {n} items")
+        raise damaged(path, f"n_items is {manifest['n_items']!r} but the columns hold {n} items")
 
 
 def _check_shards(root, path: Path, manifest: dict) -> None:
     """Shards tile ``[0, n)`` in order, items.shard agrees, and every file name stays inside."""
     shards, n = manifest["shards"], len(manifest["items"]["split"])
     if not isinstance(shards, list) or not isinstance(manifest["architectures"], list):
-        raise _damaged(path, "shards and architectures must be lists")
+        raise damaged(path, "shards and architectures must be lists")
     if manifest["layout"] not in ("stacked", "per_item"):
-        raise _damaged(path, f"layout {manifest['layout']!r} is neither 'stacked' nor 'per_item'")
+        raise damaged(path, f"layout {manifest['layout']!r} is neither 'stacked' nor 'per_item'")
     stop = 0
     for k, entry in enumerate(shards):
         if not isinstance(entry, dict):
-            raise _damaged(path, f"shard {k} is not a mapping")
+            raise damaged(path, f"shard {k} is not a mapping")
         shard_path(root, entry)
         a, b = entry.get("start"), entry.get("stop")
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in (a, b)) or a != stop or b <= a or b > n:
-            raise _damaged(path, f"shard {k} covers items {a!r}..{b!r}; the shards must tile 0..{n} in order")
+            raise damaged(path, f"shard {k} covers items {a!r}..{b!r}; the shards must tile 0..{n} in order")
         if entry.get("complete") and (not isinstance(entry.get("bytes"), int) or isinstance(entry["bytes"], bool)
                                       or not isinstance(entry.get("sha256"), str)):
-            raise _damaged(path, f"complete shard {k} lacks its byte count or SHA-256 (reads are bounded by them)")
+            raise damaged(path, f"complete shard {k} lacks its byte count or SHA-256 (reads are bounded by them)")
         stop = b
     if stop != n:
-        raise _damaged(path, f"the shards cover items 0..{stop}, the columns hold {n}")
+        raise damaged(path, f"the shards cover items 0..{stop}, the columns hold {n}")
     if "shard" in manifest["items"]:
         expected = np.repeat(np.arange(len(shards)), [e["stop"] - e["start"] for e in shards]).tolist()
         if manifest["items"]["shard"] != expected:
-            raise _damaged(path, "items.shard does not match the shards' item ranges")
+            raise damaged(path, "items.shard does not match the shards' item ranges")
 
 
-def _check_headers(root, path: Path, manifest: dict) -> list[tuple[dict, dict]]:
+def complete_headers(root, manifest: dict) -> list[tuple[dict, dict]]:
     """(entry, safetensors header) of every complete shard of the recorded size whose
     header is readable (the others are damaged: reported, or rebuilt by a rerun, when
     read), after checking that its tensors hold its item range:
     in a stacked layout every tensor has ``stop - start`` rows, in a per-item layout
     every ``net{i}.*`` has ``start <= i < stop``."""
+    path = Path(root) / MANIFEST
     out = []
     for entry in manifest["shards"]:
         header = read_header(shard_path(root, entry), entry.get("bytes")) if entry.get("complete") else None
@@ -215,61 +213,16 @@ def _check_headers(root, path: Path, manifest: dict) -> list[tuple[dict, dict]]:
                 continue
             shape = info.get("shape") if isinstance(info, dict) else None
             if not isinstance(shape, list):
-                raise _damaged(path, f"shard {entry['file']} lists tensor {name!r} without a shape")
+                raise damaged(path, f"shard {entry['file']} lists tensor {name!r} without a shape")
             if manifest["layout"] == "per_item" and not name.startswith(ITEM_PREFIX):
                 net = name.partition(".")[0]
                 if not (net.startswith("net") and net[3:].isdigit() and a <= int(net[3:]) < b):
-                    raise _damaged(path, f"shard {entry['file']} holds {name}, outside its networks {a}..{b - 1}")
+                    raise damaged(path, f"shard {entry['file']} holds {name}, outside its networks {a}..{b - 1}")
             elif shape[:1] != [b - a]:
-                raise _damaged(path, f"shard {entry['file']} holds {name} of shape {shape} for its {b - a} items "
+                raise damaged(path, f"shard {entry['file']} holds {name} of shape {shape} for its {b - a} items "
                                      f"{a}..{b - 1}")
         out.append((entry, header))
     return out
-
-
-def _check_zoo(path: Path, manifest: dict) -> None:
-    """The networks of complete shards have a finite number as label (test accuracy) and
-    an architecture index into ``architectures``."""
-    items, n_archs = manifest["items"], len(manifest["architectures"])
-    if any(col not in items for col in ("label", "arch")):
-        raise _damaged(path, "a zoo needs the columns items.label and items.arch")
-    for entry in manifest["shards"]:
-        if not entry.get("complete"):
-            continue
-        for i in range(entry["start"], entry["stop"]):
-            label, arch = items["label"][i], items["arch"][i]
-            if not isinstance(label, (int, float)) or isinstance(label, bool) \
-                    or (isinstance(label, float) and not np.isfinite(label)):
-                raise _damaged(path, f"network {i} has label {label!r}, not a finite number")
-            if not isinstance(arch, int) or isinstance(arch, bool) or not 0 <= arch < n_archs:
-                raise _damaged(path, f"network {i} names architecture {arch!r}, the manifest lists {n_archs}")
-
-
-def _check_inr(path: Path, manifest: dict, headers: list[tuple[dict, dict]]) -> None:
-    """Labels are classes in range; the architecture matches the shards' tensor shapes
-    (their safetensors headers, read without the data) before anything is built from it."""
-    from nngraph.data.fitting import SirenSpec
-    from nngraph.errors import NNGraphError
-
-    for i, label in enumerate(manifest["items"].get("label", [])):
-        if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label < MAX_CLASSES:
-            raise _damaged(path, f"item {i} has label {label!r}; INR labels are integer classes 0..{MAX_CLASSES - 1}")
-    archs = manifest["architectures"]
-    try:
-        spec = SirenSpec.from_dict(archs[0])
-    except (IndexError, TypeError, ValueError, NNGraphError) as exc:
-        raise _damaged(path, f"architectures[0] is not a SIREN spec ({exc})") from None
-    shapes = spec.param_shapes()
-    for entry, header in headers:
-        m = entry["stop"] - entry["start"]
-        for name, shape in shapes.items():
-            got = header.get(name, {}).get("shape") if isinstance(header.get(name), dict) else None
-            if got != [m, *shape]:
-                raise _damaged(path, f"the architecture says {name} is {[m, *shape]} for shard {entry['file']}, "
-                                     f"its file holds {got}")
-    if not headers and spec.n_params() > MAX_UNVERIFIED_INR_PARAMS:
-        raise _damaged(path, f"its SIREN has {spec.n_params():,} parameters per INR and no complete shard confirms "
-                             f"it (at most {MAX_UNVERIFIED_INR_PARAMS:,} unconfirmed)")
 
 
 def shard_path(root: str | os.PathLike, entry: dict) -> Path:
@@ -556,223 +509,3 @@ def writer_lock(out: str | os.PathLike) -> Iterator[None]:
         if held:
             lock.unlink(missing_ok=True)  # while still held: a waiting opener sees another inode
         os.close(fd)
-
-
-# --------------------------------------------------------------------------- datasets
-
-
-class _Corpus:
-    """Shared reading logic: manifest, split selection, shard loading."""
-
-    kind = ""
-
-    def __init__(self, root: str | os.PathLike, split: str | None = None):
-        self.root = Path(root)
-        self.manifest = read_manifest(self.root, self.kind)
-        check_complete(self.root, self.manifest)
-        items = self.manifest["items"]
-        splits = np.asarray(items["split"], dtype=object)
-        if split is not None and split not in set(splits.tolist()) | {"train", "val", "test"}:
-            raise DataError(f"unknown split {split!r}; choose train, val or test")
-        self.split = split
-        self.rows = np.flatnonzero(splits == split) if split is not None else np.arange(len(splits))
-        self._tensors: dict[str, torch.Tensor] | None = None
-        self._stats: dict | None = None
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def column(self, name: str) -> list:
-        col = self.manifest["items"][name]
-        return [col[i] for i in self.rows]
-
-    @property
-    def labels(self) -> torch.Tensor:
-        return torch.tensor(self.column("label"))
-
-    def _load_rows(self, rows: np.ndarray) -> dict[str, list[torch.Tensor]]:
-        """Tensors of the shards that hold ``rows``: {key: [per shard]} with row selection."""
-        shards = self.manifest["shards"]
-        shard_of = np.asarray(self.manifest["items"]["shard"])
-        parts: dict[str, list[torch.Tensor]] = {}
-        for k in np.unique(shard_of[rows]):
-            entry = shards[int(k)]
-            tensors = load_shard(self.root, entry, self._hint())
-            local = rows[shard_of[rows] == k] - entry["start"]
-            for key, t in tensors.items():
-                parts.setdefault(key, []).append((t, torch.from_numpy(local)))
-        return parts
-
-    def _hint(self) -> str:
-        return f"{rebuild_hint(self.root, self.manifest)} to rebuild it"
-
-
-class InrDataset(_Corpus):
-    """A homogeneous INR corpus (``nngraph data inrs``), optionally one split.
-
-    Item ``i``: ``{"params": {name: tensor}, "label": int, "image": [H, W], "psnr": float,
-    "index": source image index, "seed": int}``. All items of the dataset are loaded at
-    construction (a 70k Fashion-MNIST corpus is about 0.6 GB).
-    """
-
-    kind = "inr"
-
-    def __init__(self, root: str | os.PathLike, split: str | None = None):
-        super().__init__(root, split)
-        from nngraph.data.fitting import SirenSpec
-
-        self.spec = SirenSpec.from_dict(self.manifest["architectures"][0])
-        self.param_names = list(self.spec.param_shapes())
-        parts = self._load_rows(self.rows)
-        keys = self.param_names + [ITEM_PREFIX + "image"]
-        try:
-            cat = {k: torch.cat([t[i] for t, i in parts[k]]) if parts.get(k) else torch.empty(0) for k in keys}
-        except KeyError as exc:
-            raise DataError(f"corpus {self.root}: a shard lacks tensor {exc}; {self._hint()}") from None
-        self.params = {k: cat[k] for k in self.param_names}  # {name: [n, *shape]}
-        self.images = cat[ITEM_PREFIX + "image"]  # [n, H, W]
-
-    def __getitem__(self, i: int) -> dict:
-        row = self.rows[i]
-        items = self.manifest["items"]
-        return {
-            "params": {k: v[i] for k, v in self.params.items()},
-            "label": int(items["label"][row]),
-            "image": self.images[i],
-            "psnr": items["psnr"][row],
-            "index": int(items["source_index"][row]),
-            "seed": int(items["seed"][row]),
-        }
-
-    def stacked_params(self) -> dict[str, torch.Tensor]:
-        """The whole dataset as {name: [n, *shape]} (the input of the graph fast path)."""
-        return self.params
-
-    def module(self, i: int):
-        """Item ``i`` as a :class:`nngraph.data.inr.Siren` with its stored weights."""
-        net = self.spec.build()
-        net.load_state_dict({k: v[i] for k, v in self.params.items()})
-        return net
-
-    def weight_stats(self) -> dict[str, tuple[float, float]]:
-        """{name: (mean, std)} of every parameter tensor over the *training* split."""
-        if self._stats is None:
-            train = self if self.split == "train" else InrDataset(self.root, "train")
-            self._stats = _stats(train.params)
-        return self._stats
-
-
-class ZooDataset(_Corpus):
-    """A CNN zoo (``nngraph data zoo``), optionally one split.
-
-    Item ``i``: ``{"params": state_dict, "label": test accuracy, "arch": spec dict,
-    "training": recipe dict, "index": int, "seed": int}``.
-    """
-
-    kind = "zoo"
-
-    def __init__(self, root: str | os.PathLike, split: str | None = None):
-        super().__init__(root, split)
-        self.architectures = self.manifest["architectures"]
-        parts = self._load_rows(self.rows)
-        self.layout = self.manifest["layout"]
-        pos = {int(r): j for j, r in enumerate(self.rows)}
-        self.items: list[dict[str, torch.Tensor]] = [dict() for _ in self.rows]
-        if self.layout == "per_item":
-            for key, chunks in parts.items():
-                if key.startswith(ITEM_PREFIX):
-                    continue
-                net, _, name = key.partition(".")
-                row = int(net[3:]) if net.startswith("net") and net[3:].isdigit() else -1
-                if row in pos:
-                    self.items[pos[row]][name] = chunks[0][0]
-        else:
-            for key, chunks in parts.items():
-                if key.startswith(ITEM_PREFIX):
-                    continue
-                stacked = torch.cat([t[i] for t, i in chunks])
-                for j in range(len(self.rows)):
-                    self.items[j][key] = stacked[j]
-        for j, params in enumerate(self.items):
-            if not params:
-                raise DataError(f"corpus {self.root}: network {self.rows[j]} has no tensors; {self._hint()}")
-        self._state_dict_order()
-
-    def _state_dict_order(self) -> None:
-        """Put every item's tensors in its model's state_dict order (files store them sorted),
-        checking names and shapes against its architecture. The model is built on the
-        ``meta`` device (shapes only, no memory), so an architecture claiming huge
-        channels is refused before anything of its size is allocated."""
-        from nngraph.data.zoo import build_cnn
-        from nngraph.errors import NNGraphError
-
-        arch_of = self.manifest["items"]["arch"]
-        shapes: dict[int, dict[str, tuple[int, ...]]] = {}
-        for j, row in enumerate(self.rows):
-            a = arch_of[row]
-            if a not in shapes:
-                if not isinstance(a, int) or isinstance(a, bool) or not 0 <= a < len(self.architectures):
-                    raise DataError(f"corpus {self.root}: network {row} names architecture {a!r}, the manifest "
-                                    f"lists {len(self.architectures)}; {self._hint()}")
-                try:
-                    with torch.device("meta"):
-                        model = build_cnn(self.architectures[a])
-                except (NNGraphError, KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
-                    raise DataError(f"corpus {self.root}: architecture {a} is not a CNN spec ({exc}); "
-                                    f"{self._hint()}") from None
-                shapes[a] = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-            params = self.items[j]
-            if set(shapes[a]) != set(params) or any(tuple(params[k].shape) != s for k, s in shapes[a].items()):
-                raise DataError(f"corpus {self.root}: network {row} does not match its architecture's "
-                                f"parameters (names or shapes); {self._hint()}")
-            self.items[j] = {k: params[k] for k in shapes[a]}
-
-    def __getitem__(self, i: int) -> dict:
-        row = self.rows[i]
-        items = self.manifest["items"]
-        return {
-            "params": self.items[i],
-            "label": float(items["label"][row]),
-            "arch": self.architectures[items["arch"][row]],
-            "training": items["training"][row],
-            "index": int(row),
-            "seed": int(items["seed"][row]),
-        }
-
-    def model(self, i: int):
-        """Item ``i`` as a torch module (``nngraph.data.zoo.build_cnn``) with its weights."""
-        from nngraph.data.zoo import build_cnn
-
-        net = build_cnn(self[i]["arch"])
-        net.load_state_dict(self.items[i])
-        return net.eval()
-
-    def stacked_params(self) -> dict[str, torch.Tensor]:
-        """{name: [n, *shape]}; only for zoos of one architecture (``--fixed-arch``)."""
-        arch_ids = {self.manifest["items"]["arch"][r] for r in self.rows}
-        if len(arch_ids) > 1:
-            raise DataError(f"zoo {self.root} has {len(arch_ids)} architectures; stacked parameters need "
-                            f"one (build it with --fixed-arch)")
-        if not self.items:
-            return {}
-        return {k: torch.stack([p[k] for p in self.items]) for k in self.items[0]}
-
-    def weight_stats(self) -> dict[str, tuple[float, float]]:
-        """{name: (mean, std)} per parameter name over the training split's networks."""
-        if self._stats is None:
-            train = self if self.split == "train" else ZooDataset(self.root, "train")
-            groups: dict[str, list[torch.Tensor]] = {}
-            for params in train.items:
-                for k, v in params.items():
-                    if v.is_floating_point():
-                        groups.setdefault(k, []).append(v.reshape(-1))
-            self._stats = _stats({k: torch.cat(v) for k, v in groups.items()})
-        return self._stats
-
-
-def _stats(tensors: dict[str, torch.Tensor]) -> dict[str, tuple[float, float]]:
-    out = {}
-    for k, v in tensors.items():
-        v = v.double()
-        out[k] = (float(v.mean()), float(v.std())) if v.numel() > 1 else (float(v.sum()), 0.0)
-    return out

@@ -20,12 +20,23 @@ from torch_geometric.data import Batch
 class Task(ABC):
     name: str = ""
     readout: str = "invariant"  # or "parameters"
-    corpus: str = "inr"  # dataset kind the task reads: "inr" or "zoo"
+    target_kinds: tuple[str, ...] = ("class",)  # the corpus targets it learns: "class", "scalar", "vector"
     metric: str = ""  # validation metric used to pick the best checkpoint
     higher_is_better: bool = True
     # Whether the target survives a change of an INR's input coordinates (rotation,
     # translation, scaling of the image it renders): then coordinate augmentations apply.
     coordinate_invariant: bool = False
+
+    @classmethod
+    def check_corpus(cls, dataset) -> None:
+        """Refuse, in one line, a corpus whose networks this task cannot learn from."""
+        from nngraph.errors import NNGraphError
+
+        kind = getattr(dataset, "target_kind", None)
+        if kind is not None and kind not in cls.target_kinds:
+            fits = {"class": "classify", "scalar": "generalize (accuracies) or regress", "vector": "regress"}
+            raise NNGraphError(f"task {cls.name!r} learns {' or '.join(cls.target_kinds)} targets, but "
+                               f"{getattr(dataset, 'root', 'the corpus')} holds {kind} targets; use --task {fits[kind]}")
 
     @classmethod
     def from_dataset(cls, dataset, **kwargs: Any) -> "Task":

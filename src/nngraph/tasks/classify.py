@@ -33,7 +33,6 @@ def num_classes(dataset) -> int:
 
 class ClassifyTask(Task):
     name = "classify"
-    corpus = "inr"
     metric = "accuracy"
     coordinate_invariant = True  # a rotated or shifted digit keeps its class
 

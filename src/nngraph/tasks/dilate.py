@@ -64,7 +64,6 @@ class DilateTask(Task):
 
     name = "dilate"
     readout = "parameters"
-    corpus = "inr"
     metric = "mse"
     higher_is_better = False
 
@@ -205,7 +204,7 @@ def dilation_floor(dataset, split: str | None = "test", steps: int | None = None
     Returns the mean MSE (float), or ``(mean, per_image_mse, params, targets)`` with ``return_fits``.
     """
     from nngraph.data.fitting import fit_inrs
-    from nngraph.data.store import InrDataset
+    from nngraph.data.corpus import InrDataset
 
     if isinstance(dataset, (str, os.PathLike)):
         dataset = InrDataset(dataset, split)
@@ -244,7 +243,7 @@ def corpus_dilation_floor(dataset, split: str = "test") -> float:
     benchmarks that report it read it back instead of refitting the SIRENs; a rebuilt
     corpus gets a new one. The corpus's shards and manifest are not touched.
     """
-    from nngraph.data.store import InrDataset
+    from nngraph.data.corpus import InrDataset
 
     if isinstance(dataset, (str, os.PathLike)):
         dataset = InrDataset(dataset, split)

@@ -65,7 +65,7 @@ class GeneralizeTask(Task):
     """
 
     name = "generalize"
-    corpus = "zoo"
+    target_kinds = ("scalar",)
     metric = "kendall_tau"
     higher_is_better = True
 
