@@ -7,6 +7,7 @@
     batch = nngraph.collate([g1, g2])            # mixed architectures in one batch
     net = nngraph.create_model("ngt", example=batch, out_dim=10)   # metanetworks and baselines
     nngraph.draw_graph(g, "graph.png")           # the graph as a picture, layers left to right
+    nngraph.from_models(models, targets, x, out="zoo")  # your own zoo as a corpus (nngraph train --data zoo)
     run = nngraph.load_run("runs/ngt")           # a trained run: run.predict(nets), run.embed(nets)
 
 The names are imported on first use (PEP 562), so ``import nngraph`` (and the ``nngraph``
@@ -28,6 +29,7 @@ _LAZY = {
     "create_model": "nngraph.models",
     "draw_graph": "nngraph.draw",
     "execute": "nngraph.graph.execute",
+    "from_models": "nngraph.data.from_models",
     "graphs_from_params": "nngraph.graph.fast",
     "load_run": "nngraph.run",
     "permute_neurons": "nngraph.graph.permute",

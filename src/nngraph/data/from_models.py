@@ -1,0 +1,152 @@
+"""Bring your own zoo: torch modules and their targets -> an ordinary nngraph corpus.
+
+    nngraph.from_models(models, accuracies, torch.zeros(1, 1, 16, 16), out="my_zoo")
+    # then: nngraph train --data my_zoo --task generalize (or classify / regress)
+
+Every model is converted once (``to_graph`` on ``example_input``: an unconvertible one is
+refused in one line, naming it). Models whose graphs have one structure share an
+architecture, stored as a graph template (``data.templates``) in ``architectures.safetensors``;
+each network is its state_dict in the shards (``net{i}.{name}``), so the corpus is read back
+(``NetworkZoo``) without the user's classes and without running code.
+
+Targets, one per model: integers -> ``class``; numbers -> ``scalar`` (accuracy, loss);
+rows of d numbers -> ``vector``. Splits: fractions (train, val, test) over a permutation
+seeded by ``seed``; or one name per model; or k-fold (``folds=k, fold=j``): fold j is the
+test split, fold (j + 1) mod k validation, the rest training.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from nngraph.data import templates
+from nngraph.data.corpus import TEMPLATES_FILE, NetworkZoo
+from nngraph.data.store import MANIFEST, CorpusWriter, write_shard, writer_lock
+from nngraph.errors import DataError, NNGraphError
+from nngraph.graph.convert import to_graph
+from nngraph.graph.graph import NeuralGraph
+
+SPLITS = ("train", "val", "test")
+STRUCTURE = ("edge_index", "edge_kind", "edge_geom", "node_layer", "node_pos", "node_act", "node_norm", "node_role",
+             "node_hw")
+
+
+def from_models(models: Sequence[nn.Module], targets: Any, example_input: torch.Tensor, out: str | os.PathLike,
+                splits: Sequence[float] | Sequence[str] = (0.8, 0.1, 0.1), seed: int = 0, folds: int | None = None,
+                fold: int | None = None, target_names: Sequence[str] | None = None,
+                shard_size: int = 256) -> NetworkZoo:
+    """Write the models and their targets as a corpus in folder ``out`` (new or empty); return it opened."""
+    models = list(models)
+    if not models:
+        raise NNGraphError("from_models needs at least one model")
+    values, kind = _targets(targets, len(models))
+    names = list(target_names) if target_names is not None else (
+        ["label"] if kind != "vector" else [f"target{j}" for j in range(len(values[0]))])
+    if len(names) != (len(values[0]) if kind == "vector" else 1):
+        raise NNGraphError(f"target_names has {len(names)} names for targets of {len(names)} column(s); "
+                           "give one name per column")
+    split = _splits(len(models), splits, seed, folds, fold)
+    graphs, arch_of, structures = [], [], []
+    for i, model in enumerate(models):
+        if not isinstance(model, nn.Module):
+            raise NNGraphError(f"model {i} is a {type(model).__name__}; pass torch modules")
+        try:
+            graph = to_graph(model.eval(), example_input)
+        except NNGraphError as exc:
+            raise NNGraphError(f"model {i} cannot be converted: {exc}") from None
+        a = next((k for k, g in enumerate(structures) if _same_structure(g, graph)), None)
+        if a is None:
+            a = len(structures)
+            structures.append(graph)
+        graphs.append(graph)
+        arch_of.append(a)
+    specs, tensors = templates.encode(structures)
+    root = Path(out)
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise DataError(f"--out {root} exists and is not an empty folder; choose a new folder")
+    plan = {"kind": NetworkZoo.kind, "layout": "per_item", "architectures": specs,
+            "command": "nngraph.from_models",
+            "config": {"source": "from_models", "targets": {"kind": kind, "size": len(names), "names": names},
+                       "input_shape": list(example_input.shape[1:]), "seed": seed, "splits": _describe(splits, folds,
+                                                                                                        fold),
+                       "shard_size": shard_size},
+            "items": {"split": split}}
+    with writer_lock(root):
+        writer = CorpusWriter(root, plan, len(models), shard_size, result_columns=("label", "arch"))
+        info = write_shard(root / TEMPLATES_FILE, tensors)
+        writer.manifest["templates"] = {"file": TEMPLATES_FILE, **info}
+        for k, start, stop in writer.pending():
+            shard = {f"net{i}.{name}": value.detach().cpu().contiguous()
+                     for i in range(start, stop) for name, value in models[i].state_dict().items()}
+            writer.write(k, shard, {"label": values[start:stop], "arch": [specs[a] for a in arch_of[start:stop]]})
+        writer.finish({"networks": len(models), "architectures": len(specs)})
+    if not (root / MANIFEST).exists():
+        raise DataError(f"{root}: the corpus was not written; rerun from_models")
+    return NetworkZoo(root)
+
+
+def _same_structure(a: NeuralGraph, b: NeuralGraph) -> bool:
+    """Whether two graphs share one architecture: parameter layout and every structural field."""
+    return (a.spec.params == b.spec.params and a.spec.state_order == b.spec.state_order
+            and a.edge_attr.shape == b.edge_attr.shape
+            and all(a[f].shape == b[f].shape and torch.equal(a[f], b[f]) for f in STRUCTURE))
+
+
+def _targets(targets: Any, n: int) -> tuple[list, str]:
+    """(JSON values, kind) of the targets: integers -> class, numbers -> scalar, rows -> vector."""
+    array = targets.detach().cpu().numpy() if isinstance(targets, torch.Tensor) else np.asarray(targets)
+    if array.dtype == object or array.ndim not in (1, 2) or len(array) != n:
+        raise NNGraphError(f"targets must be {n} numbers or {n} rows of numbers (one per model), got shape "
+                           f"{list(array.shape)}")
+    if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
+        raise NNGraphError(f"targets must be numbers, got {array.dtype}")
+    if not np.isfinite(array.astype(np.float64)).all():
+        raise NNGraphError("targets hold NaN or infinity; give every model a finite target")
+    if array.ndim == 2:
+        return array.astype(np.float64).tolist(), "vector"
+    if np.issubdtype(array.dtype, np.integer) and not isinstance(targets, torch.Tensor) or \
+            (isinstance(targets, torch.Tensor) and not targets.is_floating_point()):
+        if array.min() < 0:
+            raise NNGraphError(f"class targets must be >= 0, got {int(array.min())}")
+        return [int(v) for v in array], "class"
+    return array.astype(np.float64).tolist(), "scalar"
+
+
+def _splits(n: int, splits, seed: int, folds: int | None, fold: int | None) -> list[str]:
+    """One split name per model (see the module's docstring)."""
+    order = np.random.default_rng([seed, 0x5EED]).permutation(n)
+    out = np.empty(n, dtype=object)
+    if folds is not None or fold is not None:
+        if folds is None or fold is None or not 3 <= folds <= n or not 0 <= fold < folds:
+            raise NNGraphError(f"k-fold needs folds in 3..{n} (the number of models) and 0 <= fold < folds, got "
+                               f"folds={folds}, fold={fold}")
+        parts = np.array_split(order, folds)
+        out[:] = "train"
+        out[parts[fold]], out[parts[(fold + 1) % folds]] = "test", "val"
+        return out.tolist()
+    splits = list(splits)
+    if splits and all(isinstance(s, str) for s in splits):
+        if len(splits) != n or not set(splits) <= set(SPLITS):
+            raise NNGraphError(f"splits given by name need one of {', '.join(SPLITS)} per model ({n})")
+        return splits
+    if len(splits) != 3 or any(not isinstance(f, (int, float)) or f < 0 for f in splits) or \
+            not abs(sum(splits) - 1) < 1e-6:
+        raise NNGraphError(f"splits must be three fractions (train, val, test) summing to 1, or a split name per "
+                           f"model; got {splits}")
+    cut = np.cumsum([int(round(f * n)) for f in splits[:2]])
+    for name, part in zip(SPLITS, np.split(order, cut)):
+        out[part] = name
+    return out.tolist()
+
+
+def _describe(splits, folds, fold) -> Any:
+    if folds is not None:
+        return {"folds": folds, "fold": fold}
+    return "given" if splits and all(isinstance(s, str) for s in splits) else list(splits)
