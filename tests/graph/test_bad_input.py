@@ -10,27 +10,6 @@ import nngraph
 from nngraph.errors import InputShapeError, NNGraphError, NonFiniteError, UnsupportedModelError
 
 
-class SharedWeight(nn.Module):
-    """b reuses a's weight: one Parameter, two modules (a tied autoencoder-style layer)."""
-
-    def __init__(self):
-        super().__init__()
-        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
-        self.b.weight = self.a.weight
-
-    def forward(self, x):
-        return self.b(torch.relu(self.a(x)))
-
-
-def test_shared_parameter_is_refused_naming_both_modules():
-    model = SharedWeight()
-    with pytest.raises(UnsupportedModelError, match=r"a\.weight and b\.weight .*shared") as info:
-        nngraph.to_graph(model, torch.zeros(1, 4))
-    assert "\n" not in str(info.value)
-    with pytest.raises(UnsupportedModelError, match=r"a\.weight and b\.weight"):
-        nngraph.permute_neurons(model, seed=0)  # never a copy with a different function
-
-
 class Conv3dNet(nn.Module):
     def __init__(self):
         super().__init__()

@@ -44,15 +44,6 @@ class DataDependent(nn.Module):
         return self.a(x) if x.sum() > 0 else x
 
 
-class Shared(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.a = nn.Linear(3, 3)
-
-    def forward(self, x):
-        return self.a(torch.relu(self.a(x)))
-
-
 class Unused(nn.Module):
     def __init__(self):
         super().__init__()
@@ -81,10 +72,7 @@ def test_data_dependent_control_flow():
     assert "control flow" in one_line(info)
 
 
-def test_shared_weights_and_unused_parameters():
-    with pytest.raises(UnsupportedModelError) as info:
-        nngraph.to_graph(Shared(), torch.zeros(1, 3))
-    assert "called twice" in one_line(info)
+def test_unused_parameters():  # shared weights convert as ties: tests/graph/test_ties.py
     with pytest.raises(UnsupportedModelError) as info:
         nngraph.to_graph(Unused(), torch.zeros(1, 3))
     assert "spare.weight" in one_line(info)

@@ -29,7 +29,6 @@ class Context:
         self.modules = dict(gm.named_modules())
         self.builder = GraphBuilder(dtype)
         self.buffers: dict[str, torch.Tensor] = {}
-        self.called: set[str] = set()
         self.consumers = consumers
         self.sine_targets = sine_targets
         self.state_names = state_names

@@ -22,7 +22,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from nngraph.errors import InputShapeError, NonFiniteError, UnsupportedModelError
 from nngraph.graph import (activations, conv_transpose, functional, guards, handwritten, layouts, norms, ops, padding,
-                           pooling, products, tokens, upsample)
+                           pooling, products, ties, tokens, upsample)
 from nngraph.graph.builder import Value
 from nngraph.graph.context import Context
 from nngraph.graph.functional import ParamRef
@@ -140,7 +140,6 @@ def to_graph(model: nn.Module, example_input: torch.Tensor, *, k_max: int | None
     guards.check_no_hooks(model, name)
     state = model.state_dict()
     _check_finite(state, name)
-    _check_no_shared_parameters(model, name)
     _check_no_batch_statistics(model)
     try:
         tracer = _Tracer()
@@ -176,7 +175,8 @@ def to_graph(model: nn.Module, example_input: torch.Tensor, *, k_max: int | None
         vocab=ctx.vocab,
     )
     _check_output(output, ctx, name)
-    spec.params = _in_state_order(ctx.builder.params, state, ctx.buffers, name)
+    primaries, spec.ties = ties.separate(ctx.builder.params, model, spec.state_order, name)
+    spec.params = _in_state_order(primaries, state, {**ctx.buffers, **dict.fromkeys(t.name for t in spec.ties)}, name)
     graph_out = ctx.builder.finish(spec, k_max, weights)
     _assign_roles(graph_out, output.nodes)
     return graph_out
@@ -210,6 +210,7 @@ def to_params(graph: NeuralGraph) -> OrderedDict[str, torch.Tensor]:
     spec: ArchSpec = graph.spec
     stacked = read_params(spec, graph.x.unsqueeze(0), graph.edge_attr.unsqueeze(0))  # the B = 1 case
     out = {name: _copy(t[0]) for name, t in stacked.items()}
+    out.update({alias: out[name] for alias, name in ties.aliases(spec).items()})  # one tensor, several names
     out.update({name: _copy(t) for name, t in spec.buffers.items()})
     return OrderedDict((name, out[name]) for name in spec.state_order)
 
@@ -263,9 +264,6 @@ def _shape_constant(ctx: Context, node: fx.Node, env: dict) -> Any:
 def _call_module(ctx: Context, node: fx.Node, env: dict) -> Value:
     path = node.target
     module = ctx.modules[path]
-    if path in ctx.called and any(True for _ in module.parameters(recurse=False)):
-        raise UnsupportedModelError(f"{path} ({type(module).__name__}) is called twice; shared weights are not supported")
-    ctx.called.add(path)
     if type(module) is nn.MultiheadAttention:
         kwargs = {k: _resolve(v, env) for k, v in node.kwargs.items()}
         return tokens.multihead_attention(ctx, node, module, _args(node, env), kwargs, path)
@@ -674,19 +672,6 @@ def _check_input(example: Any, name: str) -> None:
         )
     if not torch.isfinite(example).all():
         raise NonFiniteError(f"example_input for {name} holds NaN or inf; pass finite values")
-
-
-def _check_no_shared_parameters(model: nn.Module, name: str) -> None:
-    """One Parameter under two names (``b.weight = a.weight``) would become two edge sets
-    that a permutation moves apart; refused, naming both."""
-    first: dict[int, str] = {}
-    for path, tensor in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
-        if id(tensor) in first:
-            raise UnsupportedModelError(
-                f"{name}: {first[id(tensor)]} and {path} are one shared tensor; shared weights are not supported: "
-                "give each module its own copy"
-            )
-        first[id(tensor)] = path
 
 
 def first_unsupported_module(model: nn.Module) -> str | None:

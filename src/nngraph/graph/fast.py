@@ -44,6 +44,9 @@ def stacked_features(template: NeuralGraph, params: dict[str, torch.Tensor]) -> 
             )
         if entry.source != "node":
             constant[entry.offset : entry.offset + entry.count] = False
+    for entry in getattr(spec, "ties", None) or []:  # further uses of tied tensors (ties.py)
+        if entry.source != "node":
+            constant[entry.offset : entry.offset + entry.count] = False
     layout.write_params(spec, params, x, edge_attr)
     if constant.any():
         edge_attr[:, constant] = template.edge_attr[constant]

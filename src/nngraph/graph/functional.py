@@ -91,7 +91,6 @@ def _bind_parameters(ctx: Context, names: tuple[str, ...], args: list, kwargs: d
     for p in (weight, bias):
         if p is not None and not isinstance(p, ParamRef):
             raise UnsupportedModelError(f"{where}: weights must be parameters of the model (nn.Parameter), not computed")
-    _use(ctx, [p for p in (weight, bias) if p is not None], where)
     return bound, weight, bias
 
 
@@ -102,14 +101,6 @@ def _layer_norm(ctx: Context, node: Node, value: Value, args: list, kwargs: dict
     return ops.layer_norm(ctx, node, value, tuple(shape) if isinstance(shape, (list, tuple)) else (shape,),
                           float(bound.get("eps", 1e-5)), (weight.name, weight.tensor) if weight is not None else None,
                           (bias.name, bias.tensor) if bias is not None else None, where)
-
-
-def _use(ctx: Context, refs: list[ParamRef], where: str) -> None:
-    """Each parameter may feed one layer (shared weights have no place in the graph)."""
-    for ref in refs:
-        if ref.name in ctx.called:
-            raise UnsupportedModelError(f"{where}: parameter {ref.name!r} is used twice; shared weights are not supported")
-        ctx.called.add(ref.name)
 
 
 def is_layer(target: Any) -> bool:

@@ -178,6 +178,7 @@ class ParamEntry:
     channel: int = 0
     sources: int = 0
     shared: int = 0
+    tie: str = ""  # a further use of the tensor of state_dict entry ``tie`` (``ties.py``)
 
     @property
     def count(self) -> int:
@@ -204,6 +205,7 @@ class ArchSpec:
     """
 
     params: list[ParamEntry]
+    ties: list[ParamEntry] = field(default_factory=list)  # further uses of tied tensors (ties.py)
     buffers: dict[str, torch.Tensor] = field(default_factory=dict)
     state_order: list[str] = field(default_factory=list)
     input_shape: tuple[int, ...] = ()

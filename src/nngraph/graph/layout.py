@@ -71,8 +71,8 @@ def write_params(spec: ArchSpec, params: dict[str, torch.Tensor], x: torch.Tenso
     for nodes); the caller's tensors keep everything else.
     """
     b, k, width = x.shape[0], spec.k_max, edge_attr.shape[-1]
-    for entry in spec.params:
-        value = params[entry.name]
+    for entry in [*spec.params, *(getattr(spec, "ties", None) or [])]:  # a tied tensor goes into every use
+        value = params[entry.tie or entry.name]
         rows = slice(entry.offset, entry.offset + entry.count)
         if entry.source == "node":
             x[:, rows, entry.channel] = value  # a shared [B, 1] value broadcasts over its nodes

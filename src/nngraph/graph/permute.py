@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from nngraph.errors import InputShapeError, UnsupportedModelError
-from nngraph.graph import layout
+from nngraph.graph import layout, ties
 from nngraph.graph.convert import SUPPORTED, first_unsupported_module, to_graph, to_params
 from nngraph.graph.graph import (
     EDGE_ATTN_MIX,
@@ -133,6 +133,8 @@ def tie_class_of(graph: NeuralGraph, grouped: bool = False) -> list[int]:
         pairs = torch.cat([graph.edge_index[:, loose], _group_pairs(graph, blocks)], dim=1)
     else:
         pairs = graph.edge_index[:, torch.isin(graph.edge_kind, _kinds(graph, _TIE_KINDS))]
+    if getattr(graph, "spec", None) is not None:  # a tied tensor's uses are permuted alike (ties.py)
+        pairs = torch.cat([pairs, ties.node_pairs(graph).to(pairs.device)], dim=1)
     for a, b in pairs.t().tolist():
         ra, rb = find(a), find(b)
         if ra != rb:
@@ -324,6 +326,7 @@ def permuted_state(spec: ArchSpec, state: dict[str, torch.Tensor], perm: torch.T
                 return None
             moved = edges[where.to(value.device)]
         out[entry.name] = layout.from_edge_rows(entry, moved).contiguous()
+    out.update({alias: out[name] for alias, name in ties.aliases(spec).items()})
     return out
 
 

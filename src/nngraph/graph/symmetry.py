@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
+from nngraph.graph import ties
 from nngraph.graph.graph import ROLE_HIDDEN, NeuralGraph
 
 _NODE_KEYS = ("node_layer", "node_act", "node_norm", "node_hw", "node_role")
@@ -57,7 +58,7 @@ def edge_blocks(graph: NeuralGraph) -> Blocks:
     e = src.numel()
     in_block = torch.zeros(e, dtype=torch.bool, device=device)
     found = []
-    for entry in graph.spec.params:
+    for entry in [*graph.spec.params, *ties.spec_ties(graph.spec)]:
         if entry.source not in _WEIGHT_SOURCES:
             continue
         first, count, width = entry.offset, entry.count, entry.sources
@@ -173,6 +174,8 @@ def edge_map(graph: NeuralGraph, perm: torch.Tensor, blocks: Blocks) -> EdgeMap 
     wanted = _occurrence_keys(perm[src] * n + perm[dst])  # a bijection keeps the copies' count and order
     found = order[torch.searchsorted(key[order], wanted).clamp_max(max(len(order) - 1, 0))] if len(order) else order
     if not (torch.equal(key[found], wanted) and torch.equal(blocks.loose_label[found], blocks.loose_label)):
+        return None
+    if not ties.consistent(graph, perm):  # every use of a tied tensor permuted alike
         return None
     return EdgeMap(blocks, dense, blocks.loose[found])
 
