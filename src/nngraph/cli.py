@@ -169,7 +169,8 @@ def run_data_zoo(args) -> int:
 # --------------------------------------------------------------------------- data import
 
 # Options of `data import` and the formats they apply to.
-_IMPORT_OPTIONS = {"image_size": ("inr-folder",), "workers": ("inr-folder", "wild-park"), "trust": ("wild-park",)}
+_IMPORT_OPTIONS = {"image_size": ("inr-folder",), "workers": ("inr-folder", "wild-park"), "trust": ("wild-park",),
+                   "labels": ("models",), "architecture": ("models",), "input_shape": ("models",)}
 
 
 def add_data_import(sub) -> None:
@@ -180,10 +181,13 @@ def add_data_import(sub) -> None:
                     "Nothing is written unless every network is read and checked.\n\nFormats:\n"
                     "  inr-folder  DWSNets / neural-graphs SIREN INRs: SRC holds the .pth files and a split JSON\n"
                     "  cnn-zoo     Small CNN Zoo collection: SRC holds weights.npy, layout.csv, metrics.csv.gz\n"
-                    "  wild-park   neural-graphs CNN Wild Park: SRC holds the checkpoints and cnn_park_splits.json",
+                    "  wild-park   neural-graphs CNN Wild Park: SRC holds the checkpoints and cnn_park_splits.json\n"
+                    "  models      your own zoo: SRC holds state_dicts (.safetensors, .pt), --labels a CSV (file, "
+                    "targets[, arch, split]), --architecture module:function builds each model (your code, never "
+                    "read from SRC)",
     )
     p.add_argument("src", metavar="SRC", help="folder of the published corpus (split-file paths are relative to it)")
-    p.add_argument("--format", required=True, choices=["inr-folder", "cnn-zoo", "wild-park"],
+    p.add_argument("--format", required=True, choices=["inr-folder", "cnn-zoo", "wild-park", "models"],
                    help="layout of SRC; required")
     p.add_argument("--out", required=True, metavar="DIR", help="corpus folder to create (must not exist); required")
     p.add_argument("--splits", default=None, metavar="FILE",
@@ -198,6 +202,10 @@ def add_data_import(sub) -> None:
     p.add_argument("--trust", action="store_true", default=None,
                    help="wild-park: also read legacy (non-zip) torch.save checkpoints, with plain pickle, which "
                         "runs any code they hold; only for files from a source you trust (default: refused)")
+    p.add_argument("--labels", default=None, metavar="CSV", help="models: file,<targets>[,arch,split] per network")
+    p.add_argument("--architecture", default=None, metavar="MODULE:FUNCTION",
+                   help="models: the function (or class) that builds a model, called with the CSV's arch value if any")
+    p.add_argument("--input-shape", default=None, metavar="C,H,W", help="models: shape of one input of the networks")
     p.set_defaults(func=run_data_import)
 
 

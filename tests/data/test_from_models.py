@@ -84,3 +84,34 @@ def test_a_hand_edited_template_is_refused(tmp_path, models):
     (tmp_path / "z" / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(DataError, match="architecture 0 places"):
         Corpus.open(tmp_path / "z")
+
+
+def make_net(arch: str = "2") -> nn.Module:
+    """The architecture factory named on the command line (``tests.data.test_from_models:make_net``)."""
+    return mlp_cnn(int(arch), 0)
+
+
+def test_cli_imports_a_folder_of_state_dicts_with_a_labels_csv(tmp_path, models, capsys):
+    from safetensors.torch import save_file
+
+    from nngraph.cli import main
+
+    src = tmp_path / "weights"
+    src.mkdir()
+    rows = ["file,arch,accuracy"]
+    for i, model in enumerate(models):
+        name = f"net{i}.safetensors" if i % 2 else f"net{i}.pt"
+        (save_file(model.state_dict(), src / name) if i % 2 else torch.save(model.state_dict(), src / name))
+        rows.append(f"{name},{2 + i % 2},{i / 10}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    args = ["data", "import", str(src), "--format", "models", "--labels", str(tmp_path / "labels.csv"),
+            "--architecture", "tests.data.test_from_models:make_net", "--input-shape", "1,6,6"]
+    assert main([*args, "--out", str(tmp_path / "zoo")]) == 0
+    zoo = Corpus.open(tmp_path / "zoo")
+    assert len(zoo) == 9 and zoo.labels.tolist() == pytest.approx([i / 10 for i in range(9)])
+    x = torch.randn(3, 1, 6, 6)
+    torch.testing.assert_close(nngraph.execute(zoo.graph(4), x)[0], models[4](x), atol=1e-6, rtol=1e-6)
+    (tmp_path / "labels.csv").write_text("file,accuracy\n../labels.csv,0.5\n")
+    capsys.readouterr()
+    assert main([*args, "--out", str(tmp_path / "bad")]) == 2  # a name outside SRC is never read
+    assert "'../labels.csv' is not a plain file name inside" in capsys.readouterr().err
