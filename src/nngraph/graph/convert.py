@@ -21,8 +21,8 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from nngraph.errors import InputShapeError, NonFiniteError, UnsupportedModelError
-from nngraph.graph import (activations, conv_transpose, functional, guards, handwritten, layouts, norms, ops, padding,
-                           pooling, products, ties, tokens, upsample)
+from nngraph.graph import (activations, capture, conv_transpose, functional, guards, handwritten, layouts, lm,
+                           norms, ops, padding, pooling, products, ties, tokens, upsample)
 from nngraph.graph.builder import Value
 from nngraph.graph.context import Context
 from nngraph.graph.functional import ParamRef
@@ -122,7 +122,7 @@ def _count_consumers(graph: fx.Graph, modules: dict[str, nn.Module]) -> Counter:
 
 
 def to_graph(model: nn.Module, example_input: torch.Tensor, *, k_max: int | None = None,
-             weights: bool = True) -> NeuralGraph:
+             weights: bool = True, capture: str = "auto") -> NeuralGraph:
     """Convert ``model`` into its NeuralGraph.
 
     Args:
@@ -133,6 +133,9 @@ def to_graph(model: nn.Module, example_input: torch.Tensor, *, k_max: int | None
             kernel of the model); set it to the largest kernel of a whole dataset.
         weights: False leaves ``edge_attr`` empty ([E, 0]): structure and node features only
             (what ``permute_neurons`` needs; the parameters stay readable from the spec's layout).
+        capture: how the model's computation is recorded: ``"fx"`` (torch.fx symbolic tracing),
+            ``"export"`` (torch.export, lowered by ``capture.py``: HuggingFace models) or ``"auto"``
+            (fx, and torch.export where fx cannot trace the model).
     """
     name = type(model).__name__
     guards.check_not_meta(model, example_input, name)
@@ -141,18 +144,10 @@ def to_graph(model: nn.Module, example_input: torch.Tensor, *, k_max: int | None
     state = model.state_dict()
     _check_finite(state, name)
     _check_no_batch_statistics(model)
-    try:
-        tracer = _Tracer()
-        graph = tracer.trace(model)
-    except Exception as exc:  # noqa: BLE001 - fx raises many kinds; all mean "cannot trace"
-        raise UnsupportedModelError(
-            f"{name} cannot be traced by torch.fx ({_first_line(exc)}); data-dependent control flow "
-            "is not supported: write forward() as a fixed sequence of ops"
-        ) from None
-    gm = fx.GraphModule(model, graph)
-    _propagate_shapes(gm, example_input.detach(), name)
+    gm, captured_buffers = _capture(model, example_input, capture, name)
     dtype = _param_dtype(state, name)
     ctx = Context(gm, dtype, name, _count_consumers(gm.graph, dict(gm.named_modules())), _SINE, set(state))
+    ctx.buffers.update({k: v.detach().clone() for k, v in captured_buffers.items() if k in state})
     env: dict[fx.Node, Any] = {}
     output: Value | None = None
     for node in gm.graph.nodes:
@@ -173,6 +168,7 @@ def to_graph(model: nn.Module, example_input: torch.Tensor, *, k_max: int | None
         output_shape=tuple(ctx.shape(next(n for n in gm.graph.nodes if n.op == "output").args[0])[1:]),
         model_name=name,
         vocab=ctx.vocab,
+        output_tokens=output.kind == "tokens" if isinstance(output, Value) else False,
     )
     _check_output(output, ctx, name)
     primaries, spec.ties = ties.separate(ctx.builder.params, model, spec.state_order, name)
@@ -180,6 +176,44 @@ def to_graph(model: nn.Module, example_input: torch.Tensor, *, k_max: int | None
     graph_out = ctx.builder.finish(spec, k_max, weights)
     _assign_roles(graph_out, output.nodes)
     return graph_out
+
+
+def _capture(model: nn.Module, example: torch.Tensor, how: str, name: str) -> tuple[fx.GraphModule, dict]:
+    """The model's computation as an fx graph with shapes, and the buffers that only constants read:
+    torch.fx symbolic tracing, or torch.export lowered to the same vocabulary (``capture.py``)."""
+    if how not in ("auto", "fx", "export"):
+        raise ValueError(f"capture={how!r}: use 'auto', 'fx' or 'export'")
+    if how != "export":
+        try:
+            graph = _Tracer().trace(model)
+        except Exception as exc:  # noqa: BLE001 - fx raises many kinds; all mean "cannot trace"
+            reason = f"{name} cannot be traced by torch.fx ({_first_line(exc)})"
+            if how == "fx":
+                raise UnsupportedModelError(f"{reason}; data-dependent control flow is not supported: write forward() "
+                                            "as a fixed sequence of ops, or pass capture='export'") from None
+        else:
+            attribute = _proxy_attribute(graph)
+            if how == "fx" or attribute is None:
+                gm = fx.GraphModule(model, graph)
+                _propagate_shapes(gm, example.detach(), name)
+                return gm, {}
+            reason = f"{name} reads {attribute} of a traced tensor, which torch.fx cannot follow"
+    try:
+        lowered = capture.export_graph(model, example.detach(), name)
+    except UnsupportedModelError as exc:
+        if how == "export":
+            raise
+        raise UnsupportedModelError(f"{reason}, and {exc}") from None
+    return lowered.gm, lowered.buffers
+
+
+def _proxy_attribute(graph: fx.Graph) -> str | None:
+    """'x.device' where forward reads a tensor attribute other than its shape (``torch.arange(T, device=idx.device)``):
+    fx records it as a proxy it cannot evaluate, so the export capture takes over."""
+    for node in graph.nodes:
+        if node.op == "call_function" and node.target is getattr and node.args[1] not in ("shape",):
+            return f"{node.args[0]}.{node.args[1]}"
+    return None
 
 
 def _rebind(env: dict, node: fx.Node, ctx: Context) -> None:
@@ -316,6 +350,9 @@ def _call_function(ctx: Context, node: fx.Node, env: dict) -> Value:
     formula = handwritten.rule(ctx, node, args, kwargs, where)
     if formula is not None:
         return formula
+    lm_value = lm.rule(ctx, node, args, kwargs, values, where)  # embeddings on parameters, Conv1D (export capture)
+    if lm_value is not None:
+        return lm_value
     token_value = _token_op(ctx, node, args, kwargs, values, where)
     if token_value is not None:
         return token_value
@@ -586,7 +623,7 @@ def _assign_roles(graph: NeuralGraph, output_nodes: list[int]) -> None:
 def _check_output(output: Any, ctx: Context, name: str) -> None:
     if not isinstance(output, Value):
         raise UnsupportedModelError(f"{name}.forward must return one tensor computed from its input")
-    if output.kind not in ("vector", "map", "flat"):
+    if output.kind not in ("vector", "map", "flat", "tokens"):
         raise UnsupportedModelError(f"{name}: the output is a [batch, T, D] token tensor; take x[:, 0] or x.mean(1)")
     if output.scale is not None:
         raise UnsupportedModelError(f"{name}: the output is multiplied by a constant; fold it into the last layer")
@@ -640,6 +677,8 @@ def _op_name(node: fx.Node) -> str:
     target = node.target
     if node.op == "call_method":
         return f"tensor.{target}()"
+    if target is getattr and len(node.args) == 2:  # e.g. idx.device: torch.fx cannot follow it
+        return f"reading {node.args[0]}.{node.args[1]} (torch.fx cannot follow it; pass capture='export')"
     return getattr(target, "__name__", str(target))
 
 

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch_geometric.data import Batch
 
 from nngraph.errors import InputShapeError, NonFiniteError
-from nngraph.graph import mixing, norms, padding, pooling, upsample
+from nngraph.graph import lm, mixing, norms, padding, pooling, upsample
 from nngraph.graph.layout import decode_kernels
 from nngraph.graph.graph import (
     graph_specs,
@@ -207,6 +207,7 @@ class Plan:
         if len(shapes) != 1:
             raise InputShapeError("graphs in one batch give outputs of different shapes; execute them separately")
         self.output_shape = shapes.pop()
+        self.output_tokens = specs[0].output_tokens  # one output shape, so one layout
         n = batch.num_nodes
         gid = batch.batch
         self.inputs = torch.nonzero(batch.node_role == ROLE_INPUT).squeeze(1)  # sorted = (graph, position)
@@ -321,6 +322,8 @@ class Plan:
         out = _collect(self.output_gather, blocks)  # [B * n_out, P, h, w]
         b = self.num_graphs
         out = out.reshape(b, -1, *out.shape[1:]).transpose(1, 2)  # [B, P, n_out, h, w]
+        if self.output_tokens:  # D nodes of 1 x T values -> [B, P, T, D]
+            out = out.flatten(3).transpose(2, 3)
         return out.reshape(b, p, *self.output_shape), acts
 
     def _layer_input(self, batch: Batch, layer: _Layer, blocks: list[torch.Tensor], p: int) -> torch.Tensor:
@@ -339,7 +342,7 @@ class Plan:
         z = None
         for part in parts.values():
             z = part if z is None else z + part
-        return z
+        return z.expand(-1, p, *z.shape[2:])  # a layer of constants only (lm.py's row nodes) holds one value for all P
 
     def _dense(self, batch: Batch, g: _Group, blocks: list[torch.Tensor], p: int) -> torch.Tensor:
         """z[t] = sum_i W[b, j, i] (*) h[b, i] as one batched matmul / grouped conv."""
@@ -526,8 +529,8 @@ def _activate(z: torch.Tensor, act: torch.Tensor, param: torch.Tensor, param2: t
             a = F.mish(z)
         elif kind == ACT_SINE:
             a = torch.sin(p * z)
-        elif kind == ACT_SOFTMAX:
-            a = torch.softmax(p * z, dim=-1)
+        elif kind == ACT_SOFTMAX:  # attention scores; param2 = 1: causal (lm.py)
+            a = lm.causal_softmax(p * z, param2) if bool((param2 != 0).any()) else torch.softmax(p * z, dim=-1)
         else:
             raise ValueError(f"unknown activation id {kind}")
         out = torch.where((act == kind).view(view), a, out)

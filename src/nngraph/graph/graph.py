@@ -213,6 +213,7 @@ class ArchSpec:
     k_max: int = 1
     model_name: str = ""
     vocab: int = 0  # > 0: the input is token ids [T] (integers < vocab), one-hot over the vocab input nodes
+    output_tokens: bool = False  # the output is per token, [T, D] (D output nodes of 1 x T values)
 
     @property
     def probe_shape(self) -> tuple[int, ...]:

@@ -38,6 +38,7 @@ from nngraph.graph.graph import (
     NO_GEOM,
     ROLE_INPUT,
     X_ACT_PARAM,
+    X_ACT_PARAM2,
 )
 from nngraph.graph.products import product_layer
 
@@ -159,7 +160,7 @@ def _const(ctx: Context, nodes: list[int], ref: ParamRef, offset: int, total: in
 
 
 def attention(ctx: Context, node: Node, q: Value, k: Value, v: Value, heads: int, scale: float | None,
-              where: str) -> list[int]:
+              where: str, causal: bool = False) -> list[int]:
     """The attention nodes of ``heads`` heads (see the module docstring); returns the output nodes
     o (node h * d_v + c is neuron c of head h), each with a 1 x T_q sequence."""
     if len(q.nodes) != len(k.nodes) or len(q.nodes) % heads or len(v.nodes) % heads:
@@ -175,6 +176,7 @@ def attention(ctx: Context, node: Node, q: Value, k: Value, v: Value, heads: int
     for n in scores:
         builder.node_act[n] = ACT_SOFTMAX
     builder.set_feature(scores, X_ACT_PARAM, 1.0 / math.sqrt(d_qk) if scale is None else float(scale))
+    builder.set_feature(scores, X_ACT_PARAM2, 1.0 if causal else 0.0)  # causal: keys t' > t dropped (lm.py)
     d_v = len(v.nodes) // heads
     out = builder.new_layer(len(v.nodes), (1, t_q))
     builder.pair_edges([scores[c // d_v] for c in range(len(out))], out, EDGE_ATTN_MIX)
@@ -183,16 +185,17 @@ def attention(ctx: Context, node: Node, q: Value, k: Value, v: Value, heads: int
 
 
 def scaled_dot_product(ctx: Context, node: Node, args: list, kwargs: dict, where: str) -> Value:
-    """``F.scaled_dot_product_attention(q, k, v)`` on [B, H, T, d] values (no mask, no dropout)."""
+    """``F.scaled_dot_product_attention(q, k, v)`` on [B, H, T, d] values (no mask but ``is_causal``, no dropout)."""
     names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale")
     bound = dict(zip(names, args)) | kwargs
     q, k, v = bound.get("query"), bound.get("key"), bound.get("value")
     if not all(isinstance(t, Value) and t.kind == "heads" for t in (q, k, v)) or len({q.heads, k.heads, v.heads}) != 1:
         raise UnsupportedModelError(f"{where}: q, k, v must be [batch, heads, T, d] projections of one head count")
-    if bound.get("attn_mask") is not None or bound.get("dropout_p", 0.0) or bound.get("is_causal", False) \
+    if bound.get("attn_mask") is not None or bound.get("dropout_p", 0.0) \
             or set(bound) - set(names) - {"enable_gqa"} or bound.get("enable_gqa", False):
-        raise UnsupportedModelError(f"{where}: attention masks, dropout, causal and grouped-query attention are not supported")
-    out = attention(ctx, node, q, k, v, q.heads, bound.get("scale"), where)
+        raise UnsupportedModelError(f"{where}: attention masks other than is_causal=True, dropout and grouped-query "
+                                    "attention are not supported")
+    out = attention(ctx, node, q, k, v, q.heads, bound.get("scale"), where, causal=bool(bound.get("is_causal", False)))
     return Value(out, "heads", (1, q.hw[1]), node.name, heads=q.heads)
 
 
@@ -236,15 +239,20 @@ def embedding(ctx: Context, node: Node, module: torch.nn.Embedding, value: Value
     """``nn.Embedding(V, D)`` on token ids [B, T]: V input nodes (node v holds, at each token, 1 where the
     id is v and 0 elsewhere) and D token nodes; edge v -> j carries W[v, j] (a Linear of the one-hot ids)."""
     where = f"{path} (Embedding)"
-    if value.kind != "ids" or value.nodes:
-        raise UnsupportedModelError(f"{where}: an Embedding must read the model's integer input [batch, T] directly")
     if module.max_norm is not None:
         raise UnsupportedModelError(f"{where}: max_norm is not supported (it rewrites the weights in forward)")
-    vocab, d = module.weight.shape
+    return embedding_table(ctx, node, value, f"{path}.weight", module.weight, where)
+
+
+def embedding_table(ctx: Context, node: Node, value: Value, name: str, weight: torch.Tensor, where: str) -> Value:
+    """The embedding table ``name`` [V, D] on the model's token ids (``nn.Embedding`` or ``F.embedding``)."""
+    if value.kind != "ids" or value.nodes:
+        raise UnsupportedModelError(f"{where}: an Embedding must read the model's integer input [batch, T] directly")
+    vocab, d = weight.shape
     builder = ctx.builder
     ids = builder.new_layer(vocab, value.hw, ROLE_INPUT)
     out = builder.new_layer(d, value.hw)
-    first = builder.dense_edges(ids, out, module.weight.t(), EDGE_LINEAR)
-    ctx.record_edges(f"{path}.weight", module.weight, "kernel_t", first, vocab)
+    first = builder.dense_edges(ids, out, weight.t(), EDGE_LINEAR)
+    ctx.record_edges(name, weight, "kernel_t", first, vocab)
     ctx.vocab = vocab
     return Value(out, "tokens", value.hw, node.name)

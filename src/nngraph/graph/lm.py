@@ -1,0 +1,114 @@
+"""Language-model pieces: embeddings on raw parameters, constant-index embeddings (positions),
+HuggingFace's Conv1D, and the causal flag of attention scores.
+
+- ``F.embedding(ids, W)`` of the model's token ids is ``nn.Embedding`` (``tokens.embedding_table``).
+- ``linear_t(x, W, b) = x @ W + b`` with W stored [in, out] (HuggingFace ``Conv1D``, GPT-2): a
+  Linear whose edge i -> j carries W[i, j] (layout ``kernel_t``, like an embedding table).
+- ``constant_embedding(W, index)`` = W[index] for an index that depends on no input (positions
+  ``torch.arange(T)``, BERT's token types): a layer of R *row nodes* (R = rows of W) whose value
+  is constant, node r at token t being 1 where index[t] = r, else 0 (a const self-loop carrying
+  that indicator; the row number r in its geometry's ``pad_h`` so that rows never trade places),
+  and linear edges r -> j carrying W[r, j]:
+
+      e_j(t) = sum_r W[r, j] [index[t] = r] = W[index[t], j]
+
+  Every row of W is in the graph (the rows that this sequence length does not read have
+  all-zero row nodes), so ``to_params`` gives W back whole and a permutation of the D
+  embedding neurons moves every row's column j together.
+- Causal attention: the score nodes of ``tokens.attention`` carry X_ACT_PARAM2 = 1; the
+  executor's softmax then drops the keys t' > t (``causal_softmax``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+
+from nngraph.errors import UnsupportedModelError
+from nngraph.graph import tokens
+from nngraph.graph.builder import Value
+from nngraph.graph.functional import ParamRef
+from nngraph.graph.graph import EDGE_LINEAR, X_BIAS
+
+if TYPE_CHECKING:
+    from torch.fx import Node
+
+    from nngraph.graph.context import Context
+
+_PAD_H = 4  # edge_geom column of a row node's const self-loop that holds its row number
+
+
+def linear_t(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x @ W + b with W [in, out] (HuggingFace Conv1D); the target the export capture lowers ``addmm`` to."""
+    out = x @ weight
+    return out if bias is None else out + bias
+
+
+def constant_embedding(weight: torch.Tensor, index: tuple[int, ...]) -> torch.Tensor:
+    """W[index] [T, D] for a constant index (positions); the target the export capture lowers it to."""
+    return weight[list(index)]
+
+
+def causal_softmax(z: torch.Tensor, causal: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last axis of z [n, P, Tq, Tk]; where causal [n] is set, keys t' > t are dropped
+    (the top-left aligned mask of ``F.scaled_dot_product_attention(is_causal=True)``)."""
+    later = torch.ones(z.shape[-2:], dtype=torch.bool, device=z.device).triu(1)  # [Tq, Tk]
+    masked = z.masked_fill(later & causal.view(-1, 1, 1, 1).bool(), float("-inf"))
+    return torch.softmax(masked, dim=-1)
+
+
+def rule(ctx: Context, node: Node, args: list, kwargs: dict, values: list, where: str) -> Any:
+    """The value of ``node`` if it is an op of this module, else None."""
+    target = node.target
+    if target is F.embedding and len(args) >= 2 and isinstance(args[0], Value) and isinstance(args[1], ParamRef):
+        if len(args) > 2 and any(a not in (None, False, 2.0, -1) for a in args[2:]) or kwargs:
+            raise UnsupportedModelError(f"{where}: F.embedding with padding_idx, max_norm or sparse is not supported")
+        return tokens.embedding_table(ctx, node, args[0], args[1].name, args[1].tensor, where)
+    if target is linear_t:
+        return _linear_t(ctx, node, args, kwargs, where)
+    if target is constant_embedding:
+        return _constant_embedding(ctx, node, args[0], tuple(args[1]), where)
+    return None
+
+
+def _linear_t(ctx: Context, node: Node, args: list, kwargs: dict, where: str) -> Value:
+    """x @ W + b, W [in, out]: edges i -> j carrying W[i, j] (``kernel_t``), b in X_BIAS."""
+    bound = dict(zip(("x", "weight", "bias"), args)) | kwargs
+    value, weight, bias = bound["x"], bound["weight"], bound.get("bias")
+    if not isinstance(value, Value) or value.kind not in ("vector", "tokens"):
+        raise UnsupportedModelError(f"{where}: a Conv1D (x @ W + b) needs [batch, F] or [batch, T, D] inputs")
+    if not isinstance(weight, ParamRef) or weight.tensor.dim() != 2 or (bias is not None and not isinstance(bias, ParamRef)):
+        raise UnsupportedModelError(f"{where}: x @ W + b needs W [in, out] and b [out] parameters of the model")
+    if weight.tensor.shape[0] != len(value.nodes):
+        raise UnsupportedModelError(f"{where}: x @ W needs W [{len(value.nodes)}, out], got {list(weight.tensor.shape)}")
+    builder = ctx.builder
+    out = builder.new_layer(weight.tensor.shape[1], value.hw)
+    first = builder.dense_edges(value.nodes, out, weight.tensor.t(), EDGE_LINEAR)
+    ctx.record_edges(weight.name, weight.tensor, "kernel_t", first, len(value.nodes))
+    if bias is not None:
+        builder.record_node_param(bias.name, out, X_BIAS, bias.tensor)
+    return Value(out, value.kind, value.hw, node.name)
+
+
+def _constant_embedding(ctx: Context, node: Node, ref: Any, index: tuple[int, ...], where: str) -> Value:
+    """W[index] for a constant index: R row nodes with constant indicators, edges r -> j carrying W[r, j]."""
+    if not isinstance(ref, ParamRef) or ref.tensor.dim() != 2:
+        raise UnsupportedModelError(f"{where}: an embedding of constant indices needs a [rows, D] parameter table")
+    rows, d = ref.tensor.shape
+    length = len(index)
+    if any(not 0 <= i < rows for i in index):
+        raise UnsupportedModelError(f"{where}: constant index out of range for {ref.name!r} of {rows} rows")
+    builder = ctx.builder
+    row_nodes = builder.new_layer(rows, (1, length))
+    indicator = torch.zeros(rows, length, dtype=builder.dtype, device=ref.tensor.device)  # [R, T]: row r is read at the tokens t of index[t] = r
+    indicator[list(index), list(range(length))] = 1.0
+    for r, n in enumerate(row_nodes):
+        geom = list(tokens.place_geom(length, 0, length))
+        geom[_PAD_H] = r
+        builder.const_edges([n], indicator[r:r + 1], tuple(geom))
+    out = builder.new_layer(d, (1, length))
+    first = builder.dense_edges(row_nodes, out, ref.tensor.t(), EDGE_LINEAR)
+    ctx.record_edges(ref.name, ref.tensor, "kernel_t", first, rows)
+    return Value(out, "tokens", (1, length), node.name)
