@@ -21,7 +21,7 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from nngraph.errors import InputShapeError, NonFiniteError, UnsupportedModelError
-from nngraph.graph import (activations, capture, conv_transpose, functional, guards, handwritten, layouts, lm,
+from nngraph.graph import (activations, capture, conv_transpose, functional, guards, handwritten, layouts, lm, lora,
                            norms, ops, padding, pooling, products, ties, tokens, upsample)
 from nngraph.graph.builder import Value
 from nngraph.graph.context import Context
@@ -83,7 +83,7 @@ class _Tracer(fx.Tracer):
     """fx tracer that keeps nngraph's own activation modules as leaves and records setitem."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, Sine) or super().is_leaf_module(m, qualname)
+        return isinstance(m, Sine) or lora.is_lora_linear(m) or super().is_leaf_module(m, qualname)
 
     def proxy(self, node: fx.Node) -> fx.Proxy:
         return _Proxy(node, self)
@@ -138,6 +138,7 @@ def to_graph(model: nn.Module, example_input: torch.Tensor, *, k_max: int | None
             (fx, and torch.export where fx cannot trace the model).
     """
     name = type(model).__name__
+    model, prefix = lora.unwrap(model)  # a PeftModel: its base model, names prefixed back at the end
     guards.check_not_meta(model, example_input, name)
     _check_input(example_input, name)
     guards.check_no_hooks(model, name)
@@ -175,6 +176,7 @@ def to_graph(model: nn.Module, example_input: torch.Tensor, *, k_max: int | None
     spec.params = _in_state_order(primaries, state, {**ctx.buffers, **dict.fromkeys(t.name for t in spec.ties)}, name)
     graph_out = ctx.builder.finish(spec, k_max, weights)
     _assign_roles(graph_out, output.nodes)
+    lora.prefixed(graph_out.spec, prefix)
     return graph_out
 
 
@@ -308,6 +310,8 @@ def _call_module(ctx: Context, node: fx.Node, env: dict) -> Value:
     if not isinstance(value, Value) or len(node.args) != 1 or node.kwargs:
         raise _unsupported(node, ctx)
     where = f"{path} ({type(module).__name__})"
+    if lora.is_lora_linear(module):
+        return lora.linear(ctx, node, module, value, path)
     if type(module) is nn.Linear:
         return ops.linear(ctx, node, module, value, path)
     if type(module) in (nn.Conv1d, nn.Conv2d):
