@@ -89,9 +89,9 @@ def _randomise(model: nn.Module, seed: int) -> nn.Module:
     return model.eval()
 
 
-def _gpt2(seed=0):
+def _gpt2(seed=0, tied=False):
     config = transformers.GPT2Config(n_layer=2, n_embd=8, n_head=2, vocab_size=VOCAB, n_positions=10,
-                                     tie_word_embeddings=False)
+                                     tie_word_embeddings=tied)
     return _randomise(transformers.GPT2LMHeadModel(config), seed)
 
 
@@ -109,6 +109,7 @@ def _vit(seed=0):
 
 MODELS = {
     "gpt2": (_gpt2, "ids"),
+    "gpt2-tied": (lambda seed=0: _gpt2(seed, tied=True), "ids"),  # lm_head.weight is transformer.wte.weight
     "bert": (_bert, "ids"),
     "vit": (_vit, "images"),
     "nanogpt-causal": (lambda seed=0: _randomise(NanoGPT("is_causal"), seed), "ids"),
@@ -145,6 +146,8 @@ def test_permutation_keeps_the_function_and_moves_weights(name):
     state, moved = model.state_dict(), permuted.state_dict()
     assert any(not torch.equal(state[k], moved[k]) for k in state), "the permutation moved nothing"
     assert_rel_close(_run(permuted, x), _run(model, x))
+    if name == "gpt2-tied":
+        assert permuted.lm_head.weight is permuted.transformer.wte.weight
 
 
 def test_causal_flag_is_on_the_score_nodes_and_lm_outputs_every_token():

@@ -96,6 +96,13 @@ class _Const:
 
 
 @dataclass
+class _Param:
+    """A parameter placeholder: its state_dict names (several for a tied weight)."""
+
+    names: list[str]
+
+
+@dataclass
 class _FlatLead:
     """``x.view(-1, F)`` of a [B, T, F] value, waiting for the ``addmm`` / ``mm`` that reads it."""
 
@@ -126,6 +133,10 @@ class _Lowering:
         self.env: dict[fx.Node, Any] = {}
         self.buffers: dict[str, torch.Tensor] = {}
         self.state = dict(model.state_dict(keep_vars=True))
+        self.names: dict[int, list[str]] = {}  # every state_dict name of each tensor (tied weights have several)
+        for path, tensor in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
+            self.names.setdefault(id(tensor), []).append(path)
+        self.attrs: dict[str, fx.Node] = {}
 
     def run(self) -> Lowered:
         signature = self.program.graph_signature
@@ -136,7 +147,7 @@ class _Lowering:
         for node in self.program.graph.nodes:
             if node.op == "placeholder":
                 if node.name in parameters:
-                    self.env[node] = self._get_attr(parameters[node.name], node)
+                    self.env[node] = _Param(self.names[id(self.state[parameters[node.name]])])
                 elif node.name in buffers:
                     self.env[node] = _Const(_Buffer(buffers[node.name], self.program.state_dict.get(
                         buffers[node.name], self.program.constants.get(buffers[node.name]))))
@@ -177,8 +188,8 @@ class _Lowering:
             raise UnsupportedModelError(f"{self.name}: torch.export produced a {node.op} node ({node.target}); "
                                         "it cannot be converted")
         target = node.target
-        args = tuple(self._arg(a) for a in node.args)
-        kwargs = {k: self._arg(v) for k, v in node.kwargs.items()}
+        args = tuple(self._arg(a, node) for a in node.args)
+        kwargs = {k: self._arg(v, node) for k, v in node.kwargs.items()}
         if target in _DROPPED:
             return None
         if _all_constant(args, kwargs):
@@ -218,12 +229,23 @@ class _Lowering:
             return self._emit(_METHODS[target], args, kwargs, node, method=True)
         return self._emit(target, args, kwargs, node)  # no rule: the converter names the ATen op
 
-    def _arg(self, arg: Any) -> Any:
+    def _arg(self, arg: Any, user: fx.Node) -> Any:
         if isinstance(arg, fx.Node):
-            return self.env[arg]
+            value = self.env[arg]
+            return self._parameter(value, user) if isinstance(value, _Param) else value
         if isinstance(arg, (list, tuple)):
-            return type(arg)(self._arg(a) for a in arg)
+            return type(arg)(self._arg(a, user) for a in arg)
         return arg
+
+    def _parameter(self, param: _Param, user: fx.Node) -> fx.Node:
+        """The get_attr of a parameter, under the name of the module that reads it (a tied weight has several:
+        GPT-2's lm_head reads ``lm_head.weight``, its embedding ``transformer.wte.weight``), as torch.fx names it."""
+        stack = user.meta.get("nn_module_stack") or {}
+        path = next(reversed(stack.values()))[0] if stack else ""
+        name = next((n for n in param.names if n.rpartition(".")[0] == path), param.names[0])
+        if name not in self.attrs:
+            self.attrs[name] = self._get_attr(name, user)
+        return self.attrs[name]
 
     def _materialise(self, arg: Any) -> Any:
         """Arguments for an emitted node: constants as plain values (a buffer read by the network
