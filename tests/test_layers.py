@@ -21,8 +21,8 @@ LAYERS = [
     ("pipeline", ("nngraph.pipeline",)),
     ("models", ("nngraph.models",)),
     ("tasks", ("nngraph.tasks",)),
-    ("train", ("nngraph.train", "nngraph.memory", "nngraph.run")),
-    ("cli", ("nngraph.cli", "nngraph.cli_runs", "nngraph.demo", "nngraph")),
+    ("train", ("nngraph.train", "nngraph.training", "nngraph.memory", "nngraph.run")),
+    ("cli", ("nngraph.cli", "nngraph.cli_runs", "nngraph.cli_options", "nngraph.demo", "nngraph")),
 ]
 
 

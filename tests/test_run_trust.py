@@ -8,6 +8,7 @@ that ``--resume`` continues exactly; a changed corpus is refused on resume.
 from __future__ import annotations
 
 import builtins
+import importlib
 import json
 import os
 import pickle
@@ -191,8 +192,8 @@ def _kill(monkeypatch, owner, name, epoch, after=False):
 
 
 KILL_POINTS = {
-    "first epoch, before its commit": ("nngraph.train", "save_state", 1, False),
-    "before the commit": ("nngraph.train", "save_state", 2, False),
+    "first epoch, before its commit": ("nngraph.training.folder", "save_state", 1, False),
+    "before the commit": ("nngraph.training.folder", "save_state", 2, False),
     "after the commit, before best": (Trainer, "save_best", 2, False),
     "after best, before the metrics lines": (Trainer, "write_metrics_lines", 2, False),
     "after the metrics lines": (Trainer, "write_metrics_lines", 2, True),
@@ -205,7 +206,7 @@ def test_every_kill_point_resumes_to_the_uninterrupted_run(tmp_path, inr_corpus,
     straight_out, expected = straight
     owner, name, epoch, after = KILL_POINTS[point]
     if isinstance(owner, str):
-        import nngraph.train as owner
+        owner = importlib.import_module(owner)
     _improving(monkeypatch)
     out = tmp_path / "run"
     with monkeypatch.context() as mp:

@@ -244,10 +244,10 @@ def test_memory_estimate_covers_the_pair_states_autograd_saves():
 
 def test_a_batch_too_large_for_memory_is_refused_naming_one_that_fits(tmp_path, inr_corpus, monkeypatch):
     from nngraph import memory
-    from nngraph.train import _largest_graph
+    from nngraph.training.build import largest_graph
 
     fits = Trainer(config(tmp_path, inr_corpus))
-    per_network = memory.step_bytes(fits.model, 1, _largest_graph(fits.loaders))
+    per_network = memory.step_bytes(fits.model, 1, largest_graph(fits.loaders))
     monkeypatch.setattr(memory, "available_bytes", lambda device: int(3.5 * per_network / memory.FRACTION))
     with pytest.raises(NNGraphError, match=r"about .* GB per training step.*use --batch-size 3 or smaller"):
         Trainer(config(tmp_path, inr_corpus, batch_size=8))
@@ -259,7 +259,7 @@ def test_a_batch_too_large_for_memory_is_refused_naming_one_that_fits(tmp_path, 
 
 def test_warmup_ratio_is_a_fraction_of_the_run_and_a_too_long_warmup_warns(tmp_path, inr_corpus, capsys):
     trainer = Trainer(config(tmp_path, inr_corpus, warmup_ratio=0.25))  # 28 networks / 8: 4 steps x 2 epochs
-    assert (trainer.total_steps, trainer.warmup_steps) == (8, 2)
+    assert (trainer.schedule.total_steps, trainer.schedule.warmup_steps) == (8, 2)
     assert [trainer.lr_at(s) / 3e-3 for s in (0, 1, 2)] == [0.5, 1.0, 1.0]
     assert trainer.lr_at(7) < 0.1 * 3e-3
     assert "warning" not in capsys.readouterr().err

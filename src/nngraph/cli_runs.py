@@ -8,7 +8,6 @@ subcommands' parsers, which import torch).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import subprocess
 import sys
@@ -28,22 +27,18 @@ HELP = {
 }
 
 
-def _json_dict(text: str) -> dict:
-    try:
-        value = json.loads(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not JSON: {text!r}; write e.g. '{{\"hidden\": 64}}'") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("--model-args takes a JSON object")
-    return value
+# Options of `nngraph train` that are not settings of their own: model arguments (they land in
+# TrainConfig.model_kwargs, where --model-args puts the rest) and what to do with the run folder.
+MODEL_SHORTCUTS = {
+    "probes": "probe inputs of NG-GNN / NG-T / probe / probegen (default: the model's)",
+    "hidden": "node width of NG-GNN / NG-T, head width of probe / probegen (default: the model's)",
+    "layers": "layers of NG-GNN / NG-T, head layers of probe / probegen (default: the model's)",
+}
 
 
 def add_train(sub, formatter, common) -> None:
-    from nngraph.models import model_names
-    from nngraph.tasks import TASKS
-    from nngraph.train import TrainConfig
-
-    default = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    from nngraph.cli_options import add_config_options
+    from nngraph.training.config import TrainConfig
 
     p = sub.add_parser(
         "train", formatter_class=formatter, parents=[common], help=HELP["train"],
@@ -51,52 +46,9 @@ def add_train(sub, formatter, common) -> None:
                     "metrics.json, checkpoints (last.safetensors, best.safetensors) and plots into --out.\n"
                     "Launch with `torchrun --nproc_per_node=N -m nngraph.cli train ...` for data parallelism.",
     )
-    p.add_argument("--task", required=True, choices=sorted(TASKS), help="what to predict; required")
-    p.add_argument("--data", required=True, metavar="DIR", help="corpus folder built by `nngraph data`; required")
-    p.add_argument("--model", required=True, choices=model_names(), help="metanetwork or baseline; required")
-    p.add_argument("--out", default=None, metavar="RUN", help="run folder (default: runs/<task>-<model>)")
-    p.add_argument("--epochs", type=int, default=default["epochs"], help="training epochs")
-    p.add_argument("--batch-size", type=int, default=default["batch_size"], help="networks per batch")
-    p.add_argument("--lr", type=float, default=default["lr"], help="peak AdamW learning rate")
-    p.add_argument("--weight-decay", type=float, default=default["weight_decay"], help="AdamW weight decay")
-    p.add_argument("--warmup-steps", type=int, default=None,
-                   help=f"linear warm-up steps before the cosine decay (default: {default['warmup_steps']})")
-    p.add_argument("--warmup-ratio", type=float, default=None, metavar="R",
-                   help="warm-up over this fraction of the run instead (0..1; with --time-budget, of its seconds)")
-    p.add_argument("--grad-clip", type=float, default=default["grad_clip"],
-                   help="clip the gradient norm to this (0: off)")
-    p.add_argument("--seed", type=int, default=default["seed"], help="seed of initialisation, shuffling and augmentation")
-    p.add_argument("--probes", type=int, default=None, help="probe inputs of NG-GNN / NG-T / probe / probegen (default: the model's)")
-    p.add_argument("--hidden", type=int, default=None, help="node width of NG-GNN / NG-T, head width of probe / probegen (default: the model's)")
-    p.add_argument("--layers", type=int, default=None, help="layers of NG-GNN / NG-T, head layers of probe / probegen (default: the model's)")
-    p.add_argument("--model-args", type=_json_dict, default={}, metavar="JSON",
-                   help="further model keyword arguments, e.g. '{\"heads\": 4, \"reverse_edges\": true}'")
-    p.add_argument("--permute-augment", action="store_true", help="random neuron permutations of training networks")
-    p.add_argument("--canonical-signs", action="store_true",
-                   help="put every network in its canonical sign pattern first (hidden neurons of odd activations, "
-                        "sine/tanh, flipped so that their bias is >= 0; the function is unchanged)")
-    p.add_argument("--weight-noise", type=float, default=default["weight_noise"],
-                   help="std of Gaussian noise added to every training parameter")
-    p.add_argument("--rotate-augment", type=float, default=default["rotate_augment"], metavar="DEGREES",
-                   help="rotate each training INR's input coordinates by U(-D, D) degrees, folded exactly into "
-                        "its first layer (classify; the published runs: 45)")
-    p.add_argument("--translate-augment", type=float, default=default["translate_augment"], metavar="T",
-                   help="shift each training INR's coordinates by U(-T, T) per axis, image on [-1, 1] "
-                        "(classify; the published runs: 0.25)")
-    p.add_argument("--scale-augment", type=float, default=default["scale_augment"], metavar="S",
-                   help="scale each training INR's coordinates by U(1-S, 1+S) (classify; the published runs: 0.2)")
-    p.add_argument("--weight-dropout", type=float, default=default["weight_dropout"], metavar="P",
-                   help="zero each training parameter with probability P, the rest rescaled by 1/(1-P) "
-                        "(INR corpora; the published runs: 0.01)")
-    p.add_argument("--patience", type=int, default=default["patience"], metavar="N",
-                   help="early stopping: stop when the validation metric has not improved for N epochs "
-                        "(the best checkpoint is tested; default: off)")
-    p.add_argument("--max-train", type=int, default=default["max_train"], help="use only the first N training networks")
-    p.add_argument("--time-budget", type=float, default=default["time_budget"], metavar="SECONDS",
-                   help="train for this many seconds (evaluation excluded), --epochs being an upper bound; "
-                        "the cosine decay spans the budget")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model's layers (needs a C++ compiler)")
-    _add_device_options(p)
+    add_config_options(p, TrainConfig)  # one option per setting, declared on TrainConfig's fields
+    for name, text in MODEL_SHORTCUTS.items():
+        p.add_argument(f"--{name}", type=int, default=None, help=text)
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last checkpoint (with the settings it was started with)")
     p.add_argument("--overwrite", action="store_true", help="clear the run already in --out and start it again")
@@ -104,38 +56,27 @@ def add_train(sub, formatter, common) -> None:
     p.set_defaults(func=run_train)
 
 
-def _add_device_options(p, default_precision: str | None = "fp32") -> None:
-    """--device and --precision (of train and eval)."""
-    p.add_argument("--device", default="auto", metavar="{auto,cpu,cuda,cuda:N}",
-                   help="where to run: auto takes a GPU when there is one (default: auto)")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default=default_precision,
-                   help="bf16: bfloat16 autocast of the model (loss, metrics and checkpoints stay fp32)"
-                        + (" (default: fp32)" if default_precision else " (default: the run's)"))
+def _add_eval_device_options(p) -> None:
+    """--device and --precision of `nngraph eval`: TrainConfig's, the precision defaulting to the run's."""
+    from nngraph.cli_options import option_help
+    from nngraph.training.config import TrainConfig
+
+    p.add_argument("--device", default="auto", **option_help(TrainConfig, "device"))
+    p.add_argument("--precision", default=None, **{
+        **option_help(TrainConfig, "precision"),
+        "help": option_help(TrainConfig, "precision")["help"] + " (default: the run's)"})
 
 
 def run_train(args) -> int:
+    from nngraph.cli_options import config_values
     from nngraph.train import TrainConfig, train
 
-    kwargs = dict(args.model_args)
-    for key in ("probes", "hidden", "layers"):
-        if getattr(args, key) is not None:
-            kwargs[key] = getattr(args, key)
-    out = args.out or str(Path("runs") / f"{args.task}-{args.model}")
-    if args.warmup_steps is not None and args.warmup_ratio is not None:
-        raise NNGraphError("--warmup-steps and --warmup-ratio both set the warm-up; pass one of them")
-    warmup = {"warmup_steps": args.warmup_steps} if args.warmup_steps is not None else {}
-    config = TrainConfig(task=args.task, data=args.data, model=args.model, out=out, epochs=args.epochs,
-                         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                         **warmup, warmup_ratio=args.warmup_ratio, grad_clip=args.grad_clip, seed=args.seed,
-                         permute_augment=args.permute_augment, canonical_signs=args.canonical_signs,
-                         weight_noise=args.weight_noise,
-                         rotate_augment=args.rotate_augment, translate_augment=args.translate_augment,
-                         scale_augment=args.scale_augment, weight_dropout=args.weight_dropout,
-                         patience=args.patience, model_kwargs=kwargs,
-                         compile=args.compile, max_train=args.max_train, time_budget=args.time_budget,
-                         device=args.device, precision=args.precision)
-    result = train(config, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite)
-    _print_result(result, out)
+    given = config_values(args, TrainConfig)
+    shortcuts = {key: getattr(args, key) for key in MODEL_SHORTCUTS if getattr(args, key) is not None}
+    given["model_kwargs"] = {**given.get("model_kwargs", {}), **shortcuts}
+    given.setdefault("out", str(Path("runs") / f"{args.task}-{args.model}"))
+    result = train(TrainConfig(**given), resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite)
+    _print_result(result, given["out"])
     return 0
 
 
@@ -165,7 +106,7 @@ def add_eval(sub, formatter, common) -> None:
     p.add_argument("--predictions", default=None, metavar="CSV",
                    help="write the test split's per-network predictions here (index: the network's item in the "
                         "corpus, target, prediction, loss)")
-    _add_device_options(p, default_precision=None)
+    _add_eval_device_options(p)
     p.set_defaults(func=run_eval)
 
 
