@@ -22,7 +22,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from nngraph.errors import InputShapeError, NonFiniteError, UnsupportedModelError
 from nngraph.graph import (activations, capture, conv_transpose, functional, guards, handwritten, layouts, lm, lora,
-                           norms, ops, padding, pooling, products, ties, tokens, upsample)
+                           norms, ops, padding, pooling, products, recurrent, ties, tokens, upsample)
 from nngraph.graph.builder import Value
 from nngraph.graph.context import Context
 from nngraph.graph.functional import ParamRef
@@ -300,6 +300,11 @@ def _shape_constant(ctx: Context, node: fx.Node, env: dict) -> Any:
 def _call_module(ctx: Context, node: fx.Node, env: dict) -> Value:
     path = node.target
     module = ctx.modules[path]
+    if type(module) in recurrent.MODULES:  # nn.LSTM / nn.GRU, unrolled
+        value = _resolve(node.args[0], env)
+        if not isinstance(value, Value) or len(node.args) != 1 or node.kwargs:
+            raise UnsupportedModelError(f"{path} ({type(module).__name__}): only rnn(x) with a zero initial state")
+        return recurrent.module(ctx, node, module, value, path)
     if type(module) is nn.MultiheadAttention:
         kwargs = {k: _resolve(v, env) for k, v in node.kwargs.items()}
         return tokens.multihead_attention(ctx, node, module, _args(node, env), kwargs, path)
@@ -351,6 +356,9 @@ def _call_function(ctx: Context, node: fx.Node, env: dict) -> Value:
     args = _args(node, env)
     kwargs = {k: _resolve(v, env) for k, v in node.kwargs.items()}
     values = [a for a in args if isinstance(a, Value)]
+    sequence = recurrent.read(ctx, node, args, where) or recurrent.transposed_input(ctx, node, args)
+    if sequence is not None:
+        return sequence
     formula = handwritten.rule(ctx, node, args, kwargs, where)
     if formula is not None:
         return formula
