@@ -19,6 +19,7 @@ the same at every step and in every gate block (the product nodes tie the blocks
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -176,7 +177,6 @@ def read(ctx: Context, node: Node, args: list, where: str) -> Any:
         return None
     first = args[0]
     target = node.target
-    import operator  # noqa: PLC0415
     if isinstance(first, States) and target is operator.getitem and isinstance(args[1], int):
         return Value(first.layers[args[1]], "vector", (1, 1), node.name)
     if not isinstance(first, Steps):
