@@ -53,7 +53,9 @@ SUPPORTED = (
     "Dropout, Identity; tokens [B, T, D]: flatten(2).transpose(1, 2), class token cat, + position embedding, "
     "Linear/LayerNorm/activations per token, a Linear over the positions of a [B, C, L] sequence (MLP-Mixer's "
     "token mixing after x.transpose(1, 2)), x[:, t], x.mean(1), MultiheadAttention (self-attention), "
-    "F.scaled_dot_product_attention, Embedding"
+    "F.scaled_dot_product_attention (also is_causal=True or a constant causal mask), Embedding, F.embedding; "
+    "through torch.export (capture='export', or where fx fails): HuggingFace GPT-2/BERT/ViT, Conv1D, GELU-new, "
+    "positions from arange, per-token outputs [B, T, V]"
 )
 
 _SINE = {torch.sin, "sin"}
