@@ -34,7 +34,6 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))  # tests.graph.archs: the hand-written reference architectures
 
 
 def _peak_mb() -> int:
@@ -50,8 +49,7 @@ def convert_row(width: int, classes: int, threads: int) -> dict:
     import torch
 
     import nngraph
-    from tests.graph.archs import ResNet
-    from tests.graph.nets import randomise
+    from nngraph.architectures import ResNet, randomise
 
     torch.set_num_threads(threads)
     model = randomise(ResNet(width=width, num_classes=classes), 0)
@@ -87,8 +85,7 @@ def model_row(name: str, width: int, threads: int) -> dict:
 
     import nngraph
     from common import forward_backward_seconds
-    from tests.graph.archs import ResNet
-    from tests.graph.nets import randomise
+    from nngraph.architectures import ResNet, randomise
 
     torch.set_num_threads(threads)
     graph = nngraph.to_graph(randomise(ResNet(width=width, num_classes=10), 0), torch.zeros(1, 3, 32, 32))

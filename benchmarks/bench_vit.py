@@ -4,9 +4,9 @@
 
 Rows, each in a fresh process (its peak resident memory is its own):
 
-- "graph": the ViT of ``tests/graph/transformers.py`` (3 x 32 x 32 images, 8 x 8 patches:
+- "graph": the ViT of ``nngraph.architectures`` (3 x 32 x 32 images, 8 x 8 patches:
   17 tokens, D = 32, 4 heads, 2 pre-norm blocks, 10 classes) and the hand-written
-  ResNet-18 of ``tests/graph/archs.py`` at the base width whose parameter count is closest:
+  ResNet-18 of ``nngraph.architectures`` at the base width whose parameter count is closest:
   parameters, nodes, edges, d_e, MB of graph tensors, conversion time; execute checked
   against the model (relative error);
 - "nggnn" / "ngt": one forward + backward of the model (node width 32, edge width 16,
@@ -25,13 +25,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))  # tests.graph: the hand-written reference architectures
 
 
 def _model(arch: str):
-    from tests.graph.archs import ResNet
-    from tests.graph.nets import randomise
-    from tests.graph.transformers import ViT
+    from nngraph.architectures import ResNet, ViT, randomise
 
     vit = randomise(ViT(image=32, patch=8, dim=32, heads=4, depth=2, classes=10, attention="mha"), 0)
     if arch == "vit":

@@ -17,7 +17,7 @@ LAYERS = [
               "nngraph.checkpoint", "nngraph.progress")),
     ("graph", ("nngraph.graph",)),
     ("draw", ("nngraph.draw",)),
-    ("data", ("nngraph.data", "nngraph.examples")),
+    ("data", ("nngraph.data", "nngraph.examples", "nngraph.architectures")),
     ("pipeline", ("nngraph.pipeline",)),
     ("models", ("nngraph.models",)),
     ("tasks", ("nngraph.tasks",)),
@@ -112,3 +112,19 @@ def test_the_checker_catches_an_upward_import_and_a_circle():
     finally:
         GRAPH.clear()
         GRAPH.update(saved)
+
+
+def test_benchmarks_import_the_package_never_the_tests():
+    """benchmarks/ is a client of nngraph (and of its own helpers): no import from tests/."""
+    found = {}
+    for path in sorted((SRC.parent / "benchmarks").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            found.setdefault(path.name, set()).update(n for n in names if n.split(".")[0] == "tests")
+    assert len(found) > 5  # the scan read the benchmarks
+    assert not {k: v for k, v in found.items() if v}, f"benchmarks import from tests/: {found}"

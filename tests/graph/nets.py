@@ -9,18 +9,7 @@ from torch import nn
 from nngraph.data.inr import Siren
 
 
-def randomise(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial parameters and BatchNorm statistics, eval mode."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * 0.3)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
-                m.num_batches_tracked.fill_(7)
-    return model.eval()
+from nngraph.architectures import randomise  # noqa: E402,F401  (moved)
 
 
 class MLP(nn.Module):
