@@ -124,3 +124,36 @@ def test_an_interrupted_train_names_resume(tmp_path, inr_corpus, capsys, monkeyp
     assert "--resume" in capsys.readouterr().err
     assert main(argv + ["--resume"]) == 130  # killed in its first epoch: --resume starts it
     assert "rerun the same command" in capsys.readouterr().err
+
+
+def test_train_settings_are_declared_once_on_train_config():
+    """Every TrainConfig field has help and one `nngraph train` option; only the options given
+    reach the config (the field's default does the rest); each declared range is enforced."""
+    import argparse
+    import dataclasses
+
+    from nngraph.cli_options import add_config_options, config_values
+    from nngraph.errors import NNGraphError
+    from nngraph.training.config import TrainConfig, option_name
+
+    parser = argparse.ArgumentParser()
+    add_config_options(parser, TrainConfig)
+    options = {a.dest: a for a in parser._actions}
+    base = {"task": "classify", "data": "d", "model": "mlp", "out": "o"}
+    ranged = 0
+    for f in dataclasses.fields(TrainConfig):
+        assert f.metadata["help"] and option_name(f) in options[f.name].option_strings
+        if f.metadata["range"] is not None:
+            ranged += 1
+            for bad in (-1, float("nan")):
+                with pytest.raises(NNGraphError, match=option_name(f)):
+                    TrainConfig(**{**base, f.name: bad}).validate()
+    assert ranged >= 12
+    args = parser.parse_args(["--task", "classify", "--data", "d", "--model", "mlp", "--epochs", "3",
+                              "--permute-augment", "--model-args", '{"hidden": 4}'])
+    given = config_values(args, TrainConfig)
+    assert given == {"task": "classify", "data": "d", "model": "mlp", "epochs": 3, "permute_augment": True,
+                     "model_kwargs": {"hidden": 4}}
+    config = TrainConfig(**given, out="o")
+    assert (config.batch_size, config.lr) == (64, 1e-3)  # the fields' defaults
+    config.validate()
