@@ -54,7 +54,6 @@ HOST_SIDE = {
     ("graph/convert.py", "_assign_roles"): "conversion (as builder.py)",
     ("graph/products.py", "scale"): "a constant factor's edge weights, built on the host with the graph (as builder.py)",
     ("graph/lora.py", "scaled_sum"): "LoRA's constant scaling on identity edges, built on the host with the graph",
-    ("graph/lora.py", "lora_graphs"): "the example input of one adapter, on the adapter's own device",
     ("graph/recurrent.py", "_recurrent"): "a zero const self-loop at step 0, built on the host with the graph",
     ("graph/recurrent.py", "_gru_step"): "the -1 weights of 1 - z, built on the host with the graph",
     ("graph/permute.py", "_tie_class_permutation"): "drawn on the host from Python lists; permute_graph moves it",
@@ -70,7 +69,6 @@ HOST_SIDE = {
     ("train.py", "*"): "split order and index batches: host-side, as the batches are built there",
     ("training/build.py", "build_run"): "the training split's index: host-side, as the batches are built there",
     ("training/evaluate.py", "*"): "a split's index batches: host-side, as the batches are built there",
-    ("cli_runs.py", "_inspect_corpus"): "example input for converting a CPU module",
     ("run.py", "TrainedRun._graph"): "example input for converting a user's module, on the host like to_graph",
     ("examples.py", "*"): "the bundled example networks and their inputs, on the CPU",
 }

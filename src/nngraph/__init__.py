@@ -32,7 +32,7 @@ _LAZY = {
     "from_models": "nngraph.data.from_models",
     "graphs_from_params": "nngraph.graph.fast",
     "load_run": "nngraph.run",
-    "lora_graphs": "nngraph.graph.lora",
+    "lora_graphs": "nngraph.graph.lora_updates",
     "permute_neurons": "nngraph.graph.permute",
     "to_dense": "nngraph.graph.batch",
     "to_graph": "nngraph.graph.convert",

@@ -153,15 +153,6 @@ def test_one_prelu_parameter_is_held_by_its_whole_layer():
     assert all(torch.equal(back[k], stack[k]) for k in stack)
 
 
-class TwiceUsed(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.w = nn.Parameter(torch.randn(3, 3))
-
-    def forward(self, x):
-        return F.linear(torch.relu(F.linear(x, self.w)), self.w)
-
-
 class ScaledByParameter(nn.Module):
     """One scale for the whole layer (a per-unit scale of 3 values is layer scale, converted)."""
 
@@ -192,7 +183,6 @@ class StridedSlice(nn.Module):
 
 
 @pytest.mark.parametrize("model,x,words", [
-    (TwiceUsed(), torch.randn(2, 3), ["'w'", "used twice"]),
     (ScaledByParameter(), torch.randn(2, 3), ["'scale'"]),
     (PlainTensorAttribute(), torch.randn(2, 3), ["'w'", "register_buffer"]),
     (StridedSlice(), torch.randn(2, 3), ["x[:, a:b]"]),
@@ -201,7 +191,7 @@ class StridedSlice(nn.Module):
     (nn.Sequential(nn.Conv3d(1, 2, 3)), torch.randn(1, 1, 4, 4, 4), ["[batch, C, L]"]),
     (nn.Sequential(nn.Conv2d(1, 2, 3), nn.Upsample(scale_factor=2, mode="bicubic")), torch.randn(1, 1, 6, 6),
      ["1 (Upsample)", "'bicubic'"]),
-], ids=["twice", "param-arithmetic", "plain-tensor", "strided-slice", "return-indices", "conv3d", "upsample"])
+], ids=["param-arithmetic", "plain-tensor", "strided-slice", "return-indices", "conv3d", "upsample"])
 def test_unsupported_gets_one_line_naming_it(model, x, words):
     with pytest.raises(nngraph.NNGraphError) as info:
         nngraph.to_graph(model.eval(), x)

@@ -137,9 +137,10 @@ def test_sliced_layers_permute_without_error_and_keep_the_function(case, seed):
     model, x = case
     perm, old = check_permutation(model, x, seed)  # function kept, graph relabelled exactly
     hidden = old.node_role == ROLE_HIDDEN
-    moved = any(bool((permute_graph(old, s)[1] != torch.arange(old.num_nodes)).any()) for s in range(seed, seed + 4))
-    # every hidden layer here has >= 2 interchangeable neurons except a lone slice unit of width 1
-    assert moved or int(hidden.sum()) <= 2, "nothing moved in four draws"
+    moved = any(bool((permute_graph(old, s)[1] != torch.arange(old.num_nodes)).any()) for s in range(seed, seed + 24))
+    # every hidden layer here has >= 2 interchangeable neurons except a lone slice unit of width 1; a class of two
+    # stays put in one draw with probability 1/2, so in 24 draws with probability 6e-8
+    assert moved or int(hidden.sum()) <= 2, "nothing moved in 24 draws"
 
 
 @settings(max_examples=15, deadline=None)

@@ -131,7 +131,6 @@ def channel_bias(ctx: Context, node: Node, value: Value, ref: ParamRef, where: s
             f"{where}: parameter {ref.name!r} added to a [batch, C(, H, W)] tensor must hold one value per channel, "
             f"got {list(ref.tensor.shape)}"
         )
-    functional._use(ctx, [ref], where)
     builder = ctx.builder
     out = builder.new_layer(c, value.hw)
     builder.pair_edges(value.nodes, out, EDGE_IDENTITY)

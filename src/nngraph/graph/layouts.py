@@ -124,7 +124,6 @@ def layer_scale(ctx: Context, node: Node, value: Value, ref: ParamRef, where: st
             f"{where}: parameter {ref.name!r} multiplied in must hold one value per channel (layer scale), shaped "
             f"{list(next(iter(per_channel.values())))}; got {list(shape)}"
         )
-    functional._use(ctx, [ref], where)
     builder = ctx.builder
     out = builder.new_layer(c, value.hw)
     first = builder.pair_edges(value.nodes, out, EDGE_IDENTITY, weights=ref.tensor.reshape(c))

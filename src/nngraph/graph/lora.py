@@ -25,7 +25,7 @@ from torch import nn
 from nngraph.errors import UnsupportedModelError
 from nngraph.graph import ops
 from nngraph.graph.builder import Value
-from nngraph.graph.graph import EDGE_IDENTITY, EDGE_RESIDUAL, ArchSpec, NeuralGraph
+from nngraph.graph.graph import EDGE_IDENTITY, EDGE_RESIDUAL, ArchSpec
 
 if TYPE_CHECKING:
     from torch.fx import Node
@@ -105,46 +105,3 @@ def prefixed(spec: ArchSpec, prefix: str) -> None:
     spec.ties = [rename(e) for e in spec.ties]
     spec.buffers = {prefix + k: v for k, v in spec.buffers.items()}
     spec.state_order = [prefix + k for k in spec.state_order]
-
-
-class _LowRank(nn.Module):
-    """The update of one adapted layer: x -> scaling * B(A(x)), A and B the adapter's own modules."""
-
-    def __init__(self, a: nn.Linear, b: nn.Linear, scaling: float):
-        super().__init__()
-        self.A, self.B, self.scaling = a, b, scaling
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.B(self.A(x)) * self.scaling
-
-
-def lora_graphs(model: nn.Module, k_max: int | None = None) -> dict[str, NeuralGraph]:
-    """The graph of each adapter's low-rank update alone, keyed by the adapted layer's path in ``model``.
-
-    For a LoRA'd Linear (in -> out, rank r): in input nodes, r rank nodes (edges A), out nodes (edges B)
-    and out output nodes fed by identity edges of weight s = alpha / r: the graph of dW x = s B A x.
-    ``to_params`` of a graph gives the adapter's two tensors under their names in ``model.state_dict()``.
-    LoRA zoos are studied adapter by adapter: these graphs batch like any others.
-    """
-    from nngraph.graph.convert import to_graph  # noqa: PLC0415 - convert imports this module
-
-    inner, prefix = unwrap(model)
-    graphs = {}
-    for path, module in inner.named_modules():
-        if not is_lora_linear(module):
-            continue
-        (name,) = module.active_adapters if len(module.active_adapters) == 1 else (None,)
-        if name is None:
-            raise UnsupportedModelError(f"{path}: {len(module.active_adapters)} active adapters; activate exactly one")
-        a, b = module.lora_A[name], module.lora_B[name]
-        update = _LowRank(a, b, float(module.scaling[name]))
-        graph = to_graph(update, torch.zeros(1, a.in_features, dtype=a.weight.dtype, device=a.weight.device), k_max=k_max)
-        renamed = {"A.weight": f"{prefix}{path}.lora_A.{name}.weight", "B.weight": f"{prefix}{path}.lora_B.{name}.weight"}
-        spec = graph.spec
-        spec.params = [dataclasses.replace(e, name=renamed[e.name]) for e in spec.params]
-        spec.state_order = [renamed[k] for k in spec.state_order]
-        spec.model_name = f"{type(model).__name__}.{path} (LoRA update)"
-        graphs[prefix + path] = graph
-    if not graphs:
-        raise UnsupportedModelError(f"{type(model).__name__} has no LoRA-adapted Linear layer")
-    return graphs
