@@ -169,7 +169,7 @@ def run_data_zoo(args) -> int:
 # --------------------------------------------------------------------------- data import
 
 # Options of `data import` and the formats they apply to.
-_IMPORT_OPTIONS = {"image_size": ("inr-folder",), "workers": ("inr-folder", "wild-park"), "trust": ("wild-park",),
+_IMPORT_OPTIONS = {"image_size": ("inr-folder",), "workers": ("inr-folder", "wild-park"), "trust": ("wild-park", "models"),
                    "labels": ("models",), "architecture": ("models",), "input_shape": ("models",)}
 
 
@@ -184,7 +184,8 @@ def add_data_import(sub) -> None:
                     "  wild-park   neural-graphs CNN Wild Park: SRC holds the checkpoints and cnn_park_splits.json\n"
                     "  models      your own zoo: SRC holds state_dicts (.safetensors, .pt), --labels a CSV (file, "
                     "targets[, arch, split]), --architecture module:function builds each model (your code, never "
-                    "read from SRC)",
+                    "read from SRC); or torch.export.save archives (.pt2, with --trust), which need no "
+                    "--architecture. TorchScript is refused: re-save it with torch.export.save",
     )
     p.add_argument("src", metavar="SRC", help="folder of the published corpus (split-file paths are relative to it)")
     p.add_argument("--format", required=True, choices=["inr-folder", "cnn-zoo", "wild-park", "models"],
@@ -200,12 +201,15 @@ def add_data_import(sub) -> None:
     p.add_argument("--workers", type=int, default=None,
                    help="inr-folder, wild-park: file-reading processes (default: CPU count, at most 8)")
     p.add_argument("--trust", action="store_true", default=None,
-                   help="wild-park: also read legacy (non-zip) torch.save checkpoints, with plain pickle, which "
-                        "runs any code they hold; only for files from a source you trust (default: refused)")
+                   help="wild-park: also read legacy (non-zip) torch.save checkpoints, with plain pickle; models: "
+                        "read .pt2 archives with torch.export.load, which unpickles parts of them. Either can run "
+                        "code from the files: only for files from a source you trust (default: refused)")
     p.add_argument("--labels", default=None, metavar="CSV", help="models: file,<targets>[,arch,split] per network")
     p.add_argument("--architecture", default=None, metavar="MODULE:FUNCTION",
-                   help="models: the function (or class) that builds a model, called with the CSV's arch value if any")
-    p.add_argument("--input-shape", default=None, metavar="C,H,W", help="models: shape of one input of the networks")
+                   help="models: the function (or class) that builds a model, called with the CSV's arch value if any "
+                        "(not needed for .pt2 files)")
+    p.add_argument("--input-shape", default=None, metavar="C,H,W",
+                   help="models: shape of one input of the networks (default for .pt2: the one they were exported for)")
     p.set_defaults(func=run_data_import)
 
 

@@ -4,8 +4,11 @@
     # then: nngraph train --data my_zoo --task generalize (or classify / regress)
 
 Every model is converted once (``to_graph`` on ``example_input``: an unconvertible one is
-refused in one line, naming it). Models whose graphs have one structure share an
-architecture, stored as a graph template (``data.templates``) in ``architectures.safetensors``;
+refused in one line, naming it). A model may also be a ``torch.export.ExportedProgram`` (what
+``torch.export.load`` returns): its ATen graph, as a module without the program's hooks, goes
+through the export capture (``to_graph(..., capture="export")``) on an input of the shape it
+was exported for, whose [C, H, W] must be ``example_input``'s. Models whose graphs have one
+structure share an architecture, stored as a graph template (``data.templates``) in ``architectures.safetensors``;
 each network is its state_dict in the shards (``net{i}.{name}``), so the corpus is read back
 (``NetworkZoo``) without the user's classes and without running code.
 
@@ -24,7 +27,9 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.fx as fx
 from torch import nn
+from torch.export import ExportedProgram
 
 from nngraph.data import templates
 from nngraph.data.corpus import TEMPLATES_FILE, NetworkZoo
@@ -38,34 +43,42 @@ STRUCTURE = ("edge_index", "edge_kind", "edge_geom", "node_layer", "node_pos", "
              "node_hw")
 
 
-def from_models(models: Sequence[nn.Module], targets: Any, example_input: torch.Tensor, out: str | os.PathLike,
-                splits: Sequence[float] | Sequence[str] = (0.8, 0.1, 0.1), seed: int = 0, folds: int | None = None,
-                fold: int | None = None, target_names: Sequence[str] | None = None,
-                shard_size: int = 256) -> NetworkZoo:
-    """Write the models and their targets as a corpus in folder ``out`` (new or empty); return it opened."""
+def from_models(models: Sequence[nn.Module | ExportedProgram], targets: Any, example_input: torch.Tensor,
+                out: str | os.PathLike, splits: Sequence[float] | Sequence[str] = (0.8, 0.1, 0.1), seed: int = 0,
+                folds: int | None = None, fold: int | None = None, target_names: Sequence[str] | None = None,
+                shard_size: int = 256, model_names: Sequence[str] | None = None) -> NetworkZoo:
+    """Write the models and their targets as a corpus in folder ``out`` (new or empty); return it opened.
+
+    ``model_names``: one name per model for messages (file names; default "model i").
+    """
     models = list(models)
     if not models:
         raise NNGraphError("from_models needs at least one model")
+    names_of = list(model_names) if model_names is not None else [f"model {i}" for i in range(len(models))]
     values, kind = _targets(targets, len(models))
     names = list(target_names) if target_names is not None else (
         ["label"] if kind != "vector" else [f"target{j}" for j in range(len(values[0]))])
-    if len(names) != (len(values[0]) if kind == "vector" else 1):
-        raise NNGraphError(f"target_names has {len(names)} names for targets of {len(names)} column(s); "
+    columns = len(values[0]) if kind == "vector" else 1
+    if len(names) != columns:
+        raise NNGraphError(f"target_names has {len(names)} names for targets of {columns} column(s); "
                            "give one name per column")
     split = _splits(len(models), splits, seed, folds, fold)
-    graphs, arch_of, structures = [], [], []
+    arch_of, structures = [], []
     for i, model in enumerate(models):
-        if not isinstance(model, nn.Module):
-            raise NNGraphError(f"model {i} is a {type(model).__name__}; pass torch modules")
+        if isinstance(model, ExportedProgram):
+            models[i], example, capture = *_exported_module(model, example_input, names_of[i]), "export"
+        elif isinstance(model, nn.Module):
+            example, capture = example_input, "auto"
+        else:
+            raise NNGraphError(f"{names_of[i]} is a {type(model).__name__}; pass torch modules or ExportedPrograms")
         try:
-            graph = to_graph(model.eval(), example_input)
+            graph = to_graph(models[i].eval(), example, capture=capture)
         except NNGraphError as exc:
-            raise NNGraphError(f"model {i} cannot be converted: {exc}") from None
+            raise NNGraphError(f"{names_of[i]} cannot be converted: {exc}") from None
         a = next((k for k, g in enumerate(structures) if _same_structure(g, graph)), None)
         if a is None:
             a = len(structures)
             structures.append(graph)
-        graphs.append(graph)
         arch_of.append(a)
     specs, tensors = templates.encode(structures)
     root = Path(out)
@@ -90,6 +103,28 @@ def from_models(models: Sequence[nn.Module], targets: Any, example_input: torch.
     if not (root / MANIFEST).exists():
         raise DataError(f"{root}: the corpus was not written; rerun from_models")
     return NetworkZoo(root)
+
+
+def _exported_module(program: ExportedProgram, example_input: torch.Tensor,
+                     name: str) -> tuple[nn.Module, torch.Tensor]:
+    """(the program's ATen graph as a plain GraphModule, a zero input of the shape it was exported for).
+
+    ``program.module()`` carries input-checking hooks, which ``to_graph`` refuses; a GraphModule
+    rebuilt on the same graph holds the same parameters under the same state_dict names and none.
+    A dimension exported as dynamic takes ``example_input``'s size.
+    """
+    signature = program.graph_signature
+    inputs = [n for n in program.graph.nodes if n.op == "placeholder" and n.name in signature.user_inputs]
+    value = inputs[0].meta.get("val") if len(inputs) == 1 else None
+    if not isinstance(value, torch.Tensor):
+        raise NNGraphError(f"{name} takes {len(inputs)} inputs; nngraph converts networks of one tensor input")
+    shape = [s if isinstance(s, int) else example_input.shape[k] for k, s in enumerate(value.shape)]
+    if len(shape) != example_input.dim() or shape[1:] != list(example_input.shape[1:]):
+        expected = ", ".join(map(str, example_input.shape[1:]))
+        raise NNGraphError(f"{name} was exported for inputs {shape}, not [B, {expected}]; give the input shape it "
+                           "was exported with")
+    unlifted = program.module()
+    return fx.GraphModule(unlifted, unlifted.graph), torch.zeros(shape, dtype=value.dtype, device=example_input.device)
 
 
 def _same_structure(a: NeuralGraph, b: NeuralGraph) -> bool:
