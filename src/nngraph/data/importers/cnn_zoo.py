@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nngraph.data.corpus import NetworkZoo
 from nngraph.data.importers.common import check_out, inside, sha256_file, staged_output
 from nngraph.data.store import CorpusWriter
 from nngraph.data.zoo import SPEC_VERSION
@@ -220,7 +221,7 @@ def import_cnn_zoo(src, out, *, splits=None, shard_size: int = 1000, command: st
         seed = row.get("config.random_seed")
         seeds.append(int(float(seed)) if seed not in (None, "") else r)
     plan = {
-        "kind": "zoo",
+        "kind": NetworkZoo.kind,
         "layout": "stacked",  # every network has the same parameter shapes (activations differ)
         "architectures": [],
         "command": command,

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nngraph.data.corpus import INRCorpus
 from nngraph.data.fitting import SirenSpec
 from nngraph.data.importers.common import (
     SPLITS,
@@ -187,7 +188,7 @@ def import_inr_folder(src, out, *, splits=None, image_size: int = 28, shard_size
         t_read = time.perf_counter() - t0
         images = _render(params, spec, image_size)
         plan = {
-            "kind": "inr",
+            "kind": INRCorpus.kind,
             "layout": "stacked",
             "architectures": [spec.to_dict()],
             "command": command,

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nngraph.data.corpus import NetworkZoo
 from nngraph.data.importers.common import (
     SPLITS,
     check_out,
@@ -208,7 +209,7 @@ def import_wild_park(src, out, *, splits=None, shard_size: int = 256, workers: i
     paths = resolve_paths(src, listed, split_file, split_of)
     n = len(paths)
     plan = {
-        "kind": "zoo",
+        "kind": NetworkZoo.kind,
         "layout": "per_item",
         "architectures": [],
         "command": command,
