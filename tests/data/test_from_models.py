@@ -115,3 +115,11 @@ def test_cli_imports_a_folder_of_state_dicts_with_a_labels_csv(tmp_path, models,
     capsys.readouterr()
     assert main([*args, "--out", str(tmp_path / "bad")]) == 2  # a name outside SRC is never read
     assert "'../labels.csv' is not a plain file name inside" in capsys.readouterr().err
+
+
+def test_one_module_given_twice_is_stored_twice(tmp_path, models):
+    """The shards hold copies: a module (or ExportedProgram) passed twice shares no memory between entries."""
+    zoo = nngraph.from_models([models[0], models[0], models[1]], [0.1, 0.2, 0.3], X, out=tmp_path / "z",
+                              splits=["train", "val", "test"])
+    assert torch.equal(zoo.graph(0).edge_attr, zoo.graph(1).edge_attr)
+    assert torch.equal(nngraph.to_params(zoo.graph(1))["0.weight"], models[0][0].weight)

@@ -96,7 +96,7 @@ def from_models(models: Sequence[nn.Module | ExportedProgram], targets: Any, exa
         info = write_shard(root / TEMPLATES_FILE, tensors)
         writer.manifest["templates"] = {"file": TEMPLATES_FILE, **info}
         for k, start, stop in writer.pending():
-            shard = {f"net{i}.{name}": value.detach().cpu().contiguous()
+            shard = {f"net{i}.{name}": value.detach().cpu().clone(memory_format=torch.contiguous_format)
                      for i in range(start, stop) for name, value in models[i].state_dict().items()}
             writer.write(k, shard, {"label": values[start:stop], "arch": [specs[a] for a in arch_of[start:stop]]})
         writer.finish({"networks": len(models), "architectures": len(specs)})
