@@ -34,7 +34,7 @@ from torch_geometric.data import Batch
 
 from nngraph.data import templates
 from nngraph.data.store import (ITEM_PREFIX, MAX_CLASSES, MAX_UNVERIFIED_INR_PARAMS, check_complete, complete_headers,
-                                damaged, load_shard, read_manifest, rebuild_hint)
+                                damaged, load_shard, read_manifest, rebuild_hint, shard_path)
 from nngraph.errors import DataError, NNGraphError
 from nngraph.graph.augment import random_permutation_augment
 from nngraph.graph.batch import collate
@@ -295,6 +295,12 @@ class NetworkZoo(Corpus):
         for j, params in enumerate(self.items):
             if not params:
                 raise DataError(f"corpus {self.root}: network {self.rows[j]} has no tensors; {self._hint()}")
+            # nngraph's zoo builders and importers drop diverged networks, so a non-finite weight is an edit
+            infinite = next((k for k, v in params.items() if v.is_floating_point() and not bool(v.isfinite().all())),
+                            None)
+            if infinite is not None:
+                raise DataError(f"corpus {self.root}: network {self.rows[j]} has NaN or infinite values in "
+                                f"{infinite} (damaged or hand-edited); {self._hint()}")
         self.templates = self._templates()
         self._graphs: list[NeuralGraph] | None = None
 
@@ -307,6 +313,13 @@ class NetworkZoo(Corpus):
         if any(col not in items for col in ("label", "arch")):
             raise damaged(path, "a zoo needs the columns items.label and items.arch")
         kind, size = _target_spec(path, manifest)
+        if any(templates.is_template(a) for a in manifest["architectures"]):
+            entry = manifest.get("templates")
+            if not isinstance(entry, dict) or not isinstance(entry.get("bytes"), int) \
+                    or isinstance(entry["bytes"], bool) or not isinstance(entry.get("sha256"), str):
+                raise damaged(path, "its architectures are graph templates but `templates` names no file with its "
+                                    "byte count and SHA-256 (reads are bounded by them)")
+            shard_path(root, entry)  # a plain *.safetensors name inside the corpus
         for entry in manifest["shards"]:
             if not entry.get("complete"):
                 continue
@@ -346,12 +359,8 @@ class NetworkZoo(Corpus):
         used = sorted(set(self.arch_of))
         stored = [a for a in used if templates.is_template(self.architectures[a])]
         found: dict[int, NeuralGraph] = {}
-        if stored:
-            entry = self.manifest.get("templates")
-            if not isinstance(entry, dict):
-                raise DataError(f"corpus {self.root}: its architectures are graph templates but the manifest "
-                                f"names no template file; {self._hint()}")
-            tensors = load_shard(self.root, entry, self._hint())
+        if stored:  # ``check`` made sure the manifest names the file, its size and SHA-256
+            tensors = load_shard(self.root, self.manifest["templates"], self._hint())
             for a in stored:
                 found[a] = templates.decode([self.architectures[a]], _renumber(tensors, a), str(self.root))[0]
         built = [a for a in used if a not in found]
