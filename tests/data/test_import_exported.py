@@ -113,7 +113,9 @@ def test_refusals_name_the_file_in_one_line_and_write_nothing(tmp_path, folder, 
     save_exported(cnn(2, 3), src / "net3.pt2")
     assert "was exported for inputs [2, 1, 6, 6], not [B, 1, 8, 8]" in cli_error(
         capsys, [*args, "--trust", "--input-shape", "1,8,8"])
-    torch.jit.save(torch.jit.trace(cnn(2, 3), EXPORT_INPUT), src / "net3.pt")
+    torch.jit.save(torch.jit.trace(cnn(2, 3), EXPORT_INPUT), src / "net3.pt2")
+    assert "net3.pt2 is a TorchScript archive" in cli_error(capsys, [*args, "--trust"])  # named .pt2 or not
+    (src / "net3.pt2").rename(src / "net3.pt")
     labels.write_text(labels.read_text().replace("net3.pt2", "net3.pt"))
     err = cli_error(capsys, [*args, "--trust", "--architecture", "tests.data.test_from_models:make_net",
                              "--input-shape", "1,6,6"])

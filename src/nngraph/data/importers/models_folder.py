@@ -120,6 +120,7 @@ def read_exported(root: Path, name: str, trust: bool) -> torch.export.ExportedPr
     """The program of a ``torch.export.save`` archive inside ``root``, read only with ``trust``
     (``torch.export.load`` can run code from the file; see the module's docstring)."""
     path = _member(root, name)
+    _refuse_torchscript(path)
     if not trust:
         raise DataError(f"{path}: torch.export.load unpickles parts of a .pt2 archive and resolves its operators "
                         "by name, which can run code from the file; rerun with --trust if you made the files or "
@@ -153,10 +154,7 @@ def exported_shape(program: torch.export.ExportedProgram) -> tuple[int, ...]:
 def read_state_dict(root: Path, name: str) -> dict[str, torch.Tensor]:
     """A state_dict from a plain file name inside ``root`` (tensors only; no code runs)."""
     path = _member(root, name)
-    if path.suffix in (".pt", ".pth") and _is_torchscript(path):
-        raise DataError(f"{path} is a TorchScript archive, which is code (and torch.jit is deprecated); re-save the "
-                        f"model with torch.export.save(torch.export.export(model, (x,)), '{path.stem}.pt2') and "
-                        "pass --trust, or save its state_dict")
+    _refuse_torchscript(path)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load
@@ -187,13 +185,17 @@ def _member(root: Path, name: str) -> Path:
     return path
 
 
-def _is_torchscript(path: Path) -> bool:
-    """Whether ``path`` is a TorchScript zip archive (it holds ``<name>/code/`` or ``constants.pkl``)."""
+def _refuse_torchscript(path: Path) -> None:
+    """Refuse a TorchScript zip archive (it holds ``<name>/code/`` or ``constants.pkl``): it is code."""
     try:
         with zipfile.ZipFile(path) as archive:
-            return any("/code/" in n or n.endswith("/constants.pkl") for n in archive.namelist())
+            scripted = any("/code/" in n or n.endswith("/constants.pkl") for n in archive.namelist())
     except (zipfile.BadZipFile, OSError):
-        return False
+        return
+    if scripted:
+        raise DataError(f"{path} is a TorchScript archive, which is code (and torch.jit is deprecated); re-save the "
+                        f"model with torch.export.save(torch.export.export(model, (x,)), '{path.stem}.pt2') and "
+                        "pass --trust, or save its state_dict")
 
 
 def _shape(text: str) -> tuple[int, ...]:
