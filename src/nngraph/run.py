@@ -24,6 +24,7 @@ parameters θ + s Δθ).
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any, Iterable
@@ -32,6 +33,7 @@ import torch
 from torch import nn
 
 from nngraph.checkpoint import BEST, load_weights, refuse_legacy
+from nngraph.data.templates import MAX_VALUE
 from nngraph.errors import InputShapeError, NNGraphError
 from nngraph.graph.batch import collate
 from nngraph.graph.convert import to_graph
@@ -39,6 +41,8 @@ from nngraph.graph.graph import NeuralGraph
 from nngraph.graph.signs import canonicalise_signs
 from nngraph.train import MODEL_RECORD, TrainConfig, read_json_object
 
+# Edge channels of a run's window: a flat edge holds an H x W map (64 x 64 = 4096), so 2^16 is far beyond any.
+MAX_WIDTH = 2**16
 _RECORD_KEYS = ("kind", "architectures", "input_shape", "k_max", "width", "model", "model_args", "task",
                 "activations", "edge_kinds")
 
@@ -67,7 +71,18 @@ def read_record(path: Path) -> dict:
     if missing or not all(isinstance(v, list) and v for v in shapes) or not isinstance(record.get("task"), dict):
         what = f"no {missing[0]!r}" if missing else "an empty or malformed architectures, input_shape or task"
         raise NNGraphError(f"{path} is damaged ({what}); train the run again to rewrite it")
+    # sizes that a rebuild allocates by ([1, *input_shape] inputs, [E, width] edge features): integers in range
+    k_max, width, shape = record["k_max"], record["width"], record["input_shape"]
+    if not all(_whole(v) and v >= 1 for v in (k_max, width, *shape)) or k_max * k_max > width \
+            or width > MAX_WIDTH or math.prod(shape) > MAX_VALUE:
+        raise NNGraphError(f"{path} is damaged (k_max {k_max!r}, width {width!r}, input_shape {shape!r}: not "
+                           f"integers with k_max^2 <= width <= {MAX_WIDTH} and at most {MAX_VALUE} input values); "
+                           "train the run again to rewrite it")
     return record
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def resolve_corpus(run: str | os.PathLike, data: str) -> str:

@@ -33,7 +33,7 @@ import torch
 from torch_geometric.data import Batch
 
 from nngraph.data import templates
-from nngraph.data.store import (ITEM_PREFIX, MAX_CLASSES, MAX_UNVERIFIED_INR_PARAMS, check_complete, complete_headers,
+from nngraph.data.store import (ITEM_PREFIX, MAX_CLASSES, MAX_UNVERIFIED_PARAMS, check_complete, complete_headers,
                                 damaged, load_shard, read_manifest, rebuild_hint, shard_path)
 from nngraph.errors import DataError, NNGraphError
 from nngraph.graph.augment import random_permutation_augment
@@ -183,9 +183,9 @@ class INRCorpus(Corpus):
                 if got != [m, *shape]:
                     raise damaged(path, f"the architecture says {name} is {[m, *shape]} for shard {entry['file']}, "
                                         f"its file holds {got}")
-        if not headers and spec.n_params() > MAX_UNVERIFIED_INR_PARAMS:
+        if not headers and spec.n_params() > MAX_UNVERIFIED_PARAMS:
             raise damaged(path, f"its SIREN has {spec.n_params():,} parameters per INR and no complete shard "
-                                f"confirms it (at most {MAX_UNVERIFIED_INR_PARAMS:,} unconfirmed)")
+                                f"confirms it (at most {MAX_UNVERIFIED_PARAMS:,} unconfirmed)")
 
     @classmethod
     def describe(cls, manifest: dict) -> dict[str, str]:
@@ -257,10 +257,21 @@ class INRCorpus(Corpus):
 
     @staticmethod
     def rebuild(architectures: list[dict], tensors: dict[str, torch.Tensor], where: str) -> list[Any]:
-        """A fresh network (module) per recorded architecture."""
+        """A fresh network (module) per recorded architecture; a spec of more than
+        ``MAX_UNVERIFIED_PARAMS`` parameters (no stored tensor confirms it) is refused unbuilt."""
         from nngraph.data.fitting import SirenSpec
 
-        return [SirenSpec.from_dict(arch).build() for arch in architectures]
+        out = []
+        for a, arch in enumerate(architectures):
+            try:
+                spec = SirenSpec.from_dict(arch)
+                count = spec.n_params()
+            except (TypeError, ValueError, NNGraphError) as exc:
+                raise DataError(f"{where}: architecture {a} is not a SIREN spec ({exc}) (damaged or hand-edited); "
+                                "train the run again to rewrite it") from None
+            _check_unverified(count, a, where)
+            out.append(spec.build())
+        return out
 
 
 class NetworkZoo(Corpus):
@@ -485,12 +496,19 @@ class NetworkZoo(Corpus):
         from nngraph.data.zoo import build_cnn
 
         out, t = [], 0
-        for arch in architectures:
+        for a, arch in enumerate(architectures):
             if templates.is_template(arch):
                 out.append(templates.decode([arch], _renumber(tensors, t), where)[0])
                 t += 1
-            else:
-                out.append(build_cnn(arch))
+                continue
+            try:  # shapes only first: no stored tensor confirms a CNN spec's size
+                with torch.device("meta"):
+                    count = sum(v.numel() for v in build_cnn(arch).state_dict().values())
+            except (NNGraphError, KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+                raise DataError(f"{where}: architecture {a} is not a CNN spec ({exc}) (damaged or hand-edited); "
+                                "train the run again to rewrite it") from None
+            _check_unverified(count, a, where)
+            out.append(build_cnn(arch))
         return out
 
 
@@ -503,6 +521,14 @@ def corpus_class(kind: Any, root: str | os.PathLike = "") -> type[Corpus]:
         raise DataError(f"{root} is a corpus of kind {kind!r}, which this nngraph does not read (it reads "
                         f"{', '.join(CORPORA)}); rebuild it with this nngraph")
     return CORPORA[kind]
+
+
+def _check_unverified(count: int, a: int, where: str) -> None:
+    """Refuse a recorded architecture whose size no stored tensor confirms when it exceeds
+    ``MAX_UNVERIFIED_PARAMS`` parameters (far beyond any network of a corpus nngraph builds)."""
+    if count > MAX_UNVERIFIED_PARAMS:
+        raise DataError(f"{where}: architecture {a} has {count:,} parameters, over the {MAX_UNVERIFIED_PARAMS:,} "
+                        "a recorded architecture may claim (damaged or hand-edited); train the run again to rewrite it")
 
 
 def _target_spec(path: Path, manifest: dict) -> tuple[str, int]:

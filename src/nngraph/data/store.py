@@ -63,10 +63,11 @@ MAX_MANIFEST_BYTES = 256 << 20
 MAX_HEADER_BYTES = 100 << 20
 # Classes of an INR corpus: a confusion matrix has MAX_CLASSES**2 cells (ImageNet has 1000).
 MAX_CLASSES = 1000
-# Parameters of one INR whose architecture no complete shard confirms (an incomplete
-# corpus): 10^8 float32 values (400 MB) is far beyond any SIREN; a hand-edited
-# ``hidden = 50000`` (2.5e9) is refused before a model of that size is built.
-MAX_UNVERIFIED_INR_PARAMS = 10**8
+# Parameters of one network whose architecture no stored tensor confirms (an INR corpus with
+# no complete shard yet, a run's recorded SIREN or CNN spec): 10^8 float32 values (400 MB)
+# is far beyond any network of a corpus; a hand-edited ``hidden = 50000`` (2.5e9) is refused
+# before a model of that size is built.
+MAX_UNVERIFIED_PARAMS = 10**8
 
 
 def write_shard(path: str | os.PathLike, tensors: dict[str, torch.Tensor], results: dict | None = None) -> dict:
