@@ -101,6 +101,8 @@ def test_the_untouched_runs_load(zoo_run, inr_run):
     (template_tensors(lambda t: t["arch0.x"].fill_(float("nan"))), "NaN or infinite values in x"),
     (lambda r: r["architectures"].__setitem__(0, huge_cnn()), "parameters, over the 100,000,000"),
     (lambda r: r["architectures"].__setitem__(0, {"layers": "all"}), "architecture 0 is not a CNN spec"),
+    (lambda r: r["task"]["args"].update(std=[float("inf")]), "finite positive std per target column"),
+    (lambda r: r["task"]["args"].update(mean=["0.1"]), "one finite mean"),
 ])
 def test_a_crafted_zoo_run_record_is_refused_before_allocating(zoo_run, tmp_path, capsys, edit, needle):
     refused(edited(zoo_run, tmp_path, edit), needle, capsys)

@@ -37,9 +37,11 @@ class RegressTask(Task):
     higher_is_better = True
 
     def __init__(self, mean: list[float], std: list[float]):
-        if not mean or len(mean) != len(std) or not all(np.isfinite(mean)) or not all(s > 0 for s in std):
-            raise NNGraphError(f"regress needs one finite mean and positive std per target column, got mean {mean} "
-                               f"and std {std}")
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in [*mean, *std])
+        if not mean or len(mean) != len(std) or not numbers or not np.isfinite([*mean, *std]).all() \
+                or not all(s > 0 for s in std):  # model.json may carry them: checked as untrusted
+            raise NNGraphError(f"regress needs one finite mean and finite positive std per target column, got mean "
+                               f"{str(mean)[:80]} and std {str(std)[:80]}")
         self.mean, self.std = [float(m) for m in mean], [float(s) for s in std]
 
     @classmethod
@@ -49,7 +51,8 @@ class RegressTask(Task):
             labels = dataset.labels.double().reshape(len(dataset), -1)  # [n, d]
             if not len(labels):
                 raise NNGraphError(f"{dataset.root} has no networks in this split; the regress task needs targets")
-            std = labels.std(dim=0, unbiased=False) if len(labels) > 1 else torch.ones(labels.shape[1])
+            std = labels.std(dim=0, unbiased=False) if len(labels) > 1 else \
+                torch.ones(labels.shape[1], dtype=labels.dtype, device=labels.device)
             kwargs.update(mean=labels.mean(dim=0).tolist(), std=torch.where(std > 0, std, 1.0).tolist())
         return cls(**kwargs)
 
