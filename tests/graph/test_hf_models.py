@@ -1,5 +1,5 @@
-"""HuggingFace models and a hand-written nanoGPT through the torch.export capture (capture.py): tiny
-random configurations, nothing downloaded. execute equals the model, to_params is exact, a
+"""HuggingFace models (a LoRA'd BERT among them) and a hand-written nanoGPT through the torch.export capture
+(capture.py): tiny random configurations, nothing downloaded. execute equals the model, to_params is exact, a
 permutation keeps the function and moves something, NG-GNN on a mixed batch is invariant and
 batch-independent."""
 
@@ -101,6 +101,13 @@ def _bert(seed=0):
     return _randomise(transformers.BertForSequenceClassification(config), seed)
 
 
+def _bert_lora(seed=0):
+    """peft's LoRA on BERT's query and value (r = 2, alpha = 6: scaling 3), B random (peft starts it at 0)."""
+    peft = pytest.importorskip("peft")
+    config = peft.LoraConfig(r=2, lora_alpha=6, target_modules=["query", "value"], lora_dropout=0.1)
+    return _randomise(peft.get_peft_model(_bert(seed), config), seed + 1)
+
+
 def _vit(seed=0):
     config = transformers.ViTConfig(image_size=8, patch_size=4, num_channels=3, hidden_size=8, num_hidden_layers=2,
                                     num_attention_heads=2, intermediate_size=16, num_labels=3)
@@ -111,6 +118,7 @@ MODELS = {
     "gpt2": (_gpt2, "ids"),
     "gpt2-tied": (lambda seed=0: _gpt2(seed, tied=True), "ids"),  # lm_head.weight is transformer.wte.weight
     "bert": (_bert, "ids"),
+    "bert-lora": (_bert_lora, "ids"),
     "vit": (_vit, "images"),
     "nanogpt-causal": (lambda seed=0: _randomise(NanoGPT("is_causal"), seed), "ids"),
     "nanogpt-buffer": (lambda seed=0: _randomise(NanoGPT("buffer"), seed), "ids"),
@@ -148,6 +156,25 @@ def test_permutation_keeps_the_function_and_moves_weights(name):
     assert_rel_close(_run(permuted, x), _run(model, x))
     if name == "gpt2-tied":
         assert permuted.lm_head.weight is permuted.transformer.wte.weight
+    if name == "bert-lora":  # the rank nodes move too: A's rows, B's columns
+        a = "base_model.model.bert.encoder.layer.0.attention.self.query.lora_A.default.weight"
+        assert not torch.equal(state[a], moved[a])
+
+
+def test_lora_bert_is_the_adapters_own_structure_and_training_mode_is_refused():
+    """Each adapted Linear (2 layers x query, value) adds r = 2 rank nodes and 8 identity edges of weight s = 3
+    into the sum with its base layer's output; training-mode LoRA dropout is refused in one line."""
+    from nngraph.graph.graph import EDGE_IDENTITY
+
+    model, x = _bert_lora(), _input("ids")
+    plain = nngraph.to_graph(_bert(), x)
+    graph = nngraph.to_graph(model, x)
+    assert graph.num_nodes - plain.num_nodes == 4 * (2 + 8 + 8 + 8)  # rank nodes, B's outputs, s * B x, the sums
+    scaling = graph.edge_attr[graph.edge_kind == EDGE_IDENTITY, graph.spec.k_max ** 2 // 2]
+    assert int((scaling == 3.0).sum()) == 4 * 8
+    with pytest.raises(UnsupportedModelError, match="training mode") as info:
+        nngraph.to_graph(model.train(), x)
+    assert "\n" not in str(info.value)
 
 
 def test_causal_flag_is_on_the_score_nodes_and_lm_outputs_every_token():
@@ -185,9 +212,10 @@ def test_an_unknown_aten_op_is_named():
     assert "\n" not in str(info.value)
 
 
-def test_nggnn_on_a_mixed_batch_is_invariant_and_batch_independent():
+@pytest.mark.parametrize("names", [("gpt2", "nanogpt-causal", "nanogpt-buffer"), ("bert-lora", "bert", "bert-lora")])
+def test_nggnn_on_a_mixed_batch_is_invariant_and_batch_independent(names):
     x = _input("ids")
-    graphs = [nngraph.to_graph(MODELS[n][0](), x) for n in ("gpt2", "nanogpt-causal", "nanogpt-buffer")]
+    graphs = [nngraph.to_graph(MODELS[n][0](seed), x) for seed, n in enumerate(names)]
     torch.manual_seed(0)
     model = create_model("nggnn", example=nngraph.collate(graphs), out_dim=2, probes=2, hidden=8, edge_hidden=8,
                          layers=2).eval()

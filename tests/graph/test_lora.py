@@ -1,4 +1,5 @@
-"""LoRA adapters (lora.py): a peft model converts unmerged, exactly, under peft's state_dict names."""
+"""LoRA adapters (lora.py): a peft model converts unmerged, exactly, under peft's state_dict names; LoRA on
+Conv2d (peft's lora.Conv2d) through the torch.export capture. A LoRA'd BERT: tests/graph/test_hf_models.py."""
 
 import pytest
 import torch
@@ -6,8 +7,10 @@ from torch import nn
 
 import nngraph
 from nngraph.errors import UnsupportedModelError
-from nngraph.graph.graph import EDGE_IDENTITY
-from tests.graph.helpers import assert_exact_params, assert_rel_close
+from nngraph.graph.graph import EDGE_CONV, EDGE_IDENTITY
+from nngraph.graph.permute import permute_graph
+from nngraph.models import create_model
+from tests.graph.helpers import assert_batch_independent, assert_exact_params, assert_rel_close
 
 peft = pytest.importorskip("peft")
 
@@ -75,3 +78,50 @@ def test_lora_graphs_give_each_adapters_update_alone():
     for k, v in params.items():
         assert torch.equal(v, state[k]), k
     assert nngraph.collate(list(graphs.values())).num_graphs == 2  # adapters of several layers batch together
+
+
+def lora_cnn(seed: int = 0, targets: tuple = ("0", "2", "5")):
+    """LoRA (r = 2, alpha = 6) on two Conv2d layers (a 3x3 with padding, a strided 3x3) and the head Linear:
+    peft's lora.Conv2d is A = Conv2d(in, r, k, stride, padding), B = Conv2d(r, out, 1)."""
+    torch.manual_seed(seed)
+    base = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 8, 3, stride=2), nn.ReLU(),
+                         nn.Flatten(), nn.Linear(8 * 3 * 3, 4))
+    if not targets:
+        return base.eval()
+    model = peft.get_peft_model(base, peft.LoraConfig(r=2, lora_alpha=6, target_modules=list(targets)))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn_like(p))
+    return model.eval()
+
+
+def test_lora_conv2d_converts_exactly_and_permutes():
+    model, x = lora_cnn(), torch.randn(5, 3, 8, 8)
+    graph = nngraph.to_graph(model, x)  # peft's forward defeats torch.fx: the export capture takes it
+    with torch.no_grad():
+        assert_rel_close(nngraph.execute(graph, x)[0], model(x), rel=1e-5)
+    assert_exact_params(nngraph.to_params(graph), model.state_dict())
+    a = "base_model.model.2.lora_A.default.weight"
+    spec = {p.name: p for p in graph.spec.params}
+    assert spec[a].source == "kernel" and int((graph.edge_kind == EDGE_CONV).sum()) > 0
+    moved = False
+    for seed in range(3):
+        permuted = nngraph.permute_neurons(model, seed=seed, example_input=x)
+        with torch.no_grad():
+            assert_rel_close(permuted(x), model(x), rel=1e-4)
+        moved |= not torch.equal(permuted.state_dict()[a], model.state_dict()[a])
+    assert moved, "the rank channels never moved"
+
+
+def test_nggnn_is_invariant_on_lora_and_plain_cnns_in_one_batch():
+    x = torch.zeros(1, 3, 8, 8)
+    graphs = [nngraph.to_graph(lora_cnn(0), x), nngraph.to_graph(lora_cnn(1, targets=()), x),
+              nngraph.to_graph(lora_cnn(2, targets=("2",)), x)]
+    torch.manual_seed(0)
+    model = create_model("nggnn", example=nngraph.collate(graphs), out_dim=2, probes=1, hidden=8, edge_hidden=8,
+                         layers=2).eval()
+    with torch.no_grad():
+        together = assert_batch_independent(model, graphs, atol=1e-4)
+        permuted = nngraph.collate([permute_graph(g, seed=4)[0] for g in graphs])
+        assert (model(permuted) - together).abs().max() <= 1e-4

@@ -1,19 +1,88 @@
-"""GroupNorm, InstanceNorm, LayerNorm over channels (channels last), chunk / split, layer scale and
-softmax outputs (issue 31 items 2 and 4): execute equals the model, to_params is exact, permutations
-keep the function and move neurons, and the metanetworks read the new graphs."""
+"""GroupNorm, InstanceNorm, LayerNorm over channels (channels last), chunk / split / unbind, layer scale,
+softmax outputs, RMSNorm and norms written by hand (issue 31 items 2 and 4): execute equals the model,
+to_params is exact, permutations keep the function and move neurons, and the metanetworks read the new graphs."""
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import nngraph
 from nngraph.errors import UnsupportedModelError
-from nngraph.graph.graph import NORM_GROUP, NORM_INSTANCE, NORM_LAYER, NORM_LOG_SOFTMAX, ROLE_HIDDEN
+from nngraph.graph.graph import NORM_GROUP, NORM_INSTANCE, NORM_LAYER, NORM_LOG_SOFTMAX, NORM_RMS, NORMS, ROLE_HIDDEN
 from nngraph.graph.permute import permute_graph
 from nngraph.models import create_model
 from tests.graph.helpers import assert_batch_independent, assert_exact_params, assert_rel_close, assert_relabelled
 from tests.graph.nets import randomise
 from tests.graph.norm_nets import ChunkGLU, ConvNeXtBlocks, DeiT3, MnistNet, Norms, ReshapedLayerScale, ResNetGN
+
+
+class LlamaRMSNorm(nn.Module):
+    """LLaMA's RMSNorm as its reference code writes it: weight * (x * rsqrt(mean(x^2) + eps)) over the last axis."""
+
+    def __init__(self, d: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight, self.eps = nn.Parameter(torch.ones(d)), eps
+
+    def forward(self, x):
+        return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps))
+
+
+class HandLayerNorm(nn.Module):
+    """A LayerNorm over the last axis written from its mean and (population) variance."""
+
+    def __init__(self, d: int, eps: float = 1e-5, var: bool = False):
+        super().__init__()
+        self.weight, self.bias, self.eps, self.var = nn.Parameter(torch.ones(d)), nn.Parameter(torch.zeros(d)), eps, var
+
+    def forward(self, x):
+        u = x.mean(-1, keepdim=True)
+        v = x.var(-1, keepdim=True, unbiased=False) if self.var else (x - u).pow(2).mean(-1, keepdim=True)
+        return self.weight * ((x - u) / torch.sqrt(v + self.eps)) + self.bias
+
+
+class HandNormTokens(nn.Module):
+    """Tokens through hand-written LayerNorms (mean / var), LLaMA's RMSNorm and nn.RMSNorm (eps None)."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb, self.ln, self.fc, self.rms = nn.Embedding(11, 8), HandLayerNorm(8), nn.Linear(8, 8), LlamaRMSNorm(8)
+        self.ln2, self.rms2, self.out = HandLayerNorm(8, var=True), nn.RMSNorm(8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = F.gelu(self.rms(self.fc(self.ln(self.emb(x)))))
+        return self.out(self.rms2(self.ln2(h)))
+
+
+class RMSNormMLP(nn.Module):
+    """RMSNorm of features: by hand, then F.rms_norm on the model's own weight."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.rms, self.b, self.c = nn.Linear(5, 8), LlamaRMSNorm(8), nn.Linear(8, 8), nn.Linear(8, 3)
+        self.w = nn.Parameter(torch.ones(8))
+
+    def forward(self, x):
+        h = torch.relu(self.rms(self.a(x)))
+        return self.c(F.rms_norm(self.b(h), (8,), self.w, 1e-5))
+
+
+class RMSNormUnbindCNN(nn.Module):
+    """An RMSNorm over a map's channels written by hand (channels first), nn.RMSNorm channels last, and the
+    channels unbound, each through its own activation, stacked back."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.g = nn.Conv2d(3, 4, 3, padding=1), nn.Parameter(torch.ones(4))
+        self.norm, self.pw, self.head = nn.RMSNorm(4), nn.Linear(4, 4), nn.Conv2d(4, 3, 1)
+
+    def forward(self, x):
+        h = self.conv(x)
+        h = h / torch.sqrt(h.pow(2).mean(1, keepdim=True) + 1e-6) * self.g[:, None, None]
+        h = self.pw(self.norm(h.permute(0, 2, 3, 1))).permute(0, 3, 1, 2)
+        a, b, c, d = h.unbind(1)
+        h = torch.stack([torch.relu(a), torch.tanh(b), c, d], dim=1)
+        return self.head(h).mean((2, 3))
 
 
 def _cases():
@@ -27,6 +96,9 @@ def _cases():
         ("instancenorm-affine-running", lambda s: Norms(affine=True, track=True), torch.randn(3, 2, 5, 5)),
         ("chunk-glu-softmax", lambda s: ChunkGLU(), torch.randn(3, 2, 6, 6)),
         ("layer-scale-reshaped", lambda s: ReshapedLayerScale(), torch.randn(3, 2, 5, 5)),
+        ("rmsnorm-unbind-cnn", lambda s: RMSNormUnbindCNN(), torch.randn(3, 3, 6, 6)),
+        ("hand-norms-tokens", lambda s: HandNormTokens(), torch.randint(0, 11, (3, 5))),
+        ("rmsnorm-mlp", lambda s: RMSNormMLP(), torch.randn(4, 5)),
     ]
 
 
@@ -116,6 +188,10 @@ class _Bad(nn.Module):
             return h.split(2, dim=2)[0].mean((2, 3))
         if self.op == "unbind":
             return h.unbind(1)[0].mean((1, 2))
+        if self.op == "unbind-spatial":
+            return h.unbind(2)[0].mean(2)
+        if self.op == "rms-plus-one":  # not x * rsqrt(...): no known norm
+            return (h * (torch.rsqrt(h.pow(2).mean(1, keepdim=True) + 1e-6) + 1)).mean((2, 3))
         if self.op == "linear-over-width":  # a Linear over the W positions of a 2-d map: not a sequence
             return self.mix3(h).mean((2, 3))
         if self.op == "centre-only":
@@ -127,9 +203,11 @@ class _Bad(nn.Module):
     ("softmax-batch", "softmax / log_softmax over the features or channels"),
     ("permute-other", "x.permute(0, 2, 3, 1)"),
     ("split-spatial", "along the channel"),
-    ("unbind", "x.chunk(C, dim=1)"),
+    ("unbind", "a channel of x.unbind(dim)"),
+    ("unbind-spatial", "unbind is supported along the channel"),
+    ("rms-plus-one", "or an RMSNorm x * torch.rsqrt"),
     ("scale", "one value per channel"),
-    ("centre-only", "LayerNorm over channels written out"),
+    ("centre-only", "LayerNorm written out"),
     ("linear-over-width", "over the L positions of a [batch, C, L] sequence"),
 ])
 def test_other_layouts_are_refused_in_one_line(op, words):
@@ -228,3 +306,33 @@ def test_timm_packed_qkv_unbinds_into_heads_and_indexing_does_the_same():
     with torch.no_grad():
         assert_rel_close(nngraph.execute(graphs[1], x)[0], indexed(x), rel=1e-4)
     assert_exact_params(nngraph.to_params(graphs[1]), indexed.state_dict())
+
+
+def test_rmsnorm_and_hand_written_norms_are_node_norms_under_either_capture():
+    """RMSNorm is NORM_RMS (appended: older vocabularies keep their ids), hand-written LayerNorms NORM_LAYER;
+    fx and torch.export give the same graph; the unbound channels are the same nodes stacked back."""
+    assert NORMS[NORM_RMS] == "rmsnorm" and NORM_RMS == len(NORMS) - 1 == 7
+    for make, x, rms, layer in ((HandNormTokens, torch.randint(0, 11, (2, 5)), 16, 16),
+                                (RMSNormMLP, torch.randn(2, 5), 16, 0),
+                                (RMSNormUnbindCNN, torch.randn(2, 3, 6, 6), 8, 0)):
+        model = _model(lambda s: make())
+        fx, exported = (nngraph.to_graph(model, x, capture=c) for c in ("fx", "export"))
+        assert int((fx.node_norm == NORM_RMS).sum()) == rms and int((fx.node_norm == NORM_LAYER).sum()) == layer
+        assert torch.equal(fx.edge_index, exported.edge_index) and torch.equal(fx.x, exported.x)
+        assert torch.equal(fx.node_norm, exported.node_norm)
+    eps = fx.node_eps[fx.node_norm == NORM_RMS]
+    assert sorted(set(eps.tolist())) == sorted({float(torch.tensor(1e-6)), torch.finfo(torch.float32).eps})
+
+
+def test_metanetworks_are_invariant_on_rms_and_unbind_graphs_among_others():
+    x = torch.zeros(1, 3, 8, 8)
+    graphs = [nngraph.to_graph(_model(make, i), x) for i, make in
+              enumerate((lambda s: RMSNormUnbindCNN(), lambda s: ResNetGN(), lambda s: RMSNormUnbindCNN()))]
+    batch = nngraph.collate(graphs)
+    torch.manual_seed(0)
+    model = create_model("nggnn", example=batch, out_dim=3, probes=1, hidden=16, edge_hidden=8, layers=2).eval()
+    with torch.no_grad():
+        together = assert_batch_independent(model, graphs)
+        for seed in (1, 2):
+            permuted = nngraph.collate([permute_graph(g, seed=seed)[0] for g in graphs])
+            assert (model(permuted) - together).abs().max() <= 1e-4

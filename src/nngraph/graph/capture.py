@@ -20,7 +20,7 @@ rewrites that graph node by node:
   a constant attention mask -> ``is_causal=True`` (lower-triangular) or no mask (all visible).
 
 An ATen op without a rule is kept as it is, so the converter's refusal names it exactly
-(``aten.pow.Tensor_Scalar``). Shapes come from the capture's own metadata (``node.meta['val']``).
+(``aten.cumsum.default``). Shapes come from the capture's own metadata (``node.meta['val']``).
 """
 
 from __future__ import annotations
@@ -59,6 +59,11 @@ _FUNCTIONS = {
     aten.flatten.using_ints: torch.flatten,
     aten.cat.default: torch.cat,
     aten.glu.default: F.glu,
+    aten.pow.Tensor_Scalar: operator.pow,  # x.pow(2) of a hand-written norm (handwritten.py)
+    aten.sqrt.default: torch.sqrt,
+    aten.rsqrt.default: torch.rsqrt,
+    aten.rms_norm.default: F.rms_norm,
+    aten.stack.default: torch.stack,
 }
 _METHODS = {
     aten.transpose.int: "transpose",
@@ -68,6 +73,9 @@ _METHODS = {
     aten.chunk.default: "chunk",
     aten.unsqueeze.default: "unsqueeze",
     aten.mean.dim: "mean",
+    aten.unbind.int: "unbind",
+    aten.var.dim: "var",
+    aten.var.correction: "var",
     aten.expand.default: "expand",
 }
 _RESHAPES = {aten.view.default, aten.reshape.default, aten._unsafe_view.default}

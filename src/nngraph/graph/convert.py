@@ -39,11 +39,13 @@ from nngraph.graph.activations import Sine
 SUPPORTED = (
     "Linear, Conv1d/Conv2d (any groups, depthwise), ConvTranspose1d/2d (any groups, output_padding), "
     "F.linear/F.conv1d/F.conv2d on parameters, BatchNorm1d/2d "
-    "(eval), LayerNorm (features; channels of a channels-last map), GroupNorm, InstanceNorm1d/2d, "
+    "(eval), LayerNorm (features; channels of a channels-last map), GroupNorm, InstanceNorm1d/2d, RMSNorm, "
+    "LayerNorm and RMSNorm written by hand from x.mean(dim, keepdim=True) and x.pow(2), "
     "softmax/log_softmax over features or channels, ReLU, ReLU6, GELU, SiLU, Tanh, Sigmoid, LeakyReLU, PReLU, "
     "Hardtanh, Hardswish, "
     "Hardsigmoid, ELU, SELU, Softplus, Mish, sin(w0*x)/Sine (also in place), residual a+b, x+constant, "
-    "x[:, a:b] (+)= y, torch.cat, chunk and split on channels, x.permute(0, 2, 3, 1) (channels last: Linear and "
+    "x[:, a:b] (+)= y, torch.cat, chunk and split on channels, unbind on channels (activations, stack back), "
+    "x.permute(0, 2, 3, 1) (channels last: Linear and "
     "LayerNorm over C at every position) and back, gamma * x with one gamma per channel (layer scale), "
     "Max/AvgPool1d/2d, AdaptiveMax/AvgPool1d/2d, mean over H,W, flatten, "
     "a * b of one shape, x * gate with a [B, C, 1, 1] gate (squeeze-and-excitation; view/unsqueeze/expand_as of the "
@@ -54,7 +56,8 @@ SUPPORTED = (
     "Linear/LayerNorm/activations per token, a Linear over the positions of a [B, C, L] sequence (MLP-Mixer's "
     "token mixing after x.transpose(1, 2)), x[:, t], x.mean(1), MultiheadAttention (self-attention), "
     "F.scaled_dot_product_attention (also is_causal=True or a constant causal mask), Embedding, F.embedding; "
-    "through torch.export (capture='export', or where fx fails): HuggingFace GPT-2/BERT/ViT, Conv1D, GELU-new, "
+    "through torch.export (capture='export', or where fx fails): HuggingFace GPT-2/BERT/ViT, "
+    "peft LoRA on them and on Conv2d, Conv1D, GELU-new, "
     "positions from arange, per-token outputs [B, T, V]"
 )
 

@@ -105,9 +105,9 @@ ACTIVATIONS = ("none", "relu", "gelu", "gelu_tanh", "silu", "tanh", "sigmoid", "
                "hardtanh", "hardswish", "hardsigmoid", "elu", "selu", "softplus", "mish", "prelu", "softmax")
 
 # Normalisations applied at a node.
-# GroupNorm, InstanceNorm and softmax / log-softmax over a layer's neurons: see ``norms.py``.
-NORM_NONE, NORM_BATCH, NORM_LAYER, NORM_GROUP, NORM_INSTANCE, NORM_SOFTMAX, NORM_LOG_SOFTMAX = range(7)
-NORMS = ("none", "batchnorm", "layernorm", "groupnorm", "instancenorm", "softmax", "log_softmax")
+# GroupNorm, InstanceNorm, softmax / log-softmax and RMSNorm over a layer's neurons: see ``norms.py``.
+NORM_NONE, NORM_BATCH, NORM_LAYER, NORM_GROUP, NORM_INSTANCE, NORM_SOFTMAX, NORM_LOG_SOFTMAX, NORM_RMS = range(8)
+NORMS = ("none", "batchnorm", "layernorm", "groupnorm", "instancenorm", "softmax", "log_softmax", "rmsnorm")
 
 # Node roles: inputs and outputs keep their order under permutations; hidden nodes move.
 ROLE_INPUT, ROLE_HIDDEN, ROLE_OUTPUT = range(3)

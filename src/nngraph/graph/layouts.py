@@ -11,7 +11,12 @@ gives q, k, v as three thirds of the Linear's neurons, laid out as heads; ``x.pe
 transpose to [B, D, T] (``tokens.transpose``: a Linear on it mixes positions, ``mixing.py``).
 
 ``x.chunk(k, dim)`` / ``x.split(size, dim)`` on the channel (or feature) axis are channel
-slices: views of the value's nodes, no node added.
+slices: views of the value's nodes, no node added. ``x.unbind(dim)`` on that axis gives each
+channel without its axis ([B, C, H, W] -> C of [B, H, W]): one node each (``Value.kind``
+``unbound``), which activations keep (a pointwise op of one channel), ``torch.stack(pieces, dim)``
+on the channel axis joins back into the layout it names (rank 2: features; dim 1: a map; the
+last axis: tokens, or channels last at rank 4) and ``piece.unsqueeze(dim)`` makes a one-channel
+tensor of; any other use of a piece is refused (``x.chunk(C, dim)`` keeps the axis).
 
 Layer scale ``gamma * x`` (ConvNeXt, DeiT-III / CaiT's ``LayerScale``) with a parameter
 gamma of one value per channel: a fresh layer s fed by identity edges x_c -> s_c whose
@@ -29,7 +34,7 @@ import torch
 
 from nngraph.errors import UnsupportedModelError
 from nngraph.graph.builder import Value
-from nngraph.graph import functional, tokens
+from nngraph.graph import activations, functional, tokens
 from nngraph.graph.functional import ParamRef
 from nngraph.graph.graph import EDGE_IDENTITY, ParamEntry
 
@@ -42,6 +47,8 @@ PERMUTE = {torch.permute, "permute"}
 _MUL = {operator.mul, torch.mul, "mul"}
 _SPLIT = {torch.chunk, "chunk", torch.split, "split"}
 _UNBIND = {torch.unbind, "unbind"}
+_STACK = {torch.stack}
+_UNSQUEEZE = {torch.unsqueeze, "unsqueeze"}
 # Channel axis of each layout, counted from the end for the channels-last ones.
 _LAST_AXIS_KINDS = ("tokens", "cl")
 
@@ -63,10 +70,24 @@ def rule(ctx: Context, node: Node, args: list, kwargs: dict, values: list, where
         return unpack(values[0], int(ctx.shape(node.args[0])[0]))
     if target is operator.getitem and values and values[0].kind == "packed_heads" and isinstance(args[1], int):
         return unpack(values[0], int(ctx.shape(node.args[0])[0]))[args[1]]  # qkv[0], qkv[1], qkv[2]
-    if target in _UNBIND and values:
-        raise UnsupportedModelError(f"{where}: unbind removes the channel axis; use x.chunk(C, dim=1) (keeps it); "
-                                    "unbind(0) is supported on timm's packed qkv [3, B, H, T, d]")
+    if target in _UNBIND and values and args[0] is values[0]:
+        return unbind(ctx, node, values[0], kwargs.get("dim", args[1] if len(args) > 1 else 0), where)
+    if target in _STACK and args and isinstance(args[0], (list, tuple)) \
+            and any(isinstance(a, Value) and a.kind == "unbound" for a in args[0]):
+        return stack(ctx, node, list(args[0]), kwargs.get("dim", args[1] if len(args) > 1 else 0), where)
+    if any(isinstance(a, Value) and a.kind == "unbound" for a in _flat([*args, *kwargs.values()])):
+        if target in _UNSQUEEZE and len(values) == 1 and args[0] is values[0]:
+            return stack(ctx, node, values, kwargs.get("dim", args[1] if len(args) > 1 else None), where)
+        if values and args[0] is values[0] and activations.parse_function(node, args, kwargs) is not None:
+            return None  # an activation of one channel: ops.activation
+        raise UnsupportedModelError(f"{where}: a channel of x.unbind(dim) (its channel axis removed) is supported only "
+                                    "in activations, torch.stack(pieces, dim) back and piece.unsqueeze(dim); use "
+                                    "x.chunk(C, dim) (keeps the axis) for other ops")
     return None
+
+
+def _flat(args: Any) -> list:
+    return [x for a in args for x in (_flat(a) if isinstance(a, (list, tuple)) else (a,))]
 
 
 def permute(value: Value, dims: tuple[int, ...], where: str) -> Value:
@@ -110,6 +131,30 @@ def split_channels(ctx: Context, node: Node, value: Value, dim: int, where: str)
         pieces.append(Value(value.nodes[start:start + size], value.kind, value.hw, node.name))
         start += size
     return tuple(pieces)
+
+
+def unbind(ctx: Context, node: Node, value: Value, dim: int, where: str) -> tuple[Value, ...]:
+    """``x.unbind(dim)`` along the channels: one ``unbound`` value (a node without its channel axis) per channel."""
+    rank = len(ctx.shape(node.args[0]))
+    if value.kind not in ("vector", "map", *_LAST_AXIS_KINDS) or value.scale is not None \
+            or dim % rank != _channel_axis(value, rank):
+        raise UnsupportedModelError(f"{where}: unbind is supported along the channel (feature) axis, and unbind(0) on "
+                                    "timm's packed qkv [3, B, H, T, d]; use x.chunk(C, dim) for other splits")
+    return tuple(Value([n], "unbound", value.hw, node.name) for n in value.nodes)
+
+
+def stack(ctx: Context, node: Node, pieces: list, dim: int | None, where: str) -> Value:
+    """``torch.stack(pieces, dim)`` of unbound channels (``piece.unsqueeze(dim)``: one piece) along the channel
+    axis of the layout of ``node``'s output shape [B, C(, L)(, H, W)] / [B, T, C] / [B, H, W, C]."""
+    rank = len(ctx.shape(node))
+    dim = None if dim is None else dim % rank
+    kind = "vector" if rank == 2 else "map" if dim == 1 else "tokens" if rank == 3 and dim == 2 else \
+        "cl" if rank == 4 and dim == 3 else None
+    if kind is None or not all(isinstance(p, Value) and p.kind == "unbound" for p in pieces) \
+            or len({p.hw for p in pieces}) != 1:
+        raise UnsupportedModelError(f"{where}: channels of x.unbind(dim) stack back only on a channel axis (dim 1, or "
+                                    "the last), all of them unbound channels of one size")
+    return Value([n for p in pieces for n in p.nodes], kind, pieces[0].hw, node.name)
 
 
 def layer_scale(ctx: Context, node: Node, value: Value, ref: ParamRef, where: str) -> Value:

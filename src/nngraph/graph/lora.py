@@ -11,6 +11,13 @@ the scaling is a constant edge weight, not a parameter. Dropout is ignored (the 
 in eval mode). A ``PeftModel`` is converted through its base model (``unwrap``), its state_dict
 names (``base_model.model.``...) restored on the spec (``prefixed``). peft is optional: nothing
 here imports it unless the user has.
+
+Where torch.fx cannot trace the model (HuggingFace models, peft's ``lora.Conv2d``, whose forward
+fx cannot follow), the torch.export capture records peft's forward as its ops: ``F.linear`` /
+``F.conv2d`` on the base layer's and the adapter's weights (A: r channels with the base layer's
+kernel, stride and padding; B: 1 x 1), ``* s`` and ``+``. They convert to the same base, rank and
+B nodes, then a layer s * U (identity edges of weight s) and the residual sum; to_params gives
+peft's names back the same way.
 """
 
 from __future__ import annotations

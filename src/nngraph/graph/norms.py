@@ -1,4 +1,4 @@
-"""Normalisations beyond BatchNorm and LayerNorm: GroupNorm, InstanceNorm, softmax over neurons.
+"""Normalisations beyond BatchNorm and LayerNorm: GroupNorm, InstanceNorm, softmax over neurons, RMSNorm.
 
 A node applies its norm between z + bias + offset and its activation (``graph.py``). The
 statistics of these norms are taken over a node's *layer* (within its graph), as for
@@ -10,13 +10,18 @@ LayerNorm, or over the node's own value:
     NORM_SOFTMAX      z <- exp(z - m) / sum_layer exp(z - m), over the nodes of the layer at
                       each position (m the maximum: the same value, computed stably)
     NORM_LOG_SOFTMAX  z <- z - m - log sum_layer exp(z - m)
+    NORM_RMS          z <- z / sqrt(mean_layer z^2 + eps) * gamma + beta, the mean over the nodes of the
+                      layer at each position (beta 0: RMSNorm has no shift)
 
 GroupNorm(G, C) becomes G layers of C / G nodes each, fed by identity edges (one layer per
 group: the statistics of a group are those of its layer). Permutations keep nodes within
 their layer, so channels move only within their group. InstanceNorm with running statistics
 in eval mode is BatchNorm (``NORM_BATCH``); without, ``NORM_INSTANCE``. A softmax or
 log-softmax over the feature/channel axis (the PyTorch MNIST example's trailing
-``F.log_softmax(x, dim=1)``) is a norm of the layer it reads.
+``F.log_softmax(x, dim=1)``) is a norm of the layer it reads. ``nn.RMSNorm(D)`` (and
+``F.rms_norm``, and LLaMA's ``x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)``, see
+``handwritten.py``) over the last axis of tokens / features / a channels-last map, or over the
+channels of a map, is ``NORM_RMS`` on the layer it reads (eps None: the dtype's machine epsilon).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from nngraph.graph.graph import (
     NORM_GROUP,
     NORM_INSTANCE,
     NORM_LOG_SOFTMAX,
+    NORM_RMS,
     NORM_SOFTMAX,
     X_NORM_BIAS,
     X_NORM_MEAN,
@@ -48,8 +54,8 @@ if TYPE_CHECKING:
     from nngraph.graph.context import Context
 
 # Norms whose statistics are taken over the nodes of a layer (within one graph).
-LAYER_NORMS = (NORM_GROUP, NORM_SOFTMAX, NORM_LOG_SOFTMAX)
-MODULES = (nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.Softmax, nn.LogSoftmax)
+LAYER_NORMS = (NORM_GROUP, NORM_SOFTMAX, NORM_LOG_SOFTMAX, NORM_RMS)
+MODULES = (nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.Softmax, nn.LogSoftmax, nn.RMSNorm)
 
 
 def _set(ctx: Context, nodes: list[int], norm: int, eps: float) -> None:
@@ -125,8 +131,30 @@ def softmax(ctx: Context, node: Node, value: Value, dim: int | None, log: bool, 
     return Value(nodes, value.kind, value.hw, node.name)
 
 
+def rms_norm(ctx: Context, node: Node, value: Value, shape: tuple[int, ...], eps: float | None,
+             weight: tuple[str, torch.Tensor] | None, where: str) -> Value:
+    """RMSNorm over the last axis (``shape`` = (D,)) of [batch, D], tokens [batch, T, D] or a channels-last map,
+    or over the channels of a map [batch, C(, L)(, H, W)] (handwritten.py): NORM_RMS on the D nodes it reads,
+    gamma (``weight``: state_dict name, tensor) in X_NORM_WEIGHT."""
+    if value.kind not in ("vector", "tokens", "cl", "map") or tuple(shape) != (len(value.nodes),):
+        raise UnsupportedModelError(f"{where}: only an RMSNorm over the features / channels (the last axis of tokens) "
+                                    f"is supported, got normalized_shape {list(shape)} on {len(value.nodes)} nodes")
+    nodes = ops._open(ctx, value, "norm", where)
+    _set(ctx, nodes, NORM_RMS, float(torch.finfo(ctx.builder.dtype).eps if eps is None else eps))
+    if weight is not None:
+        ctx.builder.record_node_param(weight[0], nodes, X_NORM_WEIGHT, weight[1])
+    return Value(nodes, value.kind, value.hw, node.name)
+
+
 def module_rule(ctx: Context, node: Node, module: nn.Module, value: Value, path: str) -> Value:
     """The rule of a module of ``MODULES``."""
+    if isinstance(module, nn.RMSNorm):
+        where = f"{path} (RMSNorm)"
+        if value.kind == "map":  # it would normalise over W (or L), not over the channels
+            raise UnsupportedModelError(f"{where} on a [batch, C, ...] map normalises its last spatial axis; only an "
+                                        "RMSNorm over features, tokens' features or a channels-last map is supported")
+        weight = (f"{path}.weight", module.weight) if module.weight is not None else None
+        return rms_norm(ctx, node, value, tuple(module.normalized_shape), module.eps, weight, where)
     if isinstance(module, nn.GroupNorm):
         return group_norm(ctx, node, module, value, path)
     if isinstance(module, (nn.Softmax, nn.LogSoftmax)):
@@ -143,7 +171,7 @@ def apply(z: torch.Tensor, norm: torch.Tensor, eps: torch.Tensor, gamma: torch.T
     """The norms of this module on z [n, P, h, w] (norm, eps, gamma, beta [n]); ``which`` [n] the graph
     of each node among ``count`` [G] nodes per graph (the layer's statistics groups). Others pass."""
     view = (-1, 1, 1, 1)
-    mine = (norm == NORM_INSTANCE) | (norm == NORM_GROUP)
+    mine = (norm == NORM_INSTANCE) | (norm == NORM_GROUP) | (norm == NORM_RMS)
     eps = torch.where(mine, eps, torch.ones_like(eps))  # other nodes' branches stay finite (and their gradients)
     eps, gamma, beta = eps.view(view), gamma.view(view), beta.view(view)
     out = z
@@ -160,6 +188,9 @@ def apply(z: torch.Tensor, norm: torch.Tensor, eps: torch.Tensor, gamma: torch.T
         centred = z - mean[which]
         var = groups.index_add(0, which, centred * centred).sum(dim=(-2, -1), keepdim=True) / size
         out = torch.where((norm == NORM_GROUP).view(view), centred / torch.sqrt(var[which] + eps) * gamma + beta, out)
+    if (norm == NORM_RMS).any():  # over the nodes of the layer at each position
+        mean_square = groups.index_add(0, which, z * z) / count.to(z.dtype).view(view)
+        out = torch.where((norm == NORM_RMS).view(view), z / torch.sqrt(mean_square[which] + eps) * gamma + beta, out)
     soft = (norm == NORM_SOFTMAX) | (norm == NORM_LOG_SOFTMAX)
     if soft.any():  # over the nodes of the layer at each position
         top = groups.index_reduce(0, which, z.detach(), "amax", include_self=False)[which]

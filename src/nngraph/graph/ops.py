@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 
 def _open(ctx: Context, value: Value, slot: str, where: str) -> list[int]:
     """Nodes that may take pointwise ``slot``: the value's own, or a fresh identity layer."""
-    if value.kind not in ("vector", "map", "tokens", "tbd", "cl"):
+    if value.kind not in ("vector", "map", "tokens", "tbd", "cl", "unbound"):  # unbound: one channel (layouts.py)
         raise UnsupportedModelError(
             f"{where}: a pointwise op on a flattened C x H x W map is not supported; "
             "flatten right before a Linear, or pool first"
