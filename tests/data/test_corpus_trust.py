@@ -358,3 +358,11 @@ def test_a_template_with_token_outputs_keeps_them():
     assert template.spec.output_tokens
     torch.testing.assert_close(nngraph.execute(templates.graph_of(template, model.state_dict()), x)[0], model(x),
                                atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("value", [["train"], {"a": 1}, "holdout", None])
+def test_a_split_value_that_is_no_split_name_is_refused(copy, capsys, value):
+    manifest = manifest_of(copy)
+    manifest["items"]["split"][2] = value  # a list or dict was unhashable: a TypeError traceback
+    save_manifest(copy, manifest)
+    refused(copy, "items.split holds", capsys)

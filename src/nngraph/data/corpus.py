@@ -34,7 +34,7 @@ from torch_geometric.data import Batch
 
 from nngraph.data import templates
 from nngraph.data.store import (ITEM_PREFIX, MAX_CLASSES, MAX_UNVERIFIED_PARAMS, check_complete, complete_headers,
-                                damaged, load_shard, read_manifest, rebuild_hint, shard_path)
+                                SPLITS, damaged, load_shard, read_manifest, rebuild_hint, shard_path)
 from nngraph.errors import DataError, NNGraphError
 from nngraph.graph.augment import random_permutation_augment
 from nngraph.graph.batch import collate
@@ -74,8 +74,8 @@ class Corpus:
                             f"{self.kind!r}; open it with nngraph.data.corpus.Corpus.open")
         self.check(self.root, self.manifest)
         check_complete(self.root, self.manifest)
-        splits = np.asarray(self.manifest["items"]["split"], dtype=object)
-        if split is not None and split not in set(splits.tolist()) | {"train", "val", "test"}:
+        splits = np.asarray(self.manifest["items"]["split"], dtype=object)  # of SPLITS (read_manifest)
+        if split is not None and split not in SPLITS:
             raise DataError(f"unknown split {split!r}; choose train, val or test")
         self.split = split
         self.rows = np.flatnonzero(splits == split) if split is not None else np.arange(len(splits))

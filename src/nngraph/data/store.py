@@ -55,6 +55,7 @@ FORMAT = "nngraph-corpus"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 ITEM_PREFIX = "item."
+SPLITS = ("train", "val", "test")  # the values of items.split
 _MANIFEST_KEYS = ("kind", "layout", "architectures", "config", "items", "shards")
 # A manifest takes about 70 bytes per INR and 400 per zoo network (measured): 256 MiB
 # holds over 600,000 networks; a bigger file is not one nngraph wrote, and is not parsed.
@@ -158,7 +159,7 @@ def damaged(path: Path, what: str) -> DataError:
 
 
 def _check_columns(path: Path, manifest: dict) -> None:
-    """Every per-item column is a list of one length n (``n_items`` when recorded)."""
+    """Every per-item column is a list of one length n (``n_items`` when recorded); splits are SPLITS."""
     items = manifest["items"]
     n = len(items["split"]) if isinstance(items["split"], list) else -1
     for col, values in items.items():
@@ -167,6 +168,9 @@ def _check_columns(path: Path, manifest: dict) -> None:
             raise damaged(path, f"items.{col} has {got} values, items.split has {n}")
     if manifest.get("n_items", n) != n:
         raise damaged(path, f"n_items is {manifest['n_items']!r} but the columns hold {n} items")
+    stray = [s for s in items["split"] if s not in SPLITS][:1]
+    if stray:
+        raise damaged(path, f"items.split holds {str(stray[0])[:40]!r}, not one of {', '.join(SPLITS)}")
 
 
 def _check_shards(root, path: Path, manifest: dict) -> None:

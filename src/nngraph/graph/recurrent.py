@@ -59,7 +59,8 @@ def module(ctx: Context, node: Node, rnn: nn.Module, value: Value, path: str) ->
     """The unrolled graph of ``rnn`` on ``value``; returns (output Steps, h_n States[, c_n States])."""
     where = f"{path} ({type(rnn).__name__})"
     if rnn.bidirectional or not rnn.bias or getattr(rnn, "proj_size", 0):
-        raise UnsupportedModelError(f"{where}: only unidirectional layers with biases (no proj_size) are supported")
+        raise UnsupportedModelError(f"{where}: only unidirectional layers with biases are supported; build it with "
+                                    "bidirectional=False, bias=True and proj_size=0")
     if rnn.training and rnn.dropout and rnn.num_layers > 1:
         raise UnsupportedModelError(f"{where} has dropout between layers in training mode; call model.eval() first")
     if value.kind != "map" or value.hw[0] != 1 or value.hw[1] != rnn.input_size:

@@ -54,7 +54,8 @@ def separate(entries: list[ParamEntry], model: nn.Module, state_order: list[str]
                     f"{name}: {use.name} is a grouped convolution's weight used in several places; tied grouped "
                     "weights are not supported: give each use its own copy")
         if first.source == "node" and (first.shared or entry.shared) and first.shared != entry.shared:
-            raise UnsupportedModelError(f"{name}: {entry.name} is used both per neuron and as one shared value")
+            raise UnsupportedModelError(f"{name}: {entry.name} is used both per neuron and as one shared value; "
+                                        "give each use its own copy")
         ties.append(dataclasses.replace(entry, tie=first.name))
     return primaries, ties
 
