@@ -162,14 +162,15 @@ def test_permutation_keeps_the_function_and_moves_weights(name):
 
 
 def test_lora_bert_is_the_adapters_own_structure_and_training_mode_is_refused():
-    """Each adapted Linear (2 layers x query, value) adds r = 2 rank nodes and 8 identity edges of weight s = 3
-    into the sum with its base layer's output; training-mode LoRA dropout is refused in one line."""
+    """Each adapted Linear (2 layers x query, value) adds r = 2 rank nodes, B's 8 outputs and 8 sums fed by a
+    residual edge from the base layer and an identity edge of weight s = 3 from B: the fx path's graph of a LoRA
+    layer (lora.py); training-mode LoRA dropout is refused in one line."""
     from nngraph.graph.graph import EDGE_IDENTITY
 
     model, x = _bert_lora(), _input("ids")
     plain = nngraph.to_graph(_bert(), x)
     graph = nngraph.to_graph(model, x)
-    assert graph.num_nodes - plain.num_nodes == 4 * (2 + 8 + 8 + 8)  # rank nodes, B's outputs, s * B x, the sums
+    assert graph.num_nodes - plain.num_nodes == 4 * (2 + 8 + 8)  # rank nodes, B's outputs, the sums
     scaling = graph.edge_attr[graph.edge_kind == EDGE_IDENTITY, graph.spec.k_max ** 2 // 2]
     assert int((scaling == 3.0).sum()) == 4 * 8
     with pytest.raises(UnsupportedModelError, match="training mode") as info:

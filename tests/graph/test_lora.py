@@ -96,6 +96,14 @@ def lora_cnn(seed: int = 0, targets: tuple = ("0", "2", "5")):
     return model.eval()
 
 
+def test_export_capture_gives_the_fx_graph_of_a_lora_model():
+    """peft's forward recorded by torch.export lowers to the graph the fx path builds from lora.Linear."""
+    model, x = lora_mlp(4), torch.randn(3, 3)
+    fx, exported = (nngraph.to_graph(model, x, capture=c) for c in ("fx", "export"))
+    for key in ("edge_index", "edge_attr", "edge_kind", "x", "node_layer"):
+        assert torch.equal(getattr(fx, key), getattr(exported, key)), key
+
+
 def test_lora_conv2d_converts_exactly_and_permutes():
     model, x = lora_cnn(), torch.randn(5, 3, 8, 8)
     graph = nngraph.to_graph(model, x)  # peft's forward defeats torch.fx: the export capture takes it

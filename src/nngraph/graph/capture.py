@@ -17,7 +17,8 @@ rewrites that graph node by node:
   Conv1D -> ``lm.linear_t(x, W, b)``; ``0.5 x (1 + tanh(c (x + 0.044715 x^3)))`` (GPT-2's
   GELU-new) -> ``F.gelu(x, approximate='tanh')`` and ``x * sigmoid(x)`` -> ``F.silu``, each
   checked numerically against the activation; ``W[index]`` of a constant index -> ``lm.constant_embedding``;
-  a constant attention mask -> ``is_causal=True`` (lower-triangular) or no mask (all visible).
+  a constant attention mask -> ``is_causal=True`` (lower-triangular) or no mask (all visible);
+  ``out + s * update`` inside a peft LoRA layer -> ``lora.scaled_add(out, update, s)``.
 
 An ATen op without a rule is kept as it is, so the converter's refusal names it exactly
 (``aten.cumsum.default``). Shapes come from the capture's own metadata (``node.meta['val']``).
@@ -38,7 +39,7 @@ from torch import nn
 from torch.fx.passes.shape_prop import _extract_tensor_metadata
 
 from nngraph.errors import UnsupportedModelError
-from nngraph.graph import lm
+from nngraph.graph import lm, lora
 
 aten = torch.ops.aten
 
@@ -313,6 +314,11 @@ class _Lowering:
             flat = args[1].node
             shape = (*flat.meta["tensor_meta"].shape[:2], _shape(node)[-1])
             return self._emit(lm.linear_t, (flat, args[2], args[0]), {}, node, val=_meta_tensor(shape, node))
+        if target is aten.add.Tensor and _in_lora_layer(node):
+            for out, scaled in ((node.args[0], node.args[1]), (node.args[1], node.args[0])):
+                pair = _scalar_mul(scaled)
+                if pair and isinstance(self.env.get(out), fx.Node) and isinstance(self.env.get(pair[0]), fx.Node):
+                    return self._emit(lora.scaled_add, (self.env[out], self.env[pair[0]], pair[1]), {}, node)
         if target is aten.mul.Tensor:
             x = _gelu_tanh_input(node)
             if x is not None and isinstance(self.env.get(x), fx.Node) and _matches(_gelu_new(node), F.gelu, "tanh"):
@@ -480,6 +486,16 @@ def _matches(formula, activation, approximate: str) -> bool:
     x = torch.linspace(-10, 10, 4001, dtype=torch.float64, device="cpu")  # a check at capture time, on the host
     reference = activation(x, approximate=approximate)
     return bool(((formula(x) - reference).abs() <= 1e-7 * (1 + reference.abs())).all())
+
+
+def _in_lora_layer(node: fx.Node) -> bool:
+    """Whether ``node`` runs in a peft LoRA layer's own forward (not in one of its sub-modules)."""
+    stack = node.meta.get("nn_module_stack")
+    if not stack:
+        return False
+    cls = next(reversed(stack.values()))[1]
+    name = cls if isinstance(cls, str) else f"{cls.__module__}.{cls.__qualname__}"
+    return name.startswith("peft.tuners.lora.")
 
 
 def _silu_input(node: fx.Node) -> fx.Node | None:

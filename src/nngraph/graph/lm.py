@@ -1,5 +1,6 @@
 """Language-model pieces: embeddings on raw parameters, constant-index embeddings (positions),
-HuggingFace's Conv1D, and the causal flag of attention scores.
+HuggingFace's Conv1D, the causal flag of attention scores, and the rule of ``lora.scaled_add`` (a
+LoRA layer's sum, as the export capture lowers it).
 
 - ``F.embedding(ids, W)`` of the model's token ids is ``nn.Embedding`` (``tokens.embedding_table``).
 - ``linear_t(x, W, b) = x @ W + b`` with W stored [in, out] (HuggingFace ``Conv1D``, GPT-2): a
@@ -27,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from nngraph.errors import UnsupportedModelError
-from nngraph.graph import tokens
+from nngraph.graph import lora, tokens
 from nngraph.graph.builder import Value
 from nngraph.graph.functional import ParamRef
 from nngraph.graph.graph import EDGE_LINEAR, X_BIAS
@@ -70,6 +71,8 @@ def rule(ctx: Context, node: Node, args: list, kwargs: dict, values: list, where
         return _linear_t(ctx, node, args, kwargs, where)
     if target is constant_embedding:
         return _constant_embedding(ctx, node, args[0], tuple(args[1]), where)
+    if target is lora.scaled_add and all(isinstance(a, Value) for a in args[:2]):  # a LoRA layer (export capture)
+        return lora.scaled_sum(ctx, node, args[0], args[1], float(args[2]), where)
     return None
 
 

@@ -15,9 +15,9 @@ here imports it unless the user has.
 Where torch.fx cannot trace the model (HuggingFace models, peft's ``lora.Conv2d``, whose forward
 fx cannot follow), the torch.export capture records peft's forward as its ops: ``F.linear`` /
 ``F.conv2d`` on the base layer's and the adapter's weights (A: r channels with the base layer's
-kernel, stride and padding; B: 1 x 1), ``* s`` and ``+``. They convert to the same base, rank and
-B nodes, then a layer s * U (identity edges of weight s) and the residual sum; to_params gives
-peft's names back the same way.
+kernel, stride and padding; B: 1 x 1), then ``out + s * update`` inside the adapted layer, which
+the capture lowers to ``scaled_add(out, update, s)``: the same graph as above (``scaled_sum``),
+to_params giving peft's names back the same way.
 """
 
 from __future__ import annotations
@@ -89,11 +89,20 @@ def linear(ctx: Context, node: Node, module: nn.Module, value: Value, path: str)
                            (f"{path}.base_layer.bias", base.bias) if base.bias is not None else None, where)
     rank = ops.linear_layer(ctx, node, value, (f"{path}.lora_A.{name}.weight", a.weight), None, where)
     update = ops.linear_layer(ctx, node, rank, (f"{path}.lora_B.{name}.weight", b.weight), None, where)
-    return scaled_sum(ctx, node, out, update, scaling)
+    return scaled_sum(ctx, node, out, update, scaling, where)
 
 
-def scaled_sum(ctx: Context, node: Node, out: Value, update: Value, scaling: float) -> Value:
+def scaled_add(out: torch.Tensor, update: torch.Tensor, scaling: float) -> torch.Tensor:
+    """out + scaling * update: the target the export capture lowers a LoRA layer's sum to (``scaled_sum``)."""
+    return out + scaling * update
+
+
+def scaled_sum(ctx: Context, node: Node, out: Value, update: Value, scaling: float, where: str = "") -> Value:
     """y_j = out_j + scaling * update_j: a residual edge and an identity edge of weight ``scaling`` per unit."""
+    if out.kind not in ("vector", "map", "tokens") or (update.kind, update.hw, len(update.nodes)) != (
+            out.kind, out.hw, len(out.nodes)):
+        raise UnsupportedModelError(f"{where}: a LoRA sum out + s * update needs two [batch, F], [batch, T, D] or "
+                                    "[batch, C, H, W] tensors of one shape")
     builder = ctx.builder
     n = len(out.nodes)
     total = builder.new_layer(n, out.hw)
