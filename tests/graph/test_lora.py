@@ -122,6 +122,20 @@ def test_lora_conv2d_converts_exactly_and_permutes():
     assert moved, "the rank channels never moved"
 
 
+def test_lora_graphs_give_a_conv_adapters_update_alone():
+    model = lora_cnn(5)
+    graphs = nngraph.lora_graphs(model)
+    assert sorted(graphs) == ["base_model.model.0", "base_model.model.2", "base_model.model.5"]
+    layer, graph = model.get_base_model()[2], graphs["base_model.model.2"]
+    x = torch.randn(4, 6, 3, 3)  # the dilated kernel's size
+    with torch.no_grad():
+        expected = layer.lora_B["default"](layer.lora_A["default"](x)) * layer.scaling["default"]
+    assert_rel_close(nngraph.execute(graph, x)[0], expected, rel=1e-5)
+    params, state = nngraph.to_params(graph), model.state_dict()
+    assert list(params) == ["base_model.model.2.lora_A.default.weight", "base_model.model.2.lora_B.default.weight"]
+    assert all(torch.equal(v, state[k]) for k, v in params.items())
+
+
 def test_nggnn_is_invariant_on_lora_and_plain_cnns_in_one_batch():
     x = torch.zeros(1, 3, 8, 8)
     graphs = [nngraph.to_graph(lora_cnn(0), x), nngraph.to_graph(lora_cnn(1, targets=()), x),

@@ -67,6 +67,15 @@ def is_lora_linear(module: nn.Module) -> bool:
     return isinstance(module, Linear)
 
 
+def is_lora_conv2d(module: nn.Module) -> bool:
+    """Whether ``module`` is peft's LoRA-adapted Conv2d (converted through the export capture)."""
+    peft = _peft()
+    if peft is None:
+        return False
+    from peft.tuners.lora.layer import Conv2d  # noqa: PLC0415 - peft is optional
+    return isinstance(module, Conv2d)
+
+
 def linear(ctx: Context, node: Node, module: nn.Module, value: Value, path: str) -> Value:
     """peft ``lora.Linear``: base layer, rank nodes, B's out nodes, and the scaled sum (module docstring)."""
     where = f"{path} ({type(module).__name__})"
