@@ -366,3 +366,23 @@ def test_a_split_value_that_is_no_split_name_is_refused(copy, capsys, value):
     manifest["items"]["split"][2] = value  # a list or dict was unhashable: a TypeError traceback
     save_manifest(copy, manifest)
     refused(copy, "items.split holds", capsys)
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda m: m.update(kind=[]), "which this nngraph does not read"),
+    (lambda m: m.update(config=None), "config is not a mapping"),
+    (lambda m: m.update(command=-1), "command not a string"),
+    (lambda m: m["items"]["label"].__setitem__(1, 10**400), "network 1 has label"),
+    (lambda m: m["config"]["targets"].update(size=10**20), "config.targets is"),
+    (lambda m: m["config"]["targets"].update(names=7), "config.targets is"),
+    (lambda m: m["architectures"][0]["graph"]["input_shape"].__setitem__(1, 10**20), "input_shape [1, "),
+])
+def test_json_values_of_other_types_are_refused_not_tracebacks(copy, edit, needle):
+    """Found by replacing every manifest value by None, [], {}, "x", -1, 1e20, 1.5, true, ...: these
+    raised TypeError, AttributeError, ValueError or OverflowError."""
+    manifest = manifest_of(copy)
+    edit(manifest)
+    save_manifest(copy, manifest)
+    with pytest.raises(DataError, match=needle.replace("[", r"\[")) as info:
+        Corpus.open(copy)
+    assert "\n" not in str(info.value)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -340,8 +341,7 @@ class NetworkZoo(Corpus):
                 if kind == "class" and not (isinstance(label, int) and not isinstance(label, bool)
                                             and 0 <= label < MAX_CLASSES):
                     raise damaged(path, f"network {i} has label {label!r}, not a class 0..{MAX_CLASSES - 1}")
-                if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
-                           for v in values) or (kind == "vector" and values == [label]):
+                if not all(_finite(v) for v in values) or (kind == "vector" and values == [label]):
                     what = f"a vector of {size} finite numbers" if kind == "vector" else "a finite number"
                     raise damaged(path, f"network {i} has label {label!r}, not {what}")
                 if not isinstance(arch, int) or isinstance(arch, bool) or not 0 <= arch < n_archs:
@@ -350,7 +350,7 @@ class NetworkZoo(Corpus):
     @classmethod
     def describe(cls, manifest: dict) -> dict[str, str]:
         kind, size = _target_spec(Path("manifest.json"), manifest)
-        names = manifest["config"].get("targets", {}).get("names", ["label (test accuracy)"])
+        names = manifest["config"].get("targets", {}).get("names", ["label (test accuracy)"])  # checked by ``check``
         stored = sum(templates.is_template(a) for a in manifest["architectures"])
         return {"architectures": f"{len(manifest['architectures'])} ({stored} stored as graph templates)",
                 "targets": f"{kind}, {size} column(s): {', '.join(map(str, names))}"}
@@ -517,7 +517,7 @@ CORPORA: dict[str, type[Corpus]] = {cls.kind: cls for cls in (INRCorpus, Network
 
 def corpus_class(kind: Any, root: str | os.PathLike = "") -> type[Corpus]:
     """The corpus class of a manifest's ``kind`` (one line for an unknown kind)."""
-    if kind not in CORPORA:
+    if not isinstance(kind, str) or kind not in CORPORA:
         raise DataError(f"{root} is a corpus of kind {kind!r}, which this nngraph does not read (it reads "
                         f"{', '.join(CORPORA)}); rebuild it with this nngraph")
     return CORPORA[kind]
@@ -531,12 +531,27 @@ def _check_unverified(count: int, a: int, where: str) -> None:
                         "a recorded architecture may claim (damaged or hand-edited); train the run again to rewrite it")
 
 
+def _finite(value: Any) -> bool:
+    """Whether a JSON value is a finite number (not a bool; an integer too large for a float is not)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def _target_spec(path: Path, manifest: dict) -> tuple[str, int]:
-    """(kind, size) of a zoo's targets from ``config.targets``; a zoo without it holds accuracies."""
-    spec = manifest.get("config", {}).get("targets", {"kind": "scalar", "size": 1})
-    kind, size = (spec.get("kind"), spec.get("size", 1)) if isinstance(spec, dict) else (None, None)
-    if kind not in TARGET_KINDS or not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= 4096:
-        raise damaged(path, f"config.targets is {spec!r}, not a kind ({', '.join(TARGET_KINDS)}) and size")
+    """(kind, size) of a zoo's targets from ``config.targets`` (whose ``names``, when given, are
+    ``size`` strings); a zoo without it holds accuracies."""
+    spec = manifest["config"].get("targets", {"kind": "scalar", "size": 1})
+    kind, size, names = (spec.get("kind"), spec.get("size", 1), spec.get("names")) if isinstance(spec, dict) \
+        else (None, None, None)
+    if kind not in TARGET_KINDS or not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= 4096 \
+            or (names is not None and (not isinstance(names, list) or len(names) != size
+                                       or not all(isinstance(n, str) for n in names))):
+        raise damaged(path, f"config.targets is {str(spec)[:80]}, not a kind ({', '.join(TARGET_KINDS)}), size "
+                            "and that many names")
     return kind, size
 
 

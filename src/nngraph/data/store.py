@@ -145,6 +145,8 @@ def read_manifest(root: str | os.PathLike, kind: str | None = None) -> dict:
     if missing:
         raise DataError(f"{path} lacks the key {missing[0]!r} (damaged or hand-edited); rebuild the corpus "
                         f"into an empty --out folder")
+    if not isinstance(manifest["config"], dict) or not isinstance(manifest.get("command") or "", str):
+        raise damaged(path, "config is not a mapping or command not a string")
     if kind is not None and manifest.get("kind") != kind:
         raise DataError(f"{path} describes a {manifest.get('kind')!r} corpus, not {kind!r}; "
                         f"use the matching dataset class")

@@ -221,7 +221,8 @@ def _check_io(spec: ArchSpec, fields: dict[str, torch.Tensor], bad) -> None:
     role, hw = fields["node_role"], fields["node_hw"]
     inputs = hw[role == ROLE_INPUT]  # [n_in, 2]
     shape = spec.input_shape
-    if spec.vocab < 0 or len(shape) not in (1, 2, 3) or (spec.vocab and len(shape) != 1):
+    if spec.vocab < 0 or len(shape) not in (1, 2, 3) or (spec.vocab and len(shape) != 1) \
+            or not all(1 <= s <= MAX_VALUE for s in shape):  # each a count of nodes or a side of their values
         raise bad(f"has input_shape {list(shape)} and vocab {spec.vocab}, not [F], [C, L], [C, H, W] or token ids [T]")
     count, size = (spec.vocab, (1, shape[0])) if spec.vocab else (shape[0], (1, 1, *shape[1:])[-2:])
     if len(inputs) != count or not bool((inputs == torch.tensor(size, device=hw.device)).all()):
