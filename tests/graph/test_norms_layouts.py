@@ -188,6 +188,8 @@ class _Bad(nn.Module):
             return h.split(2, dim=2)[0].mean((2, 3))
         if self.op == "unbind":
             return h.unbind(1)[0].mean((1, 2))
+        if self.op == "unbind-linear":  # a Linear over the W positions of one channel
+            return self.mix3(h.unbind(1)[0]).mean((1, 2))
         if self.op == "unbind-spatial":
             return h.unbind(2)[0].mean(2)
         if self.op == "rms-plus-one":  # not x * rsqrt(...): no known norm
@@ -205,6 +207,7 @@ class _Bad(nn.Module):
     ("split-spatial", "along the channel"),
     ("unbind", "a channel of x.unbind(dim)"),
     ("unbind-spatial", "unbind is supported along the channel"),
+    ("unbind-linear", "reads a channel of x.unbind(dim)"),
     ("rms-plus-one", "or an RMSNorm x * torch.rsqrt"),
     ("scale", "one value per channel"),
     ("centre-only", "LayerNorm written out"),

@@ -85,6 +85,9 @@ def linear_layer(ctx: Context, node: Node, value: Value, weight: tuple[str, torc
     name, w = weight
     if w.dim() != 2:
         raise UnsupportedModelError(f"{where}: a linear weight must be [out, in], got {list(w.shape)}")
+    if value.kind == "unbound":
+        raise UnsupportedModelError(f"{where} reads a channel of x.unbind(dim) (its channel axis removed); stack the "
+                                    "channels back (torch.stack(pieces, dim)) or use x.chunk(C, dim)")
     builder = ctx.builder
     tokens = value.kind in ("tokens", "cl")  # a Linear over the last axis, at every position
     out_nodes = builder.new_layer(w.shape[0], value.hw if tokens else (1, 1))
