@@ -115,3 +115,18 @@ def test_a_crafted_zoo_run_record_is_refused_before_allocating(zoo_run, tmp_path
 ])
 def test_a_crafted_inr_run_record_is_refused_before_building(inr_run, tmp_path, capsys, edit, needle):
     refused(edited(inr_run, tmp_path, edit), needle, capsys)
+
+
+@pytest.mark.parametrize("field, value, needle", [
+    ("model_kwargs", None, "--model-args must be a JSON object, got None"),
+    ("epochs", 2.5, "--epochs must be an integer, got 2.5"),
+    ("compile", "yes", "--compile must be true or false"),
+    ("data", 5, "--data must be a string"),
+])
+def test_config_values_of_another_type_are_one_line(zoo_run, tmp_path, capsys, field, value, needle):
+    """Every TrainConfig field is checked against its type (a null model_kwargs was an AttributeError)."""
+    run = tmp_path / "run"
+    shutil.copytree(zoo_run, run)
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, field: value}))
+    refused(run, needle, capsys)

@@ -13,12 +13,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import types
 import typing
 from typing import Any
 
 from nngraph.errors import NNGraphError
-from nngraph.training.config import option_name
+from nngraph.training.config import option_name, value_type
 
 
 def json_object(text: str) -> dict:
@@ -32,18 +31,11 @@ def json_object(text: str) -> dict:
     return value
 
 
-def _value_type(hint: Any) -> type:
-    """``int`` of ``int | None``; the type an option's text is parsed as."""
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        hint = next(a for a in typing.get_args(hint) if a is not type(None))
-    return typing.get_origin(hint) or hint
-
-
 def add_config_options(parser: argparse.ArgumentParser, cls: type) -> None:
     """One option per field of dataclass ``cls`` (see the module's docstring)."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        meta, kind = f.metadata, _value_type(hints[f.name])
+        meta, kind = f.metadata, value_type(hints[f.name])
         text = meta.get("help", "")
         if f.default not in (dataclasses.MISSING, None) and kind is not bool and "default" not in text:
             text += f" (default: {f.default})"

@@ -14,6 +14,8 @@ import dataclasses
 import json
 import math
 import os
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -153,9 +155,13 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Refuse settings no run can use, before any data is read: one line naming the
-        option and its valid range (model arguments through the model registry)."""
+        option and its type, valid range or choices (model arguments through the model registry)."""
+        hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):
             value, declared = getattr(self, f.name), f.metadata
+            kind = value_type(hints[f.name])
+            if not (value is None and _optional(hints[f.name]) or _is_a(value, kind)):
+                raise NNGraphError(f"{option_name(f)} must be {_KIND_NAMES.get(kind, kind.__name__)}, got {value!r}")
             choices = declared["choices"]() if callable(declared["choices"]) else declared["choices"]
             if choices is not None and value not in choices:
                 raise NNGraphError(f"{option_name(f)} must be one of {', '.join(choices)}, got {value!r}")
@@ -209,6 +215,27 @@ class TrainConfig:
         """The weight-space augmentations of training batches."""
         return ParamAugment(rotation=self.rotate_augment, translation=self.translate_augment,
                             scale=self.scale_augment, noise=self.weight_noise, dropout=self.weight_dropout)
+
+
+_KIND_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a JSON object"}
+
+
+def value_type(hint: Any) -> type:
+    """The type a field holds (``int`` of ``int | None``), which its option's text is parsed as."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    return typing.get_origin(hint) or hint
+
+
+def _optional(hint: Any) -> bool:
+    return type(None) in typing.get_args(hint)
+
+
+def _is_a(value: Any, kind: type) -> bool:
+    """Whether a (JSON) value is of a field's type: a bool is no number, an integer is a float."""
+    if kind in (int, float) and isinstance(value, bool):
+        return False
+    return isinstance(value, (int, float) if kind is float else kind)
 
 
 def option_name(f: dataclasses.Field) -> str:
