@@ -167,6 +167,8 @@ OUT_H = GEOM_COLUMNS.index("out_h")
     (set_at("arch0.x", (4, 0), float("nan")), "NaN or infinite values in x"),
     (set_at("arch0.edge_attr", (0, 0), float("inf")), "NaN or infinite values in edge_attr"),
     (set_at("arch0.node_eps", 4, -1.0), "negative normalisation epsilon"),
+    (lambda t: t["arch0.edge_kind"].fill_(EDGE_KINDS.index("conv")), "does not execute"),
+    (lambda t: t["arch0.edge_geom"].zero_(), "does not execute"),
     (lambda t: t.pop("arch0.x"), "lacks its tensor x"),
     (lambda t: t.pop("arch0.buffer.1.num_batches_tracked"), "malformed graph spec (KeyError"),
     (lambda t: t.update({"arch0.x": t["arch0.x"][:-1]}), "has node_layer torch.int64 [6], not torch.int64 [5]"),

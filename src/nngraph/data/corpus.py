@@ -26,6 +26,7 @@ import copy
 import json
 import math
 import os
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -373,7 +374,8 @@ class NetworkZoo(Corpus):
         if stored:  # ``check`` made sure the manifest names the file, its size and SHA-256
             tensors = load_shard(self.root, self.manifest["templates"], self._hint())
             for a in stored:
-                found[a] = templates.decode([self.architectures[a]], _renumber(tensors, a), str(self.root))[0]
+                found[a] = _decoded(self.manifest["templates"]["sha256"], a, self.architectures[a], tensors,
+                                    str(self.root))
         built = [a for a in used if a not in found]
         if built:
             found.update(_cnn_templates(self, built))
@@ -553,6 +555,22 @@ def _target_spec(path: Path, manifest: dict) -> tuple[str, int]:
         raise damaged(path, f"config.targets is {str(spec)[:80]}, not a kind ({', '.join(TARGET_KINDS)}), size "
                             "and that many names")
     return kind, size
+
+
+_DECODED: OrderedDict = OrderedDict()  # (templates SHA-256, index, spec JSON) -> template graph
+_DECODED_SIZE = 64
+
+
+def _decoded(sha256: str, a: int, arch: dict, tensors: dict[str, torch.Tensor], where: str) -> NeuralGraph:
+    """``templates.decode`` of architecture ``a``, once per content: the splits of one corpus (a
+    run opens three) share it. The key is the template file's verified SHA-256 and the spec."""
+    key = (sha256, a, json.dumps(arch, sort_keys=True))
+    if key not in _DECODED:
+        _DECODED[key] = templates.decode([arch], _renumber(tensors, a), where)[0]
+        if len(_DECODED) > _DECODED_SIZE:
+            _DECODED.popitem(last=False)
+    _DECODED.move_to_end(key)
+    return _DECODED[key]
 
 
 def _renumber(tensors: dict[str, torch.Tensor], a: int) -> dict[str, torch.Tensor]:

@@ -27,7 +27,9 @@ JSON alone):
   prod(``output_shape``) values, and k_max^2 <= d_e;
 - every parameter entry and tie lies inside the nodes or edges it names, holds at most as many
   values as those rows (so its shape never sizes more than the file backs), and a tie has its
-  primary's shape.
+  primary's shape;
+- the structure computes: its nodes hold at most ``MAX_ACTIVATIONS`` values per input, and a
+  zero input executes to an output of ``output_shape`` (kinds, geometry and sizes agree).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ import torch
 
 from nngraph.errors import DataError, NNGraphError
 from nngraph.graph import graph as graph_module
+from nngraph.graph.execute import execute
 from nngraph.graph.fast import stacked_features
 from nngraph.graph.graph import (ACTIVATIONS, EDGE_KINDS, GEOM_COLUMNS, GEOM_DIM, NODE_DIM, NORMS, ROLE_INPUT,
                                  ROLE_OUTPUT, ROLES, ArchSpec, NeuralGraph, ParamEntry)
@@ -58,6 +61,9 @@ BUFFER = "buffer."
 # hand-edited size (node_hw, an edge's output size) would make them allocate more.
 MAX_SIDE = 2**14
 MAX_VALUE = 2**24
+# All nodes together hold at most MAX_ACTIVATIONS values per input (1 GiB of float32; a ResNet-50
+# on a 224 x 224 image holds about 2.5e7): ``decode`` runs a zero input through the template.
+MAX_ACTIVATIONS = 2**28
 _OUT_HW = [GEOM_COLUMNS.index("out_h"), GEOM_COLUMNS.index("out_w")]
 
 
@@ -165,6 +171,12 @@ def _decode_one(arch: dict, tensors: dict[str, torch.Tensor], a: int, where: str
     except (NNGraphError, RuntimeError, ValueError, IndexError, ZeroDivisionError) as exc:
         raise bad(f"does not lay out its parameters ({type(exc).__name__}: {' '.join(str(exc).split())[:80]})") \
             from None
+    try:  # the structure computes: a zero input runs through it to an output of output_shape
+        y = execute(graph, torch.zeros(1, *spec.probe_shape))[0]  # [1, *output_shape]
+    except (NNGraphError, RuntimeError, ValueError, IndexError, ZeroDivisionError) as exc:
+        raise bad(f"does not execute ({type(exc).__name__}: {' '.join(str(exc).split())[:80]})") from None
+    if tuple(y.shape) != (1, *spec.output_shape):
+        raise bad(f"computes outputs {list(y.shape[1:])}, not its output_shape {list(spec.output_shape)}")
     return graph
 
 
@@ -202,6 +214,8 @@ def _check_fields(fields: dict[str, torch.Tensor], bad) -> None:
     hw = fields["node_hw"]
     if not _within(hw, 1, MAX_SIDE) or (n and int(hw.prod(1).max()) > MAX_VALUE):
         raise bad(f"has a node value size (node_hw) outside 1..{MAX_SIDE} per side or over {MAX_VALUE} values")
+    if int(hw.prod(1).sum()) > MAX_ACTIVATIONS:
+        raise bad(f"has nodes holding {int(hw.prod(1).sum()):,} values per input, over {MAX_ACTIVATIONS:,}")
     geom = fields["edge_geom"]
     if not _within(geom, -MAX_SIDE, MAX_SIDE):
         raise bad(f"has edge geometry (edge_geom) outside -{MAX_SIDE}..{MAX_SIDE}")
