@@ -269,6 +269,8 @@ def edit_network(root: Path, edit) -> None:
     (lambda t: t.pop("net1.4.bias"), "network 1 does not match its architecture"),
     (set_at("net0.4.weight", (0, 0), float("nan")), "network 0 has NaN or infinite values in 4.weight"),
     (set_at("net1.1.running_var", 0, float("-inf")), "network 1 has NaN or infinite values in 1.running_var"),
+    (lambda t: t.update({"net0.4.bias": t["net0.4.bias"].double().fill_(1e300)}),
+     "network 0 has NaN or infinite values in 4.bias"),  # infinite in float32, the graphs' dtype
     (lambda t: t.update({"net99.0.weight": torch.zeros(2)}), "holds net99.0.weight, outside its networks"),
 ])
 def test_weights_that_disagree_with_their_template_are_refused(copy, edit, needle):

@@ -309,8 +309,9 @@ class NetworkZoo(Corpus):
             if not params:
                 raise DataError(f"corpus {self.root}: network {self.rows[j]} has no tensors; {self._hint()}")
             # nngraph's zoo builders and importers drop diverged networks, so a non-finite weight is an edit
-            infinite = next((k for k, v in params.items() if v.is_floating_point() and not bool(v.isfinite().all())),
-                            None)
+            # (in float32, the graphs' dtype: a float64 1e300 is one too)
+            infinite = next((k for k, v in params.items()
+                             if v.is_floating_point() and not bool(v.float().isfinite().all())), None)
             if infinite is not None:
                 raise DataError(f"corpus {self.root}: network {self.rows[j]} has NaN or infinite values in "
                                 f"{infinite} (damaged or hand-edited); {self._hint()}")
