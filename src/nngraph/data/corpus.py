@@ -66,11 +66,13 @@ class Corpus:
     @staticmethod
     def open(root: str | os.PathLike, split: str | None = None) -> "Corpus":
         """The corpus in folder ``root`` (one split, or all), of the class its manifest names."""
-        return corpus_class(read_manifest(root)["kind"], root)(root, split)
+        manifest = read_manifest(root)
+        return corpus_class(manifest["kind"], root)(root, split, manifest=manifest)
 
-    def __init__(self, root: str | os.PathLike, split: str | None = None):
+    def __init__(self, root: str | os.PathLike, split: str | None = None, manifest: dict | None = None):
+        """``manifest``: ``read_manifest(root)`` when the caller has just read it (``open``), else read here."""
         self.root = Path(root)
-        self.manifest = read_manifest(self.root)
+        self.manifest = manifest if manifest is not None else read_manifest(self.root)
         if self.manifest["kind"] != self.kind:
             raise DataError(f"{self.root / 'manifest.json'} describes a {self.manifest['kind']!r} corpus, not "
                             f"{self.kind!r}; open it with nngraph.data.corpus.Corpus.open")
@@ -128,7 +130,7 @@ class Corpus:
 
     def split_view(self, split: str) -> "Corpus":
         """The same corpus restricted to ``split`` (self when it already is)."""
-        return self if self.split == split else type(self)(self.root, split)
+        return self if self.split == split else type(self)(self.root, split, self.manifest)
 
 
 class INRCorpus(Corpus):
@@ -144,8 +146,8 @@ class INRCorpus(Corpus):
     weight_augments = True
     renders_images = True
 
-    def __init__(self, root: str | os.PathLike, split: str | None = None):
-        super().__init__(root, split)
+    def __init__(self, root: str | os.PathLike, split: str | None = None, manifest: dict | None = None):
+        super().__init__(root, split, manifest)
         from nngraph.data.fitting import SirenSpec
 
         self.spec = SirenSpec.from_dict(self.manifest["architectures"][0])
@@ -286,8 +288,8 @@ class NetworkZoo(Corpus):
     kind = "zoo"
     build_command = "nngraph data zoo"
 
-    def __init__(self, root: str | os.PathLike, split: str | None = None):
-        super().__init__(root, split)
+    def __init__(self, root: str | os.PathLike, split: str | None = None, manifest: dict | None = None):
+        super().__init__(root, split, manifest)
         self.architectures = self.manifest["architectures"]
         self.arch_of = [self.manifest["items"]["arch"][r] for r in self.rows]
         parts = self._load_rows(self.rows)
