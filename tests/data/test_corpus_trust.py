@@ -380,6 +380,8 @@ def test_a_split_value_that_is_no_split_name_is_refused(copy, capsys, value):
     (lambda m: m["config"]["targets"].update(size=10**20), "config.targets is"),
     (lambda m: m["config"]["targets"].update(names=7), "config.targets is"),
     (lambda m: m["architectures"][0]["graph"]["input_shape"].__setitem__(1, 10**20), "input_shape [1, "),
+    (lambda m: m["config"].update(image_size=[10**6, 10**6]), "config.image_size is"),  # a CNN spec's input
+    (lambda m: m["config"].update(image_size="16"), "config.image_size is"),
 ])
 def test_json_values_of_other_types_are_refused_not_tracebacks(copy, edit, needle):
     """Found by replacing every manifest value by None, [], {}, "x", -1, 1e20, 1.5, true, ...: these

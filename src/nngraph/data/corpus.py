@@ -329,6 +329,11 @@ class NetworkZoo(Corpus):
         if any(col not in items for col in ("label", "arch")):
             raise damaged(path, "a zoo needs the columns items.label and items.arch")
         kind, size = _target_spec(path, manifest)
+        side = manifest["config"].get("image_size", [1, 1])  # CNN specs are converted on an image of this size
+        if not isinstance(side, list) or len(side) != 2 or not all(_finite(v) and isinstance(v, int) for v in side) \
+                or not all(1 <= v <= templates.MAX_SIDE for v in side) or side[0] * side[1] > templates.MAX_VALUE:
+            raise damaged(path, f"config.image_size is {str(side)[:40]}, not [H, W] of 1..{templates.MAX_SIDE} with "
+                                f"H W <= {templates.MAX_VALUE}")
         if any(templates.is_template(a) for a in manifest["architectures"]):
             entry = manifest.get("templates")
             if not isinstance(entry, dict) or not isinstance(entry.get("bytes"), int) \
