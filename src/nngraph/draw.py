@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from nngraph.errors import NNGraphError
-from nngraph.graph.graph import ACTIVATIONS, EDGE_KINDS, NORMS, ROLE_HIDDEN, ROLE_INPUT, ROLE_OUTPUT
+from nngraph.graph.graph import ACTIVATIONS, EDGE_KINDS, NORMS, ROLE_HIDDEN, ROLE_INPUT, ROLE_OUTPUT, edge_geometry
 from nngraph.plots import pyplot, save_figure
 
 MAX_LAYER_NODES = 64  # above this many nodes in one layer, draw the summary
@@ -125,7 +125,7 @@ def _arrays(graph) -> _Arrays:
     def np_(t):
         return t.detach().cpu().numpy()
 
-    geom = getattr(graph, "edge_geom", None)
+    geom = edge_geometry(graph) if isinstance(getattr(graph, "geom_table", None), torch.Tensor) else None
     return _Arrays(np_(graph.node_layer), np_(graph.node_role), np_(graph.node_act), np_(graph.node_norm),
                    np_(graph.node_hw).reshape(-1, 2), np_(graph.edge_index[0]), np_(graph.edge_index[1]),
                    np_(graph.edge_kind), np_(geom) if isinstance(geom, torch.Tensor) else None)

@@ -10,7 +10,7 @@ from torch import nn
 
 import nngraph
 from nngraph.graph.fast import graphs_from_params, stacked_params
-from nngraph.graph.graph import EDGE_AVGPOOL, EDGE_CONV, EDGE_MAXPOOL, EDGE_RESIDUAL, X_ACT_PARAM
+from nngraph.graph.graph import EDGE_AVGPOOL, EDGE_CONV, EDGE_MAXPOOL, EDGE_RESIDUAL, X_ACT_PARAM, edge_geometry
 from nngraph.graph.permute import permute_graph
 from tests.graph.archs import VGG, Conv1dNet, FunctionalSiren, MobileNetV2, PartialResidualCNN, ResNet
 from tests.graph.helpers import assert_exact_params, assert_rel_close, assert_relabelled
@@ -95,10 +95,10 @@ def test_depthwise_convolutions_tie_their_channels():
 def test_pooling_edges_hold_their_geometry():
     _, model, x = CASES[4]
     graph = nngraph.to_graph(model, x)
-    geom = graph.edge_geom[graph.edge_kind == EDGE_MAXPOOL]
+    geom = edge_geometry(graph)[graph.edge_kind == EDGE_MAXPOOL]
     assert geom[0].tolist() == [1, 2, 1, 2, 0, 0, 1, 1, 0, 0, 0, 0, 0]  # MaxPool1d(2) on a 1 x L map
     assert geom[-1].tolist()[10:12] == [1, 3]  # AdaptiveMaxPool1d(3): out_h, out_w
-    avg = graph.edge_geom[graph.edge_kind == EDGE_AVGPOOL][0].tolist()
+    avg = edge_geometry(graph)[graph.edge_kind == EDGE_AVGPOOL][0].tolist()
     assert avg[:6] == [1, 3, 1, 1, 0, 1] and avg[9] == 0  # count_include_pad=False
 
 

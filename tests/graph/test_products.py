@@ -12,7 +12,7 @@ import nngraph
 from nngraph.errors import UnsupportedModelError
 from nngraph.graph.augment import random_permutation_augment
 from nngraph.graph.execute import execute
-from nngraph.graph.graph import EDGE_IDENTITY, EDGE_MUL_A, EDGE_MUL_B, GEOM_COLUMNS, centre
+from nngraph.graph.graph import EDGE_IDENTITY, EDGE_MUL_A, EDGE_MUL_B, GEOM_COLUMNS, centre, edge_geometry
 from nngraph.graph.permute import permute_graph
 from tests.graph.helpers import assert_exact_params, assert_rel_close, assert_relabelled
 from tests.graph.modern_cnns import EfficientNetB0Small, LukeMelasSE, MobileNetV3DLi14Small, MobileNetV3Small, SENetSmall
@@ -157,7 +157,7 @@ def test_gate_operand_is_laid_out_as_one_value_per_channel():
     model, x = _case("mobilenetv3")
     graph = nngraph.to_graph(model, x)
     products, a, b = _gates(graph)
-    geom = graph.edge_geom
+    geom = edge_geometry(graph)
     gate = geom[graph.edge_kind == EDGE_MUL_B][:, [OUT_H, OUT_W]]
     assert (gate == 1).all(), "an SE gate is a 1 x 1 value broadcast over the map"
     assert torch.equal(graph.node_hw[products], graph.node_hw[a]), "the product has the size of the gated map"
@@ -169,8 +169,8 @@ def test_attention_scores_are_products_of_the_same_mechanism():
     x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
     graph = nngraph.to_graph(model, x)
     tokens = int(graph.node_hw[graph.edge_index[0, graph.edge_kind == EDGE_MUL_A][0], 1])
-    q = graph.edge_geom[graph.edge_kind == EDGE_MUL_A][:, [OUT_H, OUT_W]]
-    k = graph.edge_geom[graph.edge_kind == EDGE_MUL_B][:, [OUT_H, OUT_W]]
+    q = edge_geometry(graph)[graph.edge_kind == EDGE_MUL_A][:, [OUT_H, OUT_W]]
+    k = edge_geometry(graph)[graph.edge_kind == EDGE_MUL_B][:, [OUT_H, OUT_W]]
     assert (q == torch.tensor([tokens, 1])).all() and (k == torch.tensor([1, tokens])).all()
     with torch.no_grad():
         assert_rel_close(execute(graph, x)[0], model(x))

@@ -14,7 +14,7 @@ from nngraph.errors import UnsupportedModelError
 from nngraph.graph.augment import random_permutation_augment
 from nngraph.graph.execute import execute
 from nngraph.graph.fast import stacked_params
-from nngraph.graph.graph import EDGE_CONV_T, EDGE_PAD, EDGE_UPSAMPLE_BILINEAR, EDGE_UPSAMPLE_NEAREST, GEOM_COLUMNS
+from nngraph.graph.graph import EDGE_CONV_T, EDGE_PAD, EDGE_UPSAMPLE_BILINEAR, EDGE_UPSAMPLE_NEAREST, GEOM_COLUMNS, edge_geometry
 from nngraph.graph.permute import permute_graph
 from tests.graph.helpers import assert_exact_params, assert_rel_close, assert_relabelled
 from tests.graph.modern_cnns import UNet, UNetJvanvugt
@@ -142,7 +142,7 @@ def test_transposed_conv_edges_hold_kernel_and_geometry():
     graph = nngraph.to_graph(model, x)
     mine = graph.edge_kind == EDGE_CONV_T
     assert int(mine.sum()) == 4 * 5  # every input channel to every output channel
-    geom = graph.edge_geom[mine][0].tolist()
+    geom = edge_geometry(graph)[mine][0].tolist()
     assert geom[:8] == [3, 3, 2, 2, 1, 1, 1, 1]  # kernel, stride, padding, dilation
     # edge (input i -> output j) carries W[i, j] (PyTorch's input-major weight), centred in the window
     src, dst = graph.edge_index[:, mine]
@@ -158,7 +158,7 @@ def test_transposed_conv_edges_hold_kernel_and_geometry():
 def test_upsampling_edges_hold_output_size_and_mode():
     model, x = _case("upsample-bilinear-align")
     graph = nngraph.to_graph(model, x)
-    geom = graph.edge_geom[graph.edge_kind == EDGE_UPSAMPLE_BILINEAR]
+    geom = edge_geometry(graph)[graph.edge_kind == EDGE_UPSAMPLE_BILINEAR]
     out = [GEOM_COLUMNS.index(c) for c in ("out_h", "out_w", "align_corners")]
     assert len(geom) == 4 and (geom[:, out] == torch.tensor([6, 10, 1])).all()
 
@@ -218,11 +218,11 @@ def test_unet_size_fixes_are_pad_edges_with_their_offsets():
     graph = nngraph.to_graph(model, x)
     pad = graph.edge_kind == EDGE_PAD
     src, dst = graph.edge_index[:, pad]
-    assert pad.any() and (graph.edge_geom[pad][:, top_left] >= 0).all()
+    assert pad.any() and (edge_geometry(graph)[pad][:, top_left] >= 0).all()
     assert (graph.node_hw[dst].prod(1) > graph.node_hw[src].prod(1)).all()
     model, x = _case("unet-jvanvugt-crop")
     graph = nngraph.to_graph(model, x)
-    offsets = graph.edge_geom[graph.edge_kind == EDGE_PAD][:, top_left]
+    offsets = edge_geometry(graph)[graph.edge_kind == EDGE_PAD][:, top_left]
     assert len(offsets) and (offsets < 0).all()
 
 

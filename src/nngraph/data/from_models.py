@@ -39,8 +39,8 @@ from nngraph.graph.convert import to_graph
 from nngraph.graph.graph import NeuralGraph
 
 SPLITS = ("train", "val", "test")
-STRUCTURE = ("edge_index", "edge_kind", "edge_geom", "node_layer", "node_pos", "node_act", "node_norm", "node_role",
-             "node_hw")
+STRUCTURE = ("edge_index", "edge_kind", "geom_table", "edge_geom_id", "node_layer", "node_pos", "node_act", "node_norm",
+             "node_role", "node_hw")
 
 
 def from_models(models: Sequence[nn.Module | ExportedProgram], targets: Any, example_input: torch.Tensor,

@@ -42,7 +42,8 @@ def random_permutation_augment(batch: Batch, generator: torch.Generator | None =
     key = (tuple(spec.params), n, e, tuple(torch.bincount(kinds0, minlength=len(EDGE_KINDS)).tolist()))
     if key not in _CLASSES:
         fields = {f: batch[f][:n].cpu() for f in ("node_layer", "node_role", "node_act", "node_norm", "node_hw")}
-        template = NeuralGraph(edge_index=edge_index0.cpu(), edge_kind=kinds0, edge_geom=batch.edge_geom[:e].cpu(),
+        template = NeuralGraph(edge_index=edge_index0.cpu(), edge_kind=kinds0, geom_table=batch.geom_table.cpu(),
+                               edge_geom_id=batch.edge_geom_id[:e].cpu(),
                                spec=spec, num_nodes=n, **fields)
         _CLASSES[key] = interchangeable_classes(template)
     perm = torch.arange(n).repeat(b, 1)  # [B, n]: new node k of graph b holds old node perm[b, k]
@@ -64,7 +65,7 @@ def random_permutation_augment(batch: Batch, generator: torch.Generator | None =
     for field in ("x", "node_act", "node_norm", "node_eps", "node_hw", "node_layer", "node_pos", "node_role"):
         if field in batch:
             out[field] = batch[field][node_idx]
-    for field in ("edge_attr", "edge_kind", "edge_geom"):
+    for field in ("edge_attr", "edge_kind", "edge_geom_id"):
         if field in batch:
             out[field] = batch[field][edge_idx]
     return out

@@ -16,6 +16,7 @@ from nngraph.graph.graph import (
     EDGE_FLATTEN,
     FLAT_KINDS,
     GEOM_DIM,
+    GEOM_ID_DTYPE,
     NEUTRAL_NODE,
     NO_GEOM,
     NODE_DIM,
@@ -176,21 +177,32 @@ class GraphBuilder:
         elif k_max % 2 == 0:
             raise ValueError(f"k_max={k_max} must be odd (the window needs a centre)")
         width = max([k_max * k_max] + [c.weights.shape[1] for c in flat]) if weights else 0
-        # Written chunk by chunk into preallocated tensors (a full-width ResNet has ~2 M edges).
-        edge_index = torch.stack([torch.cat([c.src for c in self.chunks]), torch.cat([c.dst for c in self.chunks])])
-        weights_device = self.chunks[0].weights.device if self.chunks else edge_index.device
-        edge_attr = torch.empty(self.num_edges, width, dtype=self.dtype, device=weights_device)  # every row written below
-        edge_kind = torch.empty(self.num_edges, dtype=torch.long, device=edge_index.device)
-        edge_geom = torch.empty(self.num_edges, GEOM_DIM, dtype=torch.long, device=edge_index.device)
+        # Written chunk by chunk into preallocated tensors, each chunk dropped once written (GPT-2 small
+        # has 163 M edges: the chunks and the graph must not be held twice).
+        device = self.chunks[0].src.device if self.chunks else torch.device("cpu")
+        weights_device = self.chunks[0].weights.device if self.chunks else device
+        edge_index = torch.empty(2, self.num_edges, dtype=torch.long, device=device)
+        edge_attr = torch.empty(self.num_edges, width, dtype=self.dtype, device=weights_device)  # rows written below
+        edge_kind = torch.empty(self.num_edges, dtype=torch.long, device=device)
+        rows_of = sorted({c.geom for c in self.chunks} | {NO_GEOM})  # distinct and sorted, as geometry_table's
+        row_id = {row: i for i, row in enumerate(rows_of)}
+        edge_geom_id = torch.empty(self.num_edges, dtype=GEOM_ID_DTYPE, device=device)
         start = 0
-        for chunk in self.chunks:
+        chunks, self.chunks = self.chunks, []
+        while chunks:
+            chunk = chunks.pop(0)
             rows = slice(start, start + len(chunk.src))
+            edge_index[0, rows], edge_index[1, rows] = chunk.src, chunk.dst
             if weights and chunk.kind in FLAT_KINDS:
-                edge_attr[rows] = layout.encode_flat(chunk.weights, width)
+                edge_attr[rows] = 0
+                edge_attr[rows, :chunk.weights.shape[1]] = chunk.weights
             elif weights:
-                edge_attr[rows] = layout.encode_kernels(chunk.weights, k_max, width)
+                edge_attr[rows] = 0
+                kh, kw = chunk.weights.shape[1:]
+                top, left = layout.offsets(k_max, kh, kw)  # the layout of layout.encode_kernels, in place
+                edge_attr[rows, :k_max * k_max].view(-1, k_max, k_max)[:, top:top + kh, left:left + kw] = chunk.weights
             edge_kind[rows] = chunk.kind
-            edge_geom[rows] = torch.tensor(chunk.geom, dtype=torch.long, device=edge_index.device)
+            edge_geom_id[rows] = row_id[chunk.geom]
             start = rows.stop
         spec.k_max = k_max
         return NeuralGraph(
@@ -198,7 +210,8 @@ class GraphBuilder:
             edge_index=edge_index,
             edge_attr=edge_attr,
             edge_kind=edge_kind,
-            edge_geom=edge_geom,
+            geom_table=torch.tensor(rows_of, dtype=torch.long, device=device).reshape(-1, GEOM_DIM),
+            edge_geom_id=edge_geom_id,
             node_layer=torch.tensor(self.node_layer, dtype=torch.long),
             node_pos=torch.zeros(len(self.node_layer), dtype=torch.long),
             node_act=torch.tensor(self.node_act, dtype=torch.long),

@@ -7,7 +7,7 @@ A transposed convolution spreads every input position over a kh x kw patch of th
 one node per output channel, one ``conv_transpose`` edge i -> j per input channel i of j's
 group carrying the kernel W[i, j'] (PyTorch's weight is input-major, [in, out / groups, kh, kw];
 the graph stores it output-major like a conv's, ParamEntry source ``kernel_t``). Stride,
-padding and dilation sit in ``edge_geom``; the output padding is not stored: the executor
+padding and dilation sit in ``edge_geometry``; the output padding is not stored: the executor
 reads it off the target's size, out = (in - 1) s - 2 p + d (k - 1) + 1 + output_padding.
 A 1-d transposed convolution of a sequence [C, L] is the 2-d one of its 1 x L map (kernel 1 x k).
 """

@@ -28,7 +28,10 @@ signature groups, never over nodes or graphs.
 
 The index bookkeeping (groups, ranks, block layouts) depends only on the batch's
 structure; it is computed once per batch as a ``Plan``, and reused for batches built by
-``graphs_from_params`` from one template (same structure, other weights).
+``graphs_from_params`` from one template (same structure, other weights). A batch of more
+than ``_STREAM_EDGES`` edges gets a streamed plan instead: each layer's bookkeeping is built
+when the layer runs and dropped after it, so that memory beyond the graph is bounded by the
+largest layer's edges (GPT-2 small: 163 M edges in all, 38.6 M in its largest layer).
 
 Node activations ``acts`` [N, P]: the value of each node for each of the P inputs; for
 a node whose value is a feature map (a conv channel), its mean over the H x W positions.
@@ -101,6 +104,9 @@ from nngraph.graph.graph import (
 _DENSE_KINDS = (EDGE_LINEAR, EDGE_CONV, EDGE_CONV_T, EDGE_FLATTEN)
 _PLAN_CACHE: OrderedDict = OrderedDict()  # (id(spec), B) -> (spec, Plan), for template batches
 _PLAN_CACHE_SIZE = 8
+# A graph of more edges runs a streamed plan (layer by layer, ``Plan(keep=False)``): GPT-2 small has 163 M.
+_STREAM_EDGES = 2**24
+_EDGE_STEP = 2**24  # edges per step of a pass over all edges
 
 
 def execute(graph: NeuralGraph | Batch, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,15 +121,28 @@ def execute(graph: NeuralGraph | Batch, x: torch.Tensor) -> tuple[torch.Tensor, 
         y: outputs [P, *output_shape] for one graph, [B, P, *output_shape] for a batch.
         acts: [N, P] every node's value per input (spatial mean for feature maps).
     """
-    from nngraph.graph.batch import collate  # batch imports nothing from here; avoids a cycle
-
     if not torch.isfinite(x).all():
         raise NonFiniteError("the input of execute holds NaN or inf; pass finite values")
     single = not isinstance(graph, Batch)
-    batch = collate([graph]) if single else graph
+    batch = _as_batch(graph) if single else graph
     plan = plan_for(batch)
     y, acts = plan.run(batch, plan.inputs_of(x))
     return (y[0] if single else y), acts
+
+
+def _as_batch(graph: NeuralGraph) -> Batch:
+    """``collate([graph])`` without copying the graph's tensors (a large graph is not held twice)."""
+    from nngraph.graph.batch import collate  # batch imports nothing from here; avoids a cycle
+
+    if graph.edge_attr.shape[1] < graph.spec.k_max ** 2:  # edge features to lay out: collate does it
+        return collate([graph])
+    n = graph.num_nodes
+    batch = Batch(_base_cls=type(graph), **{key: graph[key] for key in graph.keys() if key != "spec"})
+    batch.spec = [graph.spec]
+    batch.batch = torch.zeros(n, dtype=torch.long, device=graph.x.device)
+    batch.ptr = torch.tensor([0, n], device=graph.x.device)
+    batch._num_graphs = 1
+    return batch
 
 
 def plan_for(batch: Batch) -> Plan:
@@ -134,7 +153,7 @@ def plan_for(batch: Batch) -> Plan:
     if shared and key in _PLAN_CACHE and _PLAN_CACHE[key][0] is specs[0]:
         _PLAN_CACHE.move_to_end(key)
         return _PLAN_CACHE[key][1]
-    plan = Plan(batch)
+    plan = Plan(batch, keep=batch.num_edges <= _STREAM_EDGES)
     if shared:
         _PLAN_CACHE[key] = (specs[0], plan)
         while len(_PLAN_CACHE) > _PLAN_CACHE_SIZE:
@@ -191,7 +210,8 @@ class _Layer:
 class Plan:
     """Structure-only bookkeeping of a batch: which edges form which dense blocks."""
 
-    def __init__(self, batch: Batch):
+    def __init__(self, batch: Batch, keep: bool = True):
+        """``keep`` False: a streamed plan, whose layers are built while it runs and dropped after (large graphs)."""
         self.num_graphs = int(batch.num_graphs)
         specs = graph_specs(batch)
         self.k_max = specs[0].k_max
@@ -208,52 +228,89 @@ class Plan:
             raise InputShapeError("graphs in one batch give outputs of different shapes; execute them separately")
         self.output_shape = shapes.pop()
         self.output_tokens = specs[0].output_tokens  # one output shape, so one layout
-        n = batch.num_nodes
-        gid = batch.batch
         self.inputs = torch.nonzero(batch.node_role == ROLE_INPUT).squeeze(1)  # sorted = (graph, position)
         if self.inputs.numel() % self.num_graphs:
             raise InputShapeError("graphs in one batch have different numbers of inputs; execute them separately")
-        device = batch.node_role.device
-        block_of = torch.full((n,), -1, dtype=torch.long, device=device)
-        row_of = torch.zeros(n, dtype=torch.long, device=device)
-        block_of[self.inputs] = 0
-        row_of[self.inputs] = torch.arange(len(self.inputs), device=device)
-        src, dst = batch.edge_index
-        edge_layer = batch.node_layer[dst]
-        self.layers: list[_Layer] = []
-        pending: list[_Group] = []
-        # A value block: the targets of one layer with one value size and one way of combining their
-        # inputs (a sum; a product of two operands; attention's mixing), over all graphs of the batch.
-        combine = torch.zeros_like(batch.edge_kind)
-        combine[torch.isin(batch.edge_kind, torch.tensor(PRODUCT_KINDS, device=device))] = 1
-        combine[torch.isin(batch.edge_kind, torch.tensor((EDGE_ATTN_MIX, EDGE_ATTN_V), device=device))] = 2
-        block = [edge_layer, *batch.node_hw[dst].t().contiguous(), combine]
-        block_code = _signature_code(block)
-        columns = [*block, batch.edge_kind, *batch.edge_geom.t().contiguous(), *batch.node_hw[src].t().contiguous()]
-        _, key = torch.unique(_signature_code(columns), return_inverse=True)  # groups sorted by block first
-        order = torch.argsort(key, stable=True)  # edges of one group stay in ascending order
-        for group in torch.split(order, torch.bincount(key).tolist()):
-            if pending and int(block_code[group[0]]) != int(block_code[pending[0].edges[0]]):
-                self._close_layer(batch, pending, block_of, row_of)
-                pending = []
-            kind = int(batch.edge_kind[group[0]])
-            geom = batch.edge_geom[group[0]].tolist()
-            targets = torch.unique(dst[group])
-            if kind in _DENSE_KINDS:
-                g = self._dense_group(kind, geom, group, targets, src, dst, gid, block_of, row_of, batch.node_hw)
-            else:
-                e_target = torch.searchsorted(targets, dst[group])
-                gather = None if kind == EDGE_CONST else _gather_of(src[group], block_of, row_of)
-                g = _Group(kind, geom, group, targets, gather, e_target=e_target)
-            pending.append(g)
-        if pending:
-            self._close_layer(batch, pending, block_of, row_of)
-        outputs = torch.nonzero(batch.node_role == ROLE_OUTPUT).squeeze(1)
-        order = torch.argsort(gid[outputs] * (int(batch.node_pos.max()) + 1) + batch.node_pos[outputs])
-        self.output_gather = _gather_of(outputs[order], block_of, row_of)
-        self.block_nodes = [self.inputs] + [layer.targets for layer in self.layers]
+        self.outputs = torch.nonzero(batch.node_role == ROLE_OUTPUT).squeeze(1)
+        self.keep = keep
+        self.layers: list[_Layer] = list(self._layers(batch)) if keep else []
+        if keep:
+            self._finish(batch)
 
-    def _close_layer(self, batch: Batch, groups: list[_Group], block_of: torch.Tensor, row_of: torch.Tensor) -> None:
+    def _finish(self, batch: Batch) -> None:
+        """Where the outputs are read, once every layer's block is laid out."""
+        outputs = self.outputs
+        order = torch.argsort(batch.batch[outputs] * (int(batch.node_pos.max()) + 1) + batch.node_pos[outputs])
+        self.output_gather = _gather_of(self.outputs[order], self.block_of, self.row_of)
+
+    def _layers(self, batch: Batch):
+        """The layers' value blocks in order, each with its signature groups (a generator: a streamed plan
+        builds one layer, runs it and drops it, so that no per-edge bookkeeping of the whole graph is held).
+
+        The edges into node layer l are found with one comparison over an int32 copy of the edges'
+        layers; their signatures are mixed-radix codes of (target size, way of combining, kind,
+        geometry, source size), the block columns first, so that sorting by code orders blocks first."""
+        n = batch.num_nodes
+        device = batch.node_role.device
+        self.block_of = torch.full((n,), -1, dtype=torch.long, device=device)
+        self.row_of = torch.zeros(n, dtype=torch.long, device=device)
+        self.block_of[self.inputs] = 0
+        self.row_of[self.inputs] = torch.arange(len(self.inputs), device=device)
+        self.block_nodes = [self.inputs]  # the nodes of each value block, block 0 = the inputs
+        src, dst = batch.edge_index
+        node_layer = batch.node_layer.to(torch.int32)
+        edge_layer = torch.empty(batch.num_edges, dtype=torch.int32, device=device)
+        for first in range(0, batch.num_edges, _EDGE_STEP):  # node_layer[dst] without an int64 copy of all edges
+            edge_layer[first:first + _EDGE_STEP] = node_layer[dst[first:first + _EDGE_STEP]]
+        # geometry ids of one row are equal across the graphs of a batch (each graph has its own table)
+        canon = torch.unique(batch.geom_table, dim=0, return_inverse=True)[1]
+        products = torch.tensor(PRODUCT_KINDS, device=device)
+        mixes = torch.tensor((EDGE_ATTN_MIX, EDGE_ATTN_V), device=device)
+        for level in torch.nonzero(torch.bincount(edge_layer)).squeeze(1).tolist():
+            ids = torch.nonzero(edge_layer == level).squeeze(1)  # ascending
+            kind = batch.edge_kind[ids]
+            # A value block: the targets of one layer with one value size and one way of combining their
+            # inputs (a sum; a product of two operands; attention's mixing), over all graphs of the batch.
+            combine = torch.isin(kind, products).long() + 2 * torch.isin(kind, mixes).long()
+            hw = batch.node_hw[dst[ids]]
+            block_code = _signature_code([hw[:, 0], hw[:, 1], combine])
+            del hw, combine
+            hw = batch.node_hw[src[ids]]
+            key = _signature_code([block_code, kind, canon[batch.edge_geom_id[ids].long()], hw[:, 0], hw[:, 1]])
+            del hw, kind
+            if bool((key == key[0]).all()):  # one group (most layers of a large model): no sort
+                groups = [ids]
+            else:
+                _, key = torch.unique(key, return_inverse=True)  # groups sorted by block first
+                order = torch.argsort(key, stable=True)  # edges of one group stay in ascending order
+                groups = list(torch.split(ids[order], torch.bincount(key).tolist()))
+                del order
+            del key
+            pending: list[_Group] = []
+            pending_block = -1
+            for group in groups:
+                block = int(block_code[int(torch.searchsorted(ids, group[0]))])
+                if pending and block != pending_block:
+                    yield self._close_layer(batch, pending)
+                    pending = []
+                pending_block = block
+                pending.append(self._group(batch, group, src, dst))
+            del groups
+            if pending:
+                yield self._close_layer(batch, pending)
+
+    def _group(self, batch: Batch, group: torch.Tensor, src: torch.Tensor, dst: torch.Tensor) -> _Group:
+        """The bookkeeping of one signature group (edge ids ``group``)."""
+        kind = int(batch.edge_kind[group[0]])
+        geom = batch.geom_table[int(batch.edge_geom_id[group[0]])].tolist()
+        targets = torch.unique(dst[group])
+        if kind in _DENSE_KINDS:
+            return self._dense_group(kind, geom, group, targets, src, dst, batch.batch, batch.node_hw)
+        e_target = torch.searchsorted(targets, dst[group])
+        gather = None if kind == EDGE_CONST else _gather_of(src[group], self.block_of, self.row_of)
+        return _Group(kind, geom, group, targets, gather, e_target=e_target)
+
+    def _close_layer(self, batch: Batch, groups: list[_Group]) -> _Layer:
         """The groups of one layer become one value block over the union of their targets."""
         targets = torch.unique(torch.cat([g.targets for g in groups]))
         for g in groups:
@@ -263,11 +320,12 @@ class Plan:
         if torch.isin(batch.node_norm[targets], statistics).any():
             graphs, which = torch.unique(batch.batch[targets], return_inverse=True)
             layer.ln_graph, layer.ln_count = which, torch.bincount(which, minlength=len(graphs))
-        block_of[targets] = len(self.layers) + 1
-        row_of[targets] = torch.arange(len(targets), device=targets.device)
-        self.layers.append(layer)
+        self.block_of[targets] = len(self.block_nodes)
+        self.row_of[targets] = torch.arange(len(targets), device=targets.device)
+        self.block_nodes.append(targets)
+        return layer
 
-    def _dense_group(self, kind, geom, group, targets, src, dst, gid, block_of, row_of, node_hw) -> _Group:
+    def _dense_group(self, kind, geom, group, targets, src, dst, gid, node_hw) -> _Group:
         s, d = src[group], dst[group]
         sources = torch.unique(s)
         graphs, t_graph = torch.unique(gid[targets], return_inverse=True)
@@ -275,7 +333,7 @@ class Plan:
         t_rank, n_out = _rank_in_graph(t_graph, len(graphs))
         s_rank, n_in = _rank_in_graph(s_graph, len(graphs))
         return _Group(
-            kind, geom, group, targets, _gather_of(sources, block_of, row_of),
+            kind, geom, group, targets, _gather_of(sources, self.block_of, self.row_of),
             graphs=len(graphs), n_out=n_out, n_in=n_in, out_hw=tuple(node_hw[targets[0]].tolist()), s_graph=s_graph,
             s_rank=s_rank, t_graph=t_graph,
             t_rank=t_rank, e_graph=torch.searchsorted(graphs, gid[d]),
@@ -314,8 +372,10 @@ class Plan:
         if values.shape[0] != self.inputs.numel():
             raise InputShapeError("input size does not match the graphs' input nodes")
         blocks = [values.to(dtype)]  # values [n, P, h, w] per block
-        for layer in self.layers:
+        for layer in self.layers if self.keep else self._layers(batch):
             blocks.append(self._node_pipeline(batch, layer, self._layer_input(batch, layer, blocks, p)))
+        if not self.keep:
+            self._finish(batch)
         acts = torch.zeros(batch.num_nodes, p, dtype=dtype, device=x.device)
         for nodes, value in zip(self.block_nodes, blocks):
             acts = acts.index_copy(0, nodes, value.mean(dim=(-2, -1)))
@@ -350,18 +410,18 @@ class Plan:
         G, n_in, n_out = g.graphs, g.n_in, g.n_out
         hd = h.new_zeros(G, n_in, p, *h.shape[2:])
         hd[g.s_graph, g.s_rank] = h  # [G, Cin, P, hs, ws]
-        attr = batch.edge_attr[g.edges]
         if g.kind == EDGE_LINEAR:  # the same weights at every position of a token sequence
-            wd = attr.new_zeros(G, n_out, n_in)
-            wd[g.e_graph, g.e_j, g.e_i] = attr[:, centre(self.k_max)]
+            wd = batch.edge_attr.new_zeros(G, n_out, n_in)
+            wd[g.e_graph, g.e_j, g.e_i] = batch.edge_attr[g.edges, centre(self.k_max)]
             z = torch.bmm(wd, hd.reshape(G, n_in, -1)).reshape(G, n_out, p, *h.shape[2:])  # [G, Cout, P, hs, ws]
         elif g.kind == EDGE_FLATTEN:
             hw = h.shape[2] * h.shape[3]
-            wd = attr.new_zeros(G, n_out, n_in, hw)
-            wd[g.e_graph, g.e_j, g.e_i] = attr[:, :hw]
+            wd = batch.edge_attr.new_zeros(G, n_out, n_in, hw)
+            wd[g.e_graph, g.e_j, g.e_i] = batch.edge_attr[g.edges, :hw]
             z = torch.einsum("bjis,bips->bjp", wd, hd.reshape(G, n_in, p, hw))[..., None, None]
         else:
             kh, kw, sh, sw, ph, pw, dh, dw = g.geom[:8]
+            attr = batch.edge_attr[g.edges]
             wd = attr.new_zeros(G, n_out, n_in, kh, kw)
             wd[g.e_graph, g.e_j, g.e_i] = decode_kernels(attr, self.k_max, kh, kw)
             inp = hd.permute(2, 0, 1, 3, 4).reshape(p, G * n_in, *h.shape[2:])

@@ -24,17 +24,17 @@ A node computes, from the values h_i of its sources (edges i -> j of weight/kern
 
 where op_k depends on the edge kind (``EDGE_*``): a product for Linear weights, a 2-D
 cross-correlation for conv kernels, a transposed convolution for conv_transpose kernels
-(stride, padding and dilation in ``edge_geom``; the output padding is what the target's
+(stride, padding and dilation in ``edge_geometry``; the output padding is what the target's
 size leaves over), the dot product over positions for the weights of a flattened C x H x W
 map, a copy for residual/identity edges, a spatial mean for global average pooling, a
 local (or adaptive) max / average pooling of the source's map for max-pool / avg-pool
 edges, and a nearest / bilinear interpolation to (out_h, out_w) for up-sampling edges
-(geometry in ``edge_geom``). A sequence [C, L] (Conv1d, 1-d pooling) is the 1-D case of a
+(geometry in ``edge_geometry``). A sequence [C, L] (Conv1d, 1-d pooling) is the 1-D case of a
 map: H = 1, W = L, kernels 1 x k.
 
 Product nodes (``products.py``) multiply instead of summing: z_j = A_j * B_j, where A_j
 sums the sources over the node's ``mul_a`` edges and B_j over its ``mul_b`` edges, each laid
-out as out_h x out_w (``edge_geom``) and broadcast to the node's size: an elementwise
+out as out_h x out_w (``edge_geometry``) and broadcast to the node's size: an elementwise
 product a * b, a squeeze-and-excitation gate (a 1 x 1 operand over a map), and attention's
 q-k products (a T x 1 column times a 1 x T row).
 
@@ -42,7 +42,7 @@ Tokens [B, T, D] are D nodes whose value is a 1 x T sequence (a Linear per token
 linear edge applied at every position). Token edges:
 
 - ``place`` copies the source's flattened value into positions [o, o + S) of the target's
-  1 x T_out sequence (o = ``pad_w`` column of ``edge_geom``, may be negative to select:
+  1 x T_out sequence (o = ``pad_w`` column of ``edge_geometry``, may be negative to select:
   ``x[:, t]`` is o = -t into a 1 x 1 target); patch flatten, class-token concat;
 - ``const`` is a self-loop carrying a learned per-token constant (class token, position
   embedding): its first L channels are added at positions [o, o + L) of the node's
@@ -124,7 +124,7 @@ def graph_specs(data: Data) -> list[ArchSpec]:
     return spec if isinstance(spec, list) else [spec]
 
 
-# Columns of ``edge_geom``: kernel size, stride, padding and dilation of conv, transposed conv and
+# Columns of a geometry row (``edge_geometry``): kernel size, stride, padding and dilation of conv, transposed conv and
 # local pooling edges; ceil_mode and count_include_pad (0/1) of pooling edges; the output size of
 # adaptive pooling edges (out_h, out_w > 0 marks an adaptive pool, whose other columns are 0) and of
 # up-sampling edges; the shape out_h x out_w a product operand takes before it is broadcast to the
@@ -133,6 +133,26 @@ GEOM_COLUMNS = ("kh", "kw", "stride_h", "stride_w", "pad_h", "pad_w", "dil_h", "
                 "ceil_mode", "count_include_pad", "out_h", "out_w", "align_corners")
 GEOM_DIM = len(GEOM_COLUMNS)
 NO_GEOM = (0,) * GEOM_DIM
+# A graph holds few distinct geometry rows (one per kind of conv / pooling / token layout; an LM's row
+# nodes one per row): ``geom_table`` [G, GEOM_DIM] long holds them, sorted and distinct, and
+# ``edge_geom_id`` [E] int32 names each edge's row, 4 bytes per edge where a row per edge took 104.
+GEOM_ID_DTYPE = torch.int32
+
+
+def geometry_table(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(geom_table [G, GEOM_DIM] long: the distinct rows of ``rows`` [E, GEOM_DIM], sorted;
+    edge_geom_id [E] int32: each row's index in it), so that geom_table[edge_geom_id] == rows."""
+    if rows.dim() != 2 or rows.shape[1] != GEOM_DIM:
+        raise ValueError(f"geometry rows must be [E, {GEOM_DIM}], got {list(rows.shape)}")
+    table, ids = torch.unique(rows.long(), dim=0, return_inverse=True)
+    return table, ids.to(GEOM_ID_DTYPE)
+
+
+def edge_geometry(graph: Data, edges: torch.Tensor | None = None) -> torch.Tensor:
+    """GEOM_COLUMNS rows [E, GEOM_DIM] (long) of the graph's edges, or of the edges ``edges`` [E']:
+    geom_table[edge_geom_id] (a batch concatenates its graphs' tables and offsets their ids)."""
+    ids = graph.edge_geom_id if edges is None else graph.edge_geom_id[edges]
+    return graph.geom_table[ids.long()]
 
 
 def kernel_hw(shape: tuple[int, ...]) -> tuple[int, int]:
@@ -229,7 +249,9 @@ class NeuralGraph(Data):
         edge_index [2, E] long           source -> target, forward direction
         edge_attr  [E, d_e] float        weights / kernels (see module docstring)
         edge_kind  [E] long              EDGE_* kind
-        edge_geom  [E, GEOM_DIM] long    GEOM_COLUMNS of conv and pooling edges (0 elsewhere)
+        geom_table [G, GEOM_DIM] long    the distinct GEOM_COLUMNS rows of the graph's edges, sorted
+        edge_geom_id [E] int32           each edge's row of geom_table (conv, pooling, token layouts;
+                                         the all-zero row elsewhere): ``edge_geometry(graph)``
         node_layer [N] long              layer index, 0 = inputs, topological order
         node_pos   [N] long              position-embedding id (own id per input/output,
                                          one id per hidden layer)
@@ -240,6 +262,12 @@ class NeuralGraph(Data):
         node_hw    [N, 2] long           spatial size of the node's value (1, 1 for units)
         spec       ArchSpec              parameter layout, buffers, input/output shapes
     """
+
+    def __inc__(self, key: str, value, *args, **kwargs):
+        """Batching offsets each graph's geometry ids by the table rows of the graphs before it."""
+        if key == "edge_geom_id":
+            return self.geom_table.shape[0]
+        return super().__inc__(key, value, *args, **kwargs)
 
     @property
     def num_layers(self) -> int:

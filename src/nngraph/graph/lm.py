@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
     from nngraph.graph.context import Context
 
-_PAD_H = 4  # edge_geom column of a row node's const self-loop that holds its row number
+_PAD_H = 4  # geometry column of a row node's const self-loop that holds its row number
 
 
 def linear_t(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

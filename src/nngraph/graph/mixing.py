@@ -12,7 +12,7 @@ channel c -> c' (the c-th node of the new layer), each carrying M:
     z_c'(t') = sum_t M[t', t] h_c(t) + b(t')            t' < T'
 
 M sits in the first T'·T entries of the edge's features, row-major (entry t'·T + t), like
-the H·W weights of a flatten edge; ``edge_geom`` holds kw = T and out_w = T'. The bias b [T']
+the H·W weights of a flatten edge; ``edge_geometry`` holds kw = T and out_w = T'. The bias b [T']
 is a ``const`` self-loop on every new node carrying b at positions [0, T') (as a position
 embedding is). Positions are not neurons: they never move. Channels do: the edge c -> c'
 ties channel c to c' (``permute.py``), so a permutation of the channels moves both together
@@ -45,14 +45,14 @@ def is_sequence(ctx: Context, node: Node, value: Value) -> bool:
 
 
 def mix_geom(length: int, out_length: int) -> tuple[int, ...]:
-    """``edge_geom`` of a token-mix edge from a 1 x ``length`` to a 1 x ``out_length`` sequence."""
+    """``edge_geometry`` of a token-mix edge from a 1 x ``length`` to a 1 x ``out_length`` sequence."""
     geom = list(NO_GEOM)
     geom[_KW], geom[_OUT_H], geom[_OUT_W] = length, 1, out_length
     return tuple(geom)
 
 
 def _bias_geom(length: int) -> tuple[int, ...]:
-    """``edge_geom`` of a const self-loop carrying ``length`` values at position 0 of a 1 x ``length`` sequence."""
+    """``edge_geometry`` of a const self-loop carrying ``length`` values at position 0 of a 1 x ``length`` sequence."""
     geom = list(NO_GEOM)
     geom[_KW], geom[_PAD_W], geom[_OUT_H], geom[_OUT_W] = length, 0, 1, length
     return tuple(geom)

@@ -2,7 +2,7 @@
 rule and execution.
 
 Both act on every channel alone, so they add one node per channel fed by one ``pad`` edge
-(weight 1, no parameter) whose ``edge_geom`` row holds the offset (pad_h = top, pad_w =
+(weight 1, no parameter) whose ``edge_geometry`` row holds the offset (pad_h = top, pad_w =
 left) of the source's map in the target's out_h x out_w map:
 
     h_j[r, c] = w_ij * h_i[r - top, c - left]   where that position exists, else 0

@@ -76,7 +76,7 @@ def permute_graph(graph: NeuralGraph, seed: int = 0) -> tuple[NeuralGraph, torch
     new.edge_index = graph.edge_index.clone()
     for key in ("x", "node_act", "node_norm", "node_eps", "node_hw", "node_layer", "node_pos", "node_role"):
         new[key] = graph[key][perm]
-    for key in ("edge_attr", "edge_kind", "edge_geom"):
+    for key in ("edge_attr", "edge_kind", "edge_geom_id"):
         new[key] = graph[key][old_edge]
     return new, perm
 

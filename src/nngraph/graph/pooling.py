@@ -1,7 +1,7 @@
 """Local and adaptive pooling (max and average, 1-d and 2-d): conversion rule and execution.
 
 Pooling acts on every channel alone, so it adds one node per channel fed by one edge of
-kind EDGE_MAXPOOL or EDGE_AVGPOOL (weight 1, no parameter) whose ``edge_geom`` row holds
+kind EDGE_MAXPOOL or EDGE_AVGPOOL (weight 1, no parameter) whose ``edge_geometry`` row holds
 the op (``GEOM_COLUMNS``): kernel, stride, padding, dilation, ceil_mode and
 count_include_pad for a local pool; only the output size (out_h, out_w) for an adaptive
 one. A 1-d pool of a sequence [C, L] is the 2-d pool of its 1 x L map with kernel 1 x k.
@@ -66,7 +66,7 @@ def bind(target: Any, args: list, kwargs: dict) -> dict[str, Any]:
 
 
 def geometry(target: Any, arguments: dict[str, Any], in_hw: tuple[int, int], where: str) -> tuple[int, tuple[int, ...]]:
-    """(edge kind, edge_geom row) of a pooling call, or UnsupportedModelError.
+    """(edge kind, geometry row) of a pooling call, or UnsupportedModelError.
 
     Returns kind None for an adaptive average pool to 1 x 1 (the global mean of ``ops.global_pool``).
     """

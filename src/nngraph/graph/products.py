@@ -3,7 +3,7 @@
 A product node j has two operands, each the weighted sum of its sources over the edges of
 one kind (weights 1 after conversion):
 
-    A_j = sum_{i -(mul_a)-> j} w_ij h_i        laid out as out_h x out_w (the edge's ``edge_geom``)
+    A_j = sum_{i -(mul_a)-> j} w_ij h_i        laid out as out_h x out_w (the edge's ``edge_geometry``)
     B_j = sum_{i -(mul_b)-> j} w_ij h_i        likewise
     z_j = A_j * B_j                            broadcast to the node's H x W (``node_hw``)
 
@@ -41,7 +41,7 @@ _OUT_H, _OUT_W = GEOM_COLUMNS.index("out_h"), GEOM_COLUMNS.index("out_w")
 
 
 def operand_geom(layout: tuple[int, int]) -> tuple[int, ...]:
-    """``edge_geom`` row of a product operand whose value is laid out as ``layout`` (out_h, out_w)."""
+    """``edge_geometry`` row of a product operand whose value is laid out as ``layout`` (out_h, out_w)."""
     geom = list(NO_GEOM)
     geom[_OUT_H], geom[_OUT_W] = layout
     return tuple(geom)

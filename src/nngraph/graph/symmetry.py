@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from nngraph.graph import ties
-from nngraph.graph.graph import ROLE_HIDDEN, NeuralGraph
+from nngraph.graph.graph import ROLE_HIDDEN, NeuralGraph, edge_geometry
 
 _NODE_KEYS = ("node_layer", "node_act", "node_norm", "node_hw", "node_role")
 _WEIGHT_SOURCES = ("kernel", "flat", "kernel_t")
@@ -69,7 +69,7 @@ def edge_blocks(graph: NeuralGraph) -> Blocks:
     loose = torch.nonzero(~in_block).squeeze(1)
     firsts = torch.tensor([f for f, _, _ in found], dtype=torch.long, device=device)
     ids = torch.cat([firsts, loose])
-    rows = torch.cat([graph.edge_kind[ids, None], graph.edge_geom[ids]], dim=1)
+    rows = torch.cat([graph.edge_kind[ids, None], edge_geometry(graph, ids)], dim=1)
     label = torch.unique(rows, dim=0, return_inverse=True)[1] if len(ids) else ids
     dense = [(f, int(label[k]), s, t) for k, (f, s, t) in enumerate(found)]
     return Blocks(dense, loose, label[len(found):])

@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from nngraph.graph.context import Context
     from nngraph.graph.functional import ParamRef
 
-# Columns of edge_geom used by place / const edges (see graph.py).
+# Columns of the geometry row (edge_geometry) used by place / const edges (see graph.py).
 _KW, _PAD_W, _OUT_H, _OUT_W = 1, 5, 10, 11
 
 

@@ -2,7 +2,7 @@
 
 Interpolation acts on every channel alone, so it adds one node per channel fed by one edge
 of kind EDGE_UPSAMPLE_NEAREST or EDGE_UPSAMPLE_BILINEAR (weight 1, no parameter) whose
-``edge_geom`` row holds the output size (out_h, out_w) and, for bilinear, align_corners.
+``edge_geometry`` row holds the output size (out_h, out_w) and, for bilinear, align_corners.
 The node computes
 
     h_j = interpolate(w_ij * h_i, size=(out_h, out_w), mode)     (w_ij = 1 after conversion)

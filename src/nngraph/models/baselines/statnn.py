@@ -77,7 +77,7 @@ def segment_stats(values: torch.Tensor, seg: torch.Tensor, num_segments: int) ->
 def weight_values(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     """Every real weight of every parametric edge: (values [M], edge id [M]).
 
-    Conv and transposed-conv edges contribute their kh x kw kernel (from ``edge_geom``), Linear edges their
+    Conv and transposed-conv edges contribute their kh x kw kernel (from ``edge_geometry``), Linear edges their
     scalar at the window centre, flatten edges their first H*W entries.
     """
     k = batch_k_max(batch)
@@ -85,7 +85,7 @@ def weight_values(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     e, width = attr.shape
     kind = batch.edge_kind
     cols = torch.arange(width, device=attr.device)  # [d_e]
-    kh, kw = batch.edge_geom[:, 0].clamp(min=1), batch.edge_geom[:, 1].clamp(min=1)  # [E]
+    kh, kw = batch.geom_table[:, :2][batch.edge_geom_id.long()].clamp(min=1).t()  # [E] each
     conv_mask = kernel_mask(k, kh, kw, width)  # [E, d_e]
     lin_mask = (cols == centre(k)).unsqueeze(0).expand(e, width)
     hw = batch.node_hw[batch.edge_index[0]].prod(1)  # [E]
