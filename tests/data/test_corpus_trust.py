@@ -392,3 +392,14 @@ def test_json_values_of_other_types_are_refused_not_tracebacks(copy, edit, needl
     with pytest.raises(DataError, match=needle.replace("[", r"\[")) as info:
         Corpus.open(copy)
     assert "\n" not in str(info.value)
+
+
+def test_a_torch_error_inside_a_refusal_stays_one_line():
+    """torch's errors span lines (a C++ trace): a CNN spec of 1e20 channels was refused in 3 lines."""
+    from nngraph.data.corpus import NetworkZoo
+    from nngraph.data.zoo import FIXED_ARCHITECTURE
+
+    arch = {**FIXED_ARCHITECTURE, "layers": [{**FIXED_ARCHITECTURE["layers"][0], "channels": 10**20}]}
+    with pytest.raises(DataError, match="architecture 0 is not a CNN spec") as info:
+        NetworkZoo.rebuild([arch], {}, "model.json")
+    assert "\n" not in str(info.value)

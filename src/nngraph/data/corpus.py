@@ -177,7 +177,7 @@ class INRCorpus(Corpus):
         try:
             spec = SirenSpec.from_dict(manifest["architectures"][0])
         except (IndexError, TypeError, ValueError, NNGraphError) as exc:
-            raise damaged(path, f"architectures[0] is not a SIREN spec ({exc})") from None
+            raise damaged(path, f"architectures[0] is not a SIREN spec ({_one_line(exc)})") from None
         shapes = spec.param_shapes()
         headers = complete_headers(root, manifest)
         for entry, header in headers:
@@ -271,8 +271,8 @@ class INRCorpus(Corpus):
                 spec = SirenSpec.from_dict(arch)
                 count = spec.n_params()
             except (TypeError, ValueError, NNGraphError) as exc:
-                raise DataError(f"{where}: architecture {a} is not a SIREN spec ({exc}) (damaged or hand-edited); "
-                                "train the run again to rewrite it") from None
+                raise DataError(f"{where}: architecture {a} is not a SIREN spec ({_one_line(exc)}) (damaged or "
+                                "hand-edited); train the run again to rewrite it") from None
             _check_unverified(count, a, where)
             out.append(spec.build())
         return out
@@ -406,7 +406,8 @@ class NetworkZoo(Corpus):
     def graphs(self) -> list[NeuralGraph]:
         """Every network of the split as a graph (its state_dict in its architecture's template)."""
         if self._graphs is None:
-            self._graphs = [templates.graph_of(self.templates[a], params) for a, params in zip(self.arch_of, self.items)]
+            self._graphs = [templates.graph_of(self.templates[a], params)
+                            for a, params in zip(self.arch_of, self.items)]
         return self._graphs
 
     def __getitem__(self, i: int) -> dict:
@@ -515,8 +516,8 @@ class NetworkZoo(Corpus):
                 with torch.device("meta"):
                     count = sum(v.numel() for v in build_cnn(arch).state_dict().values())
             except (NNGraphError, KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
-                raise DataError(f"{where}: architecture {a} is not a CNN spec ({exc}) (damaged or hand-edited); "
-                                "train the run again to rewrite it") from None
+                raise DataError(f"{where}: architecture {a} is not a CNN spec ({_one_line(exc)}) (damaged or "
+                                "hand-edited); train the run again to rewrite it") from None
             _check_unverified(count, a, where)
             out.append(build_cnn(arch))
         return out
@@ -539,6 +540,11 @@ def _check_unverified(count: int, a: int, where: str) -> None:
     if count > MAX_UNVERIFIED_PARAMS:
         raise DataError(f"{where}: architecture {a} has {count:,} parameters, over the {MAX_UNVERIFIED_PARAMS:,} "
                         "a recorded architecture may claim (damaged or hand-edited); train the run again to rewrite it")
+
+
+def _one_line(exc: Exception) -> str:
+    """An exception's text on one line, cut to 100 characters (torch's can span lines, with a C++ trace)."""
+    return " ".join(str(exc).split())[:100]
 
 
 def _finite(value: Any) -> bool:
@@ -602,7 +608,8 @@ def _cnn_templates(zoo: NetworkZoo, used: list[int]) -> dict[int, NeuralGraph]:
             with torch.device("meta"):
                 shapes = {k: tuple(v.shape) for k, v in build_cnn(arch).state_dict().items()}
         except (NNGraphError, KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
-            raise DataError(f"corpus {zoo.root}: architecture {a} is not a CNN spec ({exc}); {zoo._hint()}") from None
+            raise DataError(f"corpus {zoo.root}: architecture {a} is not a CNN spec ({_one_line(exc)}); "
+                            f"{zoo._hint()}") from None
         for j, b in enumerate(zoo.arch_of):
             params = zoo.items[j]
             if b == a and (set(shapes) != set(params) or any(tuple(params[k].shape) != s for k, s in shapes.items())):
