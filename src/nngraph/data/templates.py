@@ -41,11 +41,10 @@ from typing import Any
 import torch
 
 from nngraph.errors import DataError, NNGraphError
-from nngraph.graph import graph as graph_module
 from nngraph.graph.execute import execute
 from nngraph.graph.fast import stacked_features
 from nngraph.graph.graph import (ACTIVATIONS, EDGE_KINDS, GEOM_COLUMNS, GEOM_DIM, NODE_DIM, NORMS, ROLE_INPUT,
-                                 ROLE_OUTPUT, ROLES, ArchSpec, NeuralGraph, ParamEntry)
+                                 ROLE_OUTPUT, ROLES, ArchSpec, NeuralGraph, ParamEntry, edge_geometry, geometry_table)
 from nngraph.graph.ties import aliases
 
 # field -> (dtype, trailing shape); the first axis counts nodes (NODE_FIELDS) or edges (EDGE_FIELDS)
@@ -79,26 +78,17 @@ def encode(graphs: list[NeuralGraph]) -> tuple[list[dict[str, Any]], dict[str, t
             "k_max": spec.k_max, "model_name": spec.model_name, "vocab": spec.vocab, "buffers": sorted(spec.buffers)}})
         for name in ("edge_index", "edge_attr", *NODE_FIELDS, "edge_kind"):
             tensors[f"arch{a}.{name}"] = graph[name].detach().cpu().contiguous()
-        tensors[f"arch{a}.edge_geom"] = _geometry(graph).detach().cpu().contiguous()
+        tensors[f"arch{a}.edge_geom"] = edge_geometry(graph).detach().cpu().contiguous()  # [E, GEOM_DIM]
         for name, value in spec.buffers.items():
             tensors[f"arch{a}.{BUFFER}{name}"] = value.detach().cpu().contiguous()
     return specs, tensors
 
 
-def _geometry(graph: NeuralGraph) -> torch.Tensor:
-    """The GEOM_COLUMNS row of every edge [E, GEOM_DIM]: the file's ``edge_geom``, whatever the
-    in-memory form (a per-edge ``edge_geom``, or ``geom_table[edge_geom_id]`` where graph.py has it)."""
-    if hasattr(graph_module, "edge_geometry"):
-        return graph_module.edge_geometry(graph)
-    return graph.edge_geom
-
-
 def _in_memory(fields: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The NeuralGraph fields of the file's fields (``edge_geom`` as ``_geometry`` reads it back)."""
-    if not hasattr(graph_module, "geometry_table"):
-        return fields
+    """The NeuralGraph fields of the file's fields: per-edge ``edge_geom`` rows [E, GEOM_DIM] become
+    ``geom_table`` + ``edge_geom_id`` (``graph.geometry_table``; ``encode`` writes ``edge_geometry``)."""
     out = {k: v for k, v in fields.items() if k != "edge_geom"}
-    out["geom_table"], out["edge_geom_id"] = graph_module.geometry_table(fields["edge_geom"])
+    out["geom_table"], out["edge_geom_id"] = geometry_table(fields["edge_geom"])
     return out
 
 
