@@ -27,7 +27,8 @@ RESULTS = HERE / "results"
 
 def render(quick: bool = False) -> Path:
     """RESULTS.md (or RESULTS-quick.md from the quick_* files): one section per result file,
-    its rows as a table, its summary paragraph, notes and figures, with machine, commit and wall time."""
+    its rows as a table, its summary paragraph, notes and figures, with machine, commit and wall time;
+    a result file with a ``.md`` beside it (a section its benchmark writes) is that text instead."""
     name = "RESULTS-quick.md" if quick else "RESULTS.md"
     command = "python benchmarks/run.py --render"
     lines = [f"# Benchmark results{' (quick protocol)' if quick else ''}", "",
@@ -36,6 +37,12 @@ def render(quick: bool = False) -> Path:
         if path.name.startswith("quick_") != quick:
             continue
         data = json.loads(path.read_text())
+        written = path.with_suffix(".md")  # a section written by its benchmark (its own heading), from this file
+        if written.exists():
+            lines += [written.read_text().rstrip(), ""]
+            continue
+        if not any(key in data for key in ("title", "rows", "summary", "notes")):
+            continue  # a raw record that another file's section describes (gpt2_1block beside gpt2_small.md)
         lines += [f"## {data.get('title', path.stem)}", ""]
         meta = []
         if "command" in data:
