@@ -197,6 +197,19 @@ def test_fx_stays_the_first_capture_and_export_can_be_forced():
     assert_rel_close(execute(nngraph.to_graph(model, x, capture="export"), x)[0], _run(model, x))
 
 
+@pytest.mark.parametrize("pool", [nn.MaxPool2d(2), nn.AvgPool2d(3, stride=2, padding=1), nn.AdaptiveAvgPool2d(4)],
+                         ids=["max", "avg", "adaptive-avg"])
+def test_pooling_through_export_is_the_fx_graph(pool):
+    """A CNN's pooling lowered from ATen (a .pt2 zoo has no fx path) gives the graph fx gives, exactly."""
+    model = _randomise(nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), pool, nn.Conv2d(4, 3, 3), nn.ReLU(),
+                                     nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 2)), 0).eval()
+    x = torch.randn(2, 2, 8, 8)
+    exported, traced = (nngraph.to_graph(model, x, capture=c) for c in ("export", "fx"))
+    assert_rel_close(execute(exported, x)[0], model(x))
+    for field in ("x", "edge_index", "edge_attr", "edge_kind", "geom_table", "edge_geom_id", "node_layer"):
+        assert torch.equal(getattr(exported, field), getattr(traced, field)), field
+
+
 def test_an_unknown_aten_op_is_named():
     class Cube(nn.Module):
         def __init__(self):

@@ -65,6 +65,9 @@ _FUNCTIONS = {
     aten.rsqrt.default: torch.rsqrt,
     aten.rms_norm.default: F.rms_norm,
     aten.stack.default: torch.stack,
+    aten.max_pool2d.default: F.max_pool2d,  # pooling of a CNN saved with torch.export (.pt2 zoos)
+    aten.avg_pool2d.default: F.avg_pool2d,
+    aten.adaptive_avg_pool2d.default: F.adaptive_avg_pool2d,
 }
 _METHODS = {
     aten.transpose.int: "transpose",
