@@ -70,11 +70,20 @@ def test_targets_kinds_and_k_fold(tmp_path, models):
     (lambda m, out: nngraph.from_models(m, [0.1] * 9, X, out=out, splits=(0.5, 0.5)), "three fractions"),
     (lambda m, out: nngraph.from_models(m, [0.1] * 9, X, out=out, folds=3), "k-fold needs"),
     (lambda m, out: nngraph.from_models([*m, nn.LSTM(3, 3)], [0.1] * 10, X, out=out), "model 9 cannot be converted"),
+    (lambda m, out: nngraph.from_models([*m, _with_nan(mlp_cnn(2, 9))], [0.1] * 10, X, out=out),
+     r"model 9: 0.weight holds NaN"),
 ])
 def test_bad_input_is_refused_in_one_line(tmp_path, models, call, needle):
     with pytest.raises(NNGraphError, match=needle) as info:
         call(models, tmp_path / "z")
     assert "\n" not in str(info.value)
+    assert not (tmp_path / "z").exists()  # refused before anything is written
+
+
+def _with_nan(model: nn.Module) -> nn.Module:
+    with torch.no_grad():
+        model[0].weight[0, 0, 0, 0] = float("nan")
+    return model
 
 
 def test_a_hand_edited_template_is_refused(tmp_path, models):

@@ -71,6 +71,11 @@ def from_models(models: Sequence[nn.Module | ExportedProgram], targets: Any, exa
             example, capture = example_input, "auto"
         else:
             raise NNGraphError(f"{names_of[i]} is a {type(model).__name__}; pass torch modules or ExportedPrograms")
+        bad = next((k for k, v in models[i].state_dict().items()
+                    if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+        if bad is not None:  # refused now, not when the written corpus is opened
+            raise NNGraphError(f"{names_of[i]}: {bad} holds NaN or infinity; train or fix that network, or leave it "
+                               "out")
         try:
             graph = to_graph(models[i].eval(), example, capture=capture)
         except NNGraphError as exc:
@@ -128,8 +133,12 @@ def _exported_module(program: ExportedProgram, example_input: torch.Tensor,
 
 
 def _same_structure(a: NeuralGraph, b: NeuralGraph) -> bool:
-    """Whether two graphs share one architecture: parameter layout and every structural field."""
-    return (a.spec.params == b.spec.params and a.spec.state_order == b.spec.state_order
+    """Whether two graphs share one architecture: parameter layout, tied uses, input/output form and every
+    structural field (a tie or a per-token output changes what one template computes)."""
+    sa, sb = a.spec, b.spec
+    return (sa.params == sb.params and sa.ties == sb.ties and sa.state_order == sb.state_order
+            and (sa.input_shape, sa.output_shape, sa.vocab, sa.output_tokens)
+            == (sb.input_shape, sb.output_shape, sb.vocab, sb.output_tokens)
             and a.edge_attr.shape == b.edge_attr.shape
             and all(a[f].shape == b[f].shape and torch.equal(a[f], b[f]) for f in STRUCTURE))
 
