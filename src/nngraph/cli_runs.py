@@ -365,6 +365,11 @@ def _inspect_corpus(path: Path, table) -> None:
     table.add_row("shards", f"{sum(1 for e in manifest['shards'] if e.get('complete')) - len(damaged)} of "
                             f"{len(manifest['shards'])} verified (size and SHA-256)"
                   + "".join(f"; {name} {problem}" for name, problem in damaged))
+    stored = manifest.get("templates")  # a zoo's graph templates: checked by size and SHA-256 like a shard
+    problem = shard_problem(path, stored) if isinstance(stored, dict) else None
+    if problem:
+        raise DataError(f"corpus {path} is damaged: its graph templates {stored.get('file')} {problem}; "
+                        f"{rebuild_hint(path, manifest)} to write it again")
     if damaged:
         Console().print(table)
         name, problem = damaged[0]

@@ -132,3 +132,18 @@ def test_one_module_given_twice_is_stored_twice(tmp_path, models):
                               splits=["train", "val", "test"])
     assert torch.equal(zoo.graph(0).edge_attr, zoo.graph(1).edge_attr)
     assert torch.equal(nngraph.to_params(zoo.graph(1))["0.weight"], models[0][0].weight)
+
+
+def test_inspect_verifies_the_graph_templates(tmp_path, models, capsys):
+    from nngraph.cli import main
+
+    nngraph.from_models(models, [0.1] * len(models), X, out=tmp_path / "z")
+    assert main(["inspect", str(tmp_path / "z")]) == 0
+    stored = json.loads((tmp_path / "z" / "manifest.json").read_text())["templates"]["file"]
+    data = bytearray((tmp_path / "z" / stored).read_bytes())
+    data[-1] ^= 1  # same size, other bytes
+    (tmp_path / "z" / stored).write_bytes(bytes(data))
+    capsys.readouterr()
+    assert main(["inspect", str(tmp_path / "z")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and stored in err and "SHA-256" in err, err
