@@ -156,13 +156,14 @@ def _decode_one(arch: dict, tensors: dict[str, torch.Tensor], a: int, where: str
     _check_io(spec, fields, bad)
     _check_entries(spec, len(fields["x"]), fields["edge_attr"].shape[1], len(fields["edge_kind"]), bad)
     graph = NeuralGraph(spec=spec, **_in_memory(fields))
+    device = graph.x.device  # the checks run where the template's tensors are
     try:  # the template's own parameters go through the fast path: every entry fits its tensors
-        stacked_features(graph, {p.name: torch.zeros(1, *p.shape) for p in spec.params})
+        stacked_features(graph, {p.name: torch.zeros(1, *p.shape, device=device) for p in spec.params})
     except (NNGraphError, RuntimeError, ValueError, IndexError, ZeroDivisionError) as exc:
         raise bad(f"does not lay out its parameters ({type(exc).__name__}: {' '.join(str(exc).split())[:80]})") \
             from None
     try:  # the structure computes: a zero input runs through it to an output of output_shape
-        y = execute(graph, torch.zeros(1, *spec.probe_shape))[0]  # [1, *output_shape]
+        y = execute(graph, torch.zeros(1, *spec.probe_shape, device=device))[0]  # [1, *output_shape]
     except (NNGraphError, RuntimeError, ValueError, IndexError, ZeroDivisionError) as exc:
         raise bad(f"does not execute ({type(exc).__name__}: {' '.join(str(exc).split())[:80]})") from None
     if tuple(y.shape) != (1, *spec.output_shape):
