@@ -247,9 +247,9 @@ class Plan:
         """The layers' value blocks in order, each with its signature groups (a generator: a streamed plan
         builds one layer, runs it and drops it, so that no per-edge bookkeeping of the whole graph is held).
 
-        The edges into node layer l are found with one comparison over an int32 copy of the edges'
-        layers; their signatures are mixed-radix codes of (target size, way of combining, kind,
-        geometry, source size), the block columns first, so that sorting by code orders blocks first."""
+        The edges into each node layer come from one pass over all edges (``_edges_by_layer``); their
+        signatures are mixed-radix codes of (target size, way of combining, kind, geometry, source
+        size), the block columns first, so that sorting by code orders blocks first."""
         n = batch.num_nodes
         device = batch.node_role.device
         self.block_of = torch.full((n,), -1, dtype=torch.long, device=device)
@@ -258,16 +258,13 @@ class Plan:
         self.row_of[self.inputs] = torch.arange(len(self.inputs), device=device)
         self.block_nodes = [self.inputs]  # the nodes of each value block, block 0 = the inputs
         src, dst = batch.edge_index
-        node_layer = batch.node_layer.to(torch.int32)
-        edge_layer = torch.empty(batch.num_edges, dtype=torch.int32, device=device)
-        for first in range(0, batch.num_edges, _EDGE_STEP):  # node_layer[dst] without an int64 copy of all edges
-            edge_layer[first:first + _EDGE_STEP] = node_layer[dst[first:first + _EDGE_STEP]]
+        edges_by_layer = _edges_by_layer(dst, batch.node_layer)
         # geometry ids of one row are equal across the graphs of a batch (each graph has its own table)
         canon = torch.unique(batch.geom_table, dim=0, return_inverse=True)[1]
         products = torch.tensor(PRODUCT_KINDS, device=device)
         mixes = torch.tensor((EDGE_ATTN_MIX, EDGE_ATTN_V), device=device)
-        for level in torch.nonzero(torch.bincount(edge_layer)).squeeze(1).tolist():
-            ids = torch.nonzero(edge_layer == level).squeeze(1)  # ascending
+        for level in sorted(edges_by_layer):
+            ids = torch.cat(edges_by_layer.pop(level)).long()  # [E_l] ascending
             kind = batch.edge_kind[ids]
             # A value block: the targets of one layer with one value size and one way of combining their
             # inputs (a sum; a product of two operands; attention's mixing), over all graphs of the batch.
@@ -494,6 +491,32 @@ class Plan:
         eps = batch.node_eps[g.targets].view(-1, 1, 1, 1)
         gamma, beta = feats[:, X_NORM_WEIGHT].view(-1, 1, 1, 1), feats[:, X_NORM_BIAS].view(-1, 1, 1, 1)
         return centred / torch.sqrt(var[which] + eps) * gamma + beta
+
+
+def _edges_by_layer(dst: torch.Tensor, node_layer: torch.Tensor) -> dict[int, list[torch.Tensor]]:
+    """The ids of the edges into each node layer, ascending: {layer: pieces, one per step of edges}.
+
+    One pass over the edges (O(E), not one pass per layer): each step of ``_EDGE_STEP`` edges is
+    sorted by its edges' target layer node_layer[dst[e]] (a stable sort, so ids stay ascending
+    within a layer) and cut at the layers' counts (bincount); steps come in ascending order, so
+    a layer's pieces joined are its edge ids in ascending order. The ids are int32 where they
+    fit: 4 bytes per edge in all, no int64 copy of all edges.
+    """
+    num_edges = len(dst)
+    id_dtype = torch.int32 if num_edges <= torch.iinfo(torch.int32).max else torch.long
+    node_layer = node_layer.to(torch.int32)
+    num_layers = int(node_layer.max()) + 1 if len(node_layer) else 0
+    pieces: dict[int, list[torch.Tensor]] = {}
+    for first in range(0, num_edges, _EDGE_STEP):
+        edge_layer = node_layer[dst[first:first + _EDGE_STEP]]  # [S] int32
+        edge_layer, order = torch.sort(edge_layer, stable=True)  # order [S]: positions within the step
+        counts = torch.bincount(edge_layer, minlength=num_layers).tolist()  # [L]
+        ids = (order + first).to(id_dtype)  # [S] edge ids grouped by layer
+        del edge_layer, order
+        for level, part in enumerate(torch.split(ids, counts)):
+            if len(part):
+                pieces.setdefault(level, []).append(part)
+    return pieces
 
 
 def _signature_code(columns: list[torch.Tensor]) -> torch.Tensor:
