@@ -12,9 +12,7 @@ import nngraph
 from nngraph.errors import UnsupportedModelError
 from nngraph.graph.execute import execute
 from nngraph.graph.graph import X_ACT_PARAM2
-from nngraph.graph.permute import permute_graph
-from nngraph.models import create_model
-from tests.graph.helpers import assert_batch_independent, assert_exact_params, assert_rel_close
+from tests.graph.helpers import assert_exact_params, assert_nggnn_invariant_on_mixed_batch, assert_rel_close
 
 transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()
@@ -230,10 +228,4 @@ def test_an_unknown_aten_op_is_named():
 def test_nggnn_on_a_mixed_batch_is_invariant_and_batch_independent(names):
     x = _input("ids")
     graphs = [nngraph.to_graph(MODELS[n][0](seed), x) for seed, n in enumerate(names)]
-    torch.manual_seed(0)
-    model = create_model("nggnn", example=nngraph.collate(graphs), out_dim=2, probes=2, hidden=8, edge_hidden=8,
-                         layers=2).eval()
-    with torch.no_grad():
-        together = assert_batch_independent(model, graphs, atol=1e-4)
-        permuted = nngraph.collate([permute_graph(g, seed=5)[0] for g in graphs])
-        assert (model(permuted) - together).abs().max() <= 1e-4
+    assert_nggnn_invariant_on_mixed_batch(graphs, probes=2, permute_seed=5)

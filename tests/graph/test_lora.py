@@ -8,9 +8,7 @@ from torch import nn
 import nngraph
 from nngraph.errors import UnsupportedModelError
 from nngraph.graph.graph import EDGE_CONV, EDGE_IDENTITY
-from nngraph.graph.permute import permute_graph
-from nngraph.models import create_model
-from tests.graph.helpers import assert_batch_independent, assert_exact_params, assert_rel_close
+from tests.graph.helpers import assert_exact_params, assert_nggnn_invariant_on_mixed_batch, assert_rel_close
 
 peft = pytest.importorskip("peft")
 
@@ -140,10 +138,4 @@ def test_nggnn_is_invariant_on_lora_and_plain_cnns_in_one_batch():
     x = torch.zeros(1, 3, 8, 8)
     graphs = [nngraph.to_graph(lora_cnn(0), x), nngraph.to_graph(lora_cnn(1, targets=()), x),
               nngraph.to_graph(lora_cnn(2, targets=("2",)), x)]
-    torch.manual_seed(0)
-    model = create_model("nggnn", example=nngraph.collate(graphs), out_dim=2, probes=1, hidden=8, edge_hidden=8,
-                         layers=2).eval()
-    with torch.no_grad():
-        together = assert_batch_independent(model, graphs, atol=1e-4)
-        permuted = nngraph.collate([permute_graph(g, seed=4)[0] for g in graphs])
-        assert (model(permuted) - together).abs().max() <= 1e-4
+    assert_nggnn_invariant_on_mixed_batch(graphs, probes=1, permute_seed=4)
