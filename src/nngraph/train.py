@@ -86,10 +86,14 @@ __all__ = ["MODEL_RECORD", "RUN_FILES", "TrainConfig", "Trainer", "read_json_obj
 
 class Trainer:
     """Wiring: a checked config, the run built from it (``training.build``), its folder
-    (``training.folder``) and evaluation (``training.evaluate``); ``fit`` is the loop."""
+    (``training.folder``) and evaluation (``training.evaluate``); ``fit`` is the loop.
 
-    def __init__(self, config: TrainConfig):
-        config.validate()  # the one check of a configuration, before any data is read
+    ``checked``: the caller has already run ``config.validate()`` (``train`` does, before it touches
+    the run folder); otherwise the config is checked here, before any data is read."""
+
+    def __init__(self, config: TrainConfig, *, checked: bool = False):
+        if not checked:
+            config.validate()
         self.config, self.out = config, Path(config.out)
         self.rank, self.world = distributed.rank_and_world()
         self.device = distributed.process_device(config.device, self.world)
@@ -295,7 +299,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, over
     (its files are cleared first); settings are validated before any data is read. One
     process writes a run folder at a time: another one training into it is refused.
     """
-    config.validate()
+    config.validate()  # the one check of this path: before the device, the run folder or any data
     started_here = distributed.init_distributed(config.device)
     try:
         rank, world = distributed.rank_and_world()
@@ -304,7 +308,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, over
         prepare_run_folder(config, resume, overwrite, clear=rank == 0)
         if world > 1:  # no process looks at the folder again before rank 0 has cleared it
             dist.barrier()
-        return Trainer(config).fit(resume=resume, progress=progress)
+        return Trainer(config, checked=True).fit(resume=resume, progress=progress)
     finally:
         unlock_folder(config.out)
         if started_here:
