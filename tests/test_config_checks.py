@@ -1,5 +1,5 @@
 """A training configuration is checked once per path it takes (``nngraph.train`` and ``nngraph train``),
-before the device, the run folder or any data is touched."""
+before the device, the run folder or any data is touched; --device names auto, cpu, cuda or cuda:N."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def test_a_trainer_made_directly_still_checks_its_config(tmp_path, inr_corpus, v
     assert len(validations) == 1
 
 
-@pytest.mark.parametrize("bad, needle", [({"epochs": 0}, "--epochs")])
+@pytest.mark.parametrize("bad, needle", [({"epochs": 0}, "--epochs"), ({"device": "gpu"}, "'gpu'")])
 def test_an_invalid_config_is_refused_in_one_line_before_the_run_folder_or_data(tmp_path, bad, needle, capsys):
     """The data do not exist, and --out holds a finished run that --overwrite would clear: the refusal
     names the setting, and the old run is still there."""
@@ -67,3 +67,19 @@ def test_an_invalid_config_is_refused_in_one_line_before_the_run_folder_or_data(
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and needle in err, err
     assert (run / "metrics.json").read_text() == "{}"
+
+
+@pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:0", "cuda:12", "CUDA:1", " cpu"])
+def test_device_names_that_validate(tmp_path, device):
+    """As ``resolve_device`` reads them: any case, spaces around."""
+    TrainConfig(**_settings(tmp_path, tmp_path, device=device)).validate()
+
+
+@pytest.mark.parametrize("device", ["gpu", "tpu", "cuda:", "cuda:-1", "cuda:x", "cuda0", "cuda:0:1", "cuda: 1", "",
+                                    "auto,cpu"])
+def test_other_device_names_are_refused_in_one_line_naming_the_value_and_the_choices(tmp_path, device):
+    with pytest.raises(NNGraphError) as info:
+        TrainConfig(**_settings(tmp_path, tmp_path, device=device)).validate()
+    message = str(info.value)
+    assert "\n" not in message and "--device" in message and repr(device) in message, message
+    assert "auto, cpu, cuda or cuda:N" in message, message

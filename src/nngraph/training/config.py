@@ -3,9 +3,9 @@
 A field carries its type and default (the dataclass) and, in its metadata, its help text,
 its valid range (``AtLeast``, ``Finite``, ``Between``) or choices, and how the command line
 shows it (``metavar``, ``flag``). ``validate()`` checks every range and choice from that
-declaration, then the rules that join settings (a task's readout, coordinate augmentations,
-model arguments, --compile); the CLI's ``nngraph train`` options are generated from the same
-fields (``nngraph.cli_options``).
+declaration and the device's name, then the rules that join settings (a task's readout,
+coordinate augmentations, model arguments, --compile); the CLI's ``nngraph train`` options
+are generated from the same fields (``nngraph.cli_options``).
 """
 
 from __future__ import annotations
@@ -14,12 +14,13 @@ import dataclasses
 import json
 import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from nngraph.device import PRECISIONS
+from nngraph.device import DEVICE_CHOICES, PRECISIONS
 from nngraph.errors import NNGraphError
 from nngraph.io import read_bounded
 from nngraph.pipeline.param_augment import ParamAugment
@@ -65,6 +66,11 @@ class Between:
         number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         ok = number and self.low <= value <= self.high
         return None if ok else f"{self.what} between {self.low:g} and {self.high:g}"
+
+
+# the names --device takes, in any case and with spaces around as nngraph.device.resolve_device reads them
+# (runs recorded with --device CUDA stay readable)
+DEVICE_NAME = r"auto|cpu|cuda(:[0-9]+)?"
 
 
 def setting(default: Any = dataclasses.MISSING, help: str = "", *, range: Any = None,  # noqa: A002 - argparse's name
@@ -168,6 +174,8 @@ class TrainConfig:
             rule = declared["range"].problem(value) if declared["range"] is not None and value is not None else None
             if rule is not None:
                 raise NNGraphError(f"{option_name(f)} must be {rule}, got {value!r}")
+        if re.fullmatch(DEVICE_NAME, self.device.strip().lower()) is None:  # whether it exists: when the run starts
+            raise NNGraphError(f"--device: unknown device {self.device!r}; use {DEVICE_CHOICES} (N an integer >= 0)")
         self._check_combinations()
 
     def _check_combinations(self) -> None:
