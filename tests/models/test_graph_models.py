@@ -45,6 +45,7 @@ CONFIGS = [
     ("nggnn", {"probes": 4, "probe_generator": "deep-linear"}),
     ("ngt", {"probes": 4, "probe_generator": "deep-linear", "reverse_edges": True}),
     ("ngt", {"probes": 4, "probe_generator": "free"}),
+    ("nggnn", {"probes": 4, "probe_generator": "deep-linear", "head_width": 48, "head_layers": 4}),
 ]
 
 
@@ -227,3 +228,27 @@ def test_probe_generator_arguments_are_checked():
             check_model_args(name, {"probe_generator": "deep-linear"})
         with pytest.raises(nngraph.NNGraphError, match="unknown probe_generator"):
             check_model_args(name, {"probes": 4, "probe_generator": "gan"})
+
+
+@pytest.mark.parametrize("name", ["nggnn", "ngt"])
+def test_readout_head_width_and_depth(name):
+    batch = nngraph.collate(siren_graphs(2))
+    model = build(name, batch, hidden=16, probes=4, probe_generator="deep-linear", head_width=40, head_layers=5)
+    linears = [m for m in model.readout.head if isinstance(m, torch.nn.Linear)]
+    # [(2 + m) d + m K] -> 40 x 4 -> out_dim: mean, max and one output node of width 16, 4 probe outputs
+    assert [(lin.in_features, lin.out_features) for lin in linears] == [(3 * 16 + 4, 40), (40, 40), (40, 40),
+                                                                         (40, 40), (40, 3)]
+    assert model(batch).shape == (2, 3)
+    default = build(name, batch, hidden=16)
+    assert [m.out_features for m in default.readout.head if isinstance(m, torch.nn.Linear)] == [16, 3]
+
+
+def test_readout_head_arguments_are_checked():
+    from nngraph.models.registry import check_model_args
+
+    for name in ("nggnn", "ngt"):
+        check_model_args(name, {"head_width": 256, "head_layers": 6})
+        for bad in ({"head_width": 0}, {"head_width": 2.5}, {"head_width": True}, {"head_layers": 0},
+                    {"head_layers": 2.5}):
+            with pytest.raises(nngraph.NNGraphError, match=f"{next(iter(bad))}.* must be"):
+                check_model_args(name, bad)

@@ -44,7 +44,8 @@ class GraphMetanetwork(nn.Module):
     def __init__(self, node_in: int, edge_in: int, max_positions: int, num_outputs: int, out_dim: int,
                  hidden: int, edge_hidden: int, dropout: float, position_embeddings: bool, fourier_features: int,
                  probes: int, input_shape: tuple[int, ...], probe_domain: tuple[float, float],
-                 stats: WeightStatistics | None, readout: str, probe_generator: str | None = None):
+                 stats: WeightStatistics | None, readout: str, probe_generator: str | None = None,
+                 head_width: int | None = None, head_layers: int = 2):
         super().__init__()
         self.encoder = GraphEncoder(node_in, edge_in, hidden, edge_hidden, max_positions, stats,
                                     position_embeddings, fourier_features)
@@ -54,7 +55,7 @@ class GraphMetanetwork(nn.Module):
         # The outputs on the probes, [B, m K], join an invariant readout when a probe source is chosen.
         self.probe_outputs = num_outputs if probes and probe_generator is not None and readout == "invariant" else 0
         self._readout_args = (readout, hidden, edge_hidden, num_outputs, out_dim, node_in, edge_in, dropout,
-                              self.probe_outputs * probes)
+                              self.probe_outputs * probes, head_width, head_layers)
 
     def add_readout(self) -> None:
         """The readout, built after the subclass's layers."""
@@ -115,6 +116,9 @@ class GraphMetanetwork(nn.Module):
         if source is not None and source not in ("free", *GENERATORS):
             raise NNGraphError(f"{cls.__name__.lower()}: unknown probe_generator {source!r}; choose free, "
                                f"{', '.join(GENERATORS)} or none (free probes in the node features only)")
+        width = kwargs.get("head_width")  # its default is None, which the registry's checks by type pass over
+        if width is not None and (not isinstance(width, int) or isinstance(width, bool) or width < 1):
+            raise NNGraphError(f"{cls.__name__.lower()}: head_width must be an integer >= 1, got {width!r}")
         if source is not None and not kwargs.get("probes"):
             raise NNGraphError(f"{cls.__name__.lower()}: probe_generator={source!r} needs probes; "
                                "pass probes=K (e.g. 128)")

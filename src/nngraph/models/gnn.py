@@ -143,6 +143,8 @@ class NGGNN(GraphMetanetwork):
         probe_generator: None (free probes, node features only), ``"free"`` or
             ``"deep-linear"`` (that probe source, and the outputs on the probes also go to
             the invariant readout; see ``models.base``).
+        head_width, head_layers: the invariant readout's MLP head, ``head_layers`` Linear
+            layers whose hidden ones are ``head_width`` wide (default: ``hidden``, 2 layers).
     """
 
     def __init__(
@@ -166,10 +168,12 @@ class NGGNN(GraphMetanetwork):
         stats: WeightStatistics | None = None,
         readout: str = "invariant",
         probe_generator: str | None = None,
+        head_width: int | None = None,
+        head_layers: int = 2,
     ):
         super().__init__(node_in, edge_in, max_positions, num_outputs, out_dim, hidden, edge_hidden, dropout,
                          position_embeddings, fourier_features, probes, input_shape, probe_domain, stats, readout,
-                         probe_generator)
+                         probe_generator, head_width, head_layers)
         self.layers = nn.ModuleList(NGGNNLayer(hidden, edge_hidden, deg, dropout) for _ in range(layers))
         self.direction = nn.Parameter(torch.randn(2, edge_hidden) * 0.1) if reverse_edges else None
         self.add_readout()

@@ -37,12 +37,18 @@ def mlp(dims: list[int], dropout: float = 0.0, activation: type[nn.Module] = nn.
 
 class InvariantReadout(nn.Module):
     """``extra`` > 0: a vector of that size per network joins the head's input (the
-    network's outputs on the probes, ``forward``'s ``extra`` [B, extra])."""
+    network's outputs on the probes, ``forward``'s ``extra`` [B, extra]).
 
-    def __init__(self, hidden: int, num_outputs: int, out_dim: int, dropout: float = 0.0, extra: int = 0):
+    The head has ``head_layers`` Linear layers, the hidden ones ``head_width`` wide
+    (default: the node width d): [(2 + m) d + extra] -> head_width x (head_layers - 1) -> out_dim.
+    """
+
+    def __init__(self, hidden: int, num_outputs: int, out_dim: int, dropout: float = 0.0, extra: int = 0,
+                 head_width: int | None = None, head_layers: int = 2):
         super().__init__()
         self.num_outputs = num_outputs
-        self.head = mlp([(2 + num_outputs) * hidden + extra, hidden, out_dim], dropout)
+        width = head_width or hidden
+        self.head = mlp([(2 + num_outputs) * hidden + extra] + [width] * (head_layers - 1) + [out_dim], dropout)
 
     def forward(self, v: torch.Tensor, e: torch.Tensor, batch: Batch,
                 extra: torch.Tensor | None = None) -> torch.Tensor:
@@ -95,14 +101,15 @@ READOUTS = {"invariant": "invariant", "parameters": "per-parameter"}
 
 
 def make_readout(kind: str, hidden: int, edge_hidden: int, num_outputs: int, out_dim: int,
-                 node_in: int, edge_in: int, dropout: float = 0.0, extra: int = 0) -> nn.Module:
-    """``"invariant"``: one vector per network (``extra`` more inputs per network); ``"parameters"``:
-    a value per parameter.
+                 node_in: int, edge_in: int, dropout: float = 0.0, extra: int = 0,
+                 head_width: int | None = None, head_layers: int = 2) -> nn.Module:
+    """``"invariant"``: one vector per network (``extra`` more inputs per network; an MLP head of
+    ``head_layers`` Linear layers ``head_width`` wide); ``"parameters"``: a value per parameter.
 
     Both are called as ``readout(v [N, d], e [E, d_edge], batch)``.
     """
     if kind == "invariant":
-        return InvariantReadout(hidden, num_outputs, out_dim, dropout, extra)
+        return InvariantReadout(hidden, num_outputs, out_dim, dropout, extra, head_width, head_layers)
     if kind == "parameters":
         return ParameterReadout(hidden, edge_hidden, node_in, edge_in)
     raise ValueError(f"readout must be 'invariant' or 'parameters', got {kind!r}")

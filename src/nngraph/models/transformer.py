@@ -119,10 +119,12 @@ class NGT(GraphMetanetwork):
         stats: WeightStatistics | None = None,
         readout: str = "invariant",
         probe_generator: str | None = None,
+        head_width: int | None = None,
+        head_layers: int = 2,
     ):
         super().__init__(node_in, edge_in, max_positions, num_outputs, out_dim, hidden, edge_hidden, dropout,
                          position_embeddings, fourier_features, probes, input_shape, probe_domain, stats, readout,
-                         probe_generator)
+                         probe_generator, head_width, head_layers)
         self.no_edge = nn.Parameter(torch.randn(edge_hidden) * 0.1)
         self.reverse = nn.Parameter(torch.randn(edge_hidden) * 0.1) if reverse_edges else None
         self.layers = nn.ModuleList(
