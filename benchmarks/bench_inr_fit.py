@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nngraph.data.fitting import DEFAULT_RECIPES, FitRecipe, SirenSpec, fit_inrs, init_params
+from nngraph.data.fitting import DEFAULT_RECIPES, PUBLISHED_RECIPES, FitRecipe, SirenSpec, fit_inrs, init_params
 from nngraph.data.images import load_images
 from nngraph.data.inr import pixel_grid
 
@@ -137,7 +137,7 @@ def main() -> None:
     print(rows[0], rows[1], sep="\n", flush=True)
     recipes = dict(DEFAULT_RECIPES)
     if not args.skip_published:
-        recipes["dwsnet_published"] = FitRecipe(steps=1000, lr=5e-4, schedule="constant", target_psnr=40.0)
+        recipes["dwsnet_published"] = PUBLISHED_RECIPES["dwsnet"]
     for name, recipe in recipes.items():
         variant = name.split("_")[0]
         r = run_recipe(images, SirenSpec(variant=variant), recipe, args.chunk_size, args.workers)

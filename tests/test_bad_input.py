@@ -100,6 +100,9 @@ INVALID = [
     (["demo", "--out", "{tmp}/demo", "--seed", "-1"], "--seed"),
     (["bogus"], "invalid choice"),
     (["data", "inrs"], "--out"),
+    (["data", "inrs", "--out", "{tmp}/corpus", "--variant", "standard", "--recipe", "published"],
+     "standard variant has no published recipe"),
+    (["data", "inrs", "--out", "{tmp}/corpus", "--recipe", "mine"], "invalid choice"),
 ]
 
 

@@ -41,6 +41,7 @@ def test_the_real_plan_keeps_the_time_rules(tmp_path):
     assert runs["nfn-hnp"].seeds == runs["nfn-np"].seeds == 1 and runs["statnn"].seeds == 3  # NFNs: long rows
     assert runs["cnn"].seeds == 3 and runs["cnn"].budget_s == 3600 / 3 * 0.7  # its evaluations cost more
     assert runs["corpus"].jobs[0]["limit"] is None and runs["corpus"].jobs[0]["images"] == "fashion-mnist"
+    assert runs["corpus"].jobs[0]["options"] == {"recipe": "default"} and paper.corpus.name == "inrs-dwsnet"
     # every row reads the INR corpus but the corpus build and the CNN on the images (it may run before the corpus)
     assert {r.name for r in paper.rows if not paper.needs_corpus(r)} == {"corpus", "cnn"}
 
@@ -168,18 +169,19 @@ def test_the_mnist_plan_fits_the_machine(tmp_path):
 
     default = Paper(suite=MNIST, render=False)
     # the corpus row is the build under way in benchmarks/work/mnist: done once its manifest says complete
-    assert default.corpus == ROOT / "benchmarks" / "work" / "mnist" / "inrs-dwsnet"
+    assert default.corpus == ROOT / "benchmarks" / "work" / "mnist" / "inrs-dwsnet-published"
     assert default.records == ROOT / "benchmarks" / "results" / "mnist_rows"
     paper = Paper(root=tmp_path, results=tmp_path, suite=MNIST, render=False)
     runs = {r.name: r for r in paper.rows}
     assert set(runs) == MNIST_ROWS and set(MNIST_CAPS) == MNIST_ROWS - {"floor", "corpus"}
     corpus = runs["corpus"]
     assert corpus.jobs[0]["images"] == "mnist" and corpus.jobs[0]["limit"] is None
+    assert corpus.jobs[0]["options"] == {"recipe": "published"}  # the published corpora's fit, not nngraph's
     assert paper.state(corpus) == "not run"
-    (tmp_path / "inrs-dwsnet").mkdir()
-    (tmp_path / "inrs-dwsnet" / "manifest.json").write_text(json.dumps({"complete": False}))
+    (tmp_path / "inrs-dwsnet-published").mkdir()
+    (tmp_path / "inrs-dwsnet-published" / "manifest.json").write_text(json.dumps({"complete": False}))
     assert paper.state(corpus) == "partial"
-    (tmp_path / "inrs-dwsnet" / "manifest.json").write_text(json.dumps({"complete": True}))
+    (tmp_path / "inrs-dwsnet-published" / "manifest.json").write_text(json.dumps({"complete": True}))
     assert paper.state(corpus) == "done"
     total = 0.0
     for row in paper.rows:

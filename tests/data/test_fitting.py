@@ -89,6 +89,14 @@ def test_early_stop_freezes_at_target_and_recorded_psnr_is_exact(digits):
 def test_recipe_validation_and_defaults():
     assert default_recipe("dwsnet", steps=7).steps == 7
     assert default_recipe("standard", lr=None).lr == default_recipe("standard").lr
+    published = default_recipe("dwsnet", "published", steps=30)
+    assert (published.steps, published.lr, published.schedule, published.first_layer_lr_scale) == (
+        30, 5e-4, "constant", 1.0)
+    assert default_recipe("dwsnet").first_layer_lr_scale == 25.0
+    with pytest.raises(NNGraphError, match="standard variant has no published recipe"):
+        default_recipe("standard", "published")
+    with pytest.raises(NNGraphError, match="unknown fitting recipe 'mine'"):
+        default_recipe("dwsnet", "mine")
     with pytest.raises(NNGraphError, match="--lr"):
         FitRecipe(lr=0.0)
     with pytest.raises(NNGraphError, match="variant"):

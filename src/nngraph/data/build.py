@@ -37,6 +37,7 @@ def build_inr_corpus(
     images: str = "digits",
     variant: str = "dwsnet",
     *,
+    recipe: str = "default",
     steps: int | None = None,
     lr: float | None = None,
     schedule: str | None = None,
@@ -58,13 +59,16 @@ def build_inr_corpus(
 ) -> dict:
     """Fit one INR per image of ``images`` into the corpus ``out``; returns the manifest.
 
+    ``recipe``: the variant's "default" or "published" fitting recipe (``fitting.RECIPES``), which
+    ``steps`` .. ``first_layer_lr_scale`` override one by one.
+
     ``device``: where the INRs are fitted (``fit_inrs``); the corpus is the same kind of file.
     """
     _check_counts(limit=limit, seed=seed, shard_size=shard_size, chunk_size=chunk_size, workers=workers)
     spec = SirenSpec(hidden=hidden, depth=depth, w0=w0, variant=variant)
     overrides = dict(steps=steps, lr=lr, schedule=schedule, target_psnr=target_psnr,
                      first_layer_lr_scale=first_layer_lr_scale)
-    recipe = default_recipe(variant, **overrides)
+    recipe = default_recipe(variant, recipe, **overrides)
     if no_early_stop:
         recipe = FitRecipe.from_dict({**recipe.to_dict(), "target_psnr": None})
     data = load_images(images, limit=limit)
