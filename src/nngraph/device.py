@@ -31,22 +31,35 @@ class DeviceError(NNGraphError):
     """A device or precision that does not exist on this machine or is misspelt."""
 
 
+def parse_device_name(name: str) -> tuple[str, int | None] | None:
+    """("auto" | "cpu" | "cuda", the GPU index or None) of a device name, read in any case with
+    spaces around; None when it is none of ``DEVICE_CHOICES``. The spelling only: whether the
+    device exists is ``resolve_device``'s question."""
+    text = name.strip().lower()
+    if text in ("auto", "cpu"):
+        return text, None
+    match = re.fullmatch(r"cuda(?::(\d+))?", text)
+    if not match:
+        return None
+    return "cuda", int(match.group(1)) if match.group(1) is not None else None
+
+
 def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     """The ``torch.device`` a device string names; ``auto``/None: a GPU if any, else the CPU."""
     if isinstance(name, torch.device):
         name = str(name)
-    text = (name or "auto").strip().lower()
-    if text == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if text == "cpu":
-        return torch.device("cpu")
-    match = re.fullmatch(r"cuda(?::(\d+))?", text)
-    if not match:
+    parsed = parse_device_name(name or "auto")
+    if parsed is None:
         raise DeviceError(f"unknown device {name!r}; use {DEVICE_CHOICES}")
+    kind, index = parsed
+    if kind == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if kind == "cpu":
+        return torch.device("cpu")
     if not torch.cuda.is_available():
         raise DeviceError(f"device {name!r} asked for, but this torch sees no CUDA GPU "
                           f"(torch {torch.__version__}); use --device cpu or auto")
-    index = int(match.group(1)) if match.group(1) is not None else torch.cuda.current_device()
+    index = index if index is not None else torch.cuda.current_device()
     if index >= torch.cuda.device_count():
         raise DeviceError(f"device {name!r} asked for, but there are only {torch.cuda.device_count()} CUDA "
                           f"GPUs (cuda:0..cuda:{torch.cuda.device_count() - 1})")

@@ -14,13 +14,12 @@ import dataclasses
 import json
 import math
 import os
-import re
 import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from nngraph.device import DEVICE_CHOICES, PRECISIONS
+from nngraph.device import DEVICE_CHOICES, PRECISIONS, parse_device_name
 from nngraph.errors import NNGraphError
 from nngraph.io import read_bounded
 from nngraph.pipeline.param_augment import ParamAugment
@@ -66,11 +65,6 @@ class Between:
         number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         ok = number and self.low <= value <= self.high
         return None if ok else f"{self.what} between {self.low:g} and {self.high:g}"
-
-
-# the names --device takes, in any case and with spaces around as nngraph.device.resolve_device reads them
-# (runs recorded with --device CUDA stay readable)
-DEVICE_NAME = r"auto|cpu|cuda(:[0-9]+)?"
 
 
 def setting(default: Any = dataclasses.MISSING, help: str = "", *, range: Any = None,  # noqa: A002 - argparse's name
@@ -174,7 +168,7 @@ class TrainConfig:
             rule = declared["range"].problem(value) if declared["range"] is not None and value is not None else None
             if rule is not None:
                 raise NNGraphError(f"{option_name(f)} must be {rule}, got {value!r}")
-        if re.fullmatch(DEVICE_NAME, self.device.strip().lower()) is None:  # whether it exists: when the run starts
+        if parse_device_name(self.device) is None:  # whether it exists: when the run starts (resolve_device)
             raise NNGraphError(f"--device: unknown device {self.device!r}; use {DEVICE_CHOICES} (N an integer >= 0)")
         self._check_combinations()
 
