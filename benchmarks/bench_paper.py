@@ -9,7 +9,7 @@ Suites (``SUITES``): ``fashion-mnist`` (the default, RESULTS section 7, describe
 ``mnist``: the tables of "Neural Networks Are Graphs!" itself (Table 1 classification, Table 2
 dilation, the position-embedding ablation) on all 70,000 MNIST images (``--images mnist``), their
 SIRENs fitted by the published recipe (``Suite.recipe``; ``nngraph data inrs --recipe published``:
-the weight-space baselines read a default-recipe corpus far worse, RESULTS section 8),
+the weight-space baselines read a default-recipe corpus far worse, results/mnist_rows_default_fit/README.md),
 with DWSNet and the probing rows beside them (RESULTS section 8, records in
 ``results/mnist_rows/``, work folders in ``benchmarks/work/mnist/``). The MNIST rows are capped
 in epochs, not seconds (``RowPlan.epochs``, sized from measured epoch times, protocol.py), so

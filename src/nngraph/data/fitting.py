@@ -188,7 +188,7 @@ DEFAULT_RECIPES: dict[str, FitRecipe] = {
 # the weight-space models: their first layers stay near the initialisation (mean |W_1| 0.05
 # against 0.24 with the default recipe, MNIST): trained on 5,500 MNIST INRs of each corpus for 15
 # epochs, NFN-NP reached 39.9 % test accuracy on this one against 24.3 % on the default one,
-# DWSNet 51.8 % against 24.0 % (benchmarks/RESULTS.md section 8). Only ``dwsnet`` has one.
+# DWSNet 51.8 % against 24.0 % (benchmarks/results/mnist_rows_default_fit/README.md). Only ``dwsnet`` has one.
 PUBLISHED_RECIPES: dict[str, FitRecipe] = {
     "dwsnet": FitRecipe(steps=1000, lr=5e-4, schedule="constant", first_layer_lr_scale=1.0, target_psnr=40.0),
 }
