@@ -42,6 +42,11 @@ def test_the_real_plan_keeps_the_time_rules(tmp_path):
     assert runs["cnn"].seeds == 3 and runs["cnn"].budget_s == 3600 / 3 * 0.7  # its evaluations cost more
     assert runs["corpus"].jobs[0]["limit"] is None and runs["corpus"].jobs[0]["images"] == "fashion-mnist"
     assert runs["corpus"].jobs[0]["options"] == {"recipe": "default"} and paper.corpus.name == "inrs-dwsnet"
+    for name in ("probe-128", "probegen-128", "nggnn-gen128", "ngt-gen128"):  # epoch-capped, ProbeGen's recipe
+        row = runs[name]
+        assert row.budget_s is None and row.seeds == 1 and 40 <= paper.estimate_minutes(row) <= 55, name
+        config = row.jobs[0]["config"]
+        assert config["epochs"] == row.epochs and "rotate_augment" not in config, name
     # every row reads the INR corpus but the corpus build and the CNN on the images (it may run before the corpus)
     assert {r.name for r in paper.rows if not paper.needs_corpus(r)} == {"corpus", "cnn"}
 
@@ -52,7 +57,9 @@ def test_rows_run_one_by_one_write_results_and_skip_when_done(tmp_path):
                             "threads": 1},
                   corpus_options={"steps": 20, "hidden": 8},
                   model_kwargs={"hidden": 8, "edge_hidden": 4, "layers": 1})
-    assert all(line.endswith("not run") for line in paper.listing()[1:])
+    listing = paper.listing()
+    assert all(line.split("(about")[0].rstrip().endswith("not run") for line in listing[1:])
+    assert "(about" in listing[[line.split()[0] for line in listing].index("probegen-128")]  # epoch-capped
     with pytest.raises(NNGraphError, match="--rows corpus"):
         paper.run(["statnn"], log=lambda *a: None)
     with pytest.raises(NNGraphError, match="no paper row 'nope'"):
@@ -193,7 +200,8 @@ def test_the_mnist_plan_fits_the_machine(tmp_path):
         for job in row.jobs:
             config = job["config"]
             assert config["epochs"] == row.epochs and config["time_budget"] is None and config["patience"] is None
-            assert ("rotate_augment" in config) == (row.table == "classify")
+            unaugmented = row.name.startswith(("probe", "nggnn-gen", "ngt-gen"))  # ProbeGen's recipe
+            assert ("rotate_augment" in config) == (row.table == "classify" and not unaugmented), row.name
     assert total / 60 <= 15.5  # with the corpus build, about 16 machine-hours
     epochs = {name: row.epochs for name, row in runs.items()}
     for prefix in ("", "dilate-"):
@@ -206,6 +214,7 @@ def test_the_mnist_plan_fits_the_machine(tmp_path):
     ngt = runs["ngt-gen128"].jobs[0]["config"]
     assert ngt["model_kwargs"]["probe_generator"] == "deep-linear" and ngt["model_kwargs"]["probes"] == 128
     assert ngt["compile"] and ngt["lr"] == 3e-3
+    assert ngt["model_kwargs"]["head_width"] == 256 and ngt["model_kwargs"]["head_layers"] == 6  # ProbeGen's head
     probe = runs["probegen-128"].jobs[0]["config"]
     assert probe["model"] == "probegen" and probe["model_kwargs"] == {"probes": 128}
     assert all(probe[k] == v for k, v in PROBING_RECIPE.items())
