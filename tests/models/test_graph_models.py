@@ -243,6 +243,21 @@ def test_readout_head_width_and_depth(name):
     assert [m.out_features for m in default.readout.head if isinstance(m, torch.nn.Linear)] == [16, 3]
 
 
+@pytest.mark.parametrize("name, arg, low", [("probegen", "generator_width", 1), ("deepsets", "kernel", 1),
+                                             ("statnn", "first_k", 0), ("statnn", "last_k", 0),
+                                             ("nggnn", "head_width", 1)])
+def test_size_arguments_without_a_default_are_checked_by_their_annotation(name, arg, low):
+    """An ``int | None`` argument (None: derived from other sizes) takes None or an integer >= its floor."""
+    from nngraph.models.registry import check_model_args
+
+    base = {"probes": 4} if name == "probegen" else {}
+    check_model_args(name, {**base, arg: None})
+    check_model_args(name, {**base, arg: low + 1 if name != "deepsets" else 3})
+    for bad in (2.5, "3", True, low - 1):
+        with pytest.raises(nngraph.NNGraphError, match=f"{arg}.* must be an integer >= {low}"):
+            check_model_args(name, {**base, arg: bad})
+
+
 def test_readout_head_arguments_are_checked():
     from nngraph.models.registry import check_model_args
 

@@ -116,9 +116,6 @@ class GraphMetanetwork(nn.Module):
         if source is not None and source not in ("free", *GENERATORS):
             raise NNGraphError(f"{cls.__name__.lower()}: unknown probe_generator {source!r}; choose free, "
                                f"{', '.join(GENERATORS)} or none (free probes in the node features only)")
-        width = kwargs.get("head_width")  # its default is None, which the registry's checks by type pass over
-        if width is not None and (not isinstance(width, int) or isinstance(width, bool) or width < 1):
-            raise NNGraphError(f"{cls.__name__.lower()}: head_width must be an integer >= 1, got {width!r}")
         if source is not None and not kwargs.get("probes"):
             raise NNGraphError(f"{cls.__name__.lower()}: probe_generator={source!r} needs probes; "
                                "pass probes=K (e.g. 128)")

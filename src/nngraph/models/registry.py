@@ -92,6 +92,22 @@ _FILLED_IN = {"node_in", "edge_in", "max_positions", "num_outputs", "out_dim", "
 _MAY_BE_ZERO = {"probes", "fourier_features", "first_k", "last_k"}
 
 
+def _signature_parameters(name: str) -> list[inspect.Parameter]:
+    """The parameters a user may reach: ``from_example``'s, and the constructor's with defaults
+    when ``from_example`` passes ``**kwargs`` on."""
+    cls = model_info(name).cls
+    params = list(inspect.signature(cls.from_example).parameters.values())
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        params += [p for p in inspect.signature(cls).parameters.values() if p.default is not p.empty]
+    return [p for p in params if p.name not in _FILLED_IN and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+
+
+def _optional_ints(name: str) -> set[str]:
+    """Arguments of model ``name`` annotated ``int | None`` (None: a size derived from others)."""
+    return {p.name for p in _signature_parameters(name)
+            if str(p.annotation).replace(" ", "") in ("int|None", "Optional[int]", "None|int")}
+
+
 def model_arguments(name: str) -> dict[str, Any]:
     """{argument: default (None if it has none)} that a user may pass to model ``name``.
 
@@ -99,14 +115,9 @@ def model_arguments(name: str) -> dict[str, Any]:
     defaults when ``from_example`` passes ``**kwargs`` on. Sizes read off the example
     batch and the readout (the task's choice) are not the user's to pass.
     """
-    cls = model_info(name).cls
-    params = list(inspect.signature(cls.from_example).parameters.values())
-    if any(p.kind is p.VAR_KEYWORD for p in params):
-        params += [p for p in inspect.signature(cls).parameters.values() if p.default is not p.empty]
     found: dict[str, Any] = {}
-    for p in params:
-        if p.name not in _FILLED_IN and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
-            found.setdefault(p.name, None if p.default is p.empty else p.default)
+    for p in _signature_parameters(name):
+        found.setdefault(p.name, None if p.default is p.empty else p.default)
     return found
 
 
@@ -114,7 +125,8 @@ def check_model_args(name: str, kwargs: dict[str, Any]) -> None:
     """Refuse, before any data is read, keyword arguments that model ``name`` does not take
     or cannot be built with (one line naming the argument and its valid values).
 
-    Generic checks by the type of each argument's default; a model class with rules of its
+    Generic checks by the type of each argument's default (or its ``int | None`` annotation
+    where the default is None); a model class with rules of its
     own (NG-T: heads divide hidden) states them in a classmethod ``check_args(kwargs)``.
     """
     info, valid = model_info(name), model_arguments(name)
@@ -125,8 +137,15 @@ def check_model_args(name: str, kwargs: dict[str, Any]) -> None:
     if unknown:
         raise NNGraphError(f"model {name} takes no argument {unknown[0]!r} (from --model-args, --hidden, --layers "
                            f"or --probes); its arguments are: {', '.join(sorted(valid))}")
+    optional_ints = _optional_ints(name)
     for arg, value in kwargs.items():
         default = valid[arg]
+        if arg in optional_ints and value is None:
+            continue
+        if arg in optional_ints and (isinstance(value, bool) or not isinstance(value, int)):
+            low = 0 if arg in _MAY_BE_ZERO else 1
+            raise NNGraphError(f"model argument {arg!r} of {name} must be an integer >= {low} (or left out), "
+                               f"got {value!r}")
         if isinstance(default, bool) or isinstance(value, bool):
             if not isinstance(value, bool) or not isinstance(default, bool):
                 raise NNGraphError(f"model argument {arg!r} of {name} must be {type(default).__name__}, got {value!r}")
