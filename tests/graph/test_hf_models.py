@@ -12,7 +12,7 @@ import nngraph
 from nngraph.errors import UnsupportedModelError
 from nngraph.graph.execute import execute
 from nngraph.graph.graph import X_ACT_PARAM2
-from tests.graph.helpers import assert_exact_params, assert_nggnn_invariant_on_mixed_batch, assert_rel_close
+from tests.graph.helpers import assert_exact_params, assert_invariant_on_mixed_batch, assert_rel_close
 
 transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()
@@ -228,4 +228,4 @@ def test_an_unknown_aten_op_is_named():
 def test_nggnn_on_a_mixed_batch_is_invariant_and_batch_independent(names):
     x = _input("ids")
     graphs = [nngraph.to_graph(MODELS[n][0](seed), x) for seed, n in enumerate(names)]
-    assert_nggnn_invariant_on_mixed_batch(graphs, probes=2, permute_seed=5)
+    assert_invariant_on_mixed_batch(graphs, probes=2, permute_seed=5)

@@ -8,7 +8,7 @@ from torch import nn
 import nngraph
 from nngraph.errors import UnsupportedModelError
 from nngraph.graph.graph import EDGE_CONV, EDGE_IDENTITY
-from tests.graph.helpers import assert_exact_params, assert_nggnn_invariant_on_mixed_batch, assert_rel_close
+from tests.graph.helpers import assert_exact_params, assert_invariant_on_mixed_batch, assert_rel_close
 
 peft = pytest.importorskip("peft")
 
@@ -138,4 +138,4 @@ def test_nggnn_is_invariant_on_lora_and_plain_cnns_in_one_batch():
     x = torch.zeros(1, 3, 8, 8)
     graphs = [nngraph.to_graph(lora_cnn(0), x), nngraph.to_graph(lora_cnn(1, targets=()), x),
               nngraph.to_graph(lora_cnn(2, targets=("2",)), x)]
-    assert_nggnn_invariant_on_mixed_batch(graphs, probes=1, permute_seed=4)
+    assert_invariant_on_mixed_batch(graphs, probes=1, permute_seed=4)

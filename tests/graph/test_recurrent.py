@@ -6,7 +6,7 @@ from torch import nn
 
 import nngraph
 from nngraph.errors import UnsupportedModelError
-from tests.graph.helpers import assert_exact_params, assert_nggnn_invariant_on_mixed_batch, assert_rel_close
+from tests.graph.helpers import assert_exact_params, assert_invariant_on_mixed_batch, assert_rel_close
 
 
 class Classifier(nn.Module):
@@ -80,7 +80,7 @@ def test_a_permutation_is_the_same_in_every_gate_block():
 def test_nggnn_on_a_mixed_batch_of_rnns_is_invariant_and_batch_independent():
     x = torch.randn(2, 5, 3)
     graphs = [nngraph.to_graph(_model(c), x) for c in (CASES[0], CASES[3], CASES[4])]
-    assert_nggnn_invariant_on_mixed_batch(graphs, probes=2, permute_seed=5)
+    assert_invariant_on_mixed_batch(graphs, probes=2, permute_seed=5)
 
 
 def test_unsupported_recurrent_layers_are_refused_in_one_line():

@@ -6,10 +6,8 @@ import pytest
 import torch
 
 import nngraph
-from nngraph.graph.permute import permute_graph
-from nngraph.models import create_model
 from tests.graph.archs import VGG, MobileNetV2, ResNet
-from tests.graph.helpers import assert_batch_independent
+from tests.graph.helpers import assert_invariant_on_mixed_batch
 from tests.graph.modern_cnns import EfficientNetB0Small, MobileNetV3Small, SENetSmall, UNet
 from tests.graph.nets import randomise
 
@@ -26,14 +24,7 @@ def mixed_graphs():
 
 @pytest.mark.parametrize("name", ["nggnn", "ngt"])
 def test_mixed_architecture_batch_is_batch_independent(name):
-    graphs = mixed_graphs()
-    batch = nngraph.collate(graphs)
-    torch.manual_seed(0)
-    model = create_model(name, example=batch, out_dim=3, probes=1, hidden=16, edge_hidden=8, layers=2).eval()
-    with torch.no_grad():
-        together = assert_batch_independent(model, graphs)
-        permuted = nngraph.collate([permute_graph(g, seed=3)[0] for g in graphs])
-        assert (model(permuted) - together).abs().max() <= 1e-4
+    assert_invariant_on_mixed_batch(mixed_graphs(), probes=1, permute_seed=3, kind=name, out_dim=3, hidden=16)
 
 
 def modern_graphs(family: str):
@@ -51,13 +42,4 @@ def modern_graphs(family: str):
 @pytest.mark.parametrize("family", ["se-classifiers", "unets"])
 @pytest.mark.parametrize("name", ["nggnn", "ngt"])
 def test_modern_cnn_batch_is_batch_independent_and_invariant(name, family):
-    graphs = modern_graphs(family)
-    batch = nngraph.collate(graphs)
-    torch.manual_seed(0)
-    model = create_model(name, example=batch, out_dim=3, probes=1, hidden=16, edge_hidden=8, layers=2).eval()
-    with torch.no_grad():
-        together = assert_batch_independent(model, graphs)
-        pairs = [permute_graph(g, seed=3) for g in graphs]
-        assert all((perm != torch.arange(len(perm))).any() for _, perm in pairs)
-        permuted = nngraph.collate([g for g, _ in pairs])
-        assert (model(permuted) - together).abs().max() <= 1e-4
+    assert_invariant_on_mixed_batch(modern_graphs(family), probes=1, permute_seed=3, kind=name, out_dim=3, hidden=16)
