@@ -121,3 +121,61 @@ def test_refusals_name_the_file_in_one_line_and_write_nothing(tmp_path, folder, 
                              "--input-shape", "1,6,6"])
     assert "net3.pt is a TorchScript archive" in err and "torch.export.save" in err
     assert not (tmp_path / "out").exists()
+
+
+def bn_cnn(seed: int) -> nn.Module:
+    """Conv -> BatchNorm2d -> ReLU -> Linear -> BatchNorm1d -> Linear, running statistics not the initial ones."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 16, 5),
+                          nn.BatchNorm1d(5), nn.Tanh(), nn.Linear(5, 2))
+    for module in model:
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.running_mean.uniform_(-1, 1)
+            module.running_var.uniform_(0.5, 2.0)
+            module.num_batches_tracked.fill_(7 + seed)
+            nn.init.uniform_(module.weight, 0.5, 1.5)
+            nn.init.uniform_(module.bias, -0.5, 0.5)
+    return model.eval()
+
+
+def test_exported_cnns_with_batchnorm_import_exactly_and_permute_to_the_same_function(tmp_path, capsys):
+    """aten.batch_norm (as torch.export.export records a BatchNorm in eval mode) becomes BatchNorm nodes:
+    the zoo runs as the modules, gives back every state_dict entry (the step counter as its architecture's
+    template holds it, as for a state_dict import), and a neuron permutation keeps the function."""
+    from nngraph.graph.permute import permute_graph
+
+    src = tmp_path / "exported"
+    src.mkdir()
+    models, rows = [bn_cnn(i) for i in range(4)], ["file,accuracy"]
+    for i, model in enumerate(models):
+        program = torch.export.export(model, (EXPORT_INPUT,))
+        assert "aten.batch_norm.default" in {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+        torch.export.save(program, src / f"net{i}.pt2")
+        rows.append(f"net{i}.pt2,{i / 4}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    assert cli.main(["data", "import", str(src), "--format", "models", "--labels", str(tmp_path / "labels.csv"),
+                     "--trust", "--out", str(tmp_path / "zoo")]) == 0, capsys.readouterr().err
+    zoo = Corpus.open(tmp_path / "zoo")
+    x = torch.randn(5, 1, 6, 6)
+    for i, model in enumerate(models):
+        graph = zoo.graph(i)
+        torch.testing.assert_close(nngraph.execute(graph, x)[0], model(x), atol=1e-5, rtol=1e-5)
+        params = nngraph.to_params(graph)
+        assert params.keys() == model.state_dict().keys()
+        for k, v in model.state_dict().items():  # the step counter is a buffer of the architecture's template
+            assert torch.equal(params[k], v if not k.endswith("num_batches_tracked") else models[0].state_dict()[k]), k
+        permuted, perm = permute_graph(graph, seed=i)
+        assert not torch.equal(perm, torch.arange(len(perm)))
+        torch.testing.assert_close(nngraph.execute(permuted, x)[0], model(x), atol=1e-5, rtol=1e-5)
+
+
+def test_exported_batchnorm_in_training_mode_is_refused(tmp_path, capsys):
+    src = tmp_path / "exported"
+    src.mkdir()
+    model = bn_cnn(0).train()
+    torch.export.save(torch.export.export(model, (EXPORT_INPUT,)), src / "net0.pt2")
+    (tmp_path / "labels.csv").write_text("file,accuracy\nnet0.pt2,0.5\n")
+    err = cli_error(capsys, ["data", "import", str(src), "--format", "models", "--labels", str(tmp_path / "labels.csv"),
+                             "--trust", "--out", str(tmp_path / "zoo")])
+    assert "net0.pt2 cannot be converted" in err and "eval" in err
+    assert not (tmp_path / "zoo").exists()

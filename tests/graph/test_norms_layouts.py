@@ -85,6 +85,23 @@ class RMSNormUnbindCNN(nn.Module):
         return self.head(h).mean((2, 3))
 
 
+class FunctionalBatchNorm(nn.Module):
+    """BatchNorm written as F.batch_norm on the module's own buffers and parameters (a map, then a vector)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc, self.head = nn.Conv2d(2, 4, 3), nn.Linear(4, 6), nn.Linear(6, 3)
+        for name, size in (("map", 4), ("vec", 6)):
+            self.register_buffer(f"{name}_mean", torch.linspace(-0.5, 0.5, size))
+            self.register_buffer(f"{name}_var", torch.linspace(0.5, 1.5, size))
+        self.gamma, self.beta = nn.Parameter(torch.linspace(0.5, 1.5, 4)), nn.Parameter(torch.linspace(-1, 1, 4))
+
+    def forward(self, x):
+        h = torch.relu(F.batch_norm(self.conv(x), self.map_mean, self.map_var, self.gamma, self.beta, False, 0.1, 1e-5))
+        h = torch.tanh(F.batch_norm(self.fc(h.mean((2, 3))), self.vec_mean, self.vec_var, eps=1e-3))
+        return self.head(h)
+
+
 def _cases():
     img = torch.randn(3, 3, 8, 8)
     return [
@@ -99,6 +116,7 @@ def _cases():
         ("rmsnorm-unbind-cnn", lambda s: RMSNormUnbindCNN(), torch.randn(3, 3, 6, 6)),
         ("hand-norms-tokens", lambda s: HandNormTokens(), torch.randint(0, 11, (3, 5))),
         ("rmsnorm-mlp", lambda s: RMSNormMLP(), torch.randn(4, 5)),
+        ("functional-batchnorm", lambda s: FunctionalBatchNorm(), torch.randn(3, 2, 6, 6)),
     ]
 
 

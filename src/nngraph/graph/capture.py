@@ -10,6 +10,8 @@ rewrites that graph node by node:
 - every node that depends only on shapes, constants and buffers (masks built from ``arange``,
   position ids) is computed once, here, and folded into a constant; the buffers it read are
   kept as the graph's buffers (given back by ``to_params``, as a BatchNorm counter is);
+- ``aten.batch_norm`` (eval mode) -> ``F.batch_norm`` on get_attr running statistics; the
+  BatchNorm's step counter ``num_batches_tracked``, which no op reads, is kept as a buffer;
 - ATen ops become the fx targets of the converter's rules (``aten.linear`` -> ``F.linear``,
   ``aten.view`` -> ``tensor.reshape``, ``aten.split`` -> ``tensor.split``, ...); ops that only
   relabel (dropout in eval mode, ``alias``, ``to`` of the same dtype) vanish;
@@ -227,6 +229,9 @@ class _Lowering:
             return self._emit(operator.getitem, args, {}, node)
         if target is aten.layer_norm.default:
             return self._emit(F.layer_norm, args[:5], {}, node)
+        if target is aten.batch_norm.default:  # (x, weight, bias, running_mean, running_var, training, momentum, eps, cudnn)
+            x, weight, bias, mean, var, training, momentum, eps = args[:8]
+            return self._batch_norm(node, (x, mean, var, weight, bias, training, momentum, eps))
         if target is aten.gelu.default:
             return self._emit(F.gelu, args, kwargs, node)
         if target in (aten.softmax.int, aten._softmax.default):
@@ -287,6 +292,16 @@ class _Lowering:
             return _Const(node.target(*values[0], **values[1]))
 
     # ---- rules ------------------------------------------------------------------------
+    def _batch_norm(self, node: fx.Node, args: tuple) -> fx.Node:
+        """``F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)``; the
+        BatchNorm's step counter (``num_batches_tracked``, read by no op) is kept as a buffer."""
+        mean = args[1]
+        if isinstance(mean, fx.Node) and mean.op == "get_attr":
+            counter = f"{mean.target.rpartition('.')[0]}.num_batches_tracked".lstrip(".")
+            if counter in self.state:
+                self.buffers[counter] = self.state[counter]
+        return self._emit(F.batch_norm, args, {}, node)
+
     def _reshape(self, node: fx.Node, args: tuple) -> Any:
         source, shape = args[0], tuple(_shape(node))
         if isinstance(source, fx.Node) and tuple(source.meta["tensor_meta"].shape) == shape:

@@ -385,7 +385,8 @@ def _call_function(ctx: Context, node: fx.Node, env: dict) -> Value:
         ref = next(a for a in [*args, *kwargs.values()] if isinstance(a, ParamRef))
         raise UnsupportedModelError(
             f"{where} uses parameter {ref.name!r} directly; nngraph converts parameters only as the weights of "
-            "F.linear, F.conv1d, F.conv2d, F.prelu and F.layer_norm, or as one factor per channel (gamma * x)"
+            "F.linear, F.conv1d, F.conv2d, F.prelu, F.layer_norm and F.batch_norm, or as one factor per channel "
+            "(gamma * x)"
         )
     if (target in _UNSQUEEZE or (target is operator.getitem and isinstance(args[1], tuple) and None in args[1])) \
             and len(values) == 1 and args[0] is values[0]:

@@ -53,16 +53,18 @@ def state_tensor(ctx: Context, name: str) -> torch.Tensor:
 
 _CONV = {F.conv1d: 1, F.conv2d: 2}
 _CONV_ARGS = ("weight", "bias", "stride", "padding", "dilation", "groups")
-TARGETS = (F.linear, F.conv1d, F.conv2d, F.prelu, F.layer_norm)
+TARGETS = (F.linear, F.conv1d, F.conv2d, F.prelu, F.layer_norm, F.batch_norm)
 
 
 def layer(ctx: Context, node: Node, args: list, kwargs: dict, where: str) -> Value:
-    """F.linear / F.conv1d / F.conv2d / F.prelu of a Value with ParamRef weights."""
+    """F.linear / F.conv1d / F.conv2d / F.prelu / F.layer_norm / F.batch_norm of a Value with ParamRef weights."""
     value = args[0]
     if not isinstance(value, Value):
         raise UnsupportedModelError(f"{where}: the input of a functional layer must be computed from the model's input")
     if node.target is F.layer_norm:
         return _layer_norm(ctx, node, value, args, kwargs, where)
+    if node.target is F.batch_norm:
+        return _batch_norm(ctx, node, value, args, kwargs, where)
     names = ("weight", "bias") if node.target is F.linear else ("weight",) if node.target is F.prelu else _CONV_ARGS
     bound, weight, bias = _bind_parameters(ctx, names, args, kwargs, where)
     w = (weight.name, weight.tensor)
@@ -101,6 +103,23 @@ def _layer_norm(ctx: Context, node: Node, value: Value, args: list, kwargs: dict
     return ops.layer_norm(ctx, node, value, tuple(shape) if isinstance(shape, (list, tuple)) else (shape,),
                           float(bound.get("eps", 1e-5)), (weight.name, weight.tensor) if weight is not None else None,
                           (bias.name, bias.tensor) if bias is not None else None, where)
+
+
+def _batch_norm(ctx: Context, node: Node, value: Value, args: list, kwargs: dict, where: str) -> Value:
+    """F.batch_norm(x, running_mean, running_var, weight, bias, training=False, momentum, eps) on the
+    model's buffers and parameters (a BatchNorm as torch.export records it); training mode is refused."""
+    names = ("running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
+    bound, weight, bias = _bind_parameters(ctx, names, args, kwargs, where)
+    mean, var = bound.get("running_mean"), bound.get("running_var")
+    if bound.get("training") or not (isinstance(mean, ParamRef) and isinstance(var, ParamRef)):
+        raise UnsupportedModelError(f"{where}: batch_norm must use the model's running statistics in eval mode; "
+                                    "call model.eval() before exporting or converting")
+    if (weight is None) != (bias is None):
+        raise UnsupportedModelError(f"{where}: batch_norm with a weight but no bias (or a bias but no weight) "
+                                    "is not supported; give it both or neither")
+    affine = ((weight.name, weight.tensor), (bias.name, bias.tensor)) if weight is not None else None
+    return ops.batch_norm(ctx, node, value, (mean.name, mean.tensor), (var.name, var.tensor), affine,
+                          float(bound.get("eps", 1e-5)), where)
 
 
 def is_layer(target: Any) -> bool:

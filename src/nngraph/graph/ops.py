@@ -175,25 +175,40 @@ def conv_padding(padding, kernel: tuple[int, ...], dilation: tuple[int, ...], wh
 
 
 def batchnorm(ctx: Context, node: Node, module: nn.modules.batchnorm._BatchNorm, value: Value, path: str) -> Value:
-    """BatchNorm (eval; checked by to_graph): z <- (z - mean) / sqrt(var + eps) * gamma + beta, per node."""
+    """nn.BatchNorm1d / 2d (eval; checked by to_graph): see ``batch_norm``."""
     where = f"{path} ({type(module).__name__})"
     if not module.track_running_stats or module.running_mean is None:
         raise UnsupportedModelError(f"{where} has no running statistics; use track_running_stats=True")
     rank = len(ctx.shape(node))
     expected = {nn.BatchNorm2d: (4,), nn.BatchNorm1d: (2, 3)}[type(module)]
-    if value.kind != ("vector" if rank == 2 else "map") or rank not in expected:
+    if rank not in expected:
         raise UnsupportedModelError(f"{where} must follow a {'Conv2d' if rank == 4 else 'Linear or Conv1d'} output")
+    affine = ((f"{path}.weight", module.weight), (f"{path}.bias", module.bias)) if module.affine else None
+    value = batch_norm(ctx, node, value, (f"{path}.running_mean", module.running_mean),
+                       (f"{path}.running_var", module.running_var), affine, float(module.eps), where)
+    ctx.record_buffer(f"{path}.num_batches_tracked", module.num_batches_tracked)
+    return value
+
+
+def batch_norm(ctx: Context, node: Node, value: Value, mean: tuple[str, torch.Tensor], var: tuple[str, torch.Tensor],
+               affine: tuple[tuple[str, torch.Tensor], tuple[str, torch.Tensor]] | None, eps: float,
+               where: str) -> Value:
+    """BatchNorm with running statistics, per channel node: z <- (z - mean) / sqrt(var + eps) * gamma + beta
+    (``affine`` = the (name, tensor) of gamma and beta, None for gamma = 1, beta = 0)."""
+    rank = len(ctx.shape(node))
+    if value.kind != ("vector" if rank == 2 else "map") or rank not in (2, 3, 4):
+        raise UnsupportedModelError(f"{where} must follow a Linear, Conv1d or Conv2d output")
     nodes = _open(ctx, value, "norm", where)
     builder = ctx.builder
     for n in nodes:
         builder.node_norm[n] = NORM_BATCH
-        builder.node_eps[n] = float(module.eps)
-    if module.affine:
-        builder.record_node_param(f"{path}.weight", nodes, X_NORM_WEIGHT, module.weight)
-        builder.record_node_param(f"{path}.bias", nodes, X_NORM_BIAS, module.bias)
-    builder.record_node_param(f"{path}.running_mean", nodes, X_NORM_MEAN, module.running_mean)
-    builder.record_node_param(f"{path}.running_var", nodes, X_NORM_VAR, module.running_var)
-    ctx.record_buffer(f"{path}.num_batches_tracked", module.num_batches_tracked)
+        builder.node_eps[n] = eps
+    if affine is not None:
+        (gamma_name, gamma), (beta_name, beta) = affine
+        builder.record_node_param(gamma_name, nodes, X_NORM_WEIGHT, gamma)
+        builder.record_node_param(beta_name, nodes, X_NORM_BIAS, beta)
+    builder.record_node_param(mean[0], nodes, X_NORM_MEAN, mean[1])
+    builder.record_node_param(var[0], nodes, X_NORM_VAR, var[1])
     return Value(nodes, value.kind, value.hw, node.name)
 
 
