@@ -112,6 +112,20 @@ def _vit(seed=0):
     return _randomise(transformers.ViTForImageClassification(config), seed)
 
 
+def _llama(seed=0, kv_heads=2):
+    """LLaMA: RMSNorm, SwiGLU, rotary position embeddings and (kv_heads < 4) grouped-query attention."""
+    config = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=kv_heads, max_position_embeddings=16)
+    return _randomise(transformers.LlamaForCausalLM(config), seed)
+
+
+def _qwen2(seed=0):
+    """Qwen2: LLaMA's blocks with biases on q, k and v, grouped-query attention."""
+    config = transformers.Qwen2Config(vocab_size=VOCAB, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=16)
+    return _randomise(transformers.Qwen2ForCausalLM(config), seed)
+
+
 MODELS = {
     "gpt2": (_gpt2, "ids"),
     "gpt2-tied": (lambda seed=0: _gpt2(seed, tied=True), "ids"),  # lm_head.weight is transformer.wte.weight
@@ -120,6 +134,9 @@ MODELS = {
     "vit": (_vit, "images"),
     "nanogpt-causal": (lambda seed=0: _randomise(NanoGPT("is_causal"), seed), "ids"),
     "nanogpt-buffer": (lambda seed=0: _randomise(NanoGPT("buffer"), seed), "ids"),
+    "llama": (lambda seed=0: _llama(seed, kv_heads=4), "ids"),
+    "llama-gqa": (_llama, "ids"),
+    "qwen2": (_qwen2, "ids"),
 }
 
 
@@ -224,7 +241,46 @@ def test_an_unknown_aten_op_is_named():
     assert "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize("names", [("gpt2", "nanogpt-causal", "nanogpt-buffer"), ("bert-lora", "bert", "bert-lora")])
+@pytest.mark.parametrize("kv_heads", [4, 2, 1])
+def test_rotary_channels_stay_in_place_and_grouped_heads_share_their_key_nodes(kv_heads):
+    """Rotary embeddings are 2 d constant nodes per use (cos and signed sin of each channel, pinned by their
+    geometry): no permutation moves them, so no query or key channel leaves its place in its head; whole
+    heads still move. With grouped-query attention the 4 / kv_heads query heads of a group read one set of
+    key nodes: each key node is the second factor of that many score products, and of no other."""
+    from nngraph.graph.graph import EDGE_ATTN_SUM, EDGE_CONST, EDGE_MUL_B
+    from nngraph.graph.permute import permute_graph
+
+    graph = nngraph.to_graph(_llama(0, kv_heads), _input("ids"))
+    src, dst = graph.edge_index
+    constants = src[graph.edge_kind == EDGE_CONST]
+    assert len(constants) == 2 * 2 * 2 * 4  # 2 layers x (q, k) x (cos, sin) x head size 4
+    moved = False
+    for seed in range(4):
+        _, perm = permute_graph(graph, seed=seed)
+        assert torch.equal(perm[constants], constants)
+        moved |= not torch.equal(perm, torch.arange(len(perm)))
+    assert moved
+    scores = src[graph.edge_kind == EDGE_ATTN_SUM]  # the q_c k_c products
+    key_reads = src[(graph.edge_kind == EDGE_MUL_B) & torch.isin(dst, scores)]
+    assert len(key_reads) == 2 * 16  # one product per query channel, 2 layers of 4 heads x 4
+    assert torch.bincount(key_reads).max() == torch.bincount(key_reads)[key_reads].min() == 4 // kv_heads
+
+
+def test_a_constant_tensor_times_a_value_other_than_rotary_is_refused():
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.fc(x) * torch.arange(1.0, 5.0)
+
+    with pytest.raises(UnsupportedModelError, match="constant tensor of shape \\[4\\] multiplies a value.*rotary"):
+        nngraph.to_graph(Scaled(), torch.randn(2, 4), capture="export")
+
+
+@pytest.mark.parametrize("names", [("gpt2", "nanogpt-causal", "nanogpt-buffer"), ("bert-lora", "bert", "bert-lora"),
+                                   ("llama", "qwen2", "llama-gqa")])
 def test_nggnn_on_a_mixed_batch_is_invariant_and_batch_independent(names):
     x = _input("ids")
     graphs = [nngraph.to_graph(MODELS[n][0](seed), x) for seed, n in enumerate(names)]

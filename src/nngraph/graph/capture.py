@@ -20,7 +20,10 @@ rewrites that graph node by node:
   GELU-new) -> ``F.gelu(x, approximate='tanh')`` and ``x * sigmoid(x)`` -> ``F.silu``, each
   checked numerically against the activation; ``W[index]`` of a constant index -> ``lm.constant_embedding``;
   a constant attention mask -> ``is_causal=True`` (lower-triangular) or no mask (all visible);
-  ``out + s * update`` inside a peft LoRA layer -> ``lora.scaled_add(out, update, s)``.
+  ``out + s * update`` inside a peft LoRA layer -> ``lora.scaled_add(out, update, s)``;
+  ``x * cos + cat(-x[..., d/2:], x[..., :d/2]) * sin`` with constant tables -> ``lm.rotary(x, cos, sin)``
+  (a product with a constant tensor waits as ``_ConstProduct`` for that sum; anything else reading it
+  is refused); ``x[:, :, None].expand(...).reshape(B, H n, T, d)`` -> ``lm.repeat_heads(x, n)``.
 
 An ATen op without a rule is kept as it is, so the converter's refusal names it exactly
 (``aten.cumsum.default``). Shapes come from the capture's own metadata (``node.meta['val']``).
@@ -117,6 +120,16 @@ class _Param:
 
 
 @dataclass
+class _ConstProduct:
+    """``x * C`` of a lowered value x and a constant tensor C, waiting for the rotary sum that reads it
+    (``q * cos + rotate_half(q) * sin``); ``factor`` is x's node in the exported graph."""
+
+    node: fx.Node
+    table: torch.Tensor
+    factor: fx.Node
+
+
+@dataclass
 class _FlatLead:
     """``x.view(-1, F)`` of a [B, T, F] value, waiting for the ``addmm`` / ``mm`` that reads it."""
 
@@ -208,6 +221,10 @@ class _Lowering:
             return None
         if _all_constant(args, kwargs):
             return self._fold(node, args, kwargs)
+        if target is aten.mul.Tensor and not kwargs:
+            scaled = _constant_product(node, args)
+            if scaled is not None:
+                return scaled
         pattern = self._pattern(node, args, kwargs)
         if pattern is not None:
             return pattern
@@ -279,6 +296,10 @@ class _Lowering:
             return value
         if isinstance(arg, _FlatLead):
             return arg.node
+        if isinstance(arg, _ConstProduct):
+            raise UnsupportedModelError(f"{self.name}: a constant tensor of shape {list(arg.table.shape)} multiplies a "
+                                        "value of the network (only rotary position embeddings, q * cos + "
+                                        "rotate_half(q) * sin, are supported)")
         if isinstance(arg, dict):
             return {k: self._materialise(v) for k, v in arg.items()}
         if isinstance(arg, (list, tuple)):
@@ -304,6 +325,9 @@ class _Lowering:
 
     def _reshape(self, node: fx.Node, args: tuple) -> Any:
         source, shape = args[0], tuple(_shape(node))
+        repeated = _repeated_heads(node)
+        if repeated is not None and isinstance(self.env.get(repeated[0]), fx.Node):
+            return self._emit(lm.repeat_heads, (self.env[repeated[0]], repeated[1]), {}, node)
         if isinstance(source, fx.Node) and tuple(source.meta["tensor_meta"].shape) == shape:
             return source  # the lowered value already has this shape (a Conv1D's view back, a heads reshape)
         in_shape = tuple(source.meta["tensor_meta"].shape) if isinstance(source, fx.Node) else ()
@@ -332,6 +356,8 @@ class _Lowering:
             flat = args[1].node
             shape = (*flat.meta["tensor_meta"].shape[:2], _shape(node)[-1])
             return self._emit(lm.linear_t, (flat, args[2], args[0]), {}, node, val=_meta_tensor(shape, node))
+        if target is aten.add.Tensor and len(args) == 2 and all(isinstance(a, _ConstProduct) for a in args):
+            return self._rotary(node, args)
         if target is aten.add.Tensor and _in_lora_layer(node):
             for out, scaled in ((node.args[0], node.args[1]), (node.args[1], node.args[0])):
                 pair = _scalar_mul(scaled)
@@ -345,6 +371,21 @@ class _Lowering:
             if x is not None and isinstance(self.env.get(x), fx.Node):
                 return self._emit(F.silu, (self.env[x],), {}, node)
         return None
+
+    def _rotary(self, node: fx.Node, args: tuple) -> fx.Node:
+        """``x * cos + rotate_half(x) * sin`` (rotary position embeddings, LLaMA's ``apply_rotary_pos_emb``),
+        rotate_half(x) = cat(-x[..., d/2:], x[..., :d/2]), with cos and sin [T, d] tables known at capture
+        time -> ``lm.rotary(x, cos, sin)``."""
+        shape = tuple(_shape(node))
+        for plain, rotated in ((args[0], args[1]), (args[1], args[0])):
+            if _rotate_half_source(rotated.factor) is plain.factor:
+                cos, sin = _per_token(plain.table, shape), _per_token(rotated.table, shape)
+                if cos is None or sin is None:
+                    raise UnsupportedModelError(f"{_where(node, self.name)}: rotary tables that differ between "
+                                                "batch entries or heads are not supported")
+                return self._emit(lm.rotary, (plain.node, _rows(cos), _rows(sin)), {}, node)
+        raise UnsupportedModelError(f"{_where(node, self.name)}: a sum of products with constant tensors that is not "
+                                    "a rotary position embedding (x * cos + rotate_half(x) * sin) is not supported")
 
     def _embedding(self, node: fx.Node, args: tuple) -> Any:
         weight, index = args[0], args[1]
@@ -380,6 +421,7 @@ class _Lowering:
 
     def _output(self, node: fx.Node) -> None:
         outputs = [self.env[a] for a in _flat(node.args[0])]
+        self._materialise([o for o in outputs if isinstance(o, _ConstProduct)])  # refused: no rotary sum read it
         tensors = [o for o in outputs if isinstance(o, fx.Node)]
         if len(tensors) != 1:
             raise UnsupportedModelError(f"{self.name}.forward returns {len(tensors)} tensors computed from its input; "
@@ -411,7 +453,72 @@ def _unwrap(arg: Any, used: dict[str, torch.Tensor]) -> Any:
 
 def _all_constant(args: tuple, kwargs: dict) -> bool:
     """Whether a node reads no value of the network (only constants, buffers and numbers)."""
-    return not any(isinstance(a, (fx.Node, _FlatLead)) for a in _flat(list(args) + list(kwargs.values())))
+    return not any(isinstance(a, (fx.Node, _FlatLead, _ConstProduct)) for a in _flat(list(args) + list(kwargs.values())))
+
+
+def _constant_product(node: fx.Node, args: tuple) -> _ConstProduct | None:
+    """``x * C`` of a lowered x and a constant tensor C of more than one value, else None."""
+    if len(args) != 2:
+        return None
+    for i in (0, 1):
+        value, const = args[i], args[1 - i]
+        if isinstance(value, fx.Node) and isinstance(const, _Const) and isinstance(const.value, torch.Tensor) \
+                and const.value.numel() > 1:
+            return _ConstProduct(value, const.value, node.args[i])
+    return None
+
+
+def _repeated_heads(node: fx.Node) -> tuple[fx.Node, int] | None:
+    """(x, n) of ``x[:, :, None].expand(B, H, n, T, d).reshape(B, H n, T, d)`` (grouped-query attention's
+    ``repeat_kv``: every key/value head read by n query heads), in the exported graph; else None."""
+    expand = node.args[0]
+    if not isinstance(expand, fx.Node) or expand.target is not aten.expand.default:
+        return None
+    unsqueeze = expand.args[0]
+    if not isinstance(unsqueeze, fx.Node) or unsqueeze.target is not aten.unsqueeze.default or unsqueeze.args[1] != 2:
+        return None
+    x = unsqueeze.args[0]
+    b, heads, t, d = _shape(x) if len(_shape(x)) == 4 else (None,) * 4
+    if heads is None or len(_shape(expand)) != 5:
+        return None
+    n = _shape(expand)[2]
+    if tuple(_shape(expand)) != (b, heads, n, t, d) or tuple(_shape(node)) != (b, heads * n, t, d):
+        return None
+    return x, n
+
+
+def _rotate_half_source(node: Any) -> fx.Node | None:
+    """x of ``cat((-x[..., d/2:], x[..., :d/2]), -1)`` (in the exported graph), else None."""
+    if not isinstance(node, fx.Node) or node.target is not aten.cat.default or len(node.args[0]) != 2:
+        return None
+    rank = len(_shape(node))
+    if (node.args[1] if len(node.args) > 1 else 0) % rank != rank - 1:
+        return None
+    neg, low = node.args[0]
+    if not isinstance(neg, fx.Node) or neg.target is not aten.neg.default:
+        return None
+    high, d = neg.args[0], _shape(node)[-1]
+    for part, (start, end) in ((high, (d // 2, d)), (low, (0, d // 2))):
+        if not isinstance(part, fx.Node) or part.target is not aten.slice.Tensor or part.args[1] % rank != rank - 1:
+            return None
+        if (part.args[2] if len(part.args) > 2 else 0) != start or min(part.args[3], d) != end:
+            return None
+    return low.args[0] if high.args[0] is low.args[0] and d % 2 == 0 else None
+
+
+def _per_token(table: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor | None:
+    """A constant ``table`` broadcast to ``shape`` [..., T, d] as one [T, d] table, or None where it differs
+    across the leading axes."""
+    try:
+        full = table.expand(shape).reshape(-1, *shape[-2:])
+    except RuntimeError:
+        return None
+    return full[0] if bool((full == full[:1]).all()) else None
+
+
+def _rows(table: torch.Tensor) -> tuple[tuple[float, ...], ...]:
+    """A [T, d] table as nested tuples (an fx node's constant argument)."""
+    return tuple(tuple(row) for row in table.float().tolist())
 
 
 def _flat(arg: Any) -> list:

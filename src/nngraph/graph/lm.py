@@ -18,6 +18,11 @@ LoRA layer's sum, as the export capture lowers it).
   embedding neurons moves every row's column j together.
 - Causal attention: the score nodes of ``tokens.attention`` carry X_ACT_PARAM2 = 1; the
   executor's softmax then drops the keys t' > t (``causal_softmax``).
+- ``rotary(x, cos, sin)`` = x cos + rotate_half(x) sin on [B, H, T, d] (LLaMA's rotary position
+  embeddings; cos, sin [T, d] constant tables): 2d constant nodes shared by every head, pinned by
+  their geometry, two product layers and their sum (``_rotary``).
+- ``repeat_heads(x, n)``: grouped-query attention's ``repeat_kv``; the same key/value nodes are
+  listed once per query head that reads them (``_repeat_heads``).
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ from nngraph.errors import UnsupportedModelError
 from nngraph.graph import lora, tokens
 from nngraph.graph.builder import Value
 from nngraph.graph.functional import ParamRef
-from nngraph.graph.graph import EDGE_LINEAR, X_BIAS
+from nngraph.graph.graph import EDGE_IDENTITY, EDGE_LINEAR, X_BIAS
+from nngraph.graph.products import product_layer
 
 if TYPE_CHECKING:
     from torch.fx import Node
@@ -50,6 +56,19 @@ def linear_t(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = 
 def constant_embedding(weight: torch.Tensor, index: tuple[int, ...]) -> torch.Tensor:
     """W[index] [T, D] for a constant index (positions); the target the export capture lowers it to."""
     return weight[list(index)]
+
+
+def rotary(x: torch.Tensor, cos: tuple, sin: tuple) -> torch.Tensor:
+    """x * cos + rotate_half(x) * sin of x [B, H, T, d] with [T, d] tables (rotary position embeddings);
+    rotate_half(x) = cat(-x[..., d/2:], x[..., :d/2]). The target the export capture lowers the pattern to."""
+    c, s = torch.tensor(cos, dtype=x.dtype), torch.tensor(sin, dtype=x.dtype)
+    half = x.shape[-1] // 2
+    return x * c + torch.cat((-x[..., half:], x[..., :half]), -1) * s
+
+
+def repeat_heads(x: torch.Tensor, n: int) -> torch.Tensor:
+    """x [B, H, T, d] with every head repeated n times in place: [B, H n, T, d] (grouped-query attention)."""
+    return x.repeat_interleave(n, dim=1)
 
 
 def causal_softmax(z: torch.Tensor, causal: torch.Tensor) -> torch.Tensor:
@@ -71,6 +90,10 @@ def rule(ctx: Context, node: Node, args: list, kwargs: dict, values: list, where
         return _linear_t(ctx, node, args, kwargs, where)
     if target is constant_embedding:
         return _constant_embedding(ctx, node, args[0], tuple(args[1]), where)
+    if target is rotary:
+        return _rotary(ctx, node, args[0], torch.tensor(args[1]), torch.tensor(args[2]), where)
+    if target is repeat_heads:
+        return _repeat_heads(node, args[0], int(args[1]), where)
     if target is lora.scaled_add and all(isinstance(a, Value) for a in args[:2]):  # a LoRA layer (export capture)
         return lora.scaled_sum(ctx, node, args[0], args[1], float(args[2]), where)
     return None
@@ -115,3 +138,50 @@ def _constant_embedding(ctx: Context, node: Node, ref: Any, index: tuple[int, ..
     first = builder.dense_edges(row_nodes, out, ref.tensor.t(), EDGE_LINEAR)
     ctx.record_edges(ref.name, ref.tensor, "kernel_t", first, rows)
     return Value(out, "tokens", (1, length), node.name)
+
+
+def _rotary(ctx: Context, node: Node, value: Any, cos: torch.Tensor, sin: torch.Tensor, where: str) -> Value:
+    """Rotary position embeddings on a [B, H, T, d] value (see the module docstring): with partner
+    pi(c) = c + d/2 (mod d) and sign s_c = -1 for c < d/2, +1 above,
+
+        x'_c(t) = cos[t, c] x_c(t) + s_c sin[t, c] x_pi(c)(t)
+
+    as 2d constant nodes (cos_c and s_c sin_c, one per channel, shared by every head, a const
+    self-loop each: channel c in its geometry's ``pad_h``, so that channels never trade places),
+    two product layers (x_c cos_c, x_pi(c) s_c sin_c) and a layer summing them (identity edges)."""
+    if not isinstance(value, Value) or value.kind != "heads":
+        raise UnsupportedModelError(f"{where}: rotary position embeddings need a [batch, heads, T, d] value")
+    length, d = cos.shape
+    if value.hw != (1, length) or len(value.nodes) % d or d % 2:
+        raise UnsupportedModelError(f"{where}: rotary tables [{length}, {d}] do not fit the value's heads")
+    builder = ctx.builder
+    half = d // 2
+    sign = torch.cat([-torch.ones(half), torch.ones(half)]).to(builder.dtype)
+    tables = (cos.to(builder.dtype).T, (sin.to(builder.dtype) * sign).T)  # [d, T] each
+    constants = []
+    for table in tables:
+        layer = builder.new_layer(d, (1, length))
+        for c, n in enumerate(layer):
+            geom = list(tokens.place_geom(length, 0, length))
+            geom[_PAD_H] = c
+            builder.const_edges([n], table[c:c + 1], tuple(geom))
+        constants.append(layer)
+    x = value.nodes
+    partner = [x[k - k % d + (k % d + half) % d] for k in range(len(x))]
+    seq = (1, length)
+    direct = product_layer(ctx, x, seq, [constants[0][k % d] for k in range(len(x))], seq, seq)
+    rotated = product_layer(ctx, partner, seq, [constants[1][k % d] for k in range(len(x))], seq, seq)
+    out = builder.new_layer(len(x), seq)
+    builder.pair_edges(direct, out, EDGE_IDENTITY)
+    builder.pair_edges(rotated, out, EDGE_IDENTITY)
+    return Value(out, "heads", seq, node.name, heads=value.heads)
+
+
+def _repeat_heads(node: Node, value: Any, n: int, where: str) -> Value:
+    """Every head of a [B, H, T, d] value read n times in place (grouped-query attention): the same
+    nodes, listed again; no nodes or edges are added."""
+    if not isinstance(value, Value) or value.kind != "heads" or not value.heads:
+        raise UnsupportedModelError(f"{where}: repeating heads needs a [batch, heads, T, d] value")
+    d = len(value.nodes) // value.heads
+    nodes = [k for h in range(value.heads) for _ in range(n) for k in value.nodes[h * d:(h + 1) * d]]
+    return Value(nodes, "heads", value.hw, node.name, heads=value.heads * n)
