@@ -218,8 +218,9 @@ FASHION = Suite(
      "cnn"),
     ("nfn-np", "nggnn-p64", "ngt-p64", "gmn-oce", "floor"),
     PUBLISHED_CLASSIFY, PUBLISHED_DILATE, CLAIMS,
-    (("ngt-p64", 85), ("nggnn-p64", 80), ("ngt-p0", 70), ("nggnn-p0", 70)), (), 0.7,
-    ("ngt-p64", "nggnn-p64", "nfn-hnp", "nfn-np"), (0.70, 0.80), "test")
+    # issue 30: a graph model with generated probes at 88 % or above (ProbeGen-128's published 87.7 %)
+    (("ngt-p64", 85), ("nggnn-p64", 80), ("ngt-p0", 70), ("nggnn-p0", 70), ("nggnn-gen128", 88), ("ngt-gen128", 88)),
+    (), 0.7, ("ngt-p64", "nggnn-p64", "nfn-hnp", "nfn-np", "probegen-128"), (0.70, 0.80), "test")
 MNIST = Suite(
     "mnist", "mnist", "mnist", "mnist_rows", "MNIST INR corpus (dwsnet, all 70,000 images)",
     *_mnist_rows(), False, ("8_mnist_classify", "8_mnist_dilate"),
@@ -499,7 +500,7 @@ class Paper:
                 curve = self.suite.reach_curve
                 for reach in self.suite.reach:
                     column = f"min to {100 * reach:.0f} %" + ("" if curve == "test" else f" ({curve})")
-                    out[column] = "/".join(_minutes_to(m, reach, curve) for m in metrics)
+                    out[column] = "/".join(_minutes_on_curve(m, reach, curve) for m in metrics)
             out["min to plateau"] = "/".join(_minutes_to_best(m) for m in metrics)
         wall = self.walls().get(row.name)
         out["row wall min"] = round(wall / 60, 1) if wall is not None else ""
@@ -537,7 +538,9 @@ class Paper:
                     "training-time cap" if self.p["patience"] else "trains to its training-time cap (cosine decay "
                     "over the cap)")
             notes = [f"nngraph: the whole Fashion-MNIST INR corpus built here (dwsnet SIRENs, default recipe), "
-                     f"trained on this 2-core CPU; each run {stop}, and its best validation epoch is tested",
+                     f"trained on this 2-core CPU; each run {stop}, and its best validation epoch is tested; the "
+                     "probing and generated-probe rows train for their epoch cap (stop: epochs) with ProbeGen's "
+                     "recipe and no augmentations, and their minutes to 70 / 80 % are read on the validation curve",
                      "published: the papers' numbers on the DWSNets INR corpus, trained on GPUs; not run here"]
             dilate_notes = ["nngraph on Fashion-MNIST INRs; the published numbers are on MNIST INRs (another "
                             "image set): compare the ratios between models, not the values"]
@@ -697,6 +700,14 @@ def _minutes_to(metrics: dict, accuracy: float, curve: str = "test") -> str:
         if h.get(f"{curve}_accuracy", 0.0) >= accuracy:
             return f"{h['train_seconds'] / 60:.1f}"
     return "never"
+
+
+def _minutes_on_curve(metrics: dict, accuracy: float, curve: str) -> str:
+    """``_minutes_to`` on ``curve``, or on the validation curve (marked "(val)") for a run that did not
+    evaluate ``curve`` during training (an epoch-capped run evaluates only validation every epoch)."""
+    if any(f"{curve}_accuracy" in h for h in metrics.get("history", [])):
+        return _minutes_to(metrics, accuracy, curve)
+    return f"{_minutes_to(metrics, accuracy, 'val')} (val)"
 
 
 def _minutes_to_best(metrics: dict) -> str:

@@ -129,6 +129,8 @@ MNIST_CAPS = {
 }
 # The Fashion-MNIST suite's probing rows and generated-probe graph rows are capped in epochs too (its older
 # rows in training time): about 48 minutes of training each at MNIST_EPOCH_S (the same corpus size and SIREN).
+# Measured alone on the first run (the records in results/paper_rows/): NG-GNN with 128 generated probes and
+# no augmentations 85-115 s an epoch, not 165, so its 16 epochs took 31 of the 48 minutes; ProbeGen-128 27-33 s.
 FASHION_CAPS = {"probe-128": (75, 1), "probegen-128": (75, 1), "nggnn-gen128": (16, 1), "ngt-gen128": (7, 1)}
 # What a run costs beyond its training epochs: validation after every epoch (5,000 INRs, forward only),
 # the final test (10,000), loading the corpus and compiling: about 8 % (the Fashion-MNIST rows: 4-10 %).

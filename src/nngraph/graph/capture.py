@@ -501,7 +501,8 @@ def _rotate_half_source(node: Any) -> fx.Node | None:
     for part, (start, end) in ((high, (d // 2, d)), (low, (0, d // 2))):
         if not isinstance(part, fx.Node) or part.target is not aten.slice.Tensor or part.args[1] % rank != rank - 1:
             return None
-        if (part.args[2] if len(part.args) > 2 else 0) != start or min(part.args[3], d) != end:
+        if (part.args[2] if len(part.args) > 2 else 0) != start or min(part.args[3] if len(part.args) > 3 else d,
+                                                                        d) != end:
             return None
     return low.args[0] if high.args[0] is low.args[0] and d % 2 == 0 else None
 
@@ -518,7 +519,7 @@ def _per_token(table: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor | No
 
 def _rows(table: torch.Tensor) -> tuple[tuple[float, ...], ...]:
     """A [T, d] table as nested tuples (an fx node's constant argument)."""
-    return tuple(tuple(row) for row in table.float().tolist())
+    return tuple(tuple(row) for row in table.tolist())  # Python floats: exact for float32 and float64
 
 
 def _flat(arg: Any) -> list:

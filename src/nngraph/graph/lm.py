@@ -91,7 +91,8 @@ def rule(ctx: Context, node: Node, args: list, kwargs: dict, values: list, where
     if target is constant_embedding:
         return _constant_embedding(ctx, node, args[0], tuple(args[1]), where)
     if target is rotary:
-        return _rotary(ctx, node, args[0], torch.tensor(args[1]), torch.tensor(args[2]), where)
+        cos, sin = (torch.tensor(t, dtype=torch.float64) for t in args[1:3])  # exact; the builder's dtype below
+        return _rotary(ctx, node, args[0], cos, sin, where)
     if target is repeat_heads:
         return _repeat_heads(node, args[0], int(args[1]), where)
     if target is lora.scaled_add and all(isinstance(a, Value) for a in args[:2]):  # a LoRA layer (export capture)
