@@ -61,7 +61,7 @@ def constant_embedding(weight: torch.Tensor, index: tuple[int, ...]) -> torch.Te
 def rotary(x: torch.Tensor, cos: tuple, sin: tuple) -> torch.Tensor:
     """x * cos + rotate_half(x) * sin of x [B, H, T, d] with [T, d] tables (rotary position embeddings);
     rotate_half(x) = cat(-x[..., d/2:], x[..., :d/2]). The target the export capture lowers the pattern to."""
-    c, s = torch.tensor(cos, dtype=x.dtype), torch.tensor(sin, dtype=x.dtype)
+    c, s = torch.tensor(cos, dtype=x.dtype, device=x.device), torch.tensor(sin, dtype=x.dtype, device=x.device)
     half = x.shape[-1] // 2
     return x * c + torch.cat((-x[..., half:], x[..., :half]), -1) * s
 
@@ -91,7 +91,7 @@ def rule(ctx: Context, node: Node, args: list, kwargs: dict, values: list, where
     if target is constant_embedding:
         return _constant_embedding(ctx, node, args[0], tuple(args[1]), where)
     if target is rotary:
-        cos, sin = (torch.tensor(t, dtype=torch.float64) for t in args[1:3])  # exact; the builder's dtype below
+        cos, sin = (torch.tensor(t, dtype=torch.float64, device="cpu") for t in args[1:3])  # exact; host, as the builder
         return _rotary(ctx, node, args[0], cos, sin, where)
     if target is repeat_heads:
         return _repeat_heads(node, args[0], int(args[1]), where)
@@ -157,7 +157,7 @@ def _rotary(ctx: Context, node: Node, value: Any, cos: torch.Tensor, sin: torch.
         raise UnsupportedModelError(f"{where}: rotary tables [{length}, {d}] do not fit the value's heads")
     builder = ctx.builder
     half = d // 2
-    sign = torch.cat([-torch.ones(half), torch.ones(half)]).to(builder.dtype)
+    sign = torch.cat([-torch.ones(half, device=cos.device), torch.ones(half, device=cos.device)]).to(builder.dtype)
     tables = (cos.to(builder.dtype).T, (sin.to(builder.dtype) * sign).T)  # [d, T] each
     constants = []
     for table in tables:
