@@ -90,9 +90,9 @@ PAPER = {
 # without weight decay, warm-up or clipping, cosine decay per step, batch 32 (the protocol's).
 PROBING_MODELS = ("probe", "probegen")
 PROBING_RECIPE = {"lr": 3e-4, "weight_decay": 0.0, "warmup_steps": 0, "grad_clip": 0.0}
-# The probing rows and the graph rows with generated probes (bench_paper.RowPlan.augmented) train without the weight-space augmentations
-# (``PAPER["augment"]``; ProbeGen's recipe has none), and the graph rows read out through ProbeGen's head
-# (6 Linear layers of width 256). Measured on an 8,000-image Fashion-MNIST corpus (6,286 training INRs),
+# The probing rows and the graph rows with generated probes (bench_paper.RowPlan.augmented) train without the
+# weight-space augmentations (``PAPER["augment"]``; ProbeGen's recipe has none), and the graph rows read out
+# through ProbeGen's head (6 Linear layers of width 256). Measured on an 8,000-image Fashion-MNIST corpus (6,286 training INRs),
 # 20 epochs, batch 32: ProbeGen-128 reached 65.7 % test accuracy with the augmentations and 79.9 % without;
 # NG-GNN with 128 generated probes and that head 69.0 % test with them and 83.5 % validation without.
 GENERATED_HEAD = {"head_width": 256, "head_layers": 6}

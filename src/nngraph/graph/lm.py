@@ -91,7 +91,8 @@ def rule(ctx: Context, node: Node, args: list, kwargs: dict, values: list, where
     if target is constant_embedding:
         return _constant_embedding(ctx, node, args[0], tuple(args[1]), where)
     if target is rotary:
-        cos, sin = (torch.tensor(t, dtype=torch.float64, device="cpu") for t in args[1:3])  # exact; host, as the builder
+        # the tables exactly (float64), on the host like the builder
+        cos, sin = (torch.tensor(t, dtype=torch.float64, device="cpu") for t in args[1:3])
         return _rotary(ctx, node, args[0], cos, sin, where)
     if target is repeat_heads:
         return _repeat_heads(node, args[0], int(args[1]), where)
