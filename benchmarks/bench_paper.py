@@ -31,7 +31,7 @@ minutes on the 2-core machine: a row longer than 20 minutes has one seed and a 4
 cap, the others three seeds of 16 minutes each (the image CNN 14: ``cnn_train_share``).
 Long rows: the graph models, the NFNs (``LONG_MODELS``), DWSNet and every dilation row. The
 probing rows (ProbeGen's recipe, ``PROBING_RECIPE``) and the graph rows with 128 generated probes
-are capped in epochs instead (``FASHION_CAPS``, about 48 minutes of training each), every epoch
+are capped in epochs instead (``FASHION_CAPS``, within the 60-minute row limit), every epoch
 evaluated. Runs go one at a time with two threads. INR classification rows train with the
 published weight-space augmentations (``PAPER["augment"]``), except the probing and
 generated-probe rows (``RowPlan.augmented``); graph models with compiled layers and
