@@ -147,6 +147,12 @@ class RowPlan:
         return base if self.task == "classify" else f"dilate-{base}"
 
 
+def _capped(plan: RowPlan, caps: dict[str, tuple[int, int]]) -> RowPlan:
+    """``plan`` with its epoch cap and seed count from ``caps`` (row name -> (epochs, seeds))."""
+    epochs, seeds = caps[plan.name]
+    return replace(plan, epochs=epochs, seeds=seeds)
+
+
 def _fashion_rows() -> tuple[tuple[RowPlan, ...], tuple[RowPlan, ...]]:
     """The Fashion-MNIST suite's classification and dilation rows, time-capped (``run_seconds``)."""
     classify = [("ngt", 64, True), ("nggnn", 64, True), ("ngt", 0, True), ("nggnn", 0, True), ("ngt", 0, False),
@@ -156,7 +162,7 @@ def _fashion_rows() -> tuple[tuple[RowPlan, ...], tuple[RowPlan, ...]]:
     rows += [RowPlan("classify", "dwsnet", long=True)]
     probing = [RowPlan("classify", "probe", 128), RowPlan("classify", "probegen", 128),
                *(RowPlan("classify", m, 128, generated=True) for m in ("ngt", "nggnn"))]
-    rows += [replace(plan, epochs=FASHION_CAPS[plan.name][0], seeds=FASHION_CAPS[plan.name][1]) for plan in probing]
+    rows += [_capped(plan, FASHION_CAPS) for plan in probing]
     dilate = (("nfn-np", 0), ("nggnn", 64), ("ngt", 64))
     return tuple(rows), tuple(RowPlan("dilate", m, p, long=True) for m, p in dilate)
 
@@ -171,11 +177,7 @@ def _mnist_rows() -> tuple[tuple[RowPlan, ...], tuple[RowPlan, ...]]:
     classify += [RowPlan("classify", m, 128, generated=True) for m in GRAPH_MODELS]
     dilate = [RowPlan("dilate", m) for m in ("dwsnet", "nfn-np")] + [RowPlan("dilate", m, p) for m, p in graph]
 
-    def capped(plan: RowPlan) -> RowPlan:
-        epochs, seeds = MNIST_CAPS[plan.name]
-        return replace(plan, epochs=epochs, seeds=seeds)
-
-    return tuple(map(capped, classify)), tuple(map(capped, dilate))
+    return tuple(_capped(p, MNIST_CAPS) for p in classify), tuple(_capped(p, MNIST_CAPS) for p in dilate)
 
 
 @dataclass(frozen=True)

@@ -129,17 +129,25 @@ def _constant_embedding(ctx: Context, node: Node, ref: Any, index: tuple[int, ..
     if any(not 0 <= i < rows for i in index):
         raise UnsupportedModelError(f"{where}: constant index out of range for {ref.name!r} of {rows} rows")
     builder = ctx.builder
-    row_nodes = builder.new_layer(rows, (1, length))
     indicator = torch.zeros(rows, length, dtype=builder.dtype, device=ref.tensor.device)  # [R, T]: row r is read at the tokens t of index[t] = r
     indicator[list(index), list(range(length))] = 1.0
-    for r, n in enumerate(row_nodes):
-        geom = list(tokens.place_geom(length, 0, length))
-        geom[_PAD_H] = r
-        builder.const_edges([n], indicator[r:r + 1], tuple(geom))
+    row_nodes = _pinned_constants(ctx, indicator)
     out = builder.new_layer(d, (1, length))
     first = builder.dense_edges(row_nodes, out, ref.tensor.t(), EDGE_LINEAR)
     ctx.record_edges(ref.name, ref.tensor, "kernel_t", first, rows)
     return Value(out, "tokens", (1, length), node.name)
+
+
+def _pinned_constants(ctx: Context, values: torch.Tensor) -> list[int]:
+    """A layer of R nodes of constant 1 x T values ``values`` [R, T]: node r's const self-loop carries
+    row r, and r itself in its geometry's ``pad_h``, so that no permutation trades two of them."""
+    rows, length = values.shape
+    nodes = ctx.builder.new_layer(rows, (1, length))
+    for r, n in enumerate(nodes):
+        geom = list(tokens.place_geom(length, 0, length))
+        geom[_PAD_H] = r
+        ctx.builder.const_edges([n], values[r:r + 1], tuple(geom))
+    return nodes
 
 
 def _rotary(ctx: Context, node: Node, value: Any, cos: torch.Tensor, sin: torch.Tensor, where: str) -> Value:
@@ -148,8 +156,8 @@ def _rotary(ctx: Context, node: Node, value: Any, cos: torch.Tensor, sin: torch.
 
         x'_c(t) = cos[t, c] x_c(t) + s_c sin[t, c] x_pi(c)(t)
 
-    as 2d constant nodes (cos_c and s_c sin_c, one per channel, shared by every head, a const
-    self-loop each: channel c in its geometry's ``pad_h``, so that channels never trade places),
+    as 2d constant nodes (cos_c and s_c sin_c, one per channel, shared by every head, pinned:
+    ``_pinned_constants``, so that channels never trade places),
     two product layers (x_c cos_c, x_pi(c) s_c sin_c) and a layer summing them (identity edges)."""
     if not isinstance(value, Value) or value.kind != "heads":
         raise UnsupportedModelError(f"{where}: rotary position embeddings need a [batch, heads, T, d] value")
@@ -159,15 +167,7 @@ def _rotary(ctx: Context, node: Node, value: Any, cos: torch.Tensor, sin: torch.
     builder = ctx.builder
     half = d // 2
     sign = torch.cat([-torch.ones(half, device=cos.device), torch.ones(half, device=cos.device)]).to(builder.dtype)
-    tables = (cos.to(builder.dtype).T, (sin.to(builder.dtype) * sign).T)  # [d, T] each
-    constants = []
-    for table in tables:
-        layer = builder.new_layer(d, (1, length))
-        for c, n in enumerate(layer):
-            geom = list(tokens.place_geom(length, 0, length))
-            geom[_PAD_H] = c
-            builder.const_edges([n], table[c:c + 1], tuple(geom))
-        constants.append(layer)
+    constants = [_pinned_constants(ctx, table.T) for table in (cos.to(builder.dtype), sin.to(builder.dtype) * sign)]
     x = value.nodes
     partner = [x[k - k % d + (k % d + half) % d] for k in range(len(x))]
     seq = (1, length)
